@@ -1,0 +1,185 @@
+//! The transaction SQL of each database.
+
+use sqlx::{AssertSqlSafe, SqlStr};
+
+use crate::config::IsolationLevel;
+
+/// The SQL flavour of a bind, from its URL (an `Any` bind speaks its URL's dialect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// The statements that begin and end a session's transactions, fixed when its options are.
+#[derive(Clone, Debug)]
+pub(crate) struct TxSql {
+    pub(crate) begin: SqlStr,
+    pub(crate) commit: &'static str,
+    pub(crate) rollback: &'static str,
+}
+
+impl Dialect {
+    /// PostgreSQL refuses every statement after an error until the transaction (or savepoint)
+    /// is rolled back, and answers COMMIT of such a transaction by rolling it back.
+    pub(crate) fn aborts_on_error(self) -> bool {
+        self == Self::Postgres
+    }
+
+    /// The transaction statements for these options, or why this database cannot honour them.
+    pub(crate) fn tx_sql(
+        self,
+        isolation: Option<IsolationLevel>,
+        read_only: bool,
+    ) -> Result<TxSql, String> {
+        match self {
+            Self::Postgres => Ok(pg_tx_sql(isolation, read_only)),
+            Self::MySql => Ok(mysql_tx_sql(isolation, read_only)),
+            Self::Sqlite => sqlite_tx_sql(isolation, read_only),
+        }
+    }
+}
+
+const COMMIT: &str = "COMMIT";
+const ROLLBACK: &str = "ROLLBACK";
+
+fn plain(begin: &'static str) -> TxSql {
+    TxSql {
+        begin: SqlStr::from_static(begin),
+        commit: COMMIT,
+        rollback: ROLLBACK,
+    }
+}
+
+fn pg_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> TxSql {
+    if isolation.is_none() && !read_only {
+        return plain("BEGIN");
+    }
+    let mut begin = String::from("BEGIN");
+    if let Some(level) = isolation {
+        begin.push_str(" ISOLATION LEVEL ");
+        begin.push_str(level.sql());
+    }
+    if read_only {
+        begin.push_str(" READ ONLY");
+    }
+    TxSql {
+        begin: dynamic(begin),
+        commit: COMMIT,
+        rollback: ROLLBACK,
+    }
+}
+
+/// MySQL sets the isolation of the next transaction with its own statement; both go in one
+/// round trip.
+fn mysql_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> TxSql {
+    if isolation.is_none() && !read_only {
+        return plain("BEGIN");
+    }
+    let mut begin = String::new();
+    if let Some(level) = isolation {
+        begin.push_str("SET TRANSACTION ISOLATION LEVEL ");
+        begin.push_str(level.sql());
+        begin.push_str("; ");
+    }
+    begin.push_str("START TRANSACTION");
+    if read_only {
+        begin.push_str(" READ ONLY");
+    }
+    TxSql {
+        begin: dynamic(begin),
+        commit: COMMIT,
+        rollback: ROLLBACK,
+    }
+}
+
+/// SQLite transactions are always serializable. Read-only is `PRAGMA query_only`, switched off
+/// *before* COMMIT or ROLLBACK so that a failing end still leaves the connection writable.
+fn sqlite_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> Result<TxSql, String> {
+    if let Some(level) = isolation.filter(|l| *l != IsolationLevel::Serializable) {
+        return Err(format!(
+            "SQLite transactions are always SERIALIZABLE and cannot run at {}; drop the \
+             isolation setting or set it to serializable",
+            level.sql()
+        ));
+    }
+    if !read_only {
+        return Ok(plain("BEGIN"));
+    }
+    Ok(TxSql {
+        begin: SqlStr::from_static("PRAGMA query_only = ON; BEGIN"),
+        commit: "PRAGMA query_only = OFF; COMMIT",
+        rollback: "PRAGMA query_only = OFF; ROLLBACK",
+    })
+}
+
+/// Built as `Arc<str>`, the one owned form `SqlStr` clones without copying.
+fn dynamic(sql: String) -> SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(std::sync::Arc::<str>::from(sql)))
+}
+
+/// `SAVEPOINT` for the level `depth` (2 and up: level 1 is the transaction itself).
+pub(crate) fn savepoint(depth: u32) -> SqlStr {
+    dynamic(format!("SAVEPOINT dbscope_{depth}"))
+}
+
+/// `RELEASE SAVEPOINT` for level `depth`.
+pub(crate) fn release(depth: u32) -> SqlStr {
+    dynamic(format!("RELEASE SAVEPOINT dbscope_{depth}"))
+}
+
+/// Rolls back to level `depth` and releases it, in one round trip.
+pub(crate) fn rollback_to(depth: u32) -> SqlStr {
+    dynamic(format!(
+        "ROLLBACK TO SAVEPOINT dbscope_{depth}; RELEASE SAVEPOINT dbscope_{depth}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_begin_carries_isolation_and_read_only() {
+        let sql = Dialect::Postgres
+            .tx_sql(Some(IsolationLevel::Serializable), true)
+            .unwrap();
+        assert_eq!(
+            sql.begin.as_str(),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"
+        );
+        assert_eq!(
+            Dialect::Postgres
+                .tx_sql(None, false)
+                .unwrap()
+                .begin
+                .as_str(),
+            "BEGIN"
+        );
+    }
+
+    #[test]
+    fn mysql_sets_isolation_before_starting() {
+        let sql = Dialect::MySql
+            .tx_sql(Some(IsolationLevel::ReadCommitted), true)
+            .unwrap();
+        assert_eq!(
+            sql.begin.as_str(),
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY"
+        );
+    }
+
+    #[test]
+    fn sqlite_refuses_weaker_isolation_and_maps_read_only() {
+        let err = Dialect::Sqlite
+            .tx_sql(Some(IsolationLevel::ReadCommitted), false)
+            .unwrap_err();
+        assert!(err.contains("SERIALIZABLE"), "{err}");
+        let sql = Dialect::Sqlite
+            .tx_sql(Some(IsolationLevel::Serializable), true)
+            .unwrap();
+        assert!(sql.begin.as_str().contains("query_only = ON"));
+        assert!(sql.rollback.starts_with("PRAGMA query_only = OFF"));
+    }
+}

@@ -1,0 +1,230 @@
+//! The databases dbscope drives: the sealed [`Backend`] trait, the SQL dialects, and the table
+//! that maps a URL scheme to the driver compiled in for it.
+
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use sqlx::Either;
+use sqlx::{Connection, Database, Execute, SqlStr};
+
+use crate::config::{BindConfig, Engine};
+use crate::{DatabaseUrl, Error, Result};
+
+pub(crate) mod dialect;
+pub(crate) use dialect::{Dialect, TxSql};
+
+#[cfg(feature = "any")]
+mod any;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// The connection options type of a backend.
+pub(crate) type Options<DB> = <<DB as Database>::Connection as Connection>::Options;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A database type dbscope can pool and run sessions on: `Postgres`, `MySql`, `Sqlite` or `Any`
+/// from sqlx, each behind its cargo feature.
+///
+/// Sealed: its methods are dbscope's plumbing, hidden from the docs.
+pub trait Backend: Database + sealed::Sealed {
+    #[doc(hidden)]
+    fn connect_options(bind: &str, url: &DatabaseUrl, config: &BindConfig)
+    -> Result<Options<Self>>;
+
+    #[doc(hidden)]
+    fn fetch_many<'e, 'q: 'e, E>(
+        conn: &'e mut Self::Connection,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Either<Self::QueryResult, Self::Row>>>
+    where
+        E: 'q + Execute<'q, Self>;
+
+    #[doc(hidden)]
+    fn fetch_optional<'e, 'q: 'e, E>(
+        conn: &'e mut Self::Connection,
+        query: E,
+    ) -> BoxFuture<'e, sqlx::Result<Option<Self::Row>>>
+    where
+        E: 'q + Execute<'q, Self>;
+
+    #[doc(hidden)]
+    fn prepare_with<'e>(
+        conn: &'e mut Self::Connection,
+        sql: SqlStr,
+        parameters: &'e [Self::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<Self::Statement>>;
+
+    #[doc(hidden)]
+    fn describe(
+        conn: &mut Self::Connection,
+        sql: SqlStr,
+    ) -> BoxFuture<'_, sqlx::Result<sqlx::Describe<Self>>>;
+}
+
+/// Implements [`Backend`]'s executor plumbing for a database whose `&mut Connection` is an
+/// `Executor`, by delegation.
+macro_rules! delegate_executor {
+    () => {
+        fn fetch_many<'e, 'q: 'e, E>(
+            conn: &'e mut Self::Connection,
+            query: E,
+        ) -> futures_core::stream::BoxStream<
+            'e,
+            sqlx::Result<sqlx::Either<Self::QueryResult, Self::Row>>,
+        >
+        where
+            E: 'q + sqlx::Execute<'q, Self>,
+        {
+            sqlx::Executor::fetch_many(conn, query)
+        }
+
+        fn fetch_optional<'e, 'q: 'e, E>(
+            conn: &'e mut Self::Connection,
+            query: E,
+        ) -> futures_core::future::BoxFuture<'e, sqlx::Result<Option<Self::Row>>>
+        where
+            E: 'q + sqlx::Execute<'q, Self>,
+        {
+            sqlx::Executor::fetch_optional(conn, query)
+        }
+
+        fn prepare_with<'e>(
+            conn: &'e mut Self::Connection,
+            sql: sqlx::SqlStr,
+            parameters: &'e [Self::TypeInfo],
+        ) -> futures_core::future::BoxFuture<'e, sqlx::Result<Self::Statement>> {
+            sqlx::Executor::prepare_with(conn, sql, parameters)
+        }
+
+        fn describe(
+            conn: &mut Self::Connection,
+            sql: sqlx::SqlStr,
+        ) -> futures_core::future::BoxFuture<'_, sqlx::Result<sqlx::Describe<Self>>> {
+            sqlx::Executor::describe(conn, sql)
+        }
+    };
+}
+pub(crate) use delegate_executor;
+
+/// Builds a bind of one database type: `crate::bind::open::<DB>`.
+type Opener = fn(&str, &DatabaseUrl, &BindConfig) -> Result<crate::bind::OpenBind>;
+
+/// How to open binds of one kind of URL.
+struct Driver {
+    schemes: &'static [&'static str],
+    name: &'static str,
+    feature: &'static str,
+    dialect: Dialect,
+    native: Option<Opener>,
+}
+
+const DRIVERS: &[Driver] = &[
+    Driver {
+        schemes: &["postgres", "postgresql"],
+        name: "PostgreSQL",
+        feature: "postgres",
+        dialect: Dialect::Postgres,
+        #[cfg(feature = "postgres")]
+        native: Some(crate::bind::open::<sqlx::Postgres>),
+        #[cfg(not(feature = "postgres"))]
+        native: None,
+    },
+    Driver {
+        schemes: &["mysql", "mariadb"],
+        name: "MySQL",
+        feature: "mysql",
+        dialect: Dialect::MySql,
+        #[cfg(feature = "mysql")]
+        native: Some(crate::bind::open::<sqlx::MySql>),
+        #[cfg(not(feature = "mysql"))]
+        native: None,
+    },
+    Driver {
+        schemes: &["sqlite"],
+        name: "SQLite",
+        feature: "sqlite",
+        dialect: Dialect::Sqlite,
+        #[cfg(feature = "sqlite")]
+        native: Some(crate::bind::open::<sqlx::Sqlite>),
+        #[cfg(not(feature = "sqlite"))]
+        native: None,
+    },
+];
+
+#[cfg(feature = "any")]
+const ANY: Option<Opener> = Some(crate::bind::open::<sqlx::Any>);
+#[cfg(not(feature = "any"))]
+const ANY: Option<Opener> = None;
+
+/// The dialect a URL speaks, from its scheme.
+pub(crate) fn dialect_of(bind: &str, url: &DatabaseUrl) -> Result<Dialect> {
+    driver_of(bind, url).map(|d| d.dialect)
+}
+
+fn driver_of(bind: &str, url: &DatabaseUrl) -> Result<&'static Driver> {
+    let scheme = url.scheme().ok_or_else(|| Error::InvalidUrl {
+        bind: bind.to_owned(),
+        url: url.redacted(),
+        reason: "it has no scheme".to_owned(),
+    })?;
+    DRIVERS
+        .iter()
+        .find(|d| d.schemes.contains(&scheme.as_str()))
+        .ok_or_else(|| Error::UnknownScheme {
+            bind: bind.to_owned(),
+            scheme,
+        })
+}
+
+/// Opens the engine of a bind: picks the driver by scheme and engine, checks it is compiled in.
+pub(crate) fn open(bind: &str, config: &BindConfig) -> Result<crate::bind::OpenBind> {
+    let url = config.url.as_ref().ok_or_else(|| Error::MissingUrl {
+        bind: bind.to_owned(),
+        env: crate::load::url_env_var(bind),
+    })?;
+    let driver = driver_of(bind, url)?;
+    let not_enabled = |driver: &'static str, feature: &'static str| Error::DriverNotEnabled {
+        bind: bind.to_owned(),
+        driver,
+        feature,
+    };
+    let native = driver
+        .native
+        .ok_or_else(|| not_enabled(driver.name, driver.feature))?;
+    let open = match config.engine {
+        Engine::Native => native,
+        Engine::Any => ANY.ok_or_else(|| not_enabled("Any", "any"))?,
+    };
+    open(bind, url, config)
+}
+
+/// Maps a driver's URL-parsing error to [`Error::InvalidUrl`].
+pub(crate) fn invalid_url(bind: &str, url: &DatabaseUrl, err: sqlx::Error) -> Error {
+    let reason = match err {
+        sqlx::Error::Configuration(source) => source.to_string(),
+        other => other.to_string(),
+    };
+    Error::InvalidUrl {
+        bind: bind.to_owned(),
+        url: url.redacted(),
+        reason,
+    }
+}
+
+/// Statement logging: every statement at INFO when `echo` is on; otherwise only slow ones.
+pub(crate) fn log_settings<O: sqlx::ConnectOptions>(options: O, echo: bool) -> O {
+    let level = if echo {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Off
+    };
+    options.log_statements(level)
+}
+
+pub(crate) use sealed::Sealed;

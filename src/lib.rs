@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod backend;
+mod bind;
+mod config;
+mod database_url;
+mod engine;
+mod error;
+mod load;
+mod manager;
+mod savepoint;
+mod session;
+
+pub use backend::Backend;
+pub use bind::{Bind, BindStatus};
+pub use config::{
+    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, HealthCheck, IsolationLevel,
+    JournalMode, PoolConfig, SessionConfig, SqliteConfig,
+};
+pub use database_url::DatabaseUrl;
+pub use error::{Error, Result};
+pub use load::{BIND_ENV_PREFIX, DATABASE_URL_ENV};
+pub use manager::{BindKey, BindManager, BindManagerBuilder, DefaultBind};
+pub use savepoint::Savepoint;
+pub use session::Session;

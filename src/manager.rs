@@ -1,0 +1,356 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{self, Backend};
+use crate::bind::{BindShared, OpenBind};
+use crate::config::{BindConfig, Config, DEFAULT_BIND};
+use crate::{Bind, BindStatus, Error, Result, Session};
+
+/// How often `close()` looks whether every connection is back.
+const CLOSE_POLL: Duration = Duration::from_millis(10);
+
+/// All the binds of an application, by name.
+///
+/// Built from a [`Config`] (code, TOML file or environment) or with [`BindManager::builder`]. It
+/// opens no connection until a session runs its first statement, unless you call
+/// [`connect`](BindManager::connect). `Clone` is cheap and shares the binds.
+///
+/// ```
+/// use dbscope::{BindConfig, BindManager};
+/// use sqlx::Sqlite;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dbscope::Error> {
+/// let manager = BindManager::builder()
+///     .bind("main", BindConfig::new("sqlite::memory:"))
+///     .bind("cache", BindConfig::new("sqlite::memory:").max_connections(2))
+///     .build()?;
+/// let main = manager.bind::<Sqlite>("main")?;
+/// let mut session = main.session();
+/// sqlx::query("SELECT 1").execute(&mut session).await?;
+/// session.commit().await?;
+/// drop(session); // close() waits for sessions to hand their connections back
+/// manager.close(std::time::Duration::from_secs(5)).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Drop behavior
+///
+/// Dropping the last clone closes every bind without blocking: idle connections close at once,
+/// connections held by sessions close when those sessions end, and `Bind` handles still around
+/// answer [`Error::Closed`].
+#[derive(Clone)]
+pub struct BindManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    binds: BTreeMap<String, OpenBind>,
+}
+
+/// Builds a [`BindManager`] bind by bind.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct BindManagerBuilder {
+    binds: Vec<(String, BindConfig)>,
+}
+
+impl BindManagerBuilder {
+    /// Adds the bind `name`.
+    pub fn bind(mut self, name: impl Into<String>, config: BindConfig) -> Self {
+        self.binds.push((name.into(), config));
+        self
+    }
+
+    /// Adds every bind of `config`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.binds.extend(config.binds);
+        self
+    }
+
+    /// Checks every bind and builds their engines. Opens no connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoBinds`], [`Error::InvalidBindName`], [`Error::DuplicateBind`],
+    /// [`Error::MissingUrl`], [`Error::InvalidUrl`], [`Error::UnknownScheme`],
+    /// [`Error::DriverNotEnabled`], [`Error::ZeroMaxConnections`], [`Error::MinExceedsMax`],
+    /// [`Error::Unsupported`]: each names the bind and says what to change.
+    pub fn build(self) -> Result<BindManager> {
+        if self.binds.is_empty() {
+            return Err(Error::NoBinds);
+        }
+        let mut binds = BTreeMap::new();
+        for (name, config) in self.binds {
+            check_name(&name)?;
+            if binds.contains_key(&name) {
+                return Err(Error::DuplicateBind { bind: name });
+            }
+            check_pool(&name, &config)?;
+            let open = backend::open(&name, &config)?;
+            binds.insert(name, open);
+        }
+        Ok(BindManager {
+            inner: Arc::new(Inner { binds }),
+        })
+    }
+}
+
+/// Bind names become config keys (`binds.<name>`) and environment variables
+/// (`DBSCOPE_BINDS__<NAME>__URL`), so they keep to what both can carry.
+fn check_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        "use ASCII letters, digits, `_` and `-` only"
+    } else if name.contains("__") {
+        "`__` separates fields in environment variables; use a single `_`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidBindName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+fn check_pool(name: &str, config: &BindConfig) -> Result<()> {
+    let pool = &config.pool;
+    if pool.max_connections == 0 {
+        return Err(Error::ZeroMaxConnections {
+            bind: name.to_owned(),
+        });
+    }
+    if pool.min_connections > pool.max_connections {
+        return Err(Error::MinExceedsMax {
+            bind: name.to_owned(),
+            min: pool.min_connections,
+            max: pool.max_connections,
+        });
+    }
+    Ok(())
+}
+
+impl BindManager {
+    /// A manager for the binds of `config` (a [`Config`], or one [`BindConfig`] for a single bind
+    /// named `default`).
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManagerBuilder::build`].
+    pub fn new(config: impl Into<Config>) -> Result<Self> {
+        Self::builder().config(config.into()).build()
+    }
+
+    /// A manager configured by the environment alone: see [`Config::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`] and [`BindManagerBuilder::build`].
+    pub fn from_env() -> Result<Self> {
+        Self::new(Config::from_env()?)
+    }
+
+    /// A builder, to add binds one by one.
+    pub fn builder() -> BindManagerBuilder {
+        BindManagerBuilder::default()
+    }
+
+    /// The bind `name`, as database type `DB`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBind`] (listing the known names); [`Error::BackendMismatch`] when the bind
+    /// is of another type; [`Error::Closed`] once the manager is closed.
+    pub fn bind<DB: Backend>(&self, name: &str) -> Result<Bind<DB>> {
+        let open = self.entry(name)?;
+        if !open.erased.is_closed() {
+            if let Ok(shared) = open.typed.clone().downcast::<BindShared<DB>>() {
+                return Ok(Bind { shared });
+            }
+            return Err(Error::BackendMismatch {
+                bind: name.to_owned(),
+                configured: open.erased.backend(),
+                requested: <DB as sqlx::Database>::NAME,
+            });
+        }
+        Err(Error::Closed {
+            bind: name.to_owned(),
+        })
+    }
+
+    /// The bind a [`BindKey`] names, with the database type it declares.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn bind_for<K: BindKey>(&self) -> Result<Bind<K::Database>> {
+        self.bind(K::NAME)
+    }
+
+    /// A new session on the bind `name`. Opens nothing until its first statement.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn session<DB: Backend>(&self, name: &str) -> Result<Session<DB>> {
+        Ok(self.bind::<DB>(name)?.session())
+    }
+
+    /// A new session on the bind a [`BindKey`] names.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn session_for<K: BindKey>(&self) -> Result<Session<K::Database>> {
+        self.session(K::NAME)
+    }
+
+    /// The names of the binds, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.inner.binds.keys().map(String::as_str)
+    }
+
+    /// A snapshot of every bind's pool, in name order.
+    pub fn status(&self) -> Vec<BindStatus> {
+        self.inner
+            .binds
+            .values()
+            .map(|b| b.erased.status())
+            .collect()
+    }
+
+    /// Whether [`close`](BindManager::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.binds.values().any(|b| b.erased.is_closed())
+    }
+
+    /// Opens one connection per bind now (and `min_connections` in the background), so that a
+    /// wrong URL or a down server fails at start-up rather than on the first request.
+    ///
+    /// # Errors
+    ///
+    /// The first bind that fails, by name: [`Error::Connect`], [`Error::Timeout`],
+    /// [`Error::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: connections being opened when the future is dropped are closed.
+    pub async fn connect(&self) -> Result<()> {
+        for open in self.inner.binds.values() {
+            open.erased.clone().connect().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes every bind: stops handing out connections (new sessions get [`Error::Closed`]),
+    /// closes idle connections, waits up to `deadline` for sessions to return theirs, which are
+    /// closed as they come back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CloseTimedOut`] when sessions still hold connections at the deadline, naming the
+    /// binds; those connections close when their sessions end.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the binds are closed from the first poll; only the waiting stops.
+    pub async fn close(&self, deadline: Duration) -> Result<()> {
+        for open in self.inner.binds.values() {
+            open.erased.close();
+        }
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let busy: Vec<(String, usize)> = self
+                .status()
+                .into_iter()
+                .filter(|s| s.connections > 0)
+                .map(|s| (s.name, s.connections))
+                .collect();
+            if busy.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(Error::CloseTimedOut { busy });
+            }
+            tokio::time::sleep(CLOSE_POLL).await;
+        }
+    }
+
+    fn entry(&self, name: &str) -> Result<&OpenBind> {
+        self.inner
+            .binds
+            .get(name)
+            .ok_or_else(|| Error::UnknownBind {
+                bind: name.to_owned(),
+                known: self.inner.binds.keys().cloned().collect(),
+            })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for open in self.binds.values() {
+            open.erased.close();
+        }
+    }
+}
+
+impl fmt::Debug for BindManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BindManager")
+            .field("binds", &self.status())
+            .finish()
+    }
+}
+
+/// Names a bind and its database type at compile time, so a wrong bind name does not compile.
+///
+/// Declare keys with [`bind_key!`](crate::bind_key), or implement the trait:
+///
+/// ```
+/// dbscope::bind_key!(
+///     /// The analytics warehouse.
+///     pub Analytics: sqlx::Sqlite = "analytics"
+/// );
+///
+/// # fn demo(manager: &dbscope::BindManager) -> Result<(), dbscope::Error> {
+/// let session = manager.session_for::<Analytics>()?; // a Session<Sqlite> on "analytics"
+/// # Ok(()) }
+/// ```
+pub trait BindKey: Send + Sync + 'static {
+    /// The bind's database type.
+    type Database: Backend;
+    /// The bind's name in the config.
+    const NAME: &'static str;
+}
+
+/// The `default` bind, as database type `DB`: the key for single-database applications.
+#[derive(Debug)]
+pub struct DefaultBind<DB>(PhantomData<fn() -> DB>);
+
+impl<DB: Backend> BindKey for DefaultBind<DB> {
+    type Database = DB;
+    const NAME: &'static str = DEFAULT_BIND;
+}
+
+/// Declares a [`BindKey`]: `bind_key!(pub Analytics: sqlx::Postgres = "analytics");`
+#[macro_export]
+macro_rules! bind_key {
+    ($(#[$meta:meta])* $vis:vis $key:ident : $db:ty = $name:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy)]
+        $vis struct $key;
+
+        impl $crate::BindKey for $key {
+            type Database = $db;
+            const NAME: &'static str = $name;
+        }
+    };
+}

@@ -1,0 +1,676 @@
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::{Connection, Either, Execute, Executor, SqlStr};
+
+use crate::backend::{Backend, TxSql, dialect};
+use crate::config::{IsolationLevel, SessionConfig};
+use crate::engine::{self, Object};
+use crate::{Bind, Error, Result, Savepoint};
+
+/// How long a dropped session's connection may take to roll back before it is discarded.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A unit of work on one bind: lazily connected, transactional, never leaking a transaction.
+///
+/// A session checks out no connection until its first statement, then pins that connection
+/// until it is dropped or [closed](Session::close). The first statement begins a transaction
+/// (unless the session is in autocommit mode); [`commit`](Session::commit) and
+/// [`rollback`](Session::rollback) end it, and the next statement begins another.
+///
+/// Run any sqlx query on `&mut session`:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dbscope::Error> {
+/// # let manager = dbscope::BindManager::new(dbscope::BindConfig::new("sqlite::memory:"))?;
+/// let mut session = manager.session::<sqlx::Sqlite>("default")?; // no connection yet
+/// sqlx::query("CREATE TABLE notes (body TEXT)").execute(&mut session).await?; // BEGIN, then this
+/// sqlx::query("INSERT INTO notes (body) VALUES (?)").bind("hi").execute(&mut session).await?;
+/// let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes").fetch_one(&mut session).await?;
+/// assert_eq!(n, 1);
+/// session.commit().await?;
+/// # Ok(()) }
+/// ```
+///
+/// Errors dbscope raises inside a query (a checkout timeout, a closed bind …) reach sqlx's API as
+/// `sqlx::Error`: timeouts as `PoolTimedOut`, a closed bind as `PoolClosed`, the rest boxed in
+/// `Configuration`. `?` into [`dbscope::Error`](crate::Error) gives back the original error with
+/// its bind name.
+///
+/// # Drop behavior
+///
+/// Dropping a session with a transaction open rolls it back: in the background when a tokio
+/// runtime is there, after which the connection returns to the pool clean; if the rollback
+/// fails, takes longer than 5 s, or there is no runtime, the connection is discarded (closing
+/// it makes the server roll back). A session whose last operation was cancelled or broke
+/// mid-flight discards its connection at once: a connection in an unknown state is never
+/// reused.
+///
+/// # Concurrency
+///
+/// Every operation takes `&mut self`, so two tasks cannot interleave statements on one session:
+/// the compiler refuses. Share a session between tasks behind a `tokio::sync::Mutex`.
+pub struct Session<DB: Backend> {
+    bind: Bind<DB>,
+    conn: Option<Object<DB>>,
+    tx: TxState,
+    /// Session-level options, when they differ from the bind's defaults.
+    custom: Option<Custom>,
+}
+
+struct Custom {
+    options: SessionConfig,
+    sql: std::result::Result<TxSql, String>,
+}
+
+/// What the session knows of its connection's protocol and transaction state.
+#[derive(Debug, Default)]
+struct TxState {
+    /// 0: no transaction; 1: a transaction; n ≥ 2: n − 1 savepoints inside it.
+    depth: u32,
+    /// A dropped savepoint guard's level, rolled back before the next operation.
+    pending_rollback_to: Option<u32>,
+    wire: Wire,
+    /// PostgreSQL: a statement failed, the transaction can only roll back.
+    aborted: bool,
+    /// The raw connection was lent out: its state is unverified until our next round trip.
+    lent: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Wire {
+    /// Nothing in flight: the connection's state is what `TxState` says.
+    #[default]
+    Idle,
+    /// An operation started and has not finished; if it never does, it was cancelled.
+    Busy,
+    /// An operation broke the connection or was cut off: the connection must be discarded.
+    Broken,
+}
+
+impl TxState {
+    /// Records how an operation ended. Errors the server answered leave the connection usable;
+    /// anything else (I/O, protocol, a crashed worker) leaves it in an unknown state.
+    fn settle<T>(&mut self, result: &sqlx::Result<T>, aborts_on_error: bool) {
+        match result {
+            Ok(_) => self.wire = Wire::Idle,
+            Err(e) => self.settle_err(e, aborts_on_error),
+        }
+    }
+
+    fn settle_err(&mut self, err: &sqlx::Error, aborts_on_error: bool) {
+        if !is_answered(err) {
+            self.wire = Wire::Broken;
+            return;
+        }
+        if aborts_on_error && self.depth > 0 && matches!(err, sqlx::Error::Database(_)) {
+            self.aborted = true;
+        }
+        self.wire = Wire::Idle;
+    }
+}
+
+/// An error after which the connection is known to be usable: the server answered, or the
+/// driver refused before sending anything.
+fn is_answered(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => !is_connection_lost(db.code().as_deref()),
+        sqlx::Error::Encode(_)
+        | sqlx::Error::InvalidArgument(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::RowNotFound => true,
+        _ => false,
+    }
+}
+
+/// Errors a server sends as it drops the connection: SQLSTATE class 08 (connection exception),
+/// 57P (operator intervention: terminated by an admin, server shutdown) and MariaDB's 70100
+/// (connection killed).
+fn is_connection_lost(sqlstate: Option<&str>) -> bool {
+    sqlstate
+        .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "70100")
+}
+
+impl<DB: Backend> Session<DB> {
+    pub(crate) fn new(bind: Bind<DB>) -> Self {
+        Self {
+            bind,
+            conn: None,
+            tx: TxState::default(),
+            custom: None,
+        }
+    }
+
+    /// The bind this session works on.
+    pub fn bind(&self) -> &Bind<DB> {
+        &self.bind
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.tx.depth > 0
+    }
+
+    /// Whether the session holds a connection (it has run a statement and not been closed).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Runs the session's next transactions at this isolation level.
+    pub fn isolation(self, level: IsolationLevel) -> Self {
+        self.with_options(|o| o.isolation = Some(level))
+    }
+
+    /// Makes the session's next transactions read-only (or not).
+    pub fn read_only(self, on: bool) -> Self {
+        self.with_options(|o| o.read_only = on)
+    }
+
+    /// Autocommit mode: statements run without BEGIN/COMMIT, each landing on its own;
+    /// [`Session::begin`] and [`Session::savepoint`] still open transactions.
+    pub fn autocommit(self, on: bool) -> Self {
+        self.with_options(|o| o.autocommit = on)
+    }
+
+    fn with_options(mut self, change: impl FnOnce(&mut SessionConfig)) -> Self {
+        let mut options = self.options();
+        change(&mut options);
+        let sql = self
+            .bind
+            .shared
+            .dialect
+            .tx_sql(options.isolation, options.read_only);
+        self.custom = Some(Custom { options, sql });
+        self
+    }
+
+    fn options(&self) -> SessionConfig {
+        self.custom
+            .as_ref()
+            .map_or(self.bind.shared.session, |c| c.options)
+    }
+
+    fn tx_sql(&self) -> Result<&TxSql> {
+        match &self.custom {
+            None => Ok(&self.bind.shared.tx_sql),
+            Some(Custom { sql: Ok(sql), .. }) => Ok(sql),
+            Some(Custom { sql: Err(what), .. }) => Err(Error::Unsupported {
+                bind: self.bind.name().to_owned(),
+                what: what.clone(),
+            }),
+        }
+    }
+
+    /// Opens a transaction now, checking a connection out if needed; a no-op when one is open.
+    ///
+    /// Statements begin one by themselves, so this is needed only in autocommit mode, or to learn
+    /// about a checkout problem as a typed error before the first statement.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], [`Error::Connect`], [`Error::Closed`] from the checkout;
+    /// [`Error::Sqlx`] when BEGIN fails; [`Error::Poisoned`] after a cancelled operation.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: cancelled during checkout, nothing changes; during BEGIN, the session is
+    /// poisoned and its connection discarded when it drops.
+    pub async fn begin(&mut self) -> Result<()> {
+        self.attach().await?;
+        if self.tx.depth == 0 {
+            self.begin_transaction().await?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction, if any. The session keeps its connection; its next
+    /// statement begins a new transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TransactionAborted`] when an earlier statement failed on PostgreSQL (the
+    /// transaction is rolled back instead); [`Error::Sqlx`] when the server refuses the commit
+    /// (the transaction is then rolled back); [`Error::Poisoned`] after a cancelled operation.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: cancelled during COMMIT, the outcome is unknown; the session is poisoned
+    /// and its connection discarded when it drops, never reused.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        self.flush_pending_rollback().await?;
+        if self.tx.depth == 0 {
+            return Ok(());
+        }
+        if self.tx.aborted {
+            self.rollback_transaction().await?;
+            return Err(Error::TransactionAborted {
+                bind: self.bind.name().to_owned(),
+            });
+        }
+        let sql = self.tx_sql()?.commit;
+        match self.exec(SqlStr::from_static(sql)).await {
+            Ok(()) => {
+                self.end_transaction();
+                Ok(())
+            }
+            Err(e) => {
+                if self.tx.wire == Wire::Idle {
+                    // The server refused the commit (a deferred constraint, a serialization
+                    // failure, SQLITE_BUSY); make sure nothing stays open before reporting.
+                    self.rollback_after_failed_commit().await;
+                }
+                Err(Error::sqlx(self.bind.name(), "COMMIT", e))
+            }
+        }
+    }
+
+    /// Rolls back the open transaction, if any. The session keeps its connection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sqlx`] when ROLLBACK fails (the connection is then discarded when the session
+    /// drops); [`Error::Poisoned`] after a cancelled operation.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: cancelled during ROLLBACK, the session is poisoned and its
+    /// connection discarded when it drops, which rolls back on the server.
+    pub async fn rollback(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.conn.is_none() || self.tx.depth == 0 {
+            self.tx.pending_rollback_to = None;
+            return Ok(());
+        }
+        self.rollback_transaction().await
+    }
+
+    /// Opens a savepoint: a nested transaction that commits (`RELEASE`) or rolls back on its own.
+    /// Without a transaction open, it begins one first (in autocommit mode, the guard *is* that
+    /// transaction: committing it commits).
+    ///
+    /// Run statements on the guard (`&mut *savepoint` is the session). Dropping the guard
+    /// without [`Savepoint::commit`] rolls back to the savepoint, before the session's next
+    /// operation.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::begin`], and [`Error::Sqlx`] when SAVEPOINT fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: cancelled mid-flight, the session is poisoned and discards its
+    /// connection when it drops.
+    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>> {
+        self.attach().await?;
+        if self.tx.depth == 0 {
+            self.begin_transaction().await?;
+            if self.options().autocommit {
+                return Ok(Savepoint::new(self, 1));
+            }
+        }
+        let level = self.tx.depth + 1;
+        self.exec_or_poison(dialect::savepoint(level), "SAVEPOINT")
+            .await?;
+        self.tx.depth = level;
+        Ok(Savepoint::new(self, level))
+    }
+
+    /// The session's raw sqlx connection, checked out and inside the session's transaction, for
+    /// APIs that want a `&mut PgConnection` and the like (`COPY`, `LISTEN`, migrations).
+    ///
+    /// Work cancelled on the raw connection is invisible to the session, so it treats the
+    /// connection as unverified: when the session ends, it is rolled back or pinged before it
+    /// returns to the pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::begin`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Session::begin`].
+    pub async fn connection(&mut self) -> Result<&mut DB::Connection> {
+        self.ready().await?;
+        self.tx.lent = true;
+        Ok(&mut self.conn_mut().raw)
+    }
+
+    /// Ends the session: rolls back an open transaction and returns the connection to the pool.
+    ///
+    /// Prefer this to a plain drop where you can await: the rollback is then confirmed, and an
+    /// error reaches you.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sqlx`] when the rollback fails; the connection is discarded then.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the session is dropped, with the drop behaviour described above.
+    pub async fn close(mut self) -> Result<()> {
+        if self.tx.wire == Wire::Idle && self.tx.depth > 0 {
+            self.rollback_transaction().await?;
+        }
+        if self.tx.wire == Wire::Idle && self.tx.lent {
+            let result = self.conn_mut().raw.ping().await;
+            self.tx.settle(&result, false);
+            result.map_err(|e| Error::sqlx(self.bind.name(), "ping", e))?;
+            self.tx.lent = false;
+        }
+        Ok(())
+    }
+
+    // ----- the state machine behind the public methods -----
+
+    fn check_usable(&mut self) -> Result<()> {
+        if self.tx.wire == Wire::Idle {
+            return Ok(());
+        }
+        self.tx.wire = Wire::Broken;
+        Err(Error::Poisoned {
+            bind: self.bind.name().to_owned(),
+        })
+    }
+
+    fn conn_mut(&mut self) -> &mut engine::PooledConn<DB> {
+        self.conn.as_mut().expect("the session is attached")
+    }
+
+    /// Checks a connection out if the session has none, and settles dropped savepoints.
+    async fn attach(&mut self) -> Result<()> {
+        self.check_usable()?;
+        if self.conn.is_none() {
+            self.conn = Some(self.bind.checkout().await?);
+        }
+        self.flush_pending_rollback().await
+    }
+
+    /// Everything a statement needs first: a connection, and a transaction unless autocommit.
+    async fn ready(&mut self) -> Result<()> {
+        if self.tx.depth > 0 && self.tx.wire == Wire::Idle && self.tx.pending_rollback_to.is_none()
+        {
+            return Ok(()); // the hot path: mid-transaction
+        }
+        self.attach().await?;
+        if self.tx.depth == 0 && !self.options().autocommit {
+            self.begin_transaction().await?;
+        }
+        Ok(())
+    }
+
+    async fn begin_transaction(&mut self) -> Result<()> {
+        let sql = self.tx_sql()?.begin.clone();
+        self.exec_or_poison(sql, "BEGIN").await?;
+        self.tx.depth = 1;
+        Ok(())
+    }
+
+    async fn rollback_transaction(&mut self) -> Result<()> {
+        let sql = self.tx_sql()?.rollback;
+        self.exec_or_poison(SqlStr::from_static(sql), "ROLLBACK")
+            .await?;
+        self.end_transaction();
+        Ok(())
+    }
+
+    async fn rollback_after_failed_commit(&mut self) {
+        let Ok(sql) = self.tx_sql().map(|s| s.rollback) else {
+            return;
+        };
+        match self.exec(SqlStr::from_static(sql)).await {
+            // "No transaction in progress" is an answer too: either way nothing is open now.
+            Ok(()) | Err(sqlx::Error::Database(_)) => {
+                self.tx.wire = Wire::Idle;
+                self.end_transaction();
+            }
+            Err(_) => self.tx.wire = Wire::Broken,
+        }
+    }
+
+    fn end_transaction(&mut self) {
+        self.tx.depth = 0;
+        self.tx.pending_rollback_to = None;
+        self.tx.aborted = false;
+        self.tx.lent = false;
+    }
+
+    /// Rolls back to the savepoint of a guard dropped without commit.
+    async fn flush_pending_rollback(&mut self) -> Result<()> {
+        let Some(level) = self.tx.pending_rollback_to else {
+            return Ok(());
+        };
+        if level <= 1 {
+            return self.rollback_transaction().await;
+        }
+        self.exec_or_poison(dialect::rollback_to(level), "ROLLBACK TO SAVEPOINT")
+            .await?;
+        self.tx.depth = level - 1;
+        self.tx.pending_rollback_to = None;
+        self.tx.aborted = false;
+        Ok(())
+    }
+
+    /// Runs a transaction-control statement; any failure leaves its effect unknown, so it
+    /// poisons the session.
+    async fn exec_or_poison(&mut self, sql: SqlStr, what: &'static str) -> Result<()> {
+        self.exec(sql).await.map_err(|e| {
+            self.tx.wire = Wire::Broken;
+            Error::sqlx(self.bind.name(), what, e)
+        })
+    }
+
+    /// Runs one command, all its results drained, with in-flight tracking.
+    async fn exec(&mut self, sql: SqlStr) -> sqlx::Result<()> {
+        let aborts = self.bind.shared.dialect.aborts_on_error();
+        let Self { conn, tx, .. } = self;
+        let raw = &mut conn.as_mut().expect("the session is attached").raw;
+        tx.wire = Wire::Busy;
+        let result = drain(DB::fetch_many(raw, sql)).await;
+        tx.settle(&result, aborts);
+        result
+    }
+
+    pub(crate) fn savepoint_dropped(&mut self, level: u32) {
+        let pending = self.tx.pending_rollback_to.map_or(level, |p| p.min(level));
+        self.tx.pending_rollback_to = Some(pending);
+    }
+
+    pub(crate) async fn release_savepoint(&mut self, level: u32) -> Result<()> {
+        self.attach().await?;
+        if level <= 1 {
+            return self.commit().await;
+        }
+        self.exec_or_poison(dialect::release(level), "RELEASE SAVEPOINT")
+            .await?;
+        self.tx.depth = level - 1;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback_savepoint(&mut self, level: u32) -> Result<()> {
+        self.savepoint_dropped(level);
+        self.attach().await
+    }
+}
+
+async fn drain<T>(stream: BoxStream<'_, sqlx::Result<T>>) -> sqlx::Result<()> {
+    stream.try_for_each(|_| std::future::ready(Ok(()))).await
+}
+
+impl<DB: Backend> Drop for Session<DB> {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.tx.wire != Wire::Idle {
+            tracing::debug!(bind = %self.bind.name(), "discarding a connection cut off mid-operation");
+            engine::discard(conn);
+            return;
+        }
+        if self.tx.depth == 0 && !self.tx.lent {
+            conn.mark_clean();
+            return; // back to the pool
+        }
+        let rollback =
+            (self.tx.depth > 0).then(|| self.tx_sql().map(|s| s.rollback).unwrap_or("ROLLBACK"));
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback));
+            }
+            Err(_) => engine::discard(conn),
+        }
+    }
+}
+
+/// Holds a connection being cleaned up; if the cleanup does not finish (error, timeout, the
+/// runtime shutting down and dropping the task), the connection is discarded, never returned.
+struct CleanupGuard<DB: Backend>(Option<Object<DB>>);
+
+impl<DB: Backend> Drop for CleanupGuard<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            engine::discard(conn);
+        }
+    }
+}
+
+async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'static str>) {
+    let conn = guard.0.as_mut().expect("guard holds the connection");
+    let work = async {
+        match rollback {
+            Some(sql) => drain(DB::fetch_many(&mut conn.raw, SqlStr::from_static(sql))).await,
+            None => conn.raw.ping().await,
+        }
+    };
+    if let Ok(Ok(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await
+        && let Some(mut conn) = guard.0.take()
+    {
+        conn.mark_clean();
+    }
+}
+
+/// The stream of a statement run through a session: marks the session idle again when the
+/// statement's results are all read, or records how it failed.
+struct Tracked<'e, S> {
+    inner: S,
+    tx: &'e mut TxState,
+    aborts_on_error: bool,
+}
+
+impl<T, S> Stream for Tracked<'_, S>
+where
+    S: Stream<Item = sqlx::Result<T>> + Unpin,
+{
+    type Item = sqlx::Result<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = ready!(this.inner.poll_next_unpin(cx));
+        match &item {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => this.tx.settle_err(e, this.aborts_on_error),
+            None if this.tx.wire == Wire::Busy => this.tx.wire = Wire::Idle,
+            None => {}
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let start = async move {
+            self.ready().await.map_err(Error::into_sqlx)?;
+            let aborts_on_error = self.bind.shared.dialect.aborts_on_error();
+            let Session { conn, tx, .. } = self;
+            let raw = &mut conn.as_mut().expect("the session is attached").raw;
+            tx.wire = Wire::Busy;
+            Ok::<_, sqlx::Error>(Tracked {
+                inner: DB::fetch_many(raw, query),
+                tx,
+                aborts_on_error,
+            })
+        };
+        Box::pin(futures_util::stream::once(start).try_flatten())
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(async move {
+            self.ready().await.map_err(Error::into_sqlx)?;
+            let aborts_on_error = self.bind.shared.dialect.aborts_on_error();
+            let Session { conn, tx, .. } = self;
+            let raw = &mut conn.as_mut().expect("the session is attached").raw;
+            tx.wire = Wire::Busy;
+            let result = DB::fetch_optional(raw, query).await;
+            tx.settle(&result, aborts_on_error);
+            result
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<DB::Statement>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            self.attach().await.map_err(Error::into_sqlx)?;
+            let Session { conn, tx, .. } = self;
+            let raw = &mut conn.as_mut().expect("the session is attached").raw;
+            tx.wire = Wire::Busy;
+            let result = DB::prepare_with(raw, sql, parameters).await;
+            tx.settle(&result, false);
+            result
+        })
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<DB>>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            self.attach().await.map_err(Error::into_sqlx)?;
+            let Session { conn, tx, .. } = self;
+            let raw = &mut conn.as_mut().expect("the session is attached").raw;
+            tx.wire = Wire::Busy;
+            let result = DB::describe(raw, sql).await;
+            tx.settle(&result, false);
+            result
+        })
+    }
+}
+
+impl<DB: Backend> fmt::Debug for Session<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("bind", &self.bind.name())
+            .field("connected", &self.conn.is_some())
+            .field("depth", &self.tx.depth)
+            .field("state", &self.tx.wire)
+            .finish_non_exhaustive()
+    }
+}

@@ -260,8 +260,7 @@ impl<DB: Backend> BindShared<DB> {
     }
 
     async fn connect_now(self: &Arc<Self>) -> Result<()> {
-        let mut conn = self.checkout().await?;
-        conn.mark_clean();
+        engine::release(self.checkout().await?);
         Ok(())
     }
 
@@ -344,9 +343,7 @@ impl<DB: Backend> BindShared<DB> {
                 }
             }
         }
-        for conn in &mut held {
-            conn.mark_clean();
-        }
+        held.into_iter().for_each(engine::release);
     }
 }
 

@@ -136,6 +136,16 @@ pub(crate) type Pool<DB> = managed::Pool<ConnManager<DB>>;
 /// A connection checked out of a bind's pool.
 pub(crate) type Object<DB> = managed::Object<ConnManager<DB>>;
 
+/// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
+/// closed, to the server with a polite goodbye.
+pub(crate) fn release<DB: Backend>(mut obj: Object<DB>) {
+    obj.mark_clean();
+    match managed::Object::pool(&obj) {
+        Some(pool) if !pool.is_closed() => drop(obj),
+        _ => close_gracefully(managed::Object::take(obj)),
+    }
+}
+
 /// Takes a connection out of the pool for good and closes it without a goodbye: for connections
 /// whose state is unknown, where the server must see the socket close and roll back.
 pub(crate) fn discard<DB: Backend>(obj: Object<DB>) {

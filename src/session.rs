@@ -509,7 +509,7 @@ async fn drain<T>(stream: BoxStream<'_, sqlx::Result<T>>) -> sqlx::Result<()> {
 
 impl<DB: Backend> Drop for Session<DB> {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
         if self.tx.wire != Wire::Idle {
@@ -518,8 +518,8 @@ impl<DB: Backend> Drop for Session<DB> {
             return;
         }
         if self.tx.depth == 0 && !self.tx.lent {
-            conn.mark_clean();
-            return; // back to the pool
+            engine::release(conn);
+            return;
         }
         let rollback =
             (self.tx.depth > 0).then(|| self.tx_sql().map(|s| s.rollback).unwrap_or("ROLLBACK"));
@@ -553,9 +553,9 @@ async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'s
         }
     };
     if let Ok(Ok(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await
-        && let Some(mut conn) = guard.0.take()
+        && let Some(conn) = guard.0.take()
     {
-        conn.mark_clean();
+        engine::release(conn);
     }
 }
 

@@ -204,6 +204,28 @@ pub(crate) fn open(bind: &str, config: &BindConfig) -> Result<crate::bind::OpenB
     open(bind, url, config)
 }
 
+/// The URL as sqlx's parsers want it: `mariadb://` becomes `mysql://` (sqlx knows only the
+/// latter), and for the `Any` engine, which cannot take typed options, a SQLite file URL gets
+/// `mode=rwc` when the bind creates missing files (the default) and the URL sets no mode.
+pub(crate) fn sqlx_url<'u>(url: &'u DatabaseUrl, config: &BindConfig) -> std::borrow::Cow<'u, str> {
+    let raw = url.expose();
+    if let Some((scheme, rest)) = raw.split_once("://")
+        && scheme.eq_ignore_ascii_case("mariadb")
+    {
+        return format!("mysql://{rest}").into();
+    }
+    let sqlite_file = raw.starts_with("sqlite:") && !raw.contains(":memory:");
+    if config.engine == Engine::Any
+        && sqlite_file
+        && config.connect.sqlite.create_if_missing
+        && !raw.contains("mode=")
+    {
+        let separator = if raw.contains('?') { '&' } else { '?' };
+        return format!("{raw}{separator}mode=rwc").into();
+    }
+    raw.into()
+}
+
 /// Maps a driver's URL-parsing error to [`Error::InvalidUrl`].
 pub(crate) fn invalid_url(bind: &str, url: &DatabaseUrl, err: sqlx::Error) -> Error {
     let reason = match err {

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use sqlx::mysql::{MySql, MySqlConnectOptions};
 
-use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings};
+use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::BindConfig;
 use crate::{DatabaseUrl, Result};
 
@@ -16,16 +16,8 @@ impl Backend for MySql {
         url: &DatabaseUrl,
         config: &BindConfig,
     ) -> Result<MySqlConnectOptions> {
-        // sqlx knows only `mysql://`; MariaDB users often write `mariadb://`.
-        let raw = url.expose();
-        let raw = match raw.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("mariadb") => {
-                format!("mysql://{rest}")
-            }
-            _ => raw.to_owned(),
-        };
-        let mut options =
-            MySqlConnectOptions::from_str(&raw).map_err(|e| invalid_url(bind, url, e))?;
+        let mut options = MySqlConnectOptions::from_str(&sqlx_url(url, config))
+            .map_err(|e| invalid_url(bind, url, e))?;
         if let Some(capacity) = config.connect.statement_cache_capacity {
             options = options.statement_cache_capacity(capacity);
         }

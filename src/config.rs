@@ -14,8 +14,7 @@ pub const DEFAULT_BIND: &str = "default";
 ///
 /// Build it in code (`Config::default().bind("main", …)`, or `BindConfig::into()` for one bind
 /// named `default`), or load it with [`Config::from_env`], [`Config::from_file`] or
-/// [`Config::from_file_and_env`]; the [loading rules](crate::config#loading) say how the layers
-/// merge.
+/// [`Config::from_file_and_env`], whose docs say how the layers merge.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]

@@ -10,7 +10,10 @@ use figment::Jail;
 const SECRET: &str = "s3cret-pa55";
 
 /// Runs `test` in a jail: a temporary working directory and an environment of its own, emptied.
-#[allow(clippy::result_large_err, reason = "figment's Jail dictates the closure's error type")]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment's Jail dictates the closure's error type"
+)]
 fn jailed(test: impl FnOnce(&mut Jail) -> Result<(), String>) {
     Jail::expect_with(|jail| {
         jail.clear_env();

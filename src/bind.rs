@@ -337,6 +337,7 @@ impl<DB: Backend> BindShared<DB> {
         for _ in 0..missing {
             match self.checkout().await {
                 Ok(conn) => held.push(conn),
+                Err(e) if e.is_closed() => break,
                 Err(e) => {
                     tracing::warn!(bind = %self.name, error = %e, "could not open min_connections");
                     break;

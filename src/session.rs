@@ -472,13 +472,24 @@ impl<DB: Backend> Session<DB> {
 
     /// Runs one command, all its results drained, with in-flight tracking.
     async fn exec(&mut self, sql: SqlStr) -> sqlx::Result<()> {
-        let aborts = self.bind.shared.dialect.aborts_on_error();
-        let Self { conn, tx, .. } = self;
-        let raw = &mut conn.as_mut().expect("the session is attached").raw;
-        tx.wire = Wire::Busy;
+        let (raw, tx, aborts) = self.start_op();
         let result = drain(DB::fetch_many(raw, sql)).await;
         tx.settle(&result, aborts);
         result
+    }
+
+    /// Marks an operation in flight and lends the connection for it, with the state to settle
+    /// when it ends (and whether a failure aborts the transaction). If the operation's future is
+    /// dropped before it settles, the session stays `Busy`: poisoned.
+    fn start_op(&mut self) -> (&mut DB::Connection, &mut TxState, bool) {
+        let aborts_on_error = self.bind.shared.dialect.aborts_on_error();
+        let Self { conn, tx, .. } = self;
+        tx.wire = Wire::Busy;
+        (
+            &mut conn.as_mut().expect("the session is attached").raw,
+            tx,
+            aborts_on_error,
+        )
     }
 
     pub(crate) fn savepoint_dropped(&mut self, level: u32) {
@@ -599,10 +610,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         let start = async move {
             self.ready().await.map_err(Error::into_sqlx)?;
-            let aborts_on_error = self.bind.shared.dialect.aborts_on_error();
-            let Session { conn, tx, .. } = self;
-            let raw = &mut conn.as_mut().expect("the session is attached").raw;
-            tx.wire = Wire::Busy;
+            let (raw, tx, aborts_on_error) = self.start_op();
             Ok::<_, sqlx::Error>(Tracked {
                 inner: DB::fetch_many(raw, query),
                 tx,
@@ -619,10 +627,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.ready().await.map_err(Error::into_sqlx)?;
-            let aborts_on_error = self.bind.shared.dialect.aborts_on_error();
-            let Session { conn, tx, .. } = self;
-            let raw = &mut conn.as_mut().expect("the session is attached").raw;
-            tx.wire = Wire::Busy;
+            let (raw, tx, aborts_on_error) = self.start_op();
             let result = DB::fetch_optional(raw, query).await;
             tx.settle(&result, aborts_on_error);
             result
@@ -639,9 +644,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.attach().await.map_err(Error::into_sqlx)?;
-            let Session { conn, tx, .. } = self;
-            let raw = &mut conn.as_mut().expect("the session is attached").raw;
-            tx.wire = Wire::Busy;
+            let (raw, tx, _) = self.start_op();
             let result = DB::prepare_with(raw, sql, parameters).await;
             tx.settle(&result, false);
             result
@@ -654,9 +657,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.attach().await.map_err(Error::into_sqlx)?;
-            let Session { conn, tx, .. } = self;
-            let raw = &mut conn.as_mut().expect("the session is attached").raw;
-            tx.wire = Wire::Busy;
+            let (raw, tx, _) = self.start_op();
             let result = DB::describe(raw, sql).await;
             tx.settle(&result, false);
             result

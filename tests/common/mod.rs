@@ -182,11 +182,8 @@ impl TestDb {
     pub async fn innodb_transactions(&self) -> Vec<(i64, String)> {
         let query = "SELECT CAST(trx_mysql_thread_id AS SIGNED), trx_isolation_level \
                      FROM information_schema.innodb_trx";
-        let admin = self.admin_url.as_deref().expect("server database");
         let _spaced = innodb_trx_gate().await;
-        let mut conn = sqlx::MySqlConnection::connect(admin)
-            .await
-            .expect("admin connection");
+        let mut conn = self.admin().await;
         let rows = sqlx::query_as(query)
             .fetch_all(&mut conn)
             .await
@@ -195,38 +192,24 @@ impl TestDb {
         rows
     }
 
+    /// A connection as the server's administrator, outside any pool under test.
+    async fn admin(&self) -> sqlx::AnyConnection {
+        admin_connection(self.admin_url.as_deref().expect("server database")).await
+    }
+
     async fn admin_count(&self, query: String) -> i64 {
         let _spaced = if query.contains("innodb_trx") {
             Some(innodb_trx_gate().await)
         } else {
             None
         };
-        let admin = self.admin_url.as_deref().expect("server database");
-        match self.kind {
-            Kind::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(admin)
-                    .await
-                    .expect("admin connection");
-                let n: i64 = sqlx::query_scalar(sql(query))
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("census");
-                conn.close().await.ok();
-                n
-            }
-            Kind::MySql => {
-                let mut conn = sqlx::MySqlConnection::connect(admin)
-                    .await
-                    .expect("admin connection");
-                let n: i64 = sqlx::query_scalar(sql(query))
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("census");
-                conn.close().await.ok();
-                n
-            }
-            _ => unreachable!("SQLite has no server"),
-        }
+        let mut conn = self.admin().await;
+        let n: i64 = sqlx::query_scalar(sql(query))
+            .fetch_one(&mut conn)
+            .await
+            .expect("census");
+        conn.close().await.ok();
+        n
     }
 
     /// The server's id for a session's connection, from inside it.
@@ -245,66 +228,45 @@ impl TestDb {
             Kind::MySql => format!("KILL {id}"),
             Kind::SqliteFile | Kind::SqliteMemory => unreachable!("SQLite has no server"),
         };
-        let admin = self.admin_url.as_deref().expect("server database");
-        match self.kind {
-            Kind::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(admin)
-                    .await
-                    .expect("admin connection");
-                sqlx::raw_sql(sql(query))
-                    .execute(&mut conn)
-                    .await
-                    .expect("kill");
-            }
-            _ => {
-                let mut conn = sqlx::MySqlConnection::connect(admin)
-                    .await
-                    .expect("admin connection");
-                sqlx::raw_sql(sql(query))
-                    .execute(&mut conn)
-                    .await
-                    .expect("kill");
-            }
-        }
+        let mut conn = self.admin().await;
+        sqlx::raw_sql(sql(query))
+            .execute(&mut conn)
+            .await
+            .expect("kill");
     }
 
     /// Drops what the test made on the server.
     pub async fn finish(self) {
-        match self.kind {
-            Kind::Postgres => {
-                let admin = self.admin_url.as_deref().expect("server");
-                let mut conn = sqlx::PgConnection::connect(admin)
-                    .await
-                    .expect("admin connection");
-                let drop = format!("DROP TABLE IF EXISTS {}", self.table);
-                sqlx::raw_sql(sql(drop))
-                    .execute(&mut conn)
-                    .await
-                    .expect("drop table");
-            }
+        let cleanup = match self.kind {
+            Kind::Postgres => format!("DROP TABLE IF EXISTS {}", self.table),
             Kind::MySql => {
-                let admin = self.admin_url.as_deref().expect("server");
-                let mut conn = sqlx::MySqlConnection::connect(admin)
-                    .await
-                    .expect("admin connection");
-                let drop = format!(
+                format!(
                     "DROP TABLE IF EXISTS {}; DROP USER IF EXISTS '{}'@'%'",
                     self.table, self.tag
-                );
-                sqlx::raw_sql(sql(drop))
-                    .execute(&mut conn)
-                    .await
-                    .expect("drop table and user");
+                )
             }
             Kind::SqliteFile => {
                 let path = self.sqlite_path.as_ref().expect("file");
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
+                return;
             }
-            Kind::SqliteMemory => {}
-        }
+            Kind::SqliteMemory => return,
+        };
+        let mut conn = self.admin().await;
+        sqlx::raw_sql(sql(cleanup))
+            .execute(&mut conn)
+            .await
+            .expect("clean up");
     }
+}
+
+async fn admin_connection(url: &str) -> sqlx::AnyConnection {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("the test server at {url} cannot be reached: {e}"))
 }
 
 fn server_url(var: &str) -> Option<String> {
@@ -319,9 +281,7 @@ fn server_url(var: &str) -> Option<String> {
 
 /// A MariaDB user for this test alone, so the census counts only its connections.
 async fn mysql_user(admin: &str, tag: &str) -> String {
-    let mut conn = sqlx::MySqlConnection::connect(admin)
-        .await
-        .unwrap_or_else(|e| panic!("{MYSQL_ENV} is set but MariaDB cannot be reached: {e}"));
+    let mut conn = admin_connection(admin).await;
     let ddl = format!(
         "CREATE USER '{tag}'@'%' IDENTIFIED BY ''; GRANT ALL PRIVILEGES ON test.* TO '{tag}'@'%'; \
          GRANT PROCESS ON *.* TO '{tag}'@'%'"

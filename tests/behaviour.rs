@@ -538,6 +538,59 @@ macro_rules! behaviour_suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_autocommit_mode_a_savepoint_guard_is_the_transaction() {
+                let Some(db) = setup().await else { return };
+                let manager = db.manager(|c| c.autocommit(true)); // the bind's default
+                create_table(&manager, &db).await;
+                let mut session = manager.session::<Db>("main").unwrap();
+                let mut tx = session.savepoint().await.unwrap();
+                insert(&mut tx, &db, 1).await.unwrap();
+                tx.rollback().await.unwrap();
+                assert!(!session.in_transaction());
+                let mut tx = session.savepoint().await.unwrap();
+                insert(&mut tx, &db, 2).await.unwrap();
+                tx.commit().await.unwrap();
+                assert!(!session.in_transaction());
+                drop(session);
+                assert_eq!(committed_rows(&manager, &db).await, 1);
+                manager.close(Duration::from_secs(5)).await.unwrap();
+                db.finish().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_lent_raw_connection_is_verified_before_it_returns() {
+                let Some(db) = setup().await else { return };
+                let manager = db.manager(|c| c.max_connections(1));
+                create_table(&manager, &db).await;
+                let mut session = manager.session::<Db>("main").unwrap().autocommit(true);
+                let raw = session.connection().await.unwrap();
+                let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'raw')", db.table);
+                sqlx::query(sql(stmt)).execute(raw).await.unwrap();
+                drop(session); // no transaction, but unverified: pinged, then returned
+                assert_pool_settles(&manager).await;
+                let status = &manager.status()[0];
+                assert_eq!((status.idle, status.discarded), (1, 0), "{status:?}");
+                assert_eq!(committed_rows(&manager, &db).await, 1);
+
+                // Raw work cancelled mid-flight is invisible to the session: the check before
+                // reuse catches it (here a rollback, the session being in a transaction).
+                let mut session = manager.session::<Db>("main").unwrap();
+                let raw = session.connection().await.unwrap();
+                let slow = sqlx::query(slow_query()).execute(raw);
+                assert!(tokio::time::timeout(Duration::from_millis(50), slow).await.is_err());
+                drop(session);
+                assert_pool_settles(&manager).await;
+                assert_no_open_transaction(&db).await;
+                let mut session = manager.session::<Db>("main").unwrap();
+                insert(&mut session, &db, 2).await.unwrap();
+                session.commit().await.unwrap();
+                drop(session);
+                assert_eq!(committed_rows(&manager, &db).await, 2);
+                manager.close(Duration::from_secs(5)).await.unwrap();
+                db.finish().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn read_only_sessions_refuse_writes_and_leave_the_connection_writable() {
                 let Some(db) = setup().await else { return };
                 let manager = db.manager(|c| c.max_connections(1));

@@ -399,6 +399,38 @@ async fn echo_logs_every_statement_of_that_bind_only() {
     );
 }
 
+#[tokio::test]
+async fn sqlite_pragmas_reach_every_connection() {
+    let path = std::env::temp_dir().join(format!("dbscope-pragmas-{}.db", std::process::id()));
+    let mut config = BindConfig::new(format!("sqlite://{}", path.display()));
+    config.connect.sqlite.journal_mode = Some(JournalMode::Wal);
+    config.connect.sqlite.foreign_keys = Some(false);
+    config.connect.sqlite.busy_timeout = Some(Duration::from_millis(1234));
+    let manager = BindManager::new(config).unwrap();
+    let mut session = manager
+        .session::<sqlx::Sqlite>("default")
+        .unwrap()
+        .autocommit(true);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert_eq!((mode.as_str(), foreign_keys, busy), ("wal", 0, 1234));
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// A `tracing` subscriber writing into a buffer the test can read.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);

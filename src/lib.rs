@@ -1,6 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+compile_error!(
+    "dbscope needs a database driver: enable at least one of its `postgres`, `mysql` or `sqlite` features"
+);
+
 mod backend;
 mod bind;
 mod config;

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, Postgres};
 
-use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings};
+use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::BindConfig;
 use crate::{DatabaseUrl, Result};
 
@@ -16,8 +16,8 @@ impl Backend for Postgres {
         url: &DatabaseUrl,
         config: &BindConfig,
     ) -> Result<PgConnectOptions> {
-        let mut options =
-            PgConnectOptions::from_str(url.expose()).map_err(|e| invalid_url(bind, url, e))?;
+        let mut options = PgConnectOptions::from_str(&sqlx_url(url, config))
+            .map_err(|e| invalid_url(bind, url, e))?;
         if let Some(capacity) = config.connect.statement_cache_capacity {
             options = options.statement_cache_capacity(capacity);
         }

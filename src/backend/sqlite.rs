@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode};
 
-use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings};
+use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::{BindConfig, JournalMode};
 use crate::{DatabaseUrl, Result};
 
@@ -17,7 +17,7 @@ impl Backend for Sqlite {
         config: &BindConfig,
     ) -> Result<SqliteConnectOptions> {
         let sqlite = &config.connect.sqlite;
-        let mut options = SqliteConnectOptions::from_str(url.expose())
+        let mut options = SqliteConnectOptions::from_str(&sqlx_url(url, config))
             .map_err(|e| invalid_url(bind, url, e))?
             .create_if_missing(sqlite.create_if_missing);
         if let Some(capacity) = config.connect.statement_cache_capacity {

@@ -119,13 +119,12 @@ pub(crate) fn open<DB: Backend>(
     let name: Arc<str> = Arc::from(name);
     let counters = Arc::new(Counters::default());
     let manager = ConnManager::<DB>::new(name.clone(), options, pool_config, counters.clone());
+    // deadpool's build fails only for timeouts without a runtime; dbscope applies its own
+    // deadline around checkout and sets none of deadpool's.
     let pool = Pool::<DB>::builder(manager)
         .max_size(config.pool.max_connections as usize)
         .build()
-        .map_err(|e| Error::Unsupported {
-            bind: name.to_string(),
-            what: e.to_string(),
-        })?;
+        .expect("a pool without deadpool timeouts always builds");
     let shared = Arc::new(BindShared {
         name,
         url: url.clone(),
@@ -222,10 +221,9 @@ impl<DB: Backend> BindShared<DB> {
                 url: self.url.redacted(),
                 source,
             }),
-            Ok(Err(other)) => Err(Error::Unsupported {
-                bind: self.name.to_string(),
-                what: format!("unexpected pool error: {other}"),
-            }),
+            Ok(Err(other)) => unreachable!(
+                "deadpool reports only Closed and Backend without its own timeouts or hooks: {other}"
+            ),
             Err(_elapsed) => {
                 Counters::bump(&self.counters.timeouts);
                 Err(Error::Timeout {

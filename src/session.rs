@@ -82,6 +82,24 @@ struct TxState {
     aborted: bool,
     /// The raw connection was lent out: its state is unverified until our next round trip.
     lent: bool,
+    /// How the open transaction ends, fixed when it began: later option changes apply to the
+    /// next transaction, never to the way this one ends.
+    end: EndSql,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct EndSql {
+    commit: &'static str,
+    rollback: &'static str,
+}
+
+impl Default for EndSql {
+    fn default() -> Self {
+        Self {
+            commit: "COMMIT",
+            rollback: "ROLLBACK",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -258,8 +276,7 @@ impl<DB: Backend> Session<DB> {
                 bind: self.bind.name().to_owned(),
             });
         }
-        let sql = self.tx_sql()?.commit;
-        match self.exec(SqlStr::from_static(sql)).await {
+        match self.exec(SqlStr::from_static(self.tx.end.commit)).await {
             Ok(()) => {
                 self.end_transaction();
                 Ok(())
@@ -410,14 +427,22 @@ impl<DB: Backend> Session<DB> {
     }
 
     async fn begin_transaction(&mut self) -> Result<()> {
-        let sql = self.tx_sql()?.begin.clone();
-        self.exec_or_poison(sql, "BEGIN").await?;
+        let sql = self.tx_sql()?;
+        let (begin, end) = (
+            sql.begin.clone(),
+            EndSql {
+                commit: sql.commit,
+                rollback: sql.rollback,
+            },
+        );
+        self.exec_or_poison(begin, "BEGIN").await?;
         self.tx.depth = 1;
+        self.tx.end = end;
         Ok(())
     }
 
     async fn rollback_transaction(&mut self) -> Result<()> {
-        let sql = self.tx_sql()?.rollback;
+        let sql = self.tx.end.rollback;
         self.exec_or_poison(SqlStr::from_static(sql), "ROLLBACK")
             .await?;
         self.end_transaction();
@@ -425,10 +450,7 @@ impl<DB: Backend> Session<DB> {
     }
 
     async fn rollback_after_failed_commit(&mut self) {
-        let Ok(sql) = self.tx_sql().map(|s| s.rollback) else {
-            return;
-        };
-        match self.exec(SqlStr::from_static(sql)).await {
+        match self.exec(SqlStr::from_static(self.tx.end.rollback)).await {
             // "No transaction in progress" is an answer too: either way nothing is open now.
             Ok(()) | Err(sqlx::Error::Database(_)) => {
                 self.tx.wire = Wire::Idle;
@@ -532,8 +554,7 @@ impl<DB: Backend> Drop for Session<DB> {
             engine::release(conn);
             return;
         }
-        let rollback =
-            (self.tx.depth > 0).then(|| self.tx_sql().map(|s| s.rollback).unwrap_or("ROLLBACK"));
+        let rollback = (self.tx.depth > 0).then_some(self.tx.end.rollback);
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback));

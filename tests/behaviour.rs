@@ -611,6 +611,24 @@ macro_rules! behaviour_suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn options_changed_mid_transaction_apply_to_the_next_one() {
+                let Some(db) = setup().await else { return };
+                let manager = db.manager(|c| c.max_connections(1));
+                create_table(&manager, &db).await;
+                let mut session = manager.session::<Db>("main").unwrap().read_only(true);
+                assert_eq!(count(&mut session, &db).await, 0); // a read-only transaction is open
+                let mut session = session.read_only(false);
+                assert!(insert(&mut session, &db, 1).await.is_err(), "still the read-only transaction");
+                session.rollback().await.unwrap();
+                insert(&mut session, &db, 1).await.unwrap(); // a new, writable transaction
+                session.commit().await.unwrap();
+                drop(session);
+                assert_eq!(committed_rows(&manager, &db).await, 1);
+                manager.close(Duration::from_secs(5)).await.unwrap();
+                db.finish().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn isolation_level_reaches_the_server() {
                 let Some(db) = setup().await else { return };
                 let manager = db.manager(|c| c);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use deadpool::managed::{Manager as _, PoolError};
 use futures_core::future::BoxFuture;
 
-use crate::backend::{self, Backend, Dialect, TxSql};
+use crate::backend::{Backend, Dialect, TxSql};
 use crate::config::{BindConfig, PoolConfig, SessionConfig};
 use crate::engine::{self, ConnManager, Counters, Object, Pool, PooledConn};
 use crate::{DatabaseUrl, Error, Result, Session};
@@ -105,10 +105,10 @@ pub(crate) trait ErasedBind: Send + Sync {
 pub(crate) fn open<DB: Backend>(
     name: &str,
     url: &DatabaseUrl,
+    dialect: Dialect,
     config: &BindConfig,
 ) -> Result<OpenBind> {
     let options = DB::connect_options(name, url, config)?;
-    let dialect = backend::dialect_of(name, url)?;
     let tx_sql = dialect
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::Unsupported {

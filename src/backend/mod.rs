@@ -113,7 +113,7 @@ macro_rules! delegate_executor {
 pub(crate) use delegate_executor;
 
 /// Builds a bind of one database type: `crate::bind::open::<DB>`.
-type Opener = fn(&str, &DatabaseUrl, &BindConfig) -> Result<crate::bind::OpenBind>;
+type Opener = fn(&str, &DatabaseUrl, Dialect, &BindConfig) -> Result<crate::bind::OpenBind>;
 
 /// How to open binds of one kind of URL.
 struct Driver {
@@ -162,11 +162,6 @@ const ANY: Option<Opener> = Some(crate::bind::open::<sqlx::Any>);
 #[cfg(not(feature = "any"))]
 const ANY: Option<Opener> = None;
 
-/// The dialect a URL speaks, from its scheme.
-pub(crate) fn dialect_of(bind: &str, url: &DatabaseUrl) -> Result<Dialect> {
-    driver_of(bind, url).map(|d| d.dialect)
-}
-
 fn driver_of(bind: &str, url: &DatabaseUrl) -> Result<&'static Driver> {
     let scheme = url.scheme().ok_or_else(|| Error::InvalidUrl {
         bind: bind.to_owned(),
@@ -201,7 +196,7 @@ pub(crate) fn open(bind: &str, config: &BindConfig) -> Result<crate::bind::OpenB
         Engine::Native => native,
         Engine::Any => ANY.ok_or_else(|| not_enabled("Any", "any"))?,
     };
-    open(bind, url, config)
+    open(bind, url, driver.dialect, config)
 }
 
 /// The URL as sqlx's parsers want it: `mariadb://` becomes `mysql://` (sqlx knows only the

@@ -329,18 +329,31 @@ impl<DB: Backend> Session<DB> {
     /// Cancel safe in effect: cancelled mid-flight, the session is poisoned and discards its
     /// connection when it drops.
     pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>> {
+        let level = self.open_savepoint().await?;
+        Ok(Savepoint::new(self, level))
+    }
+
+    /// Opens a savepoint (or, with no transaction open in autocommit mode, the transaction
+    /// itself) and returns the level that ends it.
+    pub(crate) async fn open_savepoint(&mut self) -> Result<u32> {
         self.attach().await?;
         if self.tx.depth == 0 {
             self.begin_transaction().await?;
             if self.options().autocommit {
-                return Ok(Savepoint::new(self, 1));
+                return Ok(1);
             }
         }
         let level = self.tx.depth + 1;
         self.exec_or_poison(dialect::savepoint(level), "SAVEPOINT")
             .await?;
         self.tx.depth = level;
-        Ok(Savepoint::new(self, level))
+        Ok(level)
+    }
+
+    /// How deep the open transaction is: 0 without one, 1 for a transaction, one more per
+    /// savepoint inside it.
+    pub(crate) fn depth(&self) -> u32 {
+        self.tx.depth
     }
 
     /// The session's raw sqlx connection, checked out and inside the session's transaction, for
@@ -376,6 +389,36 @@ impl<DB: Backend> Session<DB> {
     ///
     /// Cancel safe: the session is dropped, with the drop behaviour described above.
     pub async fn close(mut self) -> Result<()> {
+        self.disconnect().await
+    }
+
+    /// Ends the session's work and gives its connection back, like [`close`](Session::close),
+    /// but keeps the session: its next statement checks out a fresh connection.
+    ///
+    /// This is also how a [poisoned](Error::Poisoned) session starts over: its connection is
+    /// discarded and the session is usable again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Sqlx`] when the rollback fails; the connection is discarded then, and the
+    /// session is usable again all the same.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: cancelled mid-rollback, the session is poisoned and discards its connection
+    /// when it drops or is disconnected again.
+    pub async fn disconnect(&mut self) -> Result<()> {
+        let result = self.settle_before_release().await;
+        self.let_go();
+        self.tx = TxState::default();
+        result
+    }
+
+    /// Rolls back and verifies a lent connection, so that it can go back to the pool clean.
+    async fn settle_before_release(&mut self) -> Result<()> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
         if self.tx.wire == Wire::Idle && self.tx.depth > 0 {
             self.rollback_transaction().await?;
         }
@@ -414,7 +457,8 @@ impl<DB: Backend> Session<DB> {
     }
 
     /// Everything a statement needs first: a connection, and a transaction unless autocommit.
-    async fn ready(&mut self) -> Result<()> {
+    /// Blocking sessions call it before a statement, so that its errors reach them typed.
+    pub(crate) async fn ready(&mut self) -> Result<()> {
         if self.tx.depth > 0 && self.tx.wire == Wire::Idle && self.tx.pending_rollback_to.is_none()
         {
             return Ok(()); // the hot path: mid-transaction
@@ -542,6 +586,14 @@ async fn drain<T>(stream: BoxStream<'_, sqlx::Result<T>>) -> sqlx::Result<()> {
 
 impl<DB: Backend> Drop for Session<DB> {
     fn drop(&mut self) {
+        self.let_go();
+    }
+}
+
+impl<DB: Backend> Session<DB> {
+    /// Gives the connection up without awaiting: back to the pool when it is clean, rolled back
+    /// in the background when a transaction is open, discarded when its state is unknown.
+    fn let_go(&mut self) {
         let Some(conn) = self.conn.take() else {
             return;
         };

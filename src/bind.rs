@@ -83,6 +83,9 @@ pub struct BindStatus {
     pub connect_errors: u64,
     /// The manager was closed or dropped.
     pub closed: bool,
+    /// This is the bind's blocking face: the pool of its
+    /// [`BlockingBind`](crate::blocking::BlockingBind), apart from the async one.
+    pub blocking: bool,
 }
 
 /// What the manager keeps of a bind: a type-erased view, and the typed one to downcast to.
@@ -99,6 +102,9 @@ pub(crate) trait ErasedBind: Send + Sync {
     fn connect(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
     /// Stops handing out connections and closes the idle ones.
     fn close(&self);
+    /// A second engine on the same database, with the same connect options and a pool of its
+    /// own: the bind's blocking face.
+    fn twin(&self, config: &BindConfig) -> OpenBind;
 }
 
 /// Builds a bind of database type `DB`; no connection is opened.
@@ -109,6 +115,20 @@ pub(crate) fn open<DB: Backend>(
     config: &BindConfig,
 ) -> Result<OpenBind> {
     let options = DB::connect_options(name, url, config)?;
+    let shared = Arc::new(build::<DB>(name, url, dialect, config, options)?);
+    Ok(OpenBind {
+        erased: shared.clone(),
+        typed: shared,
+    })
+}
+
+fn build<DB: Backend>(
+    name: &str,
+    url: &DatabaseUrl,
+    dialect: Dialect,
+    config: &BindConfig,
+    options: crate::backend::Options<DB>,
+) -> Result<BindShared<DB>> {
     let tx_sql = dialect
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::Unsupported {
@@ -125,7 +145,7 @@ pub(crate) fn open<DB: Backend>(
         .max_size(config.pool.max_connections as usize)
         .build()
         .expect("a pool without deadpool timeouts always builds");
-    let shared = Arc::new(BindShared {
+    Ok(BindShared {
         name,
         url: url.clone(),
         dialect,
@@ -138,10 +158,6 @@ pub(crate) fn open<DB: Backend>(
         keeper: is_in_memory_sqlite(url).then(Keeper::default),
         maintenance_started: AtomicBool::new(false),
         counters,
-    });
-    Ok(OpenBind {
-        erased: shared.clone(),
-        typed: shared,
     })
 }
 
@@ -278,6 +294,7 @@ impl<DB: Backend> BindShared<DB> {
             timeouts: load(&self.counters.timeouts),
             connect_errors: load(&self.counters.connect_errors),
             closed: self.pool.is_closed(),
+            blocking: false,
         }
     }
 
@@ -378,6 +395,19 @@ impl<DB: Backend> ErasedBind for BindShared<DB> {
             .and_then(|k| k.conn.try_lock().ok()?.take());
         if let Some(conn) = keeper {
             engine::close_gracefully(conn);
+        }
+    }
+
+    fn twin(&self, config: &BindConfig) -> OpenBind {
+        let options = self.pool.manager().options.clone();
+        // Everything that could fail already succeeded for this bind with the same config.
+        let shared = Arc::new(
+            build::<DB>(&self.name, &self.url, self.dialect, config, options)
+                .expect("a bind's twin builds as the bind did"),
+        );
+        OpenBind {
+            erased: shared.clone(),
+            typed: shared,
         }
     }
 }

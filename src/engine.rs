@@ -53,7 +53,9 @@ impl Counters {
 /// Opens, checks and expires the connections of one bind.
 pub(crate) struct ConnManager<DB: Backend> {
     pub(crate) bind: Arc<str>,
-    options: Options<DB>,
+    /// Also the options of the bind's blocking twin, which must reach the same database (a second
+    /// parse of `sqlite::memory:` would name another one).
+    pub(crate) options: Options<DB>,
     health_check: HealthCheck,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,

@@ -228,6 +228,100 @@ pub enum Error {
         bind: String,
     },
 
+    /// A scope's session was asked for outside any scope.
+    #[error(
+        "{}no dbscope scope is active on this task; run this code inside \
+         `dbscope::scope(&manager, …)` (or `manager.scope().run(…)`), behind a `ScopeLayer`, or \
+         for a task started with `tokio::spawn`, pass `Scope::current()?.attach(…)` the future \
+         (spawned tasks inherit no scope)",
+        bind_prefix(bind.as_deref())
+    )]
+    NoScope {
+        /// The bind asked for, when one was.
+        bind: Option<String>,
+    },
+
+    /// A scope's session was asked for after the scope ended (from a task that outlived it).
+    #[error(
+        "bind `{bind}`: the scope this code runs in has already ended (committed or rolled \
+         back); a task attached to a scope must finish before the scope does"
+    )]
+    ScopeEnded {
+        /// The bind asked for.
+        bind: String,
+    },
+
+    /// The scope (or route) declares its binds, and this one is not among them.
+    #[error(
+        "bind `{bind}` is not declared for this scope (declared: {}); add `.bind(\"{bind}\")` \
+         to the scope or to the route's ScopeLayer",
+        declared.join(", ")
+    )]
+    BindNotInScope {
+        /// The bind asked for.
+        bind: String,
+        /// The binds the scope declares.
+        declared: Vec<String>,
+    },
+
+    /// A bind was declared twice for one scope (e.g. by an app-wide layer and a route layer).
+    #[error(
+        "bind `{bind}` is declared twice for the same scope (by two ScopeLayers on one route, or \
+         twice on one scope); declare it once, on the innermost layer that needs it"
+    )]
+    DuplicateScopeBind {
+        /// The bind.
+        bind: String,
+    },
+
+    /// `try_current_session` found the scope's session in use by other code of the scope.
+    #[error(
+        "bind `{bind}`: the scope's session is in use by other code of this scope; wait for it \
+         with `current_session`, or drop the other `ScopedSession` guard first"
+    )]
+    SessionBusy {
+        /// The bind.
+        bind: String,
+    },
+
+    /// An atomic block with `IfOpen::Fail` found a transaction open.
+    #[error(
+        "bind `{bind}`: an atomic block found a transaction already open on the scope's \
+         session; commit or roll it back first, or pick another `IfOpen` policy"
+    )]
+    TransactionOpen {
+        /// The bind.
+        bind: String,
+    },
+
+    /// A before-commit hook refused the commit; every session of the scope was rolled back.
+    #[error("a before-commit hook vetoed the commit; the scope's sessions were rolled back")]
+    CommitVetoed {
+        /// What the hook returned.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A scope with several binds committed some of them, then a commit failed.
+    #[error(
+        "scope commit failed on bind `{failed}` after committing {}; rolled back: {}. The \
+         committed binds cannot be undone: reconcile them, or keep one bind per scope where \
+         all-or-nothing matters",
+        list(committed),
+        list(rolled_back)
+    )]
+    PartialCommit {
+        /// Binds whose commit succeeded, in commit order.
+        committed: Vec<String>,
+        /// The bind whose commit failed.
+        failed: String,
+        /// Binds rolled back after the failure.
+        rolled_back: Vec<String>,
+        /// The failed commit's error.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// `close()` reached its deadline with sessions still holding connections.
     #[error(
         "close deadline passed with connections still checked out ({}); they are closed when \
@@ -238,6 +332,55 @@ pub enum Error {
         /// Each bind with connections still out, and how many.
         busy: Vec<(String, usize)>,
     },
+
+    /// A blocking call was made from async code, where blocking would stall the runtime.
+    #[error(
+        "{}a blocking dbscope call was made from async code running on a tokio runtime, where \
+         it would block the runtime's thread (and deadlock a current-thread runtime); use the \
+         async API (`Session`), or run this blocking code in tokio::task::spawn_blocking",
+        bind_prefix(bind.as_deref())
+    )]
+    BlockingInAsync {
+        /// The bind of the call, when it is about one.
+        bind: Option<String>,
+    },
+
+    /// A blocking scope's session was asked for outside any blocking scope.
+    #[error(
+        "{}no blocking scope is active on this thread; run this code inside \
+         `dbscope::blocking::scope(&manager, || …)` (a blocking scope belongs to the thread that \
+         opened it: threads it starts inherit nothing)",
+        bind_prefix(bind.as_deref())
+    )]
+    NoBlockingScope {
+        /// The bind asked for, when one was.
+        bind: Option<String>,
+    },
+
+    /// The runtime that drives blocking binds could not start.
+    #[error(
+        "cannot start the runtime that drives blocking binds (a thread and an I/O driver); the \
+         process may be out of threads or file descriptors"
+    )]
+    BlockingRuntime {
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A boxed error from user code, such as a hook's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn list(binds: &[String]) -> String {
+    if binds.is_empty() {
+        return "none".to_owned();
+    }
+    binds
+        .iter()
+        .map(|b| format!("`{b}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn bind_prefix(bind: Option<&str>) -> String {
@@ -273,13 +416,24 @@ impl Error {
             | Self::Closed { bind }
             | Self::Connect { bind, .. }
             | Self::Poisoned { bind }
-            | Self::TransactionAborted { bind } => Some(bind),
-            Self::Sqlx { bind, .. } => bind.as_deref(),
+            | Self::TransactionAborted { bind }
+            | Self::ScopeEnded { bind }
+            | Self::BindNotInScope { bind, .. }
+            | Self::DuplicateScopeBind { bind }
+            | Self::SessionBusy { bind }
+            | Self::TransactionOpen { bind } => Some(bind),
+            Self::PartialCommit { failed, .. } => Some(failed),
+            Self::Sqlx { bind, .. }
+            | Self::NoScope { bind }
+            | Self::BlockingInAsync { bind }
+            | Self::NoBlockingScope { bind } => bind.as_deref(),
             Self::NoBinds
             | Self::InvalidBindName { .. }
             | Self::ConfigFile { .. }
             | Self::Config { .. }
-            | Self::CloseTimedOut { .. } => None,
+            | Self::CloseTimedOut { .. }
+            | Self::CommitVetoed { .. }
+            | Self::BlockingRuntime { .. } => None,
         }
     }
 
@@ -328,6 +482,7 @@ impl Error {
                 | Self::NoBinds
                 | Self::InvalidBindName { .. }
                 | Self::DuplicateBind { .. }
+                | Self::DuplicateScopeBind { .. }
                 | Self::ZeroMaxConnections { .. }
                 | Self::MinExceedsMax { .. }
                 | Self::Unsupported { .. }
@@ -349,6 +504,27 @@ impl Error {
     /// The transaction was aborted by an earlier error and rolled back.
     pub fn is_transaction_aborted(&self) -> bool {
         matches!(self, Self::TransactionAborted { .. })
+    }
+
+    /// A scope's session was asked for outside any scope (async, or blocking on this thread).
+    pub fn is_no_scope(&self) -> bool {
+        matches!(self, Self::NoScope { .. } | Self::NoBlockingScope { .. })
+    }
+
+    /// A blocking call was refused because it was made from async code: use the async API or
+    /// `tokio::task::spawn_blocking`.
+    pub fn is_blocking_in_async(&self) -> bool {
+        matches!(self, Self::BlockingInAsync { .. })
+    }
+
+    /// A before-commit hook vetoed the scope's commit.
+    pub fn is_commit_vetoed(&self) -> bool {
+        matches!(self, Self::CommitVetoed { .. })
+    }
+
+    /// A scope committed some of its binds before a commit failed: see the error's lists.
+    pub fn is_partial_commit(&self) -> bool {
+        matches!(self, Self::PartialCommit { .. })
     }
 
     /// The error the database returned, if it is one (a constraint violation, a syntax error …).
@@ -402,6 +578,16 @@ impl From<sqlx::Error> for Error {
                 source,
             },
         }
+    }
+}
+
+/// For code that speaks sqlx (a closure given to
+/// [`BlockingSession::run`](crate::blocking::BlockingSession::run) returning `sqlx::Result`): as
+/// in a query, timeouts become `PoolTimedOut`, a closed bind `PoolClosed`, the rest travel boxed,
+/// and `?` back into [`Error`] restores the original.
+impl From<Error> for sqlx::Error {
+    fn from(err: Error) -> Self {
+        err.into_sqlx()
     }
 }
 

@@ -7,13 +7,16 @@ compile_error!(
 
 mod backend;
 mod bind;
+pub mod blocking;
 mod config;
 mod database_url;
 mod engine;
 mod error;
+mod integration;
 mod load;
 mod manager;
 mod savepoint;
+mod scope;
 mod session;
 
 pub use backend::Backend;
@@ -23,8 +26,18 @@ pub use config::{
     JournalMode, PoolConfig, SessionConfig, SqliteConfig,
 };
 pub use database_url::DatabaseUrl;
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
+#[cfg(feature = "actix")]
+pub use integration::actix;
+#[cfg(feature = "axum")]
+pub use integration::axum;
+#[cfg(feature = "tower")]
+pub use integration::tower;
 pub use load::{BIND_ENV_PREFIX, DATABASE_URL_ENV};
 pub use manager::{BindKey, BindManager, BindManagerBuilder, DefaultBind};
 pub use savepoint::Savepoint;
+pub use scope::{
+    Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, TransactionMode, atomic, atomic_for,
+    current_session, current_session_for, scope, try_current_session,
+};
 pub use session::Session;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::backend::{self, Backend};
 use crate::bind::{BindShared, OpenBind};
+use crate::blocking::Faces;
 use crate::config::{BindConfig, Config, DEFAULT_BIND};
 use crate::{Bind, BindStatus, Error, Result, Session};
 
@@ -49,6 +50,8 @@ pub struct BindManager {
 
 struct Inner {
     binds: BTreeMap<String, OpenBind>,
+    /// The binds' blocking faces, opened on first blocking use.
+    blocking: Faces,
 }
 
 /// Builds a [`BindManager`] bind by bind.
@@ -84,6 +87,7 @@ impl BindManagerBuilder {
             return Err(Error::NoBinds);
         }
         let mut binds = BTreeMap::new();
+        let mut configs = BTreeMap::new();
         for (name, config) in self.binds {
             check_name(&name)?;
             if binds.contains_key(&name) {
@@ -91,10 +95,14 @@ impl BindManagerBuilder {
             }
             check_pool(&name, &config)?;
             let open = backend::open(&name, &config)?;
-            binds.insert(name, open);
+            binds.insert(name.clone(), open);
+            configs.insert(name, config);
         }
         Ok(BindManager {
-            inner: Arc::new(Inner { binds }),
+            inner: Arc::new(Inner {
+                binds,
+                blocking: Faces::new(configs),
+            }),
         })
     }
 }
@@ -217,13 +225,18 @@ impl BindManager {
         self.inner.binds.keys().map(String::as_str)
     }
 
-    /// A snapshot of every bind's pool, in name order.
+    /// A snapshot of every bind's pool, in name order; a bind used from blocking code has a second
+    /// pool, its [blocking face](crate::blocking), listed right after it (`blocking: true`).
     pub fn status(&self) -> Vec<BindStatus> {
-        self.inner
+        let mut all: Vec<BindStatus> = self
+            .inner
             .binds
             .values()
             .map(|b| b.erased.status())
-            .collect()
+            .collect();
+        all.extend(self.inner.blocking.status());
+        all.sort_by(|a, b| (&a.name, a.blocking).cmp(&(&b.name, b.blocking)));
+        all
     }
 
     /// Whether [`close`](BindManager::close) was called.
@@ -265,13 +278,21 @@ impl BindManager {
         for open in self.inner.binds.values() {
             open.erased.close();
         }
+        self.inner.blocking.close();
         let give_up = tokio::time::Instant::now() + deadline;
         loop {
             let busy: Vec<(String, usize)> = self
                 .status()
                 .into_iter()
                 .filter(|s| s.connections > 0)
-                .map(|s| (s.name, s.connections))
+                .map(|s| {
+                    let name = if s.blocking {
+                        format!("{} (blocking)", s.name)
+                    } else {
+                        s.name
+                    };
+                    (name, s.connections)
+                })
                 .collect();
             if busy.is_empty() {
                 return Ok(());
@@ -283,7 +304,11 @@ impl BindManager {
         }
     }
 
-    fn entry(&self, name: &str) -> Result<&OpenBind> {
+    pub(crate) fn faces(&self) -> &Faces {
+        &self.inner.blocking
+    }
+
+    pub(crate) fn entry(&self, name: &str) -> Result<&OpenBind> {
         self.inner
             .binds
             .get(name)
@@ -299,6 +324,7 @@ impl Drop for Inner {
         for open in self.binds.values() {
             open.erased.close();
         }
+        self.blocking.close();
     }
 }
 

@@ -32,3 +32,27 @@ fn session_futures_are_send() {
     assert_send(&manager.connect());
     assert_send(&manager.close(std::time::Duration::ZERO));
 }
+
+#[test]
+fn scope_handles_and_futures_are_send() {
+    let manager = BindManager::new(dbscope::BindConfig::new("sqlite::memory:")).unwrap();
+    let work = async { Ok::<_, Error>(()) };
+    assert_send(&dbscope::scope(&manager, work));
+    assert_send(&manager.scope().run(async { Ok::<_, Error>(()) }));
+    assert_send(&dbscope::current_session::<Sqlite>("default"));
+    assert_send(&dbscope::atomic::<Sqlite>("default").run(async { Ok::<_, Error>(()) }));
+    let builder = manager.scope();
+    assert_send_sync(&builder);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(dbscope::scope(&manager, async {
+            let scope = dbscope::Scope::current()?;
+            assert_send_sync(&scope);
+            let session = dbscope::current_session::<Sqlite>("default").await?;
+            assert_send_sync(&session);
+            Ok::<_, Error>(())
+        }))
+        .unwrap();
+}

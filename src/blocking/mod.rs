@@ -1,0 +1,78 @@
+//! Blocking binds and sessions, for code without an async runtime: CLIs, batch jobs, build
+//! scripts, sync web frameworks.
+//!
+//! The same [`BindManager`](crate::BindManager), from the same configuration, hands out both
+//! faces of a bind: [`BindManager::bind`](crate::BindManager::bind) for async code,
+//! [`BindManager::blocking_bind`](crate::BindManager::blocking_bind) for blocking code.
+//! A [`BlockingSession`] is an async [`Session`](crate::Session) driven to completion call by
+//! call, so it behaves the same: no connection before the first statement, a transaction begun
+//! by it, commit, rollback, savepoints, read-only and isolation options, rollback on drop with
+//! the connection back clean, broken connections discarded.
+//!
+//! ```
+//! use dbscope::{BindConfig, BindManager, blocking};
+//! use sqlx::Sqlite;
+//!
+//! # fn main() -> Result<(), dbscope::Error> {
+//! let manager = BindManager::new(BindConfig::new("sqlite::memory:"))?;
+//! let bind = manager.blocking_bind::<Sqlite>("default")?; // Send + Sync: share it with threads
+//!
+//! let mut session = bind.session(); // no connection yet
+//! session.execute(sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))?;
+//! session.execute(sqlx::query("INSERT INTO notes (body) VALUES (?)").bind("kept"))?;
+//! session.commit()?;
+//!
+//! let (id, body): (i64, String) =
+//!     session.fetch_one(sqlx::query_as("SELECT id, body FROM notes"))?;
+//! assert_eq!((id, body.as_str()), (1, "kept"));
+//! drop(session); // rolls back what is open, returns the connection clean
+//!
+//! // A thread-scoped current session, committed when the closure returns Ok.
+//! blocking::scope(&manager, || {
+//!     let mut session = blocking::current_session::<Sqlite>("default")?;
+//!     session.execute(sqlx::query("INSERT INTO notes (body) VALUES ('scoped')"))?;
+//!     Ok::<_, dbscope::Error>(())
+//! })?;
+//! manager.close_blocking(std::time::Duration::from_secs(5))?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How it runs
+//!
+//! A bind's blocking face is a second engine, opened on first blocking use: the bind's connect
+//! options and session defaults, and a pool of its own sized by the same `max_connections` (a
+//! bind used from both faces may so open twice that many connections).
+//! [`BindManager::status`](crate::BindManager::status) lists it (`blocking: true`) and the
+//! manager's [`close`](crate::BindManager::close),
+//! [`close_blocking`](crate::BindManager::close_blocking) and drop close it with the rest.
+//!
+//! The blocking faces of a manager share one small tokio runtime, started with the first of
+//! them: one worker thread that drives their sockets and timers. Each operation runs on the
+//! calling thread, which sleeps while it waits for the server; the pool serves any number of
+//! OS threads, each waiting at most `acquire_timeout` for a connection
+//! ([`Error::Timeout`](crate::Error::Timeout)).
+//!
+//! # From async code
+//!
+//! Called from async code on a tokio runtime (a task, or a `block_on`), every blocking call
+//! returns [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) at once, without touching
+//! the database: blocking there would stall the runtime, and deadlock a current-thread one. Use
+//! the async API there, or move the blocking code to `tokio::task::spawn_blocking`, where it
+//! works. A blocking session dropped in async code rolls back in the background, as an async
+//! session does.
+
+mod bind;
+mod fetch;
+mod manager;
+mod registry;
+mod runtime;
+mod savepoint;
+mod scope;
+mod session;
+
+pub use bind::BlockingBind;
+pub use fetch::Fetch;
+pub(crate) use registry::Faces;
+pub use savepoint::BlockingSavepoint;
+pub use scope::{BlockingScopedSession, current_session, current_session_for, scope};
+pub use session::BlockingSession;

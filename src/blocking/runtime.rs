@@ -1,0 +1,230 @@
+//! The runtime behind blocking binds, the loop in which a calling thread waits for it, and the
+//! check that the calling thread may wait at all.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::Duration;
+
+use tokio::runtime::{EnterGuard, Handle, Runtime};
+use tokio::task::coop;
+
+use crate::backend::Backend;
+use crate::{Error, Result, Session};
+
+/// How long a dropped blocking session may take to roll back before its connection is discarded
+/// (as for async sessions).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Twice tokio's cooperative budget per poll (128): spending this much tells a budgeted thread
+/// from an unbudgeted one (see [`under_coop_budget`]). Should tokio raise its budget past this,
+/// the tests of calls from async code fail.
+const BUDGET_PROBE: usize = 256;
+
+/// The tokio runtime of a manager's blocking binds.
+///
+/// Its single worker thread drives the I/O reactor and the timers of every blocking connection,
+/// and runs their background work (rollbacks of sessions dropped where blocking is refused,
+/// polite closes, pool upkeep). Each operation itself runs on the calling thread, which polls it
+/// and sleeps while it waits: connections never hop threads, and the worker only wakes callers.
+pub(crate) struct Driver {
+    runtime: Option<Runtime>,
+    handle: Handle,
+}
+
+impl Driver {
+    pub(crate) fn start() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dbscope-blocking")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::BlockingRuntime { source })?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs `future` to completion on the calling thread, inside this runtime's context (its
+    /// sockets, timers and spawned tasks belong to this runtime). Check [`may_block`] first.
+    pub(crate) fn run<F: Future>(&self, future: F) -> F::Output {
+        let _context = self.handle.enter();
+        let _polling = Polling::start();
+        let parker = PARKER
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| Arc::new(Parker::current()));
+        let waker = Waker::from(Arc::clone(&parker));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = pin!(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            parker.wait();
+        }
+    }
+
+    /// Enters this runtime's context without blocking: what is spawned meanwhile runs on it.
+    pub(crate) fn enter(&self) -> EnterGuard<'_> {
+        self.handle.enter()
+    }
+
+    /// Ends a session given up by blocking code: rolled back and its connection returned before
+    /// this returns; or, where the thread may not block, in the background on this runtime.
+    pub(crate) fn end<DB: Backend>(&self, session: Session<DB>) {
+        if !session.is_connected() || thread_exiting() {
+            // Exiting, no runtime can be entered: dropped here, the session discards its
+            // connection, and the server rolls back.
+            return;
+        }
+        if !may_block() {
+            let _context = self.enter(); // the session's drop spawns its rollback here
+            drop(session);
+            return;
+        }
+        let bind = session.bind().name().to_owned();
+        let outcome =
+            self.run(async { tokio::time::timeout(CLEANUP_TIMEOUT, session.close()).await });
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(bind = %bind, error = %e, "a dropped blocking session's rollback failed; its connection was discarded");
+            }
+            Err(_elapsed) => {
+                tracing::debug!(bind = %bind, "a dropped blocking session's rollback timed out; its connection was discarded");
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Never blocks, so the last handle may go anywhere, async code included; the worker
+        // thread finishes on its own.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+/// Refuses with [`Error::BlockingInAsync`] when the calling thread may not block.
+pub(crate) fn refuse_in_async(bind: Option<&str>) -> Result<()> {
+    if may_block() {
+        return Ok(());
+    }
+    Err(Error::BlockingInAsync {
+        bind: bind.map(str::to_owned),
+    })
+}
+
+/// Whether the calling thread may block: it is not polling async code, neither for a tokio
+/// runtime (a task, a `block_on`) nor inside one of our own waits. `spawn_blocking` closures,
+/// `block_in_place` and plain threads may, even with a runtime's context entered.
+pub(crate) fn may_block() -> bool {
+    if POLLING.get() {
+        return false;
+    }
+    if Handle::try_current().is_err() {
+        return true;
+    }
+    !under_coop_budget()
+}
+
+/// Whether this thread is tearing down its thread-locals (a session dropped by one of them).
+fn thread_exiting() -> bool {
+    matches!(Handle::try_current(), Err(e) if e.is_thread_local_destroyed())
+}
+
+/// Whether tokio is polling async code on this thread.
+///
+/// tokio polls every task and every `block_on` future under a cooperative budget (128 units per
+/// poll), and runs `spawn_blocking` closures and `block_in_place` under none; the flag that says
+/// so is private, and `block_on` panics on it. So spend the budget: a limited one runs out, an
+/// unlimited one never does. Dropping the first guard unspent restores the budget as it was.
+fn under_coop_budget() -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(first) = coop::poll_proceed(&mut cx) else {
+        return true;
+    };
+    let limited = (0..BUDGET_PROBE).any(|_| match coop::poll_proceed(&mut cx) {
+        Poll::Ready(step) => {
+            step.made_progress();
+            false
+        }
+        Poll::Pending => true,
+    });
+    drop(first);
+    limited
+}
+
+thread_local! {
+    /// Set while this thread polls one of our futures: a blocking call from inside it (in a
+    /// closure given to `BlockingSession::run`) would wait on itself.
+    static POLLING: Cell<bool> = const { Cell::new(false) };
+    static PARKER: Arc<Parker> = Arc::new(Parker::current());
+}
+
+/// Marks the thread as polling until dropped (on unwind too).
+struct Polling {
+    was: bool,
+}
+
+impl Polling {
+    fn start() -> Self {
+        Self {
+            was: POLLING.replace(true),
+        }
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        POLLING.set(self.was);
+    }
+}
+
+/// Wakes a thread waiting in [`Driver::run`]. The flag makes wake-ups sticky and tells them from
+/// stray `unpark`s of other code on the thread.
+struct Parker {
+    thread: Thread,
+    notified: AtomicBool,
+}
+
+impl Parker {
+    fn current() -> Self {
+        Self {
+            thread: std::thread::current(),
+            notified: AtomicBool::new(false),
+        }
+    }
+
+    fn wait(&self) {
+        while !self.notified.swap(false, Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+}
+
+impl Wake for Parker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.notified.swap(true, Ordering::Release) {
+            self.thread.unpark();
+        }
+    }
+}

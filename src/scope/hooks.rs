@@ -1,0 +1,85 @@
+//! Code a scope runs around its commit: before it (with a veto), after it, after a rollback.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_core::future::BoxFuture;
+
+use crate::error::BoxError;
+
+type BeforeCommit = Arc<dyn Fn() -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+type After = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A scope's hooks, each list in registration order.
+#[derive(Clone, Default)]
+pub(crate) struct Hooks {
+    before_commit: Vec<BeforeCommit>,
+    after_commit: Vec<After>,
+    after_rollback: Vec<After>,
+}
+
+impl Hooks {
+    pub(crate) fn before_commit<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.before_commit.push(Arc::new(move || Box::pin(hook())));
+    }
+
+    pub(crate) fn after_commit<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.after_commit.push(Arc::new(move || Box::pin(hook())));
+    }
+
+    pub(crate) fn after_rollback<F, Fut>(&mut self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.after_rollback.push(Arc::new(move || Box::pin(hook())));
+    }
+
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn extend(&mut self, other: &Hooks) {
+        self.before_commit
+            .extend(other.before_commit.iter().cloned());
+        self.after_commit.extend(other.after_commit.iter().cloned());
+        self.after_rollback
+            .extend(other.after_rollback.iter().cloned());
+    }
+
+    /// Runs the before-commit hooks in order; the first error vetoes the commit and stops the
+    /// rest.
+    pub(crate) async fn run_before_commit(&self) -> Result<(), BoxError> {
+        for hook in &self.before_commit {
+            hook().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn run_after(&self, committed: bool) {
+        let hooks = if committed {
+            &self.after_commit
+        } else {
+            &self.after_rollback
+        };
+        for hook in hooks {
+            hook().await;
+        }
+    }
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("before_commit", &self.before_commit.len())
+            .field("after_commit", &self.after_commit.len())
+            .field("after_rollback", &self.after_rollback.len())
+            .finish()
+    }
+}

@@ -1,0 +1,624 @@
+//! Ambient sessions: a scope gives every piece of code it runs the same session per bind, and
+//! its outcome commits or rolls them all back.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::task::JoinHandle;
+
+use crate::backend::Backend;
+use crate::error::BoxError;
+use crate::integration::StatusPolicy;
+use crate::{BindKey, BindManager, Error, Result};
+
+mod atomic;
+mod hooks;
+mod slot;
+
+pub use atomic::{Atomic, IfOpen, atomic, atomic_for};
+use hooks::Hooks;
+pub use slot::ScopedSession;
+use slot::{Ended, ErasedSlot, Slot};
+
+tokio::task_local! {
+    static CURRENT: Scope;
+}
+
+/// How the sessions of a scope run their statements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransactionMode {
+    /// The first statement begins a transaction; the scope's outcome commits or rolls it back.
+    #[default]
+    Transactional,
+    /// Statements run without BEGIN/COMMIT: each lands on its own, at once, whatever the
+    /// scope's outcome. For routes that only read, it saves two round trips per request.
+    /// [Atomic blocks](crate::atomic) and [`Session::begin`](crate::Session::begin) still open
+    /// transactions, which the scope's outcome ends.
+    Autocommit,
+}
+
+/// Runs `work` in a new [scope](Scope) on `manager`'s binds: `Ok` commits every session the
+/// work used, `Err` rolls them all back. Short for `manager.scope().run(work)`.
+///
+/// ```
+/// use sqlx::Sqlite;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dbscope::Error> {
+/// # let manager = dbscope::BindManager::new(dbscope::BindConfig::new("sqlite::memory:"))?;
+/// async fn add_note(body: &str) -> Result<(), dbscope::Error> {
+///     let mut session = dbscope::current_session::<Sqlite>("default").await?;
+///     sqlx::query("INSERT INTO notes (body) VALUES (?)").bind(body).execute(&mut session).await?;
+///     Ok(())
+/// }
+///
+/// dbscope::scope(&manager, async {
+///     let mut session = dbscope::current_session::<Sqlite>("default").await?;
+///     sqlx::query("CREATE TABLE notes (body TEXT)").execute(&mut session).await?;
+///     drop(session); // let other code of the scope have it
+///     add_note("one").await?; // same session, same transaction
+///     add_note("two").await
+/// })
+/// .await?; // committed here
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// The work's own error (its sessions rolled back); or, when the work succeeded, the commit's:
+/// [`Error::CommitVetoed`], [`Error::PartialCommit`], or a single bind's commit error
+/// ([`Error::Sqlx`], [`Error::TransactionAborted`], [`Error::Poisoned`]).
+///
+/// # Cancel safety
+///
+/// Cancelling rolls back: the scope's sessions drop, which rolls back their transactions in the
+/// background and returns the connections clean; a commit cut off mid-flight discards its
+/// connection. Nothing is committed by a cancelled scope, except binds whose COMMIT already
+/// completed.
+pub async fn scope<F, T, E>(manager: &BindManager, work: F) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    manager.scope().run(work).await
+}
+
+/// The current scope's session on bind `name`: the same session to all code of the scope,
+/// created on first use, connected on its first statement.
+///
+/// Waits while other code of the scope holds the session (a `join!` sibling mid-query); see
+/// [`ScopedSession`] for the one way this waits forever.
+///
+/// # Errors
+///
+/// [`Error::NoScope`] outside any scope; [`Error::ScopeEnded`] from a task that outlived its
+/// scope; [`Error::BindNotInScope`] when the scope declares its binds and not this one; those
+/// of [`BindManager::bind`].
+///
+/// # Cancel safety
+///
+/// Cancel safe: cancelled while waiting, nothing changes.
+pub async fn current_session<DB: Backend>(name: &str) -> Result<ScopedSession<DB>> {
+    Scope::current_for(name)?.session(name).await
+}
+
+/// As [`current_session`], for the bind a [`BindKey`] names.
+///
+/// # Errors
+///
+/// As [`current_session`].
+///
+/// # Cancel safety
+///
+/// Cancel safe.
+pub async fn current_session_for<K: BindKey>() -> Result<ScopedSession<K::Database>> {
+    current_session(K::NAME).await
+}
+
+/// As [`current_session`], but refuses with [`Error::SessionBusy`] instead of waiting when
+/// other code of the scope holds the session.
+///
+/// # Errors
+///
+/// As [`current_session`], and [`Error::SessionBusy`].
+pub fn try_current_session<DB: Backend>(name: &str) -> Result<ScopedSession<DB>> {
+    Scope::current_for(name)?.try_session(name)
+}
+
+/// How to open a scope: its binds, transaction mode and hooks. From [`BindManager::scope`].
+///
+/// Cheap to clone; one builder serves any number of scopes (a web layer keeps one and starts a
+/// scope per request from it).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ScopeBuilder {
+    manager: BindManager,
+    mode: Option<TransactionMode>,
+    binds: Vec<(String, Option<TransactionMode>)>,
+    hooks: Hooks,
+}
+
+impl BindManager {
+    /// A [`ScopeBuilder`] on this manager's binds: every bind, transactional, no hooks.
+    pub fn scope(&self) -> ScopeBuilder {
+        ScopeBuilder {
+            manager: self.clone(),
+            mode: None,
+            binds: Vec::new(),
+            hooks: Hooks::default(),
+        }
+    }
+}
+
+impl ScopeBuilder {
+    /// The transaction mode of the scope's sessions (default: transactional).
+    pub fn mode(mut self, mode: TransactionMode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Shorthand for `mode(TransactionMode::Autocommit)`.
+    pub fn autocommit(self) -> Self {
+        self.mode(TransactionMode::Autocommit)
+    }
+
+    /// Declares a bind the scope serves. A scope with declared binds serves only those
+    /// ([`Error::BindNotInScope`] for the rest); without any, it serves every bind.
+    pub fn bind(mut self, name: impl Into<String>) -> Self {
+        self.binds.push((name.into(), None));
+        self
+    }
+
+    /// Declares a bind with its own transaction mode.
+    pub fn bind_with_mode(mut self, name: impl Into<String>, mode: TransactionMode) -> Self {
+        self.binds.push((name.into(), Some(mode)));
+        self
+    }
+
+    /// Runs `hook` inside the scope after its work succeeded, before anything commits; it may
+    /// use the scope's sessions. An `Err` vetoes the commit: every session rolls back and the
+    /// scope fails with [`Error::CommitVetoed`]. Hooks run in the order they were added.
+    pub fn before_commit<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.hooks.before_commit(hook);
+        self
+    }
+
+    /// Runs `hook` after every session committed and gave its connection back. It runs outside
+    /// the scope: use [`BindManager::session`] for database work there.
+    pub fn after_commit<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.after_commit(hook);
+        self
+    }
+
+    /// Runs `hook` after the scope rolled back (its work failed, a hook vetoed, or a commit
+    /// failed), outside the scope.
+    pub fn after_rollback<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks.after_rollback(hook);
+        self
+    }
+
+    /// Checks the declared binds: each exists, none is declared twice.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownBind`], [`Error::DuplicateScopeBind`].
+    pub fn validate(&self) -> Result<()> {
+        let known: Vec<&str> = self.manager.names().collect();
+        for (i, (name, _)) in self.binds.iter().enumerate() {
+            if !known.contains(&name.as_str()) {
+                return Err(Error::UnknownBind {
+                    bind: name.clone(),
+                    known: known.iter().map(|k| (*k).to_owned()).collect(),
+                });
+            }
+            if self.binds[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::DuplicateScopeBind { bind: name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `work` in a new scope: `Ok` commits every session it used (in the order of their
+    /// first use), `Err` rolls them back. See [`scope`].
+    ///
+    /// # Errors
+    ///
+    /// As [`scope`], and those of [`validate`](ScopeBuilder::validate).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`scope`].
+    pub async fn run<F, T, E>(self, work: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let scope = self.start()?;
+        let result = scope.attach(work).await;
+        match scope.finish(result.is_ok()).await {
+            Ok(()) => result,
+            Err(e) => Err(result.err().unwrap_or_else(|| e.into())),
+        }
+    }
+
+    /// Runs `work` in a new scope on a task of its own (the seeds' `run_in_new_ctx`): its
+    /// sessions are its own, committed or rolled back by its own outcome, whatever the
+    /// spawning code's scope does.
+    pub fn spawn<F, T, E>(self, work: F) -> JoinHandle<Result<T, E>>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        tokio::spawn(self.run(work))
+    }
+
+    /// Opens the scope, not yet entered.
+    pub(crate) fn start(self) -> Result<Scope> {
+        self.validate()?;
+        let declared = (!self.binds.is_empty()).then_some(self.binds);
+        Ok(Scope {
+            inner: Arc::new(Inner {
+                manager: self.manager,
+                state: Mutex::new(State {
+                    mode: self.mode.unwrap_or_default(),
+                    declared,
+                    slots: Vec::new(),
+                    ended: false,
+                }),
+                hooks: Mutex::new(self.hooks),
+                route_policy: Mutex::new(StatusPolicy::default()),
+            }),
+        })
+    }
+}
+
+/// A scope of sessions: one per bind, shared by all the code that runs in it.
+///
+/// A scope is a tokio task-local: code polled inside it (nested async fns, `join!`, `select!`)
+/// sees it, and [`current_session`] gives all of it the same session per bind. **Tasks
+/// started with `tokio::spawn` inherit nothing**: pass them [`Scope::attach`] to share the
+/// scope, or give them their own with [`ScopeBuilder::spawn`].
+///
+/// `Scope` is a cheap handle on the running scope, from [`Scope::current`]; scopes are opened
+/// by [`scope`], [`ScopeBuilder::run`] or a web layer.
+#[derive(Clone)]
+pub struct Scope {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: BindManager,
+    state: Mutex<State>,
+    hooks: Mutex<Hooks>,
+    /// Status exceptions of nested (per-route) web layers, applied over the outer layer's.
+    route_policy: Mutex<StatusPolicy>,
+}
+
+struct State {
+    mode: TransactionMode,
+    /// The binds the scope serves, when it declares them; `None` serves every bind.
+    declared: Option<Vec<(String, Option<TransactionMode>)>>,
+    /// The sessions in the order of their first use, which is the order they commit in.
+    slots: Vec<Arc<dyn ErasedSlot>>,
+    ended: bool,
+}
+
+impl State {
+    fn binds_in_use(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.name().to_owned()).collect()
+    }
+
+    fn mode_for(&self, name: &str) -> Result<TransactionMode> {
+        let Some(declared) = &self.declared else {
+            return Ok(self.mode);
+        };
+        match declared.iter().find(|(n, _)| n == name) {
+            Some((_, mode)) => Ok(mode.unwrap_or(self.mode)),
+            None => Err(Error::BindNotInScope {
+                bind: name.to_owned(),
+                declared: declared.iter().map(|(n, _)| n.clone()).collect(),
+            }),
+        }
+    }
+}
+
+impl Scope {
+    /// The scope the calling code runs in.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoScope`] outside any scope.
+    pub fn current() -> Result<Scope> {
+        CURRENT
+            .try_with(Scope::clone)
+            .map_err(|_| Error::NoScope { bind: None })
+    }
+
+    fn current_for(name: &str) -> Result<Scope> {
+        CURRENT.try_with(Scope::clone).map_err(|_| Error::NoScope {
+            bind: Some(name.to_owned()),
+        })
+    }
+
+    /// The manager whose binds the scope serves: for sessions independent of the scope
+    /// ([`BindManager::session`]), such as background work that must commit on its own.
+    pub fn manager(&self) -> &BindManager {
+        &self.inner.manager
+    }
+
+    /// This scope's session on bind `name`; see [`current_session`].
+    ///
+    /// # Errors
+    ///
+    /// As [`current_session`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
+        self.slot::<DB>(name)?.lock().await
+    }
+
+    /// This scope's session on bind `name`, or [`Error::SessionBusy`] when other code of the
+    /// scope holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_current_session`].
+    pub fn try_session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
+        self.slot::<DB>(name)?.try_lock()
+    }
+
+    /// Runs `work` inside this scope, sharing its sessions, without ending the scope when
+    /// `work` ends: the scope's owner commits or rolls back. This is how a task started with
+    /// `tokio::spawn` joins the scope of the code that spawned it:
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), dbscope::Error> {
+    /// let scope = dbscope::Scope::current()?;
+    /// let task = tokio::spawn(scope.attach(async {
+    ///     let _session = dbscope::current_session::<sqlx::Sqlite>("default").await?;
+    ///     Ok::<_, dbscope::Error>(())
+    /// }));
+    /// task.await.expect("task ran")?; // finish before the scope ends
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A task still running when the scope ends gets [`Error::ScopeEnded`] from then on; the
+    /// scope's commit waits for a session such a task holds.
+    pub fn attach<F: Future>(&self, work: F) -> impl Future<Output = F::Output> + use<F> {
+        CURRENT.scope(self.clone(), work)
+    }
+
+    /// Runs synchronous `f` inside this scope (for a framework whose `call` does work before
+    /// returning its future).
+    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
+    }
+
+    /// A builder for a new, separate scope on the same manager, with this scope's transaction
+    /// mode and declared binds, but none of its sessions or hooks: for concurrent queries,
+    /// each in its own scope (`Scope::current()?.new_scope().spawn(work)`).
+    pub fn new_scope(&self) -> ScopeBuilder {
+        let state = self.state();
+        ScopeBuilder {
+            manager: self.inner.manager.clone(),
+            mode: Some(state.mode),
+            binds: state.declared.clone().unwrap_or_default(),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// Adds a before-commit hook to this scope; see [`ScopeBuilder::before_commit`].
+    pub fn before_commit<F, Fut>(&self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.hooks().before_commit(hook);
+    }
+
+    /// Adds an after-commit hook to this scope (to send an email once the order is stored, for
+    /// instance); see [`ScopeBuilder::after_commit`].
+    pub fn after_commit<F, Fut>(&self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks().after_commit(hook);
+    }
+
+    /// Adds an after-rollback hook to this scope; see [`ScopeBuilder::after_rollback`].
+    pub fn after_rollback<F, Fut>(&self, hook: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.hooks().after_rollback(hook);
+    }
+
+    /// The names of the binds whose sessions the scope has created, in the order of first use.
+    pub fn binds_in_use(&self) -> Vec<String> {
+        self.state().binds_in_use()
+    }
+
+    /// Adds a nested layer's binds, mode and hooks to this scope (one scope per request, however
+    /// many layers declare binds for it).
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn extend(&self, builder: &ScopeBuilder) -> Result<()> {
+        builder.validate()?;
+        let mut state = self.state();
+        if let Some(mode) = builder.mode {
+            state.mode = mode;
+        }
+        if !builder.binds.is_empty() {
+            let declared = state.declared.get_or_insert_with(Vec::new);
+            if let Some((dup, _)) = builder
+                .binds
+                .iter()
+                .find(|(n, _)| declared.iter().any(|(d, _)| d == n))
+            {
+                return Err(Error::DuplicateScopeBind { bind: dup.clone() });
+            }
+            declared.extend(builder.binds.iter().cloned());
+        }
+        drop(state);
+        self.hooks().extend(&builder.hooks);
+        Ok(())
+    }
+
+    /// Records a nested web layer's status exceptions.
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn add_route_policy(&self, route: &StatusPolicy) {
+        lock(&self.inner.route_policy).merge(route);
+    }
+
+    /// Whether a response with `status` commits: the outermost layer's `policy`, with the
+    /// exceptions of nested layers over it.
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn commits(&self, policy: &StatusPolicy, status: u16) -> bool {
+        let mut policy = policy.clone();
+        policy.merge(&lock(&self.inner.route_policy));
+        policy.commits(status)
+    }
+
+    /// Ends the scope: with `commit`, runs the before-commit hooks, then commits every session
+    /// in the order of first use; otherwise (or on a veto or failure) rolls them all back.
+    /// Connections go back to the pool; then the after-commit or after-rollback hooks run.
+    pub(crate) async fn finish(&self, commit: bool) -> Result<()> {
+        let hooks = self.hooks().clone();
+        let mut outcome = Ok(());
+        if commit && let Err(veto) = self.attach(hooks.run_before_commit()).await {
+            outcome = Err(Error::CommitVetoed { source: veto });
+        }
+        let slots = {
+            let mut state = self.state();
+            state.ended = true;
+            std::mem::take(&mut state.slots)
+        };
+        if outcome.is_ok() {
+            outcome = if commit {
+                commit_in_order(slots).await
+            } else {
+                roll_back_all(slots).await;
+                Ok(())
+            };
+        } else {
+            roll_back_all(slots).await;
+        }
+        hooks.run_after(commit && outcome.is_ok()).await;
+        outcome
+    }
+
+    fn slot<DB: Backend>(&self, name: &str) -> Result<Arc<Slot<DB>>> {
+        let mut state = self.state();
+        if state.ended {
+            return Err(Error::ScopeEnded {
+                bind: name.to_owned(),
+            });
+        }
+        if let Some(slot) = state.slots.iter().find(|s| s.name() == name) {
+            return match slot.clone().into_any().downcast::<Slot<DB>>() {
+                Ok(slot) => Ok(slot),
+                // Asked for as another type: the manager names the mismatch.
+                Err(_) => {
+                    Err(self
+                        .inner
+                        .manager
+                        .bind::<DB>(name)
+                        .err()
+                        .unwrap_or(Error::ScopeEnded {
+                            bind: name.to_owned(),
+                        }))
+                }
+            };
+        }
+        let mode = state.mode_for(name)?;
+        let session = self
+            .inner
+            .manager
+            .session::<DB>(name)?
+            .autocommit(mode == TransactionMode::Autocommit);
+        let slot = Arc::new(Slot::new(name, session));
+        state.slots.push(slot.clone());
+        Ok(slot)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.inner.state)
+    }
+
+    fn hooks(&self) -> MutexGuard<'_, Hooks> {
+        lock(&self.inner.hooks)
+    }
+}
+
+/// Locks a mutex of the scope; a panic elsewhere while holding one leaves data that is still
+/// consistent (every update is a single push or take).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Commits each session in turn; after a failure, rolls back the rest and reports which binds
+/// committed.
+async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
+    let mut committed = Vec::new();
+    let mut slots = slots.into_iter();
+    while let Some(slot) = slots.next() {
+        let name = slot.name().to_owned();
+        match slot.end(true).await {
+            Ended::Committed | Ended::RolledBack => committed.push(name),
+            Ended::CommitFailed(source) => {
+                let rolled_back: Vec<String> = slots
+                    .as_slice()
+                    .iter()
+                    .map(|s| s.name().to_owned())
+                    .collect();
+                roll_back_all(slots.collect()).await;
+                if committed.is_empty() {
+                    return Err(source);
+                }
+                return Err(Error::PartialCommit {
+                    committed,
+                    failed: name,
+                    rolled_back,
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn roll_back_all(slots: Vec<Arc<dyn ErasedSlot>>) {
+    for slot in slots {
+        slot.end(false).await;
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Scope")
+            .field("mode", &state.mode)
+            .field("binds_in_use", &state.binds_in_use())
+            .field("ended", &state.ended)
+            .finish_non_exhaustive()
+    }
+}

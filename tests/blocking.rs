@@ -1,0 +1,1252 @@
+//! Blocking binds and sessions: the behaviour suite on SQLite (file and in-memory), PostgreSQL
+//! and MariaDB, run from plain threads with no runtime; then threads sharing a small pool,
+//! blocking scopes, and calls from inside tokio runtimes.
+//!
+//! These are plain `#[test]`s. The server census (`common`) is async: it runs on a small runtime
+//! of its own ([`census`]), never around a blocking call.
+
+mod common;
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Kind, TestDb, sql};
+use dbscope::blocking::{self, BlockingBind, BlockingSession};
+use dbscope::{BindConfig, BindManager, Error, HealthCheck, IsolationLevel};
+use futures_util::TryStreamExt;
+
+/// Runs the async test plumbing (setup, census, teardown) on a runtime of its own.
+fn census<F: Future>(work: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("census runtime")
+        .block_on(work)
+}
+
+/// Waits until `check` holds, up to 15 s; panics with `what` otherwise.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for: {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `work` on a thread of its own and fails the test if it takes longer than `limit`: a
+/// deadlock fails instead of hanging the suite.
+fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, outcome) = mpsc::channel();
+    thread::spawn(move || {
+        let result = catch_unwind(AssertUnwindSafe(work));
+        let _ = done.send(result);
+    });
+    match outcome.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("did not finish within {limit:?}: a deadlock?"),
+    }
+}
+
+const CLOSE: Duration = Duration::from_secs(5);
+
+macro_rules! blocking_suite {
+    ($module:ident, $db:ty, $other:ty, $kind:expr) => {
+        mod $module {
+            use super::*;
+
+            type Db = $db;
+            const KIND: Kind = $kind;
+
+            fn setup() -> Option<TestDb> {
+                census(TestDb::new(KIND))
+            }
+
+            fn finish(db: TestDb) {
+                census(db.finish());
+            }
+
+            fn create_table(manager: &BindManager, db: &TestDb) {
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                let ddl = format!("CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))", db.table);
+                session.execute(sqlx::query(sql(ddl))).expect("create table");
+                session.commit().expect("commit create table");
+            }
+
+            fn insert(session: &mut BlockingSession<Db>, db: &TestDb, id: i64) -> dbscope::Result<()> {
+                let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+                session.execute(sqlx::query(sql(stmt))).map(|_| ())
+            }
+
+            fn count(session: &mut BlockingSession<Db>, db: &TestDb) -> i64 {
+                let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
+                session.fetch_one(sqlx::query_scalar(sql(stmt))).expect("count rows")
+            }
+
+            /// Rows as a fresh blocking session on the same bind sees them.
+            fn committed_rows(manager: &BindManager, db: &TestDb) -> i64 {
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                let n = count(&mut session, db);
+                session.close().unwrap();
+                n
+            }
+
+            fn assert_no_open_transaction(db: &TestDb) {
+                if census(db.open_transactions()).is_some() {
+                    eventually("no transaction left open on the server", || {
+                        census(db.open_transactions()) == Some(0)
+                    });
+                }
+            }
+
+            fn blocking_status(manager: &BindManager) -> dbscope::BindStatus {
+                manager.blocking_bind::<Db>("main").unwrap().status()
+            }
+
+            #[test]
+            fn no_connection_before_first_statement() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                let mut session = bind.session();
+                assert_eq!(bind.status().connections, 0);
+                assert!(!session.is_connected());
+                if let Some(n) = census(db.server_connections()) {
+                    assert_eq!(n, 0, "the server saw a connection before the first statement");
+                }
+
+                session.execute(sqlx::query("SELECT 1")).unwrap();
+                assert!(session.is_connected() && session.in_transaction());
+                assert_eq!(bind.status().connections, 1);
+                if let Some(n) = census(db.server_connections()) {
+                    assert_eq!(n, 1, "the first statement opens exactly one connection");
+                }
+                assert_eq!(manager.bind::<Db>("main").unwrap().status().connections, 0, "the async face opened nothing");
+                session.commit().unwrap();
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn commit_is_visible_to_another_session() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                session.commit().unwrap();
+                assert!(!session.in_transaction());
+                assert_eq!(committed_rows(&manager, &db), 1);
+                // The session goes on: its next statement begins a new transaction.
+                insert(&mut session, &db, 2).unwrap();
+                assert!(session.in_transaction());
+                session.commit().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 2);
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn rollback_is_invisible() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                session.rollback().unwrap();
+                assert_eq!(count(&mut session, &db), 0);
+                session.close().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 0);
+                assert_eq!(blocking_status(&manager).discarded, 0, "a rolled-back connection is reused");
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn a_dropped_session_rolls_back_before_the_drop_returns() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                let mut session = bind.session();
+                insert(&mut session, &db, 1).unwrap();
+                drop(session);
+
+                // No waiting: the rollback is done and the connection back, clean, already.
+                let status = bind.status();
+                assert_eq!((status.in_use, status.discarded), (0, 0), "{status:?}");
+                assert_eq!(status.idle, status.connections);
+                assert_no_open_transaction(&db);
+                assert_eq!(committed_rows(&manager, &db), 0);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn savepoint_rollback_keeps_the_outer_work() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                let mut savepoint = session.savepoint().unwrap();
+                insert(&mut savepoint, &db, 2).unwrap();
+                assert_eq!(count(&mut savepoint, &db), 2);
+                savepoint.rollback().unwrap();
+                assert_eq!(count(&mut session, &db), 1);
+                insert(&mut session, &db, 3).unwrap();
+                session.commit().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 2);
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn a_dropped_savepoint_rolls_back_before_the_next_statement() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                {
+                    let mut outer = session.savepoint().unwrap();
+                    insert(&mut outer, &db, 2).unwrap();
+                    let mut inner = outer.savepoint().unwrap();
+                    insert(&mut inner, &db, 3).unwrap();
+                    // Both dropped without commit: everything after the outer savepoint goes.
+                }
+                assert_eq!(count(&mut session, &db), 1);
+                session.commit().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 1);
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn nested_savepoints_commit_into_the_transaction() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                let mut outer = session.savepoint().unwrap();
+                insert(&mut outer, &db, 1).unwrap();
+                let mut inner = outer.savepoint().unwrap();
+                insert(&mut inner, &db, 2).unwrap();
+                inner.commit().unwrap();
+                outer.commit().unwrap();
+                assert!(session.in_transaction(), "released savepoints leave the transaction open");
+                // In-memory SQLite shares one cache: a reader would wait for this writer's lock.
+                if KIND != Kind::SqliteMemory {
+                    assert_eq!(committed_rows(&manager, &db), 0, "nothing committed yet");
+                }
+                session.commit().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 2);
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn a_failed_statement_inside_a_savepoint_can_be_undone() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                let mut savepoint = session.savepoint().unwrap();
+                let duplicate = insert(&mut savepoint, &db, 1).unwrap_err();
+                assert!(duplicate.as_database_error().is_some(), "{duplicate}");
+                assert_eq!(duplicate.bind(), Some("main"), "a statement's error names its bind");
+                savepoint.rollback().unwrap();
+                insert(&mut session, &db, 2).unwrap();
+                session.commit().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 2);
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn commit_after_a_failed_statement_follows_the_database() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                insert(&mut session, &db, 1).unwrap_err();
+                let outcome = session.commit();
+                if KIND == Kind::Postgres {
+                    let err = outcome.unwrap_err();
+                    assert!(err.is_transaction_aborted(), "{err}");
+                    assert_eq!(committed_rows(&manager, &db), 0);
+                } else {
+                    outcome.unwrap();
+                    assert_eq!(committed_rows(&manager, &db), 1);
+                }
+                assert!(!session.in_transaction());
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn queries_of_every_shape_run_through_plain_methods() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                for id in 1..=3 {
+                    insert(&mut session, &db, id).unwrap();
+                }
+                let select = format!("SELECT id, v FROM {} ORDER BY id", db.table);
+
+                let done = session
+                    .execute(sqlx::query(sql(format!("UPDATE {} SET v = v WHERE id >= 2", db.table))))
+                    .unwrap();
+                assert_eq!(done.rows_affected(), 2);
+
+                let rows: Vec<(i64, String)> =
+                    session.fetch_all(sqlx::query_as(sql(select.clone()))).unwrap();
+                assert_eq!(rows[2], (3, "row 3".to_owned()));
+
+                let row = session.fetch_one(sqlx::query(sql(select.clone()))).unwrap();
+                assert_eq!(sqlx::Row::get::<i64, _>(&row, 0), 1);
+
+                let v: Option<String> = session
+                    .fetch_optional(sqlx::query_scalar(sql(format!("SELECT v FROM {} WHERE id = 2", db.table))))
+                    .unwrap();
+                assert_eq!(v.as_deref(), Some("row 2"));
+
+                let ids: Vec<i64> = session
+                    .fetch_all(sqlx::query(sql(select.clone())).map(|row: <Db as sqlx::Database>::Row| {
+                        sqlx::Row::get::<i64, _>(&row, 0)
+                    }))
+                    .unwrap();
+                assert_eq!(ids, [1, 2, 3]);
+
+                let raw_rows = session.fetch_all(sqlx::raw_sql(sql(select.clone()))).unwrap();
+                assert_eq!(raw_rows.len(), 3);
+
+                let missing = session
+                    .fetch_one(sqlx::query_scalar::<_, i64>(sql(format!("SELECT id FROM {} WHERE id = 99", db.table))))
+                    .unwrap_err();
+                assert!(matches!(&missing, Error::Sqlx { source: sqlx::Error::RowNotFound, .. }), "{missing}");
+                assert_eq!(missing.bind(), Some("main"));
+
+                // The escape hatch: any async code on the session, a stream and the raw connection.
+                let streamed = session
+                    .run(async |s| sqlx::query(sql(select.clone())).fetch(s).try_collect::<Vec<_>>().await)
+                    .unwrap();
+                assert_eq!(streamed.len(), 3);
+                let table = db.table.clone();
+                let via_raw: i64 = session
+                    .run(async move |s| {
+                        let raw = s.connection().await?;
+                        let n = sqlx::query_scalar(sql(format!("SELECT COUNT(*) FROM {table}")))
+                            .fetch_one(raw)
+                            .await?;
+                        Ok::<_, Error>(n)
+                    })
+                    .unwrap();
+                assert_eq!(via_raw, 3, "the raw connection is inside the session's transaction");
+
+                session.commit().unwrap();
+                assert_eq!(committed_rows(&manager, &db), 3);
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn pool_exhaustion_times_out_within_the_acquire_timeout() {
+                let Some(db) = setup() else { return };
+                let timeout = Duration::from_millis(300);
+                let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
+                let mut holder = manager.blocking_session::<Db>("main").unwrap();
+                holder.execute(sqlx::query("SELECT 1")).unwrap();
+
+                let mut waiter = manager.blocking_session::<Db>("main").unwrap();
+                let start = Instant::now();
+                let err = waiter.begin().unwrap_err();
+                let waited = start.elapsed();
+                assert!(matches!(&err, Error::Timeout { bind, .. } if bind == "main"), "{err}");
+                assert!(err.to_string().contains("acquire_timeout"), "{err}");
+                assert!(waited >= timeout && waited < timeout * 5, "waited {waited:?}");
+
+                // A statement's checkout reports the same typed error.
+                let err = waiter.execute(sqlx::query("SELECT 1")).unwrap_err();
+                assert!(matches!(&err, Error::Timeout { bind, .. } if bind == "main"), "{err}");
+                assert_eq!(blocking_status(&manager).timeouts, 2);
+
+                // The waiter works once the holder lets go.
+                drop(holder);
+                waiter.execute(sqlx::query("SELECT 1")).unwrap();
+                drop(waiter);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn read_only_sessions_refuse_writes_and_leave_the_connection_writable() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c.max_connections(1));
+                create_table(&manager, &db);
+                let mut reader = manager.blocking_session::<Db>("main").unwrap().read_only(true);
+                assert_eq!(count(&mut reader, &db), 0);
+                let err = insert(&mut reader, &db, 1).unwrap_err();
+                assert!(err.as_database_error().is_some(), "{err}");
+                reader.close().unwrap();
+                // Same (only) connection, default options: writable again.
+                let mut writer = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut writer, &db, 1).unwrap();
+                writer.commit().unwrap();
+                drop(writer);
+                assert_eq!(committed_rows(&manager, &db), 1);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn isolation_level_reaches_the_server() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let session = manager.blocking_session::<Db>("main").unwrap();
+                match KIND {
+                    Kind::Postgres => {
+                        let mut session = session.isolation(IsolationLevel::Serializable);
+                        let level: String = session
+                            .fetch_one(sqlx::query_scalar("SELECT current_setting('transaction_isolation')"))
+                            .unwrap();
+                        assert_eq!(level, "serializable");
+                    }
+                    Kind::MySql => {
+                        let mut session = session.isolation(IsolationLevel::ReadCommitted);
+                        insert(&mut session, &db, 1).unwrap();
+                        let me: i64 = session
+                            .fetch_one(sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)"))
+                            .unwrap();
+                        // innodb_trx is a cached snapshot (other clients of the server may keep it
+                        // stale for a while): wait for our transaction to show, then check it.
+                        let mut level = None;
+                        eventually("our transaction in innodb_trx", || {
+                            let trx = census(db.innodb_transactions());
+                            level = trx.into_iter().find(|(id, _)| *id == me).map(|(_, l)| l);
+                            level.is_some()
+                        });
+                        assert_eq!(level.as_deref(), Some("READ COMMITTED"));
+                    }
+                    Kind::SqliteFile | Kind::SqliteMemory => {
+                        let mut weaker = session.isolation(IsolationLevel::ReadCommitted);
+                        let err = weaker.begin().unwrap_err();
+                        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+                        assert!(!weaker.in_transaction());
+                        let mut session = weaker.isolation(IsolationLevel::Serializable);
+                        session.begin().unwrap();
+                    }
+                }
+                manager.close_blocking(CLOSE).ok();
+                finish(db);
+            }
+
+            #[test]
+            fn autocommit_lands_each_statement_without_a_transaction() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap().autocommit(true);
+                insert(&mut session, &db, 1).unwrap();
+                assert!(!session.in_transaction());
+                assert_no_open_transaction(&db); // while the session still holds its connection
+                assert_eq!(committed_rows(&manager, &db), 1, "visible before any commit");
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn typed_bind_keys_select_the_blocking_bind() {
+                let Some(db) = setup() else { return };
+                dbscope::bind_key!(Main: Db = "main");
+                let manager = db.manager(|c| c);
+                let mut session = manager.blocking_session_for::<Main>().unwrap();
+                session.execute(sqlx::query("SELECT 1")).unwrap();
+                session.commit().unwrap();
+                assert_eq!(manager.blocking_bind_for::<Main>().unwrap().name(), "main");
+                let err = manager.blocking_bind::<$other>("main").unwrap_err();
+                assert!(err.is_backend_mismatch(), "{err}");
+                let err = manager.blocking_bind::<Db>("mian").unwrap_err();
+                assert!(err.is_unknown_bind() && err.to_string().contains("known binds: main"), "{err}");
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn the_async_and_blocking_faces_share_one_database_and_list_both_pools() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                census(async {
+                    let mut session = manager.session::<Db>("main").unwrap();
+                    let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'async')", db.table);
+                    sqlx::query(sql(stmt)).execute(&mut session).await.unwrap();
+                    session.commit().await.unwrap();
+                    session.close().await.unwrap();
+                });
+                assert_eq!(committed_rows(&manager, &db), 1, "blocking code sees what async code committed");
+
+                let status = manager.status();
+                assert_eq!(status.len(), 2, "{status:?}");
+                assert_eq!((status[0].name.as_str(), status[0].blocking), ("main", false));
+                assert_eq!((status[1].name.as_str(), status[1].blocking), ("main", true));
+                assert_eq!((status[0].connections, status[1].connections), (1, 1));
+                manager.close_blocking(CLOSE).unwrap();
+                assert!(manager.status().iter().all(|s| s.connections == 0 && s.closed));
+                finish(db);
+            }
+
+            #[test]
+            fn close_waits_for_sessions_then_closes_every_connection() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                let mut idle = bind.session();
+                idle.execute(sqlx::query("SELECT 1")).unwrap();
+                idle.close().unwrap(); // one idle connection
+                let mut busy = bind.session();
+                busy.execute(sqlx::query("SELECT 1")).unwrap();
+
+                let closing = thread::spawn({
+                    let manager = manager.clone();
+                    move || manager.close_blocking(Duration::from_secs(10))
+                });
+                thread::sleep(Duration::from_millis(200));
+                assert!(!closing.is_finished(), "close waits for the session holding a connection");
+                assert!(manager.is_closed());
+                assert!(manager.blocking_session::<Db>("main").unwrap_err().is_closed());
+                assert!(bind.session().begin().unwrap_err().is_closed());
+
+                busy.commit().unwrap();
+                drop(busy);
+                closing.join().unwrap().unwrap();
+                assert_eq!(bind.status().connections, 0);
+                if census(db.server_connections()).is_some() {
+                    eventually("the server sees every connection closed", || {
+                        census(db.server_connections()) == Some(0)
+                    });
+                }
+                finish(db);
+            }
+
+            #[test]
+            fn close_reports_the_blocking_face_still_busy_at_its_deadline() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                let mut busy = manager.blocking_session::<Db>("main").unwrap();
+                busy.execute(sqlx::query("SELECT 1")).unwrap();
+                let err = manager.close_blocking(Duration::from_millis(100)).unwrap_err();
+                assert!(
+                    matches!(&err, Error::CloseTimedOut { busy } if busy == &[("main (blocking)".to_owned(), 1)]),
+                    "{err}"
+                );
+                // The straggler's transaction still ends cleanly when it drops.
+                drop(busy);
+                assert_no_open_transaction(&db);
+                finish(db);
+            }
+
+            #[test]
+            fn dropping_the_manager_closes_idle_blocking_connections() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                let mut session = bind.session();
+                session.execute(sqlx::query("SELECT 1")).unwrap();
+                drop(session);
+                assert_eq!(bind.status().idle, 1);
+                drop(manager);
+                assert!(bind.session().begin().unwrap_err().is_closed());
+                assert_eq!(bind.status().connections, 0);
+                if census(db.server_connections()).is_some() {
+                    eventually("the server sees the idle connection closed", || {
+                        census(db.server_connections()) == Some(0)
+                    });
+                }
+                finish(db);
+            }
+
+            #[test]
+            fn connect_blocking_opens_a_connection_eagerly() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                manager.connect_blocking().unwrap();
+                assert_eq!(blocking_status(&manager).connections, 1);
+                if let Some(n) = census(db.server_connections()) {
+                    assert_eq!(n, 1);
+                }
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn min_connections_and_idle_timeout_are_honoured_on_the_blocking_face() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| {
+                    c.min_connections(2).max_connections(4).idle_timeout(Some(Duration::from_millis(200)))
+                });
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                assert_eq!(bind.status().connections, 0, "the pool starts empty");
+                let mut sessions: Vec<_> = (0..3).map(|_| bind.session()).collect();
+                for session in &mut sessions {
+                    session.execute(sqlx::query("SELECT 1")).unwrap();
+                }
+                assert_eq!(bind.status().connections, 3);
+                drop(sessions);
+                eventually("idle connections close down to min_connections", || {
+                    bind.status().connections == 2
+                });
+                thread::sleep(Duration::from_millis(500));
+                assert_eq!(bind.status().connections, 2, "never below min_connections");
+                if let Some(n) = census(db.server_connections()) {
+                    assert_eq!(n, 2);
+                }
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn many_threads_share_a_small_pool_without_deadlock() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_secs(30)));
+                create_table(&manager, &db);
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                const THREADS: i64 = 16;
+                const EACH: i64 = 10;
+                let table = db.table.clone();
+                within(Duration::from_secs(120), move || {
+                    let start = Arc::new(Barrier::new(THREADS as usize));
+                    let workers: Vec<_> = (0..THREADS)
+                        .map(|t| {
+                            let (bind, start, table) = (bind.clone(), start.clone(), table.clone());
+                            thread::spawn(move || {
+                                start.wait();
+                                for i in 0..EACH {
+                                    let mut session = bind.session();
+                                    let id = t * EACH + i;
+                                    let stmt = format!("INSERT INTO {table} (id, v) VALUES ({id}, 'thread {t}')");
+                                    session.execute(sqlx::query(sql(stmt)))?;
+                                    session.commit()?;
+                                }
+                                Ok::<_, Error>(())
+                            })
+                        })
+                        .collect();
+                    for worker in workers {
+                        worker.join().expect("worker thread").expect("every session succeeds");
+                    }
+                });
+                assert_eq!(committed_rows(&manager, &db), THREADS * EACH);
+                let status = blocking_status(&manager);
+                assert!(status.connections <= 2 && status.in_use == 0, "{status:?}");
+                assert_eq!((status.timeouts, status.discarded), (0, 0));
+                assert_no_open_transaction(&db);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn threads_that_wait_past_the_acquire_timeout_get_timeout_errors() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_millis(50)));
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                const THREADS: usize = 8;
+                let outcomes = within(Duration::from_secs(60), move || {
+                    let start = Arc::new(Barrier::new(THREADS));
+                    let workers: Vec<_> = (0..THREADS)
+                        .map(|_| {
+                            let (bind, start) = (bind.clone(), start.clone());
+                            thread::spawn(move || {
+                                start.wait();
+                                let mut session = bind.session();
+                                session.execute(sqlx::query("SELECT 1"))?;
+                                thread::sleep(Duration::from_millis(300)); // hold the connection
+                                session.commit()
+                            })
+                        })
+                        .collect();
+                    workers.into_iter().map(|w| w.join().expect("worker thread")).collect::<Vec<_>>()
+                });
+                // The two connections serve two threads; the rest wait past the timeout (one that
+                // started very late could still be served).
+                let served = outcomes.iter().filter(|o| o.is_ok()).count();
+                assert!((2..THREADS).contains(&served), "served {served} of {THREADS}");
+                for outcome in &outcomes {
+                    if let Err(e) = outcome {
+                        assert!(matches!(e, Error::Timeout { bind, .. } if bind == "main"), "{e}");
+                    }
+                }
+                let status = blocking_status(&manager);
+                assert_eq!(status.timeouts as usize, THREADS - served);
+                assert_eq!(status.in_use, 0, "{status:?}");
+                assert_no_open_transaction(&db);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let add = |id: i64| -> dbscope::Result<()> {
+                    let mut session = blocking::current_session::<Db>("main")?;
+                    insert(&mut session, &db, id)
+                };
+                blocking::scope(&manager, || {
+                    add(1)?;
+                    add(2)?;
+                    // Other code of the scope sees the scope's uncommitted work: one session.
+                    let mut session = blocking::current_session::<Db>("main")?;
+                    assert!(session.in_transaction());
+                    assert_eq!(count(&mut session, &db), 2);
+                    Ok::<_, Error>(())
+                })
+                .unwrap();
+                assert_eq!(committed_rows(&manager, &db), 2);
+
+                let err = blocking::scope(&manager, || {
+                    add(3)?;
+                    add(1) // a duplicate key: the work fails
+                })
+                .unwrap_err();
+                assert!(err.as_database_error().is_some(), "{err}");
+                assert_eq!(committed_rows(&manager, &db), 2, "the failed scope rolled back");
+                assert_eq!(blocking_status(&manager).in_use, 0);
+                assert_no_open_transaction(&db);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn a_panic_inside_a_scope_rolls_back() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let panicked = catch_unwind(AssertUnwindSafe(|| {
+                    blocking::scope(&manager, || {
+                        let mut session = blocking::current_session::<Db>("main")?;
+                        insert(&mut session, &db, 1)?;
+                        drop(session);
+                        if db.table.len() < usize::MAX {
+                            panic!("the work panics mid-scope");
+                        }
+                        Ok::<_, Error>(())
+                    })
+                }));
+                assert!(panicked.is_err());
+                let status = blocking_status(&manager);
+                assert_eq!((status.in_use, status.discarded), (0, 0), "rolled back, returned clean");
+                assert_no_open_transaction(&db);
+                assert_eq!(committed_rows(&manager, &db), 0);
+                assert!(blocking::current_session::<Db>("main").unwrap_err().is_no_scope(), "the scope ended with the panic");
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+
+            #[test]
+            fn a_session_dropped_in_async_code_rolls_back_in_the_background() {
+                let Some(db) = setup() else { return };
+                let manager = db.manager(|c| c);
+                create_table(&manager, &db);
+                let mut session = manager.blocking_session::<Db>("main").unwrap();
+                insert(&mut session, &db, 1).unwrap();
+                census(async move {
+                    let err = session.commit().unwrap_err();
+                    assert!(err.is_blocking_in_async(), "{err}");
+                    drop(session); // must neither panic nor block
+                });
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                eventually("the connection back in the pool", || bind.status().in_use == 0);
+                assert_eq!(bind.status().discarded, 0, "rolled back, not discarded");
+                assert_no_open_transaction(&db);
+                assert_eq!(committed_rows(&manager, &db), 0);
+                manager.close_blocking(CLOSE).unwrap();
+                finish(db);
+            }
+        }
+    };
+}
+
+/// What only a server can show: a connection killed under a blocking session.
+macro_rules! server_suite {
+    ($module:ident, $db:ty, $kind:expr) => {
+        mod $module {
+            use super::*;
+
+            type Db = $db;
+
+            fn connection_id(session: &mut BlockingSession<Db>, db: &TestDb) -> i64 {
+                session
+                    .fetch_one(sqlx::query_scalar(db.connection_id_query()))
+                    .expect("connection id")
+            }
+
+            #[test]
+            fn a_connection_killed_mid_session_is_discarded_not_reused() {
+                let Some(db) = census(TestDb::new($kind)) else {
+                    return;
+                };
+                let manager = db.manager(|c| c.max_connections(1));
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                let mut session = bind.session();
+                let id = connection_id(&mut session, &db);
+                census(db.kill_connection(id));
+                session.execute(sqlx::query("SELECT 1")).unwrap_err();
+                assert!(session.commit().unwrap_err().is_poisoned());
+                drop(session);
+                assert_eq!(bind.status().discarded, 1);
+                let mut fresh = bind.session();
+                assert_ne!(
+                    connection_id(&mut fresh, &db),
+                    id,
+                    "a new connection serves"
+                );
+                drop(fresh);
+                manager.close_blocking(CLOSE).unwrap();
+                census(db.finish());
+            }
+
+            #[test]
+            fn health_check_always_replaces_a_dead_idle_connection() {
+                let Some(db) = census(TestDb::new($kind)) else {
+                    return;
+                };
+                let manager =
+                    db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
+                let bind = manager.blocking_bind::<Db>("main").unwrap();
+                let mut session = bind.session();
+                let dead = connection_id(&mut session, &db);
+                session.close().unwrap();
+                census(db.kill_connection(dead));
+                let mut session = bind.session();
+                assert_ne!(
+                    connection_id(&mut session, &db),
+                    dead,
+                    "the ping caught it: no error"
+                );
+                drop(session);
+                manager.close_blocking(CLOSE).unwrap();
+                census(db.finish());
+            }
+        }
+    };
+}
+
+server_suite!(postgres_server, sqlx::Postgres, Kind::Postgres);
+server_suite!(mysql_server, sqlx::MySql, Kind::MySql);
+
+blocking_suite!(sqlite_file, sqlx::Sqlite, sqlx::Postgres, Kind::SqliteFile);
+blocking_suite!(
+    sqlite_memory,
+    sqlx::Sqlite,
+    sqlx::Postgres,
+    Kind::SqliteMemory
+);
+blocking_suite!(postgres, sqlx::Postgres, sqlx::MySql, Kind::Postgres);
+blocking_suite!(mysql, sqlx::MySql, sqlx::Sqlite, Kind::MySql);
+
+// ----- calls from inside tokio runtimes -----
+
+fn memory_manager() -> BindManager {
+    BindManager::new(BindConfig::new("sqlite::memory:")).unwrap()
+}
+
+/// Every blocking entry point, called from async code: each must refuse with the documented
+/// error, touching nothing. Returns how many were checked.
+fn every_blocking_call_refuses(manager: &BindManager, bind: &BlockingBind<sqlx::Sqlite>) -> usize {
+    let refused = |what: &str, result: dbscope::Result<()>| {
+        let err = result.expect_err(what);
+        assert!(err.is_blocking_in_async(), "{what}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("spawn_blocking") && message.contains("async API"),
+            "{message}"
+        );
+    };
+    let mut session = bind.session();
+    let checks: Vec<(&str, dbscope::Result<()>)> = vec![
+        (
+            "execute",
+            session.execute(sqlx::query("SELECT 1")).map(|_| ()),
+        ),
+        (
+            "fetch_one",
+            session
+                .fetch_one(sqlx::query_scalar::<_, i64>("SELECT 1"))
+                .map(|_| ()),
+        ),
+        (
+            "fetch_all",
+            session.fetch_all(sqlx::query("SELECT 1")).map(|_| ()),
+        ),
+        ("begin", session.begin()),
+        ("commit", session.commit()),
+        ("rollback", session.rollback()),
+        ("savepoint", session.savepoint().map(|_| ())),
+        ("run", session.run(async |_| Ok::<_, Error>(()))),
+        ("bind.connect", bind.connect()),
+        ("connect_blocking", manager.connect_blocking()),
+        ("close_blocking", manager.close_blocking(Duration::ZERO)),
+        ("scope", blocking::scope(manager, || Ok::<_, Error>(()))),
+    ];
+    let n = checks.len();
+    for (what, result) in checks {
+        refused(what, result);
+    }
+    assert!(!session.is_connected(), "a refused call touches nothing");
+    let err = session.close().unwrap_err();
+    assert!(
+        err.is_blocking_in_async() && err.bind() == Some("default"),
+        "{err}"
+    );
+    assert_eq!(bind.status().connections, 0, "no connection was opened");
+    assert!(
+        !manager.is_closed(),
+        "close_blocking refused before closing anything"
+    );
+    n + 1
+}
+
+#[test]
+fn blocking_calls_in_a_current_thread_runtime_return_the_documented_error() {
+    let manager = memory_manager();
+    let bind = manager.blocking_bind::<sqlx::Sqlite>("default").unwrap();
+    let checked = within(Duration::from_secs(30), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { every_blocking_call_refuses(&manager, &bind) })
+    });
+    assert_eq!(checked, 13);
+}
+
+#[test]
+fn blocking_calls_in_a_multi_thread_runtime_return_the_documented_error() {
+    let manager = memory_manager();
+    let bind = manager.blocking_bind::<sqlx::Sqlite>("default").unwrap();
+    within(Duration::from_secs(30), move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // In the runtime's own block_on, and in a task on a worker thread.
+        runtime.block_on(async { every_blocking_call_refuses(&manager, &bind) });
+        let in_task = runtime.spawn(async move { every_blocking_call_refuses(&manager, &bind) });
+        runtime.block_on(in_task).unwrap();
+    });
+}
+
+#[test]
+fn blocking_calls_work_in_spawn_blocking_and_block_in_place() {
+    let manager = memory_manager();
+    let bind = manager.blocking_bind::<sqlx::Sqlite>("default").unwrap();
+    let work = move |bind: BlockingBind<sqlx::Sqlite>| -> dbscope::Result<i64> {
+        let mut session = bind.session();
+        let n = session.fetch_one(sqlx::query_scalar("SELECT 40 + 2"))?;
+        session.commit()?;
+        Ok(n)
+    };
+    within(Duration::from_secs(30), move || {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        current.block_on(async {
+            let b = bind.clone();
+            let n = tokio::task::spawn_blocking(move || work(b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 42);
+        });
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        multi.block_on(async {
+            let b = bind.clone();
+            assert_eq!(
+                tokio::task::spawn_blocking(move || work(b))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+                42
+            );
+            let b = bind.clone();
+            let in_task = tokio::spawn(async move { tokio::task::block_in_place(|| work(b)) });
+            assert_eq!(in_task.await.unwrap().unwrap(), 42);
+            // A blocking scope inside spawn_blocking.
+            let m = manager.clone();
+            let scoped = tokio::task::spawn_blocking(move || {
+                blocking::scope(&m, || {
+                    let mut s = blocking::current_session::<sqlx::Sqlite>("default")?;
+                    s.fetch_one(sqlx::query_scalar::<_, i64>("SELECT 7"))
+                })
+            });
+            assert_eq!(scoped.await.unwrap().unwrap(), 7);
+        });
+        // A plain thread that merely entered a runtime's context may block too.
+        let _context = multi.handle().enter();
+        assert_eq!(work(bind.clone()).unwrap(), 42);
+    });
+}
+
+#[test]
+fn a_blocking_call_inside_run_refuses_instead_of_waiting_on_itself() {
+    let manager = memory_manager();
+    let bind = manager.blocking_bind::<sqlx::Sqlite>("default").unwrap();
+    within(Duration::from_secs(30), move || {
+        let mut outer = bind.session();
+        let mut inner = bind.session();
+        let err = outer
+            .run(async |_| inner.execute(sqlx::query("SELECT 1")).map(|_| ()))
+            .unwrap_err();
+        assert!(err.is_blocking_in_async(), "{err}");
+        drop(inner); // dropped outside: fine
+        outer.execute(sqlx::query("SELECT 1")).unwrap();
+    });
+}
+
+// ----- scopes, beyond the suite -----
+
+#[test]
+fn current_session_outside_a_scope_or_while_lent_is_a_typed_error() {
+    let err = blocking::current_session::<sqlx::Sqlite>("default").unwrap_err();
+    assert!(err.is_no_scope() && err.bind() == Some("default"), "{err}");
+    assert!(
+        err.to_string().contains("dbscope::blocking::scope"),
+        "{err}"
+    );
+
+    let manager = memory_manager();
+    blocking::scope(&manager, || {
+        let held = blocking::current_session::<sqlx::Sqlite>("default")?;
+        let err = blocking::current_session::<sqlx::Sqlite>("default").unwrap_err();
+        assert!(
+            matches!(&err, Error::SessionBusy { bind } if bind == "default"),
+            "{err}"
+        );
+        drop(held);
+        blocking::current_session::<sqlx::Sqlite>("default").map(|_| ())
+    })
+    .unwrap();
+
+    // Another thread has no scope, whatever this one has.
+    blocking::scope(&manager, || {
+        let other =
+            thread::spawn(|| blocking::current_session::<sqlx::Sqlite>("default").map(|_| ()));
+        assert!(other.join().unwrap().unwrap_err().is_no_scope());
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_failed_commit_in_a_scope_says_which_binds_committed() {
+    let dir = std::env::temp_dir();
+    let tag = format!("dbscope_t_{}_scope_partial", std::process::id());
+    let (first, second) = (
+        dir.join(format!("{tag}_a.db")),
+        dir.join(format!("{tag}_b.db")),
+    );
+    let url = |path: &std::path::Path| format!("sqlite://{}", path.display());
+    let manager = BindManager::builder()
+        .bind("first", BindConfig::new(url(&first)))
+        .bind("second", BindConfig::new(url(&second)))
+        .build()
+        .unwrap();
+    // `second` gets a deferred foreign key (sqlx turns foreign keys on): a row without its parent
+    // fails at COMMIT only.
+    let mut setup = manager.blocking_session::<sqlx::Sqlite>("second").unwrap();
+    setup
+        .execute(sqlx::raw_sql(
+            "CREATE TABLE parent (id INTEGER PRIMARY KEY); \
+             CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+        ))
+        .unwrap();
+    setup.commit().unwrap();
+    drop(setup);
+    let mut setup = manager.blocking_session::<sqlx::Sqlite>("first").unwrap();
+    setup
+        .execute(sqlx::query("CREATE TABLE notes (body TEXT)"))
+        .unwrap();
+    setup.commit().unwrap();
+    drop(setup);
+
+    let err = blocking::scope(&manager, || {
+        let mut a = blocking::current_session::<sqlx::Sqlite>("first")?;
+        a.execute(sqlx::query("INSERT INTO notes VALUES ('kept')"))?;
+        let mut b = blocking::current_session::<sqlx::Sqlite>("second")?;
+        b.execute(sqlx::query("INSERT INTO child VALUES (42)"))?; // no parent 42
+        Ok::<_, Error>(())
+    })
+    .unwrap_err();
+    match &err {
+        Error::PartialCommit {
+            committed,
+            failed,
+            rolled_back,
+            ..
+        } => {
+            assert_eq!(
+                (committed.as_slice(), failed.as_str()),
+                (&["first".to_owned()][..], "second")
+            );
+            assert!(rolled_back.is_empty());
+        }
+        other => panic!("expected a partial commit, got {other}"),
+    }
+    let mut check = manager.blocking_session::<sqlx::Sqlite>("first").unwrap();
+    assert_eq!(
+        check
+            .fetch_one(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM notes"))
+            .unwrap(),
+        1
+    );
+    drop(check);
+    let mut check = manager.blocking_session::<sqlx::Sqlite>("second").unwrap();
+    assert_eq!(
+        check
+            .fetch_one(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM child"))
+            .unwrap(),
+        0
+    );
+    drop(check);
+    manager.close_blocking(CLOSE).unwrap();
+    for path in [first, second] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[test]
+fn query_macros_run_on_a_blocking_session() {
+    let manager = memory_manager();
+    let mut session = manager.blocking_session::<sqlx::Sqlite>("default").unwrap();
+    let row = session
+        .fetch_one(sqlx::query!(
+            r#"SELECT 1 + 1 AS "sum!: i64", 'two' AS "word!: String""#
+        ))
+        .unwrap();
+    assert_eq!((row.sum, row.word.as_str()), (2, "two"));
+    let answer = session
+        .fetch_one(sqlx::query_scalar!(r#"SELECT 40 + ? AS "n!: i64""#, 2_i64))
+        .unwrap();
+    assert_eq!(answer, 42);
+    #[derive(Debug, PartialEq)]
+    struct Pair {
+        a: i64,
+        b: String,
+    }
+    let pairs = session
+        .fetch_all(sqlx::query_as!(
+            Pair,
+            r#"SELECT 7 AS "a!: i64", 'seven' AS "b!: String""#
+        ))
+        .unwrap();
+    assert_eq!(
+        pairs,
+        [Pair {
+            a: 7,
+            b: "seven".into()
+        }]
+    );
+    assert!(
+        session.in_transaction(),
+        "the macros' statements run inside the session's transaction"
+    );
+    session.commit().unwrap();
+}
+
+#[test]
+fn a_session_kept_in_a_thread_local_ends_cleanly_when_its_thread_exits() {
+    thread_local! {
+        static KEPT: std::cell::RefCell<Option<BlockingSession<sqlx::Sqlite>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let path = std::env::temp_dir().join(format!("dbscope_t_{}_tls.db", std::process::id()));
+    let manager =
+        BindManager::new(BindConfig::new(format!("sqlite://{}", path.display()))).unwrap();
+    let bind = manager.blocking_bind::<sqlx::Sqlite>("default").unwrap();
+    let mut setup = bind.session();
+    setup
+        .execute(sqlx::query("CREATE TABLE t (x INT)"))
+        .unwrap();
+    setup.commit().unwrap();
+    drop(setup);
+    let held = bind.clone();
+    thread::spawn(move || {
+        // Registered first, so destroyed after tokio's and dbscope's own thread-locals.
+        KEPT.with(|_| ());
+        let mut session = held.session();
+        session
+            .execute(sqlx::query("INSERT INTO t VALUES (1)"))
+            .unwrap(); // holds the write lock
+        KEPT.set(Some(session)); // dropped with the thread's locals, in no particular order
+    })
+    .join()
+    .expect("the thread exits without a panic (a panic there would abort the process)");
+    eventually("the connection back or discarded", || {
+        bind.status().in_use == 0
+    });
+    let mut check = bind.session();
+    check
+        .execute(sqlx::query("INSERT INTO t VALUES (2)"))
+        .unwrap(); // no write lock left behind
+    check.commit().unwrap();
+    assert_eq!(
+        check
+            .fetch_one(sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM t"))
+            .unwrap(),
+        1
+    );
+    drop(check);
+    manager.close_blocking(CLOSE).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+#[test]
+fn handles_and_sessions_are_send() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    fn assert_send<T: Send>(_: &T) {}
+    let manager = memory_manager();
+    assert_send_sync(&manager);
+    let bind = manager.blocking_bind::<sqlx::Sqlite>("default").unwrap();
+    assert_send_sync(&bind);
+    let mut session = bind.session();
+    assert_send(&session);
+    let savepoint = session.savepoint().unwrap();
+    assert_send(&savepoint);
+    drop(savepoint);
+    // And they really cross threads.
+    thread::spawn(move || session.execute(sqlx::query("SELECT 1")).map(|_| ()))
+        .join()
+        .unwrap()
+        .unwrap();
+}

@@ -276,12 +276,27 @@ pub enum Error {
 
     /// `try_current_session` found the scope's session in use by other code of the scope.
     #[error(
-        "bind `{bind}`: the scope's session is in use by other code of this scope; wait for it \
-         with `current_session`, or drop the other `ScopedSession` guard first"
+        "bind `{bind}`: the scope's session is in use by other code of this scope; drop that \
+         code's guard first (async code can also wait its turn with `current_session`)"
     )]
     SessionBusy {
         /// The bind.
         bind: String,
+    },
+
+    /// The scope ended while code still held its session: a guard kept past the scope's work
+    /// (returned from it, say), or an attached task still running.
+    #[error(
+        "bind `{bind}`: the scope ended while its session was still held after {waited:?} (a \
+         ScopedSession guard kept past the scope's work, or an attached task still running); \
+         nothing of it was committed, and it rolls back when that code lets go. Drop guards \
+         before the scope's work returns, and await attached tasks"
+    )]
+    SessionHeld {
+        /// The bind.
+        bind: String,
+        /// How long the scope waited (the bind's `acquire_timeout`).
+        waited: Duration,
     },
 
     /// An atomic block with `IfOpen::Fail` found a transaction open.
@@ -421,6 +436,7 @@ impl Error {
             | Self::BindNotInScope { bind, .. }
             | Self::DuplicateScopeBind { bind }
             | Self::SessionBusy { bind }
+            | Self::SessionHeld { bind, .. }
             | Self::TransactionOpen { bind } => Some(bind),
             Self::PartialCommit { failed, .. } => Some(failed),
             Self::Sqlx { bind, .. }

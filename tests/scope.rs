@@ -365,6 +365,31 @@ macro_rules! scope_suite {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_guard_kept_past_the_scope_fails_it_instead_of_hanging() {
+                let Some(db) = TestDb::new(KIND).await else {
+                    return;
+                };
+                let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
+                let started = std::time::Instant::now();
+                let err = dbscope::scope(&manager, async {
+                    let mut session = current_session::<Db>("main").await?;
+                    sqlx::query("SELECT 1").execute(&mut session).await?;
+                    Ok::<_, AppError>(session) // the guard leaves the scope's work
+                })
+                .await
+                .unwrap_err()
+                .db();
+                assert!(err.to_string().contains("still held"), "{err}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "waited the acquire_timeout only"
+                );
+                assert_settled(&manager, &db).await;
+                manager.close(Duration::from_secs(5)).await.unwrap();
+                db.finish().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn hooks_run_in_order_and_before_commit_can_use_the_session() {
                 let Some((db, manager)) = setup().await else {
                     return;

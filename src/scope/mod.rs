@@ -584,7 +584,7 @@ async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
         let name = slot.name().to_owned();
         match slot.end(true).await {
             Ended::Committed | Ended::RolledBack => committed.push(name),
-            Ended::CommitFailed(source) => {
+            Ended::CommitFailed(source) | Ended::StillHeld(source) => {
                 let rolled_back: Vec<String> = slots
                     .as_slice()
                     .iter()

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
@@ -17,6 +18,9 @@ use crate::{Error, Result, Session};
 /// (children of a `join!` take turns); `None` once the scope has ended.
 pub(crate) struct Slot<DB: Backend> {
     name: Arc<str>,
+    /// How long the scope's end waits for code still holding the session: the bind's
+    /// `acquire_timeout`.
+    patience: Duration,
     session: Arc<tokio::sync::Mutex<Option<Session<DB>>>>,
     /// The level of an atomic block dropped while the session was lent out: rolled back to by
     /// whoever takes the session next.
@@ -31,6 +35,8 @@ pub(crate) enum Ended {
     RolledBack,
     /// The commit failed; the transaction is rolled back.
     CommitFailed(Error),
+    /// Code still held the session when the scope ended; it rolls back when that code lets go.
+    StillHeld(Error),
 }
 
 /// What the scope keeps of a slot, whatever its database type.
@@ -45,6 +51,7 @@ impl<DB: Backend> Slot<DB> {
     pub(crate) fn new(name: &str, session: Session<DB>) -> Self {
         Self {
             name: Arc::from(name),
+            patience: session.bind().shared.acquire_timeout,
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
             dropped_level: Mutex::new(None),
         }
@@ -113,8 +120,14 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
 
     fn end(self: Arc<Self>, commit: bool) -> BoxFuture<'static, Ended> {
         Box::pin(async move {
-            let taken = self.session.lock().await.take();
-            let Some(mut session) = taken else {
+            let Ok(mut guard) = tokio::time::timeout(self.patience, self.session.lock()).await
+            else {
+                return Ended::StillHeld(Error::SessionHeld {
+                    bind: self.name.to_string(),
+                    waited: self.patience,
+                });
+            };
+            let Some(mut session) = guard.take() else {
                 return Ended::RolledBack;
             };
             if let Some(level) = self.take_dropped_level() {
@@ -151,6 +164,10 @@ async fn close_quietly<DB: Backend>(session: Session<DB>) {
 /// Asking for the same bind again while holding its guard, in the same code path, waits
 /// forever: pass the guard (or `&mut Session`) down instead, or drop it first.
 /// [`try_current_session`](crate::try_current_session) refuses instead of waiting.
+///
+/// Drop the guard before the scope's work returns: a guard still held when the scope ends (or
+/// an attached task still using the session) makes the scope wait up to the bind's
+/// `acquire_timeout`, then fail with [`Error::SessionHeld`], committing nothing of that bind.
 ///
 /// The scope, not the guard, ends the session: commit or roll back early through the guard
 /// if you need to ([`Session::commit`], [`Session::rollback`],

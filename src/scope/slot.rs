@@ -120,8 +120,12 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
 
     fn end(self: Arc<Self>, commit: bool) -> BoxFuture<'static, Ended> {
         Box::pin(async move {
-            let Ok(mut guard) = tokio::time::timeout(self.patience, self.session.lock()).await
-            else {
+            let free = self.session.try_lock().ok();
+            let guard = match free {
+                Some(guard) => Ok(guard),
+                None => tokio::time::timeout(self.patience, self.session.lock()).await,
+            };
+            let Ok(mut guard) = guard else {
                 return Ended::StillHeld(Error::SessionHeld {
                     bind: self.name.to_string(),
                     waited: self.patience,

@@ -228,7 +228,7 @@ where
 {
     /// The request opens the scope, and ends it by its response.
     fn own_scope(&self, request: ServiceRequest) -> Work<B> {
-        let scope = match self.middleware.scope.clone().start() {
+        let scope = match self.middleware.scope.start() {
             Ok(scope) => scope,
             Err(e) => return answer_500(request, "cannot open the request's scope", &e),
         };

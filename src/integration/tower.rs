@@ -52,6 +52,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::future::BoxFuture;
@@ -113,7 +114,7 @@ impl<S> Layer<S> for ScopeLayer {
     fn layer(&self, inner: S) -> ScopeService<S> {
         ScopeService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -122,7 +123,7 @@ impl<S> Layer<S> for ScopeLayer {
 #[derive(Clone, Debug)]
 pub struct ScopeService<S> {
     inner: S,
-    layer: ScopeLayer,
+    layer: Arc<ScopeLayer>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ScopeService<S>
@@ -159,7 +160,7 @@ where
 
 /// The request opens the scope, and ends it by its response.
 async fn own_scope<S, ReqBody, ResBody>(
-    layer: ScopeLayer,
+    layer: Arc<ScopeLayer>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResBody>, S::Error>
@@ -188,7 +189,7 @@ where
 /// layer.
 async fn join_outer<S, ReqBody, ResBody>(
     outer: Scope,
-    layer: ScopeLayer,
+    layer: Arc<ScopeLayer>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<ResBody>, S::Error>

@@ -217,6 +217,9 @@ impl ScopeBuilder {
     ///
     /// [`Error::UnknownBind`], [`Error::DuplicateScopeBind`].
     pub fn validate(&self) -> Result<()> {
+        if self.binds.is_empty() {
+            return Ok(());
+        }
         let known: Vec<&str> = self.manager.names().collect();
         for (i, (name, _)) in self.binds.iter().enumerate() {
             if !known.contains(&name.as_str()) {
@@ -268,19 +271,19 @@ impl ScopeBuilder {
     }
 
     /// Opens the scope, not yet entered.
-    pub(crate) fn start(self) -> Result<Scope> {
+    pub(crate) fn start(&self) -> Result<Scope> {
         self.validate()?;
-        let declared = (!self.binds.is_empty()).then_some(self.binds);
+        let declared = (!self.binds.is_empty()).then(|| self.binds.clone());
         Ok(Scope {
             inner: Arc::new(Inner {
-                manager: self.manager,
+                manager: self.manager.clone(),
                 state: Mutex::new(State {
                     mode: self.mode.unwrap_or_default(),
                     declared,
                     slots: Vec::new(),
                     ended: false,
                 }),
-                hooks: Mutex::new(self.hooks),
+                hooks: Mutex::new(self.hooks.clone()),
                 route_policy: Mutex::new(StatusPolicy::default()),
             }),
         })
@@ -555,7 +558,7 @@ impl Scope {
             .manager
             .session::<DB>(name)?
             .autocommit(mode == TransactionMode::Autocommit);
-        let slot = Arc::new(Slot::new(name, session));
+        let slot = Arc::new(Slot::new(session.bind().shared.name.clone(), session));
         state.slots.push(slot.clone());
         Ok(slot)
     }
@@ -578,30 +581,27 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Commits each session in turn; after a failure, rolls back the rest and reports which binds
 /// committed.
 async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
-    let mut committed = Vec::new();
-    let mut slots = slots.into_iter();
-    while let Some(slot) = slots.next() {
-        let name = slot.name().to_owned();
-        match slot.end(true).await {
-            Ended::Committed | Ended::RolledBack => committed.push(name),
-            Ended::CommitFailed(source) | Ended::StillHeld(source) => {
-                let rolled_back: Vec<String> = slots
-                    .as_slice()
-                    .iter()
-                    .map(|s| s.name().to_owned())
-                    .collect();
-                roll_back_all(slots.collect()).await;
-                if committed.is_empty() {
-                    return Err(source);
-                }
-                return Err(Error::PartialCommit {
-                    committed,
-                    failed: name,
-                    rolled_back,
-                    source: Box::new(source),
-                });
-            }
+    for (i, slot) in slots.iter().enumerate() {
+        let source = match slot.clone().end(true).await {
+            Ended::Committed | Ended::RolledBack => continue,
+            Ended::CommitFailed(source) | Ended::StillHeld(source) => source,
+        };
+        // Names are built on the failure path only: the common path allocates nothing.
+        let names = |slots: &[Arc<dyn ErasedSlot>]| -> Vec<String> {
+            slots.iter().map(|s| s.name().to_owned()).collect()
+        };
+        let committed = names(&slots[..i]);
+        let rolled_back = names(&slots[i + 1..]);
+        roll_back_all(slots[i + 1..].to_vec()).await;
+        if committed.is_empty() {
+            return Err(source);
         }
+        return Err(Error::PartialCommit {
+            committed,
+            failed: slot.name().to_owned(),
+            rolled_back,
+            source: Box::new(source),
+        });
     }
     Ok(())
 }

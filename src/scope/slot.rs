@@ -48,9 +48,9 @@ pub(crate) trait ErasedSlot: Send + Sync {
 }
 
 impl<DB: Backend> Slot<DB> {
-    pub(crate) fn new(name: &str, session: Session<DB>) -> Self {
+    pub(crate) fn new(name: Arc<str>, session: Session<DB>) -> Self {
         Self {
-            name: Arc::from(name),
+            name,
             patience: session.bind().shared.acquire_timeout,
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
             dropped_level: Mutex::new(None),
@@ -153,9 +153,9 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
 
 /// Closes a session whose outcome is settled; a failure here costs a connection, not data.
 async fn close_quietly<DB: Backend>(session: Session<DB>) {
-    let bind = session.bind().name().to_owned();
+    let bind = session.bind().clone();
     if let Err(e) = session.close().await {
-        tracing::warn!(bind = %bind, error = %e, "closing a scope's session failed; its connection was discarded");
+        tracing::warn!(bind = %bind.name(), error = %e, "closing a scope's session failed; its connection was discarded");
     }
 }
 

@@ -197,6 +197,11 @@ impl<DB: Backend> Session<DB> {
         self.with_options(|o| o.autocommit = on)
     }
 
+    /// Whether the session runs in autocommit mode.
+    pub(crate) fn is_autocommit(&self) -> bool {
+        self.options().autocommit
+    }
+
     fn with_options(mut self, change: impl FnOnce(&mut SessionConfig)) -> Self {
         let mut options = self.options();
         change(&mut options);

@@ -553,11 +553,11 @@ impl Scope {
             };
         }
         let mode = state.mode_for(name)?;
-        let session = self
-            .inner
-            .manager
-            .session::<DB>(name)?
-            .autocommit(mode == TransactionMode::Autocommit);
+        let mut session = self.inner.manager.session::<DB>(name)?;
+        let autocommit = mode == TransactionMode::Autocommit;
+        if session.is_autocommit() != autocommit {
+            session = session.autocommit(autocommit); // builds per-session options: only if needed
+        }
         let slot = Arc::new(Slot::new(session.bind().shared.name.clone(), session));
         state.slots.push(slot.clone());
         Ok(slot)

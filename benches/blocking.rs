@@ -41,11 +41,15 @@
 //! `BENCH_THREADS` (default 16) change the run, e.g. `BENCH_ROUNDS=2 BENCH_SECS=0.5` for a quick
 //! check.
 
+mod common;
+
 use std::fmt;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
+
+use common::Summary;
 
 use dbscope::blocking::BlockingBind;
 use dbscope::{BindConfig, BindManager};
@@ -581,39 +585,6 @@ fn cpu_text(cpu_us: Option<f64>) -> String {
 }
 
 // ----- the report -----
-
-/// Median, min and max of a few figures.
-struct Summary {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Summary {
-    fn of(figures: impl IntoIterator<Item = f64>) -> Self {
-        let mut sorted: Vec<f64> = figures.into_iter().collect();
-        sorted.sort_by(f64::total_cmp);
-        let mid = sorted.len() / 2;
-        let median = if sorted.len().is_multiple_of(2) {
-            (sorted[mid - 1] + sorted[mid]) / 2.0
-        } else {
-            sorted[mid]
-        };
-        Self {
-            median,
-            min: sorted[0],
-            max: sorted[sorted.len() - 1],
-        }
-    }
-}
-
-impl fmt::Display for Summary {
-    /// `median (min–max)`, with the precision asked for.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = f.precision().unwrap_or(0);
-        write!(f, "{:.p$} ({:.p$}–{:.p$})", self.median, self.min, self.max)
-    }
-}
 
 fn report(contenders: &[Contender], runs: &[Vec<Run>]) {
     println!("\nresults: sessions/s, median over the rounds (min–max); client CPU per session");

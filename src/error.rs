@@ -554,6 +554,26 @@ impl Error {
         }
     }
 
+    /// The error of a scope whose commit failed on `failed` after committing `committed` (in
+    /// order) and rolling back `rolled_back`: the commit's own error when nothing had committed
+    /// yet, else [`Error::PartialCommit`].
+    pub(crate) fn commit_failed(
+        committed: Vec<String>,
+        failed: &str,
+        rolled_back: Vec<String>,
+        source: Error,
+    ) -> Self {
+        if committed.is_empty() {
+            return source;
+        }
+        Self::PartialCommit {
+            committed,
+            failed: failed.to_owned(),
+            rolled_back,
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn sqlx(bind: &str, what: &'static str, source: sqlx::Error) -> Self {
         Self::Sqlx {
             bind: Some(bind.to_owned()),

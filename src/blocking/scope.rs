@@ -219,15 +219,12 @@ fn commit_in_order(slots: Vec<Rc<dyn ErasedSlot>>) -> Result<()> {
         for rest in slots {
             let _ = rest.end(false);
         }
-        if committed.is_empty() {
-            return Err(source);
-        }
-        return Err(Error::PartialCommit {
+        return Err(Error::commit_failed(
             committed,
-            failed: slot.name().to_owned(),
+            slot.name(),
             rolled_back,
-            source: Box::new(source),
-        });
+            source,
+        ));
     }
     Ok(())
 }

@@ -593,15 +593,12 @@ async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
         let committed = names(&slots[..i]);
         let rolled_back = names(&slots[i + 1..]);
         roll_back_all(slots[i + 1..].to_vec()).await;
-        if committed.is_empty() {
-            return Err(source);
-        }
-        return Err(Error::PartialCommit {
+        return Err(Error::commit_failed(
             committed,
-            failed: slot.name().to_owned(),
+            slot.name(),
             rolled_back,
-            source: Box::new(source),
-        });
+            source,
+        ));
     }
     Ok(())
 }

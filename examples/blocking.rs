@@ -74,7 +74,7 @@ fn main() -> Result<(), dbscope::Error> {
     })?;
     let failed: Result<(), dbscope::Error> = blocking::scope(&manager, || {
         add_note("never stored")?;
-        Err(dbscope::Error::NoBinds) // any error: the scope rolls back
+        Err(sqlx::Error::RowNotFound.into()) // any error: the scope rolls back
     });
     assert!(failed.is_err());
 

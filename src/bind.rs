@@ -131,10 +131,7 @@ fn build<DB: Backend>(
 ) -> Result<BindShared<DB>> {
     let tx_sql = dialect
         .tx_sql(config.session.isolation, config.session.read_only)
-        .map_err(|what| Error::Unsupported {
-            bind: name.to_owned(),
-            what,
-        })?;
+        .map_err(|what| Error::unsupported(name, &what))?;
     let pool_config = &config.pool;
     let name: Arc<str> = Arc::from(name);
     let counters = Arc::new(Counters::default());
@@ -203,8 +200,8 @@ impl<DB: Backend> Bind<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the server cannot be reached or refuses the credentials;
-    /// [`Error::Timeout`] when that takes longer than `acquire_timeout`; [`Error::Closed`].
+    /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when the server cannot be reached or refuses the credentials;
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes longer than `acquire_timeout`; [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     ///
     /// # Cancel safety
     ///
@@ -229,23 +226,16 @@ impl<DB: Backend> BindShared<DB> {
         }
         match tokio::time::timeout(self.acquire_timeout, self.pool.get()).await {
             Ok(Ok(obj)) => Ok(obj),
-            Ok(Err(PoolError::Closed)) => Err(Error::Closed {
-                bind: self.name.to_string(),
-            }),
-            Ok(Err(PoolError::Backend(source))) => Err(Error::Connect {
-                bind: self.name.to_string(),
-                url: self.url.redacted(),
-                source,
-            }),
+            Ok(Err(PoolError::Closed)) => Err(Error::closed(&self.name)),
+            Ok(Err(PoolError::Backend(source))) => {
+                Err(Error::connect(&self.name, &self.url.redacted(), source))
+            }
             Ok(Err(other)) => unreachable!(
                 "deadpool reports only Closed and Backend without its own timeouts or hooks: {other}"
             ),
             Err(_elapsed) => {
                 Counters::bump(&self.counters.timeouts);
-                Err(Error::Timeout {
-                    bind: self.name.to_string(),
-                    waited: self.acquire_timeout,
-                })
+                Err(Error::timeout(&self.name, self.acquire_timeout))
             }
         }
     }
@@ -262,11 +252,7 @@ impl<DB: Backend> BindShared<DB> {
                 .manager()
                 .create()
                 .await
-                .map_err(|source| Error::Connect {
-                    bind: self.name.to_string(),
-                    url: self.url.redacted(),
-                    source,
-                })?;
+                .map_err(|source| Error::connect(&self.name, &self.url.redacted(), source))?;
             *slot = Some(conn);
             keeper.held.store(true, Ordering::Release);
         }

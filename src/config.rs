@@ -167,10 +167,10 @@ pub struct PoolConfig {
     /// Connections kept open once the bind has been used (or connected eagerly); the pool
     /// starts with none. Default: 0.
     pub min_connections: u32,
-    /// Longest wait for a connection, creation included, before [`Error::Timeout`]
+    /// Longest wait for a connection, creation included, before [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
     /// (`"30s"`, `"500ms"` in files). Default: 30 s.
     ///
-    /// [`Error::Timeout`]: crate::Error::Timeout
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout): crate::Error::Timeout
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
     /// Close a connection idle for this long (never below `min_connections`). Default: 10 min.
@@ -304,7 +304,7 @@ pub struct SessionConfig {
 ///
 /// PostgreSQL and MySQL/MariaDB take all four. SQLite transactions are always serializable, so a
 /// SQLite bind accepts only [`IsolationLevel::Serializable`] and refuses the others with
-/// [`Error::Unsupported`](crate::Error::Unsupported).
+/// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]

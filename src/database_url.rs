@@ -35,58 +35,153 @@ impl DatabaseUrl {
     }
 
     /// The URL with its password masked: the form every `Debug`, `Display` and error uses.
+    ///
+    /// Masking reads the text, not a parse of it, so that it holds for URLs no parser accepts:
+    /// a password with unencoded `/`, `?`, `#` or `@` in it, a URL cut short after the
+    /// password, an unparsable port. Everything between `://` and the last `@` after its first
+    /// `:` is masked, and so is the value of every query parameter whose name holds `password`
+    /// (`password`, `sslpassword` …), `pass` or `pwd`. Where the text is ambiguous, more is
+    /// masked rather than less; `scrub` then removes any copy of a secret left elsewhere.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(url) => redact_parsed(url),
-            Err(_) => redact_unparsed(&self.0),
+        self.scrub(&mask(&self.0))
+    }
+
+    /// `text` (a driver's message about this URL, say) with every secret of this URL in it
+    /// replaced by `***`: the password and secret query values, raw and percent-decoded.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in secrets(&self.0) {
+            // Shorter ones would mask unrelated text; masking already removed them from the URL.
+            if secret.chars().count() >= MIN_SCRUBBED && out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), MASK);
+            }
         }
+        out
     }
 }
 
-fn redact_parsed(mut url: url::Url) -> String {
-    if url.password().is_some() {
-        // Only fails for URLs that cannot have a password, which this one just had.
-        let _ = url.set_password(Some(MASK));
-    }
-    let secret_params = url.query_pairs().any(|(k, _)| is_secret_key(&k));
-    if secret_params {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_secret_key(&k) {
-                    MASK.into()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
-}
+/// The shortest secret `scrub` looks for elsewhere in a text.
+const MIN_SCRUBBED: usize = 3;
 
+/// The query parameters that carry secrets.
 fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
+    let key = percent_decode(key).to_ascii_lowercase();
+    let key = key.trim();
     key.contains("password") || key == "pass" || key == "pwd"
 }
 
-/// A URL the `url` crate rejects may still carry `user:password@`: mask everything between the
-/// scheme's `//` and the last `@` of the authority after the first `:`, and drop the query.
-fn redact_unparsed(raw: &str) -> String {
-    let raw = raw.split_once('?').map_or(raw, |(head, _)| head);
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return raw.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
-            format!("{scheme}://{user}:{MASK}@{host}{path}")
-        }
-        None => format!("{scheme}://{authority}{path}"),
+/// The user-info part of a `scheme://` URL: the text from `://` to the last `@`, and the rest.
+fn split_user_info(raw: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = raw.split_once("://")?;
+    match rest.rfind('@') {
+        Some(at) => Some((scheme, &rest[..at], &rest[at + 1..])),
+        None => Some((scheme, "", rest)),
     }
+}
+
+/// The URL with the password and secret query values replaced by `***`.
+fn mask(raw: &str) -> String {
+    let Some((scheme, user_info, rest)) = split_user_info(raw) else {
+        return mask_query(raw);
+    };
+    let mut out = format!("{scheme}://");
+    if !user_info.is_empty() || raw.contains('@') {
+        match user_info.split_once(':') {
+            Some((user, _password)) => out.push_str(&format!("{user}:{MASK}@")),
+            None => out.push_str(&format!("{user_info}@")),
+        }
+        out.push_str(&mask_query(rest));
+        return out;
+    }
+    // No `@`: `host:port/…`, or a URL cut short after `user:password`. A port is digits; anything
+    // else after the authority's `:` may be a password, and so may whatever follows it.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some((host, port)) = rest[..authority_end].split_once(':')
+        && !port.chars().all(|c| c.is_ascii_digit())
+    {
+        out.push_str(&format!("{host}:{MASK}"));
+        return out;
+    }
+    out.push_str(&mask_query(rest));
+    out
+}
+
+/// Masks the value of every secret parameter: from its `=` to the next `&` that starts another
+/// `key=` (an `&` inside the value does not end it), or the end.
+fn mask_query(text: &str) -> String {
+    let Some(q) = text.find('?') else {
+        return text.to_owned();
+    };
+    let (head, query) = text.split_at(q + 1);
+    let mut out = head.to_owned();
+    let mut masking = false;
+    for (i, piece) in query.split('&').enumerate() {
+        let key = piece.split_once('=').map(|(k, _)| k);
+        let starts_param = key.is_some_and(is_param_name);
+        if i > 0 {
+            if masking && !starts_param {
+                continue; // still the secret's value
+            }
+            out.push('&');
+        }
+        masking = false;
+        match piece.split_once('=') {
+            Some((key, _)) if is_secret_key(key) => {
+                out.push_str(&format!("{key}={MASK}"));
+                masking = true;
+            }
+            _ => out.push_str(piece),
+        }
+    }
+    out
+}
+
+/// A query parameter's name as drivers write them: letters, digits, `_`, `-`, `.` (and their
+/// percent-encodings).
+fn is_param_name(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '%'))
+}
+
+/// Every secret the URL may hold, raw and percent-decoded: the user-info password, and the
+/// values of secret query parameters (read from any `?` or `&` in the text, to miss none).
+fn secrets(raw: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some((_, user_info, rest)) = split_user_info(raw) {
+        if let Some((_, password)) = user_info.split_once(':') {
+            found.push(password.to_owned());
+        } else if user_info.is_empty() {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            if let Some((_, port)) = rest[..authority_end].split_once(':')
+                && !port.chars().all(|c| c.is_ascii_digit())
+            {
+                found.push(rest[rest.find(':').map_or(0, |c| c + 1)..].to_owned());
+            }
+        }
+    }
+    for piece in raw.split(['?', '&']).skip(1) {
+        if let Some((key, value)) = piece.split_once('=')
+            && is_secret_key(key)
+        {
+            found.push(value.to_owned());
+        }
+    }
+    let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
+    found.extend(decoded);
+    found.retain(|s| !s.is_empty() && s != MASK);
+    // Longest first, so that a secret containing another is replaced whole.
+    found.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    found.dedup();
+    found
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("k={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 impl fmt::Debug for DatabaseUrl {

@@ -1,391 +1,838 @@
-use std::path::PathBuf;
+//! dbscope's one error type: an opaque [`Error`] holding an [`ErrorKind`], the bind it is about,
+//! and its cause.
+//!
+//! The shape is std::io's and tokio-postgres's: callers decide on [`Error::kind`] and the
+//! predicates, read the few payloads through accessors, and find the cause in `source()`. New
+//! kinds and fields are therefore not breaking changes. Every message is written here, by the
+//! constructor of its kind.
+
+use std::fmt;
+use std::path::Path;
 use std::time::Duration;
+
+mod located;
+
+pub(crate) use located::{Op, locate};
 
 /// `Result` with dbscope's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in dbscope.
-///
-/// Match on the predicates (`is_timeout()`, `is_unknown_bind()` …) rather than on variants: new
-/// variants may come. Every message names the bind involved and says how to fix the problem; none
-/// ever contains a password. The underlying cause, when there is one, is in [`source()`]
-/// (`std::error::Error::source`), not repeated in the message.
-///
-/// [`source()`]: std::error::Error::source
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The bind's URL could not be parsed.
-    #[error(
-        "bind `{bind}`: invalid database URL `{url}`: {reason}; expected a URL such as \
-         postgres://user@host/db, mysql://user@host/db, sqlite://path/to.db or sqlite::memory:"
-    )]
-    InvalidUrl {
-        /// The bind.
-        bind: String,
-        /// The URL, password masked.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-
-    /// The URL's scheme names no database dbscope knows.
-    #[error(
-        "bind `{bind}`: unknown URL scheme `{scheme}`; use postgres://, postgresql://, mysql://, \
-         mariadb:// or sqlite:"
-    )]
-    UnknownScheme {
-        /// The bind.
-        bind: String,
-        /// The scheme found.
-        scheme: String,
-    },
-
-    /// The URL names a database whose driver was not compiled in.
-    #[error(
-        "bind `{bind}`: the {driver} driver is not compiled in; enable dbscope's `{feature}` \
-         cargo feature"
-    )]
-    DriverNotEnabled {
-        /// The bind.
-        bind: String,
-        /// The database the URL names.
-        driver: &'static str,
-        /// The cargo feature that brings it.
-        feature: &'static str,
-    },
-
-    /// A bind has options but no URL.
-    #[error(
-        "bind `{bind}`: no URL configured; set `url` in its config, or the environment variable {env}"
-    )]
-    MissingUrl {
-        /// The bind.
-        bind: String,
-        /// The environment variable that would give it one.
-        env: String,
-    },
-
-    /// No bind is configured at all.
-    #[error(
-        "no bind configured; set DATABASE_URL (for the `default` bind) or \
-         DBSCOPE_BINDS__<NAME>__URL, or add binds in code or in a config file"
-    )]
-    NoBinds,
-
-    /// A bind name is empty or has characters that config keys cannot carry.
-    #[error("bind name {name:?} is invalid: {reason}")]
-    InvalidBindName {
-        /// The name given.
-        name: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-
-    /// The same bind name was configured twice.
-    #[error("bind `{bind}` is configured twice; give each bind its own name")]
-    DuplicateBind {
-        /// The bind.
-        bind: String,
-    },
-
-    /// `max_connections` is zero.
-    #[error("bind `{bind}`: max_connections is 0; a pool needs at least 1 connection")]
-    ZeroMaxConnections {
-        /// The bind.
-        bind: String,
-    },
-
-    /// `min_connections` is larger than `max_connections`.
-    #[error(
-        "bind `{bind}`: min_connections ({min}) exceeds max_connections ({max}); lower \
-         min_connections or raise max_connections"
-    )]
-    MinExceedsMax {
-        /// The bind.
-        bind: String,
-        /// `min_connections`.
-        min: u32,
-        /// `max_connections`.
-        max: u32,
-    },
-
-    /// An option this backend cannot honour (e.g. `READ COMMITTED` on SQLite).
-    #[error("bind `{bind}`: {what}")]
-    Unsupported {
-        /// The bind.
-        bind: String,
-        /// What is not supported, and what to do instead.
-        what: String,
-    },
-
-    /// A config file could not be read.
-    #[error("cannot read config file `{}`; check the path and its permissions", path.display())]
-    ConfigFile {
-        /// The file.
-        path: PathBuf,
-        /// Why it could not be read.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A config file or environment variable holds a value that does not fit.
-    #[error("invalid configuration{}", config_context(source))]
-    Config {
-        /// Which key, where it came from and what is wrong.
-        #[source]
-        source: Box<figment::Error>,
-    },
-
-    /// No bind has this name.
-    #[error("no bind named `{bind}`; known binds: {}; check the name or add the bind to the config", known.join(", "))]
-    UnknownBind {
-        /// The name asked for.
-        bind: String,
-        /// The names the manager has.
-        known: Vec<String>,
-    },
-
-    /// The bind exists but its engine is of another database type than the one asked for.
-    #[error(
-        "bind `{bind}` is a {configured} bind but was asked for as {requested}; ask for it with \
-         the matching type, or set `engine = \"any\"` to use it as `Any`"
-    )]
-    BackendMismatch {
-        /// The bind.
-        bind: String,
-        /// The engine the bind has.
-        configured: &'static str,
-        /// The type asked for.
-        requested: &'static str,
-    },
-
-    /// No connection became available within the bind's `acquire_timeout`.
-    #[error(
-        "bind `{bind}`: no connection available within {waited:?} (acquire_timeout); raise \
-         max_connections or acquire_timeout, or hold sessions for less time"
-    )]
-    Timeout {
-        /// The bind.
-        bind: String,
-        /// How long the session waited.
-        waited: Duration,
-    },
-
-    /// The bind's manager was closed or dropped.
-    #[error(
-        "bind `{bind}` is closed: its BindManager was closed or dropped, so it opens no more sessions"
-    )]
-    Closed {
-        /// The bind.
-        bind: String,
-    },
-
-    /// A new connection could not be opened.
-    #[error(
-        "bind `{bind}`: cannot connect to `{url}`; check that the server is up and the URL and credentials are right"
-    )]
-    Connect {
-        /// The bind.
-        bind: String,
-        /// The URL, password masked.
-        url: String,
-        /// The driver's error.
-        #[source]
-        source: sqlx::Error,
-    },
-
-    /// A statement or a transaction command failed.
-    #[error("{}{what} failed", bind_prefix(bind.as_deref()))]
-    Sqlx {
-        /// The bind, when known.
-        bind: Option<String>,
-        /// What was being done (`COMMIT`, `statement` …).
-        what: &'static str,
-        /// The driver's error.
-        #[source]
-        source: sqlx::Error,
-    },
-
-    /// An earlier operation on this session was cancelled or broke mid-flight.
-    #[error(
-        "bind `{bind}`: an earlier operation on this session was cancelled or failed mid-flight, \
-         so its connection is in an unknown state; drop this session (its connection is \
-         discarded, its transaction rolled back by the server) and open a new one"
-    )]
-    Poisoned {
-        /// The bind.
-        bind: String,
-    },
-
-    /// The transaction was aborted by an earlier failed statement (PostgreSQL) and was rolled back.
-    #[error(
-        "bind `{bind}`: the transaction was aborted by an earlier error and has been rolled back; \
-         nothing was committed. Use a savepoint around statements that may fail"
-    )]
-    TransactionAborted {
-        /// The bind.
-        bind: String,
-    },
-
-    /// A scope's session was asked for outside any scope.
-    #[error(
-        "{}no dbscope scope is active on this task; run this code inside \
-         `dbscope::scope(&manager, …)` (or `manager.scope().run(…)`), behind a `ScopeLayer`, or \
-         for a task started with `tokio::spawn`, pass `Scope::current()?.attach(…)` the future \
-         (spawned tasks inherit no scope)",
-        bind_prefix(bind.as_deref())
-    )]
-    NoScope {
-        /// The bind asked for, when one was.
-        bind: Option<String>,
-    },
-
-    /// A scope's session was asked for after the scope ended (from a task that outlived it).
-    #[error(
-        "bind `{bind}`: the scope this code runs in has already ended (committed or rolled \
-         back); a task attached to a scope must finish before the scope does"
-    )]
-    ScopeEnded {
-        /// The bind asked for.
-        bind: String,
-    },
-
-    /// The scope (or route) declares its binds, and this one is not among them.
-    #[error(
-        "bind `{bind}` is not declared for this scope (declared: {}); add `.bind(\"{bind}\")` \
-         to the scope or to the route's ScopeLayer",
-        declared.join(", ")
-    )]
-    BindNotInScope {
-        /// The bind asked for.
-        bind: String,
-        /// The binds the scope declares.
-        declared: Vec<String>,
-    },
-
-    /// A bind was declared twice for one scope (e.g. by an app-wide layer and a route layer).
-    #[error(
-        "bind `{bind}` is declared twice for the same scope (by two ScopeLayers on one route, or \
-         twice on one scope); declare it once, on the innermost layer that needs it"
-    )]
-    DuplicateScopeBind {
-        /// The bind.
-        bind: String,
-    },
-
-    /// `try_current_session` found the scope's session in use by other code of the scope.
-    #[error(
-        "bind `{bind}`: the scope's session is in use by other code of this scope; drop that \
-         code's guard first (async code can also wait its turn with `current_session`)"
-    )]
-    SessionBusy {
-        /// The bind.
-        bind: String,
-    },
-
-    /// The scope ended while code still held its session: a guard kept past the scope's work
-    /// (returned from it, say), or an attached task still running.
-    #[error(
-        "bind `{bind}`: the scope ended while its session was still held after {waited:?} (a \
-         ScopedSession guard kept past the scope's work, or an attached task still running); \
-         nothing of it was committed, and it rolls back when that code lets go. Drop guards \
-         before the scope's work returns, and await attached tasks"
-    )]
-    SessionHeld {
-        /// The bind.
-        bind: String,
-        /// How long the scope waited (the bind's `acquire_timeout`).
-        waited: Duration,
-    },
-
-    /// An atomic block with `IfOpen::Fail` found a transaction open.
-    #[error(
-        "bind `{bind}`: an atomic block found a transaction already open on the scope's \
-         session; commit or roll it back first, or pick another `IfOpen` policy"
-    )]
-    TransactionOpen {
-        /// The bind.
-        bind: String,
-    },
-
-    /// A before-commit hook refused the commit; every session of the scope was rolled back.
-    #[error("a before-commit hook vetoed the commit; the scope's sessions were rolled back")]
-    CommitVetoed {
-        /// What the hook returned.
-        #[source]
-        source: BoxError,
-    },
-
-    /// A scope with several binds committed some of them, then a commit failed.
-    #[error(
-        "scope commit failed on bind `{failed}` after committing {}; rolled back: {}. The \
-         committed binds cannot be undone: reconcile them, or keep one bind per scope where \
-         all-or-nothing matters",
-        list(committed),
-        list(rolled_back)
-    )]
-    PartialCommit {
-        /// Binds whose commit succeeded, in commit order.
-        committed: Vec<String>,
-        /// The bind whose commit failed.
-        failed: String,
-        /// Binds rolled back after the failure.
-        rolled_back: Vec<String>,
-        /// The failed commit's error.
-        #[source]
-        source: Box<Error>,
-    },
-
-    /// `close()` reached its deadline with sessions still holding connections.
-    #[error(
-        "close deadline passed with connections still checked out ({}); they are closed when \
-         their sessions end",
-        busy.iter().map(|(b, n)| format!("`{b}`: {n}")).collect::<Vec<_>>().join(", ")
-    )]
-    CloseTimedOut {
-        /// Each bind with connections still out, and how many.
-        busy: Vec<(String, usize)>,
-    },
-
-    /// A blocking call was made from async code, where blocking would stall the runtime.
-    #[error(
-        "{}a blocking dbscope call was made from async code running on a tokio runtime, where \
-         it would block the runtime's thread (and deadlock a current-thread runtime); use the \
-         async API (`Session`), or run this blocking code in tokio::task::spawn_blocking",
-        bind_prefix(bind.as_deref())
-    )]
-    BlockingInAsync {
-        /// The bind of the call, when it is about one.
-        bind: Option<String>,
-    },
-
-    /// A blocking scope's session was asked for outside any blocking scope.
-    #[error(
-        "{}no blocking scope is active on this thread; run this code inside \
-         `dbscope::blocking::scope(&manager, || …)` (a blocking scope belongs to the thread that \
-         opened it: threads it starts inherit nothing)",
-        bind_prefix(bind.as_deref())
-    )]
-    NoBlockingScope {
-        /// The bind asked for, when one was.
-        bind: Option<String>,
-    },
-
-    /// The runtime that drives blocking binds could not start.
-    #[error(
-        "cannot start the runtime that drives blocking binds (a thread and an I/O driver); the \
-         process may be out of threads or file descriptors"
-    )]
-    BlockingRuntime {
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// A boxed error from user code, such as a hook's.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can go wrong in dbscope.
+///
+/// Decide on [`kind()`](Error::kind) or the predicates ([`is_timeout`](Error::is_timeout),
+/// [`is_retryable`](Error::is_retryable) …), not on the message:
+///
+/// ```
+/// use dbscope::{BindConfig, BindManager, ErrorKind};
+///
+/// let manager = BindManager::new(BindConfig::new("sqlite::memory:")).unwrap();
+/// let err = manager.bind::<sqlx::Sqlite>("reports").unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::UnknownBind);
+/// assert_eq!(err.bind(), Some("reports"));
+/// assert_eq!(err.known_binds(), ["default"]);
+/// assert_eq!(
+///     err.to_string(),
+///     "no bind named `reports`; known binds: default; check the name or add the bind to the config"
+/// );
+/// ```
+///
+/// The message says what failed where (`` bind `main`: BEGIN failed ``) and how to fix it; the
+/// cause, when there is one (the driver's error, an I/O error, a hook's), is in
+/// [`source()`](std::error::Error::source), not repeated in the message. No printed form of an
+/// error (`Display`, `Debug`, a log line) ever holds a password.
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: ErrorKind,
+    bind: Option<String>,
+    message: String,
+    source: Option<BoxError>,
+    detail: Detail,
+}
+
+/// What an [`Error`] is about. Match on it with a wildcard arm: kinds may be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The bind's URL could not be parsed.
+    InvalidUrl,
+    /// The URL's scheme names no database dbscope knows.
+    UnknownScheme,
+    /// The URL names a database whose driver was not compiled in.
+    DriverNotEnabled,
+    /// A bind has options but no URL.
+    MissingUrl,
+    /// No bind is configured at all.
+    NoBinds,
+    /// A bind name is empty or has characters that config keys cannot carry.
+    InvalidBindName,
+    /// The same bind name was configured twice.
+    DuplicateBind,
+    /// `max_connections` is zero.
+    ZeroMaxConnections,
+    /// `min_connections` is larger than `max_connections`.
+    MinExceedsMax,
+    /// An option this backend cannot honour (e.g. `READ COMMITTED` on SQLite).
+    Unsupported,
+    /// A config file could not be read.
+    ConfigFile,
+    /// A config file or environment variable holds a value that does not fit.
+    Config,
+    /// No bind has the name asked for ([`Error::known_binds`] lists those that do).
+    UnknownBind,
+    /// The bind exists but is of another database type than the one asked for.
+    BackendMismatch,
+    /// No connection became available within the bind's `acquire_timeout`
+    /// ([`Error::waited`]).
+    Timeout,
+    /// The bind's manager was closed or dropped.
+    Closed,
+    /// A new connection could not be opened.
+    Connect,
+    /// A statement or a transaction command (BEGIN, COMMIT …) failed; the driver's error is the
+    /// source ([`Error::as_database_error`] when the server answered).
+    Query,
+    /// An earlier operation on this session was cancelled or broke mid-flight: its connection is
+    /// in an unknown state.
+    Poisoned,
+    /// The transaction was aborted by an earlier failed statement (PostgreSQL) and was rolled
+    /// back.
+    TransactionAborted,
+    /// A scope's session was asked for outside any scope.
+    NoScope,
+    /// A blocking scope's session was asked for outside any blocking scope on this thread.
+    NoBlockingScope,
+    /// A scope's session was asked for after the scope ended.
+    ScopeEnded,
+    /// The scope declares its binds, and this one is not among them.
+    BindNotInScope,
+    /// A bind was declared twice for one scope.
+    DuplicateScopeBind,
+    /// The scope's session is in use by other code of the scope.
+    SessionBusy,
+    /// The scope ended while code still held its session ([`Error::waited`]).
+    SessionHeld,
+    /// An atomic block with `IfOpen::Fail` found a transaction open.
+    TransactionOpen,
+    /// A before-commit hook refused the commit (its error is the source).
+    CommitVetoed,
+    /// A scope with several binds committed some of them, then a commit failed
+    /// ([`Error::committed`], [`Error::rolled_back`]; the failed commit's error is the source).
+    PartialCommit,
+    /// `close()` reached its deadline with sessions still holding connections
+    /// ([`Error::busy_binds`]).
+    CloseTimedOut,
+    /// A blocking call was made from async code, where blocking would stall the runtime.
+    BlockingInAsync,
+    /// The runtime that drives blocking binds could not start.
+    BlockingRuntime,
+}
+
+impl ErrorKind {
+    /// The configuration is wrong: fix it and start again. Exhaustive on purpose: a new kind
+    /// must say whether it is a configuration error.
+    fn is_config(self) -> bool {
+        match self {
+            Self::InvalidUrl
+            | Self::UnknownScheme
+            | Self::DriverNotEnabled
+            | Self::MissingUrl
+            | Self::NoBinds
+            | Self::InvalidBindName
+            | Self::DuplicateBind
+            | Self::DuplicateScopeBind
+            | Self::ZeroMaxConnections
+            | Self::MinExceedsMax
+            | Self::Unsupported
+            | Self::ConfigFile
+            | Self::Config => true,
+            Self::UnknownBind
+            | Self::BackendMismatch
+            | Self::Timeout
+            | Self::Closed
+            | Self::Connect
+            | Self::Query
+            | Self::Poisoned
+            | Self::TransactionAborted
+            | Self::NoScope
+            | Self::NoBlockingScope
+            | Self::ScopeEnded
+            | Self::BindNotInScope
+            | Self::SessionBusy
+            | Self::SessionHeld
+            | Self::TransactionOpen
+            | Self::CommitVetoed
+            | Self::PartialCommit
+            | Self::CloseTimedOut
+            | Self::BlockingInAsync
+            | Self::BlockingRuntime => false,
+        }
+    }
+}
+
+/// The payloads a caller may need, by kind.
+#[derive(Debug, Default)]
+enum Detail {
+    #[default]
+    None,
+    /// `UnknownBind`: the known names; `BindNotInScope`: the declared ones.
+    Binds(Vec<String>),
+    /// `Timeout`, `SessionHeld`: how long dbscope waited.
+    Waited(Duration),
+    /// `Query`: what ran, and whether its outcome is unknown.
+    Op(Op),
+    /// `PartialCommit`.
+    Partial {
+        committed: Vec<String>,
+        rolled_back: Vec<String>,
+    },
+    /// `CloseTimedOut`: each bind with connections still out, and how many.
+    Busy(Vec<(String, usize)>),
+}
+
+impl Error {
+    fn new(kind: ErrorKind, bind: Option<&str>, message: String) -> Self {
+        Self(Box::new(Inner {
+            kind,
+            bind: bind.map(str::to_owned),
+            message,
+            source: None,
+            detail: Detail::None,
+        }))
+    }
+
+    fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.0.source = Some(source.into());
+        self
+    }
+
+    fn with_detail(mut self, detail: Detail) -> Self {
+        self.0.detail = detail;
+        self
+    }
+
+    // ----- accessors -----
+
+    /// What the error is about.
+    pub fn kind(&self) -> ErrorKind {
+        self.0.kind
+    }
+
+    /// The bind the error is about, when it is about one (for a partial commit, the bind whose
+    /// commit failed).
+    pub fn bind(&self) -> Option<&str> {
+        self.0.bind.as_deref()
+    }
+
+    /// For [`ErrorKind::UnknownBind`], the names the manager knows; for
+    /// [`ErrorKind::BindNotInScope`], the binds the scope declares; empty otherwise.
+    pub fn known_binds(&self) -> &[String] {
+        match &self.0.detail {
+            Detail::Binds(names) => names,
+            _ => &[],
+        }
+    }
+
+    /// For [`ErrorKind::PartialCommit`], the binds whose commit succeeded, in commit order (they
+    /// cannot be undone); empty otherwise.
+    pub fn committed(&self) -> &[String] {
+        match &self.0.detail {
+            Detail::Partial { committed, .. } => committed,
+            _ => &[],
+        }
+    }
+
+    /// For [`ErrorKind::PartialCommit`], the binds rolled back after the failure; empty
+    /// otherwise.
+    pub fn rolled_back(&self) -> &[String] {
+        match &self.0.detail {
+            Detail::Partial { rolled_back, .. } => rolled_back,
+            _ => &[],
+        }
+    }
+
+    /// How long dbscope waited before giving up: the bind's `acquire_timeout` for
+    /// [`ErrorKind::Timeout`] and [`ErrorKind::SessionHeld`].
+    pub fn waited(&self) -> Option<Duration> {
+        match self.0.detail {
+            Detail::Waited(waited) => Some(waited),
+            _ => None,
+        }
+    }
+
+    /// For [`ErrorKind::CloseTimedOut`], each bind with connections still checked out, and how
+    /// many (a blocking face is named `name (blocking)`); empty otherwise.
+    pub fn busy_binds(&self) -> &[(String, usize)] {
+        match &self.0.detail {
+            Detail::Busy(busy) => busy,
+            _ => &[],
+        }
+    }
+
+    /// The error the database returned, if it is one (a constraint violation, a syntax error …).
+    pub fn as_database_error(&self) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
+        match self.sqlx_source()? {
+            sqlx::Error::Database(e) => Some(&**e),
+            _ => None,
+        }
+    }
+
+    /// The driver's error behind a [`Query`](ErrorKind::Query) or [`Connect`](ErrorKind::Connect)
+    /// error.
+    fn sqlx_source(&self) -> Option<&sqlx::Error> {
+        self.0.source.as_ref()?.downcast_ref()
+    }
+
+    // ----- predicates -----
+
+    /// A connection could not be had in time (`acquire_timeout`).
+    pub fn is_timeout(&self) -> bool {
+        self.0.kind == ErrorKind::Timeout
+            || matches!(self.sqlx_source(), Some(sqlx::Error::PoolTimedOut))
+    }
+
+    /// The manager, and so the bind, is closed.
+    pub fn is_closed(&self) -> bool {
+        self.0.kind == ErrorKind::Closed
+            || matches!(self.sqlx_source(), Some(sqlx::Error::PoolClosed))
+    }
+
+    /// The connection died under an operation: the server closed it (shut down, restarted,
+    /// killed the session) or the network broke. The server rolled back the transaction it
+    /// was in; the session's connection is discarded.
+    pub fn is_connection_lost(&self) -> bool {
+        self.0.kind == ErrorKind::Query && self.sqlx_source().is_some_and(is_connection_lost)
+    }
+
+    /// Running the whole unit of work again is safe and may succeed: nothing of it committed,
+    /// and the failure was transient: no connection in time, a server that could not be
+    /// reached, a serialization failure or deadlock the server rolled back, or a connection
+    /// lost inside a transaction. Not for a connection lost during COMMIT or under an
+    /// autocommit statement (the write may have landed), nor for a partial commit.
+    pub fn is_retryable(&self) -> bool {
+        match self.0.kind {
+            ErrorKind::Timeout | ErrorKind::Connect => true,
+            ErrorKind::Query => {
+                let outcome_unknown =
+                    matches!(&self.0.detail, Detail::Op(op) if op.outcome_unknown);
+                let conflict = self.as_database_error().is_some_and(is_conflict);
+                conflict || (self.is_connection_lost() && !outcome_unknown)
+            }
+            _ => false,
+        }
+    }
+
+    /// No bind has the name asked for.
+    pub fn is_unknown_bind(&self) -> bool {
+        self.0.kind == ErrorKind::UnknownBind
+    }
+
+    /// The bind exists but is of another database type.
+    pub fn is_backend_mismatch(&self) -> bool {
+        self.0.kind == ErrorKind::BackendMismatch
+    }
+
+    /// The configuration is wrong: fix it and start again.
+    pub fn is_config(&self) -> bool {
+        self.0.kind.is_config()
+    }
+
+    /// A new connection could not be opened.
+    pub fn is_connect(&self) -> bool {
+        self.0.kind == ErrorKind::Connect
+    }
+
+    /// The session is unusable after an operation was cancelled or broke mid-flight.
+    pub fn is_poisoned(&self) -> bool {
+        self.0.kind == ErrorKind::Poisoned
+    }
+
+    /// The transaction was aborted by an earlier error and rolled back.
+    pub fn is_transaction_aborted(&self) -> bool {
+        self.0.kind == ErrorKind::TransactionAborted
+    }
+
+    /// A scope's session was asked for outside any scope (async, or blocking on this thread).
+    pub fn is_no_scope(&self) -> bool {
+        matches!(self.0.kind, ErrorKind::NoScope | ErrorKind::NoBlockingScope)
+    }
+
+    /// A blocking call was refused because it was made from async code: use the async API or
+    /// `tokio::task::spawn_blocking`.
+    pub fn is_blocking_in_async(&self) -> bool {
+        self.0.kind == ErrorKind::BlockingInAsync
+    }
+
+    /// A before-commit hook vetoed the scope's commit.
+    pub fn is_commit_vetoed(&self) -> bool {
+        self.0.kind == ErrorKind::CommitVetoed
+    }
+
+    /// A scope committed some of its binds before a commit failed: see
+    /// [`committed`](Error::committed) and [`rolled_back`](Error::rolled_back).
+    pub fn is_partial_commit(&self) -> bool {
+        self.0.kind == ErrorKind::PartialCommit
+    }
+}
+
+/// Errors a server sends as it drops the connection, and the driver's own for a dead socket.
+pub(crate) fn is_connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => is_connection_lost_code(db.code().as_deref()),
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// SQLSTATE class 08 (connection exception), 57P (operator intervention: terminated by an
+/// admin, server shutdown) and MariaDB's 70100 (connection killed).
+pub(crate) fn is_connection_lost_code(sqlstate: Option<&str>) -> bool {
+    sqlstate
+        .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "70100")
+}
+
+/// The server rolled the work back to resolve a conflict: a serialization failure or deadlock
+/// (SQLSTATE 40001, 40P01; MariaDB reports deadlocks as 40001), or SQLite's BUSY and LOCKED
+/// (primary result codes 5 and 6).
+fn is_conflict(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    match code.parse::<u32>() {
+        Ok(sqlite) if code.len() < 5 => matches!(sqlite & 0xff, 5 | 6),
+        _ => code == "40001" || code == "40P01",
+    }
+}
+
+// ----- constructors: every message lives here -----
+
+const URL_EXAMPLES: &str = "postgres://user@host/db, mysql://user@host/db, sqlite://path/to.db \
+                            or sqlite::memory:";
+
+impl Error {
+    /// `reason` must already be free of secrets ([`DatabaseUrl::scrub`](crate::DatabaseUrl)).
+    pub(crate) fn invalid_url(bind: &str, redacted_url: &str, reason: &str) -> Self {
+        Self::new(
+            ErrorKind::InvalidUrl,
+            Some(bind),
+            format!(
+                "bind `{bind}`: invalid database URL `{redacted_url}`: {reason}; expected a URL \
+                 such as {URL_EXAMPLES}"
+            ),
+        )
+    }
+
+    pub(crate) fn unknown_scheme(bind: &str, scheme: &str) -> Self {
+        Self::new(
+            ErrorKind::UnknownScheme,
+            Some(bind),
+            format!(
+                "bind `{bind}`: unknown URL scheme `{scheme}`; use postgres://, postgresql://, \
+                 mysql://, mariadb:// or sqlite:"
+            ),
+        )
+    }
+
+    pub(crate) fn driver_not_enabled(bind: &str, driver: &str, feature: &str) -> Self {
+        Self::new(
+            ErrorKind::DriverNotEnabled,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the {driver} driver is not compiled in; enable dbscope's \
+                 `{feature}` cargo feature"
+            ),
+        )
+    }
+
+    pub(crate) fn missing_url(bind: &str, env: &str) -> Self {
+        Self::new(
+            ErrorKind::MissingUrl,
+            Some(bind),
+            format!(
+                "bind `{bind}`: no URL configured; set `url` in its config, or the environment \
+                 variable {env}"
+            ),
+        )
+    }
+
+    pub(crate) fn no_binds() -> Self {
+        Self::new(
+            ErrorKind::NoBinds,
+            None,
+            "no bind configured; set DATABASE_URL (for the `default` bind) or \
+             DBSCOPE_BINDS__<NAME>__URL, or add binds in code or in a config file"
+                .to_owned(),
+        )
+    }
+
+    pub(crate) fn invalid_bind_name(name: &str, reason: &str) -> Self {
+        Self::new(
+            ErrorKind::InvalidBindName,
+            None,
+            format!("bind name {name:?} is invalid: {reason}"),
+        )
+    }
+
+    pub(crate) fn duplicate_bind(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::DuplicateBind,
+            Some(bind),
+            format!("bind `{bind}` is configured twice; give each bind its own name"),
+        )
+    }
+
+    pub(crate) fn zero_max_connections(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::ZeroMaxConnections,
+            Some(bind),
+            format!("bind `{bind}`: max_connections is 0; a pool needs at least 1 connection"),
+        )
+    }
+
+    pub(crate) fn min_exceeds_max(bind: &str, min: u32, max: u32) -> Self {
+        Self::new(
+            ErrorKind::MinExceedsMax,
+            Some(bind),
+            format!(
+                "bind `{bind}`: min_connections ({min}) exceeds max_connections ({max}); lower \
+                 min_connections or raise max_connections"
+            ),
+        )
+    }
+
+    /// `what` says what is not supported, and what to do instead.
+    pub(crate) fn unsupported(bind: &str, what: &str) -> Self {
+        Self::new(
+            ErrorKind::Unsupported,
+            Some(bind),
+            format!("bind `{bind}`: {what}"),
+        )
+    }
+
+    pub(crate) fn config_file(path: &Path, source: std::io::Error) -> Self {
+        Self::new(
+            ErrorKind::ConfigFile,
+            None,
+            format!(
+                "cannot read config file `{}`; check the path and its permissions",
+                path.display()
+            ),
+        )
+        .with_source(source)
+    }
+
+    pub(crate) fn unknown_bind(bind: &str, known: Vec<String>) -> Self {
+        Self::new(
+            ErrorKind::UnknownBind,
+            Some(bind),
+            format!(
+                "no bind named `{bind}`; known binds: {}; check the name or add the bind to the \
+                 config",
+                known.join(", ")
+            ),
+        )
+        .with_detail(Detail::Binds(known))
+    }
+
+    pub(crate) fn backend_mismatch(bind: &str, configured: &str, requested: &str) -> Self {
+        Self::new(
+            ErrorKind::BackendMismatch,
+            Some(bind),
+            format!(
+                "bind `{bind}` is a {configured} bind but was asked for as {requested}; ask for \
+                 it with the matching type, or set `engine = \"any\"` to use it as `Any`"
+            ),
+        )
+    }
+
+    pub(crate) fn timeout(bind: &str, waited: Duration) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            Some(bind),
+            format!(
+                "bind `{bind}`: no connection available within {waited:?} (acquire_timeout); \
+                 raise max_connections or acquire_timeout, or hold sessions for less time"
+            ),
+        )
+        .with_detail(Detail::Waited(waited))
+    }
+
+    pub(crate) fn closed(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::Closed,
+            Some(bind),
+            format!(
+                "bind `{bind}` is closed: its BindManager was closed or dropped, so it opens no \
+                 more sessions"
+            ),
+        )
+    }
+
+    pub(crate) fn connect(bind: &str, redacted_url: &str, source: sqlx::Error) -> Self {
+        Self::new(
+            ErrorKind::Connect,
+            Some(bind),
+            format!(
+                "bind `{bind}`: cannot connect to `{redacted_url}`; check that the server is up \
+                 and the URL and credentials are right"
+            ),
+        )
+        .with_source(source)
+    }
+
+    /// A statement or transaction command (`op.what`) failed on `bind`.
+    pub(crate) fn query(bind: Option<&str>, op: Op, source: sqlx::Error) -> Self {
+        let message = match bind {
+            Some(bind) => format!("bind `{bind}`: {} failed", op.what),
+            None => format!("{} failed", op.what),
+        };
+        Self::new(ErrorKind::Query, bind, message)
+            .with_source(source)
+            .with_detail(Detail::Op(op))
+    }
+
+    pub(crate) fn poisoned(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::Poisoned,
+            Some(bind),
+            format!(
+                "bind `{bind}`: an earlier operation on this session was cancelled or failed \
+                 mid-flight, so its connection is in an unknown state; drop this session (its \
+                 connection is discarded, its transaction rolled back by the server) and open a \
+                 new one"
+            ),
+        )
+    }
+
+    pub(crate) fn transaction_aborted(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::TransactionAborted,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the transaction was aborted by an earlier error and has been \
+                 rolled back; nothing was committed. Use a savepoint around statements that may \
+                 fail"
+            ),
+        )
+    }
+
+    pub(crate) fn no_scope(bind: Option<&str>) -> Self {
+        Self::new(
+            ErrorKind::NoScope,
+            bind,
+            format!(
+                "{}no dbscope scope is active on this task; run this code inside \
+                 `dbscope::scope(&manager, …)` (or `manager.scope().run(…)`), behind a \
+                 `ScopeLayer`, or for a task started with `tokio::spawn`, pass \
+                 `Scope::current()?.attach(…)` the future (spawned tasks inherit no scope)",
+                bind_prefix(bind)
+            ),
+        )
+    }
+
+    pub(crate) fn scope_ended(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::ScopeEnded,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the scope this code runs in has already ended (committed or \
+                 rolled back); a task attached to a scope must finish before the scope does"
+            ),
+        )
+    }
+
+    pub(crate) fn bind_not_in_scope(bind: &str, declared: Vec<String>) -> Self {
+        Self::new(
+            ErrorKind::BindNotInScope,
+            Some(bind),
+            format!(
+                "bind `{bind}` is not declared for this scope (declared: {}); add \
+                 `.bind(\"{bind}\")` to the scope or to the route's ScopeLayer",
+                declared.join(", ")
+            ),
+        )
+        .with_detail(Detail::Binds(declared))
+    }
+
+    pub(crate) fn duplicate_scope_bind(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::DuplicateScopeBind,
+            Some(bind),
+            format!(
+                "bind `{bind}` is declared twice for the same scope (by two ScopeLayers on one \
+                 route, or twice on one scope); declare it once, on the innermost layer that \
+                 needs it"
+            ),
+        )
+    }
+
+    pub(crate) fn session_busy(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::SessionBusy,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the scope's session is in use by other code of this scope; drop \
+                 that code's guard first (async code can also wait its turn with \
+                 `current_session`)"
+            ),
+        )
+    }
+
+    pub(crate) fn session_held(bind: &str, waited: Duration) -> Self {
+        Self::new(
+            ErrorKind::SessionHeld,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the scope ended while its session was still held after \
+                 {waited:?} (a ScopedSession guard kept past the scope's work, or an attached \
+                 task still running); nothing of it was committed, and it rolls back when that \
+                 code lets go. Drop guards before the scope's work returns, and await attached \
+                 tasks"
+            ),
+        )
+        .with_detail(Detail::Waited(waited))
+    }
+
+    pub(crate) fn transaction_open(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::TransactionOpen,
+            Some(bind),
+            format!(
+                "bind `{bind}`: an atomic block found a transaction already open on the scope's \
+                 session; commit or roll it back first, or pick another `IfOpen` policy"
+            ),
+        )
+    }
+
+    pub(crate) fn commit_vetoed(source: BoxError) -> Self {
+        Self::new(
+            ErrorKind::CommitVetoed,
+            None,
+            "a before-commit hook vetoed the commit; the scope's sessions were rolled back"
+                .to_owned(),
+        )
+        .with_source(source)
+    }
+
+    /// The error of a scope whose commit failed on `failed` after committing `committed` (in
+    /// order) and rolling back `rolled_back`: the commit's own error when nothing had committed
+    /// yet, else a [`PartialCommit`](ErrorKind::PartialCommit).
+    pub(crate) fn commit_failed(
+        committed: Vec<String>,
+        failed: &str,
+        rolled_back: Vec<String>,
+        source: Error,
+    ) -> Self {
+        if committed.is_empty() {
+            return source;
+        }
+        Self::new(
+            ErrorKind::PartialCommit,
+            Some(failed),
+            format!(
+                "scope commit failed on bind `{failed}` after committing {}; rolled back: {}. \
+                 The committed binds cannot be undone: reconcile them, or keep one bind per \
+                 scope where all-or-nothing matters",
+                list(&committed),
+                list(&rolled_back)
+            ),
+        )
+        .with_source(source)
+        .with_detail(Detail::Partial {
+            committed,
+            rolled_back,
+        })
+    }
+
+    pub(crate) fn close_timed_out(busy: Vec<(String, usize)>) -> Self {
+        let listed: Vec<String> = busy.iter().map(|(b, n)| format!("`{b}`: {n}")).collect();
+        Self::new(
+            ErrorKind::CloseTimedOut,
+            None,
+            format!(
+                "close deadline passed with connections still checked out ({}); they are closed \
+                 when their sessions end",
+                listed.join(", ")
+            ),
+        )
+        .with_detail(Detail::Busy(busy))
+    }
+
+    pub(crate) fn blocking_in_async(bind: Option<&str>) -> Self {
+        Self::new(
+            ErrorKind::BlockingInAsync,
+            bind,
+            format!(
+                "{}a blocking dbscope call was made from async code running on a tokio runtime, \
+                 where it would block the runtime's thread (and deadlock a current-thread \
+                 runtime); use the async API (`Session`), or run this blocking code in \
+                 tokio::task::spawn_blocking",
+                bind_prefix(bind)
+            ),
+        )
+    }
+
+    pub(crate) fn no_blocking_scope(bind: Option<&str>) -> Self {
+        Self::new(
+            ErrorKind::NoBlockingScope,
+            bind,
+            format!(
+                "{}no blocking scope is active on this thread; run this code inside \
+                 `dbscope::blocking::scope(&manager, || …)` (a blocking scope belongs to the \
+                 thread that opened it: threads it starts inherit nothing)",
+                bind_prefix(bind)
+            ),
+        )
+    }
+
+    pub(crate) fn blocking_runtime(source: std::io::Error) -> Self {
+        Self::new(
+            ErrorKind::BlockingRuntime,
+            None,
+            "cannot start the runtime that drives blocking binds (a thread and an I/O driver); \
+             the process may be out of threads or file descriptors"
+                .to_owned(),
+        )
+        .with_source(source)
+    }
+
+    /// The same error, about `bind` when it named none (an error that crossed sqlx's API
+    /// without one).
+    pub(crate) fn or_bind(mut self, bind: &str) -> Self {
+        if self.0.bind.is_none() {
+            self.0.message = format!("bind `{bind}`: {}", self.0.message);
+            self.0.bind = Some(bind.to_owned());
+        }
+        self
+    }
+
+    /// Turns the error into an `sqlx::Error` for code that speaks sqlx (our `Executor` impls):
+    /// a driver's `Database` or `Io` error keeps its variant, with the bind tucked inside;
+    /// everything else travels whole, boxed in `sqlx::Error::Configuration`. `From<sqlx::Error>`
+    /// undoes both.
+    pub(crate) fn into_sqlx(self) -> sqlx::Error {
+        if self.0.kind == ErrorKind::Query
+            && let Detail::Op(op) = self.0.detail
+            && let (Some(bind), Some(source)) = (&self.0.bind, &self.0.source)
+            && source
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(located::can_locate)
+        {
+            let bind = bind.clone();
+            let source = *self
+                .0
+                .source
+                .expect("checked above")
+                .downcast::<sqlx::Error>()
+                .expect("checked above");
+            return locate(&bind, op, source);
+        }
+        sqlx::Error::Configuration(Box::new(self))
+    }
+}
 
 fn list(binds: &[String]) -> String {
     if binds.is_empty() {
@@ -413,214 +860,57 @@ fn config_context(err: &figment::Error) -> String {
     out
 }
 
-impl Error {
-    /// The bind the error is about, when it is about one.
-    pub fn bind(&self) -> Option<&str> {
-        match self {
-            Self::InvalidUrl { bind, .. }
-            | Self::UnknownScheme { bind, .. }
-            | Self::DriverNotEnabled { bind, .. }
-            | Self::MissingUrl { bind, .. }
-            | Self::DuplicateBind { bind }
-            | Self::ZeroMaxConnections { bind }
-            | Self::MinExceedsMax { bind, .. }
-            | Self::Unsupported { bind, .. }
-            | Self::UnknownBind { bind, .. }
-            | Self::BackendMismatch { bind, .. }
-            | Self::Timeout { bind, .. }
-            | Self::Closed { bind }
-            | Self::Connect { bind, .. }
-            | Self::Poisoned { bind }
-            | Self::TransactionAborted { bind }
-            | Self::ScopeEnded { bind }
-            | Self::BindNotInScope { bind, .. }
-            | Self::DuplicateScopeBind { bind }
-            | Self::SessionBusy { bind }
-            | Self::SessionHeld { bind, .. }
-            | Self::TransactionOpen { bind } => Some(bind),
-            Self::PartialCommit { failed, .. } => Some(failed),
-            Self::Sqlx { bind, .. }
-            | Self::NoScope { bind }
-            | Self::BlockingInAsync { bind }
-            | Self::NoBlockingScope { bind } => bind.as_deref(),
-            Self::NoBinds
-            | Self::InvalidBindName { .. }
-            | Self::ConfigFile { .. }
-            | Self::Config { .. }
-            | Self::CloseTimedOut { .. }
-            | Self::CommitVetoed { .. }
-            | Self::BlockingRuntime { .. } => None,
-        }
-    }
-
-    /// A connection could not be had in time (`acquire_timeout`).
-    pub fn is_timeout(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout { .. }
-                | Self::Sqlx {
-                    source: sqlx::Error::PoolTimedOut,
-                    ..
-                }
-        )
-    }
-
-    /// The manager, and so the bind, is closed.
-    pub fn is_closed(&self) -> bool {
-        matches!(
-            self,
-            Self::Closed { .. }
-                | Self::Sqlx {
-                    source: sqlx::Error::PoolClosed,
-                    ..
-                }
-        )
-    }
-
-    /// No bind has the name asked for.
-    pub fn is_unknown_bind(&self) -> bool {
-        matches!(self, Self::UnknownBind { .. })
-    }
-
-    /// The bind exists but is of another database type.
-    pub fn is_backend_mismatch(&self) -> bool {
-        matches!(self, Self::BackendMismatch { .. })
-    }
-
-    /// The configuration is wrong: fix it and start again.
-    pub fn is_config(&self) -> bool {
-        matches!(
-            self,
-            Self::InvalidUrl { .. }
-                | Self::UnknownScheme { .. }
-                | Self::DriverNotEnabled { .. }
-                | Self::MissingUrl { .. }
-                | Self::NoBinds
-                | Self::InvalidBindName { .. }
-                | Self::DuplicateBind { .. }
-                | Self::DuplicateScopeBind { .. }
-                | Self::ZeroMaxConnections { .. }
-                | Self::MinExceedsMax { .. }
-                | Self::Unsupported { .. }
-                | Self::ConfigFile { .. }
-                | Self::Config { .. }
-        )
-    }
-
-    /// A new connection could not be opened.
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. })
-    }
-
-    /// The session is unusable after an operation was cancelled or broke mid-flight.
-    pub fn is_poisoned(&self) -> bool {
-        matches!(self, Self::Poisoned { .. })
-    }
-
-    /// The transaction was aborted by an earlier error and rolled back.
-    pub fn is_transaction_aborted(&self) -> bool {
-        matches!(self, Self::TransactionAborted { .. })
-    }
-
-    /// A scope's session was asked for outside any scope (async, or blocking on this thread).
-    pub fn is_no_scope(&self) -> bool {
-        matches!(self, Self::NoScope { .. } | Self::NoBlockingScope { .. })
-    }
-
-    /// A blocking call was refused because it was made from async code: use the async API or
-    /// `tokio::task::spawn_blocking`.
-    pub fn is_blocking_in_async(&self) -> bool {
-        matches!(self, Self::BlockingInAsync { .. })
-    }
-
-    /// A before-commit hook vetoed the scope's commit.
-    pub fn is_commit_vetoed(&self) -> bool {
-        matches!(self, Self::CommitVetoed { .. })
-    }
-
-    /// A scope committed some of its binds before a commit failed: see the error's lists.
-    pub fn is_partial_commit(&self) -> bool {
-        matches!(self, Self::PartialCommit { .. })
-    }
-
-    /// The error the database returned, if it is one (a constraint violation, a syntax error …).
-    pub fn as_database_error(&self) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
-        match self {
-            Self::Sqlx {
-                source: sqlx::Error::Database(e),
-                ..
-            } => Some(&**e),
-            _ => None,
-        }
-    }
-
-    /// The error of a scope whose commit failed on `failed` after committing `committed` (in
-    /// order) and rolling back `rolled_back`: the commit's own error when nothing had committed
-    /// yet, else [`Error::PartialCommit`].
-    pub(crate) fn commit_failed(
-        committed: Vec<String>,
-        failed: &str,
-        rolled_back: Vec<String>,
-        source: Error,
-    ) -> Self {
-        if committed.is_empty() {
-            return source;
-        }
-        Self::PartialCommit {
-            committed,
-            failed: failed.to_owned(),
-            rolled_back,
-            source: Box::new(source),
-        }
-    }
-
-    pub(crate) fn sqlx(bind: &str, what: &'static str, source: sqlx::Error) -> Self {
-        Self::Sqlx {
-            bind: Some(bind.to_owned()),
-            what,
-            source,
-        }
-    }
-
-    /// Turns the error into an `sqlx::Error` for code that speaks sqlx (our `Executor` impls).
-    ///
-    /// Pool timeouts and closed pools keep sqlx's own variants, connect errors their driver
-    /// error; the rest travel boxed in `sqlx::Error::Configuration`, and `From<sqlx::Error>`
-    /// unboxes them, so `?` into [`Error`] gives back the original.
-    pub(crate) fn into_sqlx(self) -> sqlx::Error {
-        match self {
-            Self::Timeout { .. } => sqlx::Error::PoolTimedOut,
-            Self::Closed { .. } => sqlx::Error::PoolClosed,
-            Self::Sqlx { source, .. } => source,
-            other => sqlx::Error::Configuration(Box::new(other)),
-        }
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)
     }
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Error");
+        out.field("kind", &self.0.kind);
+        if let Some(bind) = &self.0.bind {
+            out.field("bind", bind);
+        }
+        out.field("message", &self.0.message);
+        if let Some(source) = &self.0.source {
+            out.field("source", source);
+        }
+        out.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// An error that crossed sqlx's API: dbscope's own come back whole; a driver error raised in a
+/// session's statement comes back with its bind (see [`Session`](crate::Session)); any other
+/// sqlx error (`RowNotFound` from `fetch_one`, a decode error) becomes a
+/// [`Query`](ErrorKind::Query) error without a bind.
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match err {
-            sqlx::Error::Configuration(boxed) if boxed.is::<Error>() => match boxed.downcast() {
-                Ok(ours) => *ours,
-                Err(other) => Self::Sqlx {
-                    bind: None,
-                    what: "statement",
-                    source: sqlx::Error::Configuration(other),
-                },
-            },
-            source => Self::Sqlx {
-                bind: None,
-                what: "statement",
-                source,
+            sqlx::Error::Configuration(boxed) if boxed.is::<Error>() => {
+                *boxed.downcast::<Error>().expect("checked by is::<Error>()")
+            }
+            other => match located::unlocate(other) {
+                Ok((bind, op, source)) => Self::query(Some(&bind), op, source),
+                Err(source) => Self::query(None, Op::statement(false), source),
             },
         }
     }
 }
 
 /// For code that speaks sqlx (a closure given to
-/// [`BlockingSession::run`](crate::blocking::BlockingSession::run) returning `sqlx::Result`): as
-/// in a query, timeouts become `PoolTimedOut`, a closed bind `PoolClosed`, the rest travel boxed,
-/// and `?` back into [`Error`] restores the original.
+/// [`BlockingSession::run`](crate::blocking::BlockingSession::run) returning `sqlx::Result`):
+/// as in a query, and `?` back into [`Error`] restores the original.
 impl From<Error> for sqlx::Error {
     fn from(err: Error) -> Self {
         err.into_sqlx()
@@ -629,8 +919,85 @@ impl From<Error> for sqlx::Error {
 
 impl From<figment::Error> for Error {
     fn from(err: figment::Error) -> Self {
-        Self::Config {
-            source: Box::new(err),
+        let message = format!("invalid configuration{}", config_context(&err));
+        Self::new(ErrorKind::Config, None, message).with_source(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_names_the_bind_and_the_cause_is_the_source() {
+        let err = Error::query(Some("main"), Op::new("BEGIN"), sqlx::Error::WorkerCrashed);
+        assert_eq!(err.to_string(), "bind `main`: BEGIN failed");
+        assert_eq!(err.bind(), Some("main"));
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.to_string().contains("crashed background worker"));
+        assert!(err.is_connection_lost() && err.is_retryable());
+    }
+
+    #[test]
+    fn commit_with_lost_connection_is_not_retryable() {
+        let err = Error::query(Some("main"), Op::commit(), sqlx::Error::WorkerCrashed);
+        assert!(err.is_connection_lost());
+        assert!(!err.is_retryable(), "a lost COMMIT may have committed");
+        let autocommit = Error::query(
+            Some("main"),
+            Op::statement(true),
+            sqlx::Error::WorkerCrashed,
+        );
+        assert!(
+            !autocommit.is_retryable(),
+            "an autocommit write may have landed"
+        );
+    }
+
+    #[test]
+    fn dbscope_errors_survive_a_trip_through_sqlx() {
+        for err in [
+            Error::timeout("main", Duration::from_millis(250)),
+            Error::closed("main"),
+            Error::poisoned("main"),
+            Error::query(Some("main"), Op::new("BEGIN"), sqlx::Error::WorkerCrashed),
+        ] {
+            let (kind, message) = (err.kind(), err.to_string());
+            let back = Error::from(err.into_sqlx());
+            assert_eq!((back.kind(), back.to_string()), (kind, message));
+            assert_eq!(back.bind(), Some("main"));
         }
+    }
+
+    #[test]
+    fn or_bind_names_a_bind_once() {
+        let err = Error::from(sqlx::Error::RowNotFound);
+        assert_eq!(err.bind(), None);
+        assert_eq!(err.to_string(), "statement failed");
+        let err = err.or_bind("main").or_bind("other");
+        assert_eq!(err.to_string(), "bind `main`: statement failed");
+        assert_eq!(err.bind(), Some("main"));
+    }
+
+    #[test]
+    fn partial_commit_carries_its_lists() {
+        let cause = Error::query(Some("b"), Op::commit(), sqlx::Error::WorkerCrashed);
+        let err = Error::commit_failed(vec!["a".into()], "b", vec!["c".into()], cause);
+        assert!(err.is_partial_commit() && !err.is_retryable());
+        assert_eq!(err.committed(), ["a"]);
+        assert_eq!(err.rolled_back(), ["c"]);
+        assert_eq!(err.bind(), Some("b"));
+        let nothing_committed = Error::commit_failed(
+            vec![],
+            "b",
+            vec![],
+            Error::query(Some("b"), Op::commit(), sqlx::Error::WorkerCrashed),
+        );
+        assert_eq!(nothing_committed.kind(), ErrorKind::Query);
+    }
+
+    #[test]
+    fn error_stays_one_pointer_wide() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
     }
 }

@@ -26,7 +26,7 @@ pub use config::{
     JournalMode, PoolConfig, SessionConfig, SqliteConfig,
 };
 pub use database_url::DatabaseUrl;
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 #[cfg(feature = "actix")]
 pub use integration::actix;
 #[cfg(feature = "axum")]

@@ -30,8 +30,8 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a value that does not fit its field; [`Error::NoBinds`] when no
-    /// variable configures a bind; [`Error::MissingUrl`] when a bind gets options but no URL.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a value that does not fit its field; [`ErrorKind::NoBinds`](crate::ErrorKind::NoBinds) when no
+    /// variable configures a bind; [`ErrorKind::MissingUrl`](crate::ErrorKind::MissingUrl) when a bind gets options but no URL.
     pub fn from_env() -> Result<Self> {
         Self::from_figment(&env_layers(Figment::new()))
     }
@@ -51,8 +51,8 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::ConfigFile`] when the file cannot be read; [`Error::Config`] when it is not valid
-    /// TOML or a value does not fit; [`Error::NoBinds`] and [`Error::MissingUrl`] as for
+    /// [`ErrorKind::ConfigFile`](crate::ErrorKind::ConfigFile) when the file cannot be read; [`ErrorKind::Config`](crate::ErrorKind::Config) when it is not valid
+    /// TOML or a value does not fit; [`ErrorKind::NoBinds`](crate::ErrorKind::NoBinds) and [`ErrorKind::MissingUrl`](crate::ErrorKind::MissingUrl) as for
     /// [`Config::from_env`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         Self::from_figment(&Figment::from(TomlBinds::open(path.as_ref())?))
@@ -81,13 +81,10 @@ impl Config {
     pub fn from_figment(figment: &Figment) -> Result<Self> {
         let config: Self = figment.extract()?;
         if config.binds.is_empty() {
-            return Err(Error::NoBinds);
+            return Err(Error::no_binds());
         }
         if let Some((name, _)) = config.binds.iter().find(|(_, bind)| bind.url.is_none()) {
-            return Err(Error::MissingUrl {
-                bind: name.clone(),
-                env: url_env_var(name),
-            });
+            return Err(Error::missing_url(name, &url_env_var(name)));
         }
         Ok(config)
     }
@@ -127,10 +124,7 @@ struct TomlBinds {
 impl TomlBinds {
     fn open(path: &Path) -> Result<Self> {
         // figment skips a missing file silently; a config file the user named must exist.
-        std::fs::metadata(path).map_err(|source| Error::ConfigFile {
-            path: path.to_owned(),
-            source,
-        })?;
+        std::fs::metadata(path).map_err(|source| Error::config_file(path, source))?;
         Ok(Self {
             path: path.to_owned(),
         })

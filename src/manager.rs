@@ -42,7 +42,7 @@ const CLOSE_POLL: Duration = Duration::from_millis(10);
 ///
 /// Dropping the last clone closes every bind without blocking: idle connections close at once,
 /// connections held by sessions close when those sessions end, and `Bind` handles still around
-/// answer [`Error::Closed`].
+/// answer [`ErrorKind::Closed`](crate::ErrorKind::Closed).
 #[derive(Clone)]
 pub struct BindManager {
     inner: Arc<Inner>,
@@ -78,20 +78,20 @@ impl BindManagerBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::NoBinds`], [`Error::InvalidBindName`], [`Error::DuplicateBind`],
-    /// [`Error::MissingUrl`], [`Error::InvalidUrl`], [`Error::UnknownScheme`],
-    /// [`Error::DriverNotEnabled`], [`Error::ZeroMaxConnections`], [`Error::MinExceedsMax`],
-    /// [`Error::Unsupported`]: each names the bind and says what to change.
+    /// [`ErrorKind::NoBinds`](crate::ErrorKind::NoBinds), [`ErrorKind::InvalidBindName`](crate::ErrorKind::InvalidBindName), [`ErrorKind::DuplicateBind`](crate::ErrorKind::DuplicateBind),
+    /// [`ErrorKind::MissingUrl`](crate::ErrorKind::MissingUrl), [`ErrorKind::InvalidUrl`](crate::ErrorKind::InvalidUrl), [`ErrorKind::UnknownScheme`](crate::ErrorKind::UnknownScheme),
+    /// [`ErrorKind::DriverNotEnabled`](crate::ErrorKind::DriverNotEnabled), [`ErrorKind::ZeroMaxConnections`](crate::ErrorKind::ZeroMaxConnections), [`ErrorKind::MinExceedsMax`](crate::ErrorKind::MinExceedsMax),
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported): each names the bind and says what to change.
     pub fn build(self) -> Result<BindManager> {
         if self.binds.is_empty() {
-            return Err(Error::NoBinds);
+            return Err(Error::no_binds());
         }
         let mut binds = BTreeMap::new();
         let mut configs = BTreeMap::new();
         for (name, config) in self.binds {
             check_name(&name)?;
             if binds.contains_key(&name) {
-                return Err(Error::DuplicateBind { bind: name });
+                return Err(Error::duplicate_bind(&name));
             }
             check_pool(&name, &config)?;
             let open = backend::open(&name, &config)?;
@@ -122,25 +122,20 @@ fn check_name(name: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidBindName {
-        name: name.to_owned(),
-        reason,
-    })
+    Err(Error::invalid_bind_name(name, reason))
 }
 
 fn check_pool(name: &str, config: &BindConfig) -> Result<()> {
     let pool = &config.pool;
     if pool.max_connections == 0 {
-        return Err(Error::ZeroMaxConnections {
-            bind: name.to_owned(),
-        });
+        return Err(Error::zero_max_connections(name));
     }
     if pool.min_connections > pool.max_connections {
-        return Err(Error::MinExceedsMax {
-            bind: name.to_owned(),
-            min: pool.min_connections,
-            max: pool.max_connections,
-        });
+        return Err(Error::min_exceeds_max(
+            name,
+            pool.min_connections,
+            pool.max_connections,
+        ));
     }
     Ok(())
 }
@@ -174,23 +169,21 @@ impl BindManager {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownBind`] (listing the known names); [`Error::BackendMismatch`] when the bind
-    /// is of another type; [`Error::Closed`] once the manager is closed.
+    /// [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind) (listing the known names); [`ErrorKind::BackendMismatch`](crate::ErrorKind::BackendMismatch) when the bind
+    /// is of another type; [`ErrorKind::Closed`](crate::ErrorKind::Closed) once the manager is closed.
     pub fn bind<DB: Backend>(&self, name: &str) -> Result<Bind<DB>> {
         let open = self.entry(name)?;
         if !open.erased.is_closed() {
             if let Ok(shared) = open.typed.clone().downcast::<BindShared<DB>>() {
                 return Ok(Bind { shared });
             }
-            return Err(Error::BackendMismatch {
-                bind: name.to_owned(),
-                configured: open.erased.backend(),
-                requested: <DB as sqlx::Database>::NAME,
-            });
+            return Err(Error::backend_mismatch(
+                name,
+                open.erased.backend(),
+                <DB as sqlx::Database>::NAME,
+            ));
         }
-        Err(Error::Closed {
-            bind: name.to_owned(),
-        })
+        Err(Error::closed(name))
     }
 
     /// The bind a [`BindKey`] names, with the database type it declares.
@@ -249,8 +242,8 @@ impl BindManager {
     ///
     /// # Errors
     ///
-    /// The first bind that fails, by name: [`Error::Connect`], [`Error::Timeout`],
-    /// [`Error::Closed`].
+    /// The first bind that fails, by name: [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Timeout`](crate::ErrorKind::Timeout),
+    /// [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     ///
     /// # Cancel safety
     ///
@@ -262,13 +255,13 @@ impl BindManager {
         Ok(())
     }
 
-    /// Closes every bind: stops handing out connections (new sessions get [`Error::Closed`]),
+    /// Closes every bind: stops handing out connections (new sessions get [`ErrorKind::Closed`](crate::ErrorKind::Closed)),
     /// closes idle connections, waits up to `deadline` for sessions to return theirs, which are
     /// closed as they come back.
     ///
     /// # Errors
     ///
-    /// [`Error::CloseTimedOut`] when sessions still hold connections at the deadline, naming the
+    /// [`ErrorKind::CloseTimedOut`](crate::ErrorKind::CloseTimedOut) when sessions still hold connections at the deadline, naming the
     /// binds; those connections close when their sessions end.
     ///
     /// # Cancel safety
@@ -298,7 +291,7 @@ impl BindManager {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= give_up {
-                return Err(Error::CloseTimedOut { busy });
+                return Err(Error::close_timed_out(busy));
             }
             tokio::time::sleep(CLOSE_POLL).await;
         }
@@ -312,10 +305,7 @@ impl BindManager {
         self.inner
             .binds
             .get(name)
-            .ok_or_else(|| Error::UnknownBind {
-                bind: name.to_owned(),
-                known: self.inner.binds.keys().cloned().collect(),
-            })
+            .ok_or_else(|| Error::unknown_bind(name, self.inner.binds.keys().cloned().collect()))
     }
 }
 

@@ -50,8 +50,8 @@ impl<'s, DB: Backend> Savepoint<'s, DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Sqlx`](crate::Error::Sqlx) when the statement fails;
-    /// [`Error::Poisoned`](crate::Error::Poisoned) after a cancelled operation.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the statement fails;
+    /// [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
     /// # Cancel safety
     ///

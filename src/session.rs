@@ -12,6 +12,7 @@ use sqlx::{Connection, Either, Execute, Executor, SqlStr};
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
 use crate::engine::{self, Object};
+use crate::error::{Op, is_connection_lost_code, locate};
 use crate::{Bind, Error, Result, Savepoint};
 
 /// How long a dropped session's connection may take to roll back before it is discarded.
@@ -139,21 +140,13 @@ impl TxState {
 /// driver refused before sending anything.
 fn is_answered(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => !is_connection_lost(db.code().as_deref()),
+        sqlx::Error::Database(db) => !is_connection_lost_code(db.code().as_deref()),
         sqlx::Error::Encode(_)
         | sqlx::Error::InvalidArgument(_)
         | sqlx::Error::TypeNotFound { .. }
         | sqlx::Error::RowNotFound => true,
         _ => false,
     }
-}
-
-/// Errors a server sends as it drops the connection: SQLSTATE class 08 (connection exception),
-/// 57P (operator intervention: terminated by an admin, server shutdown) and MariaDB's 70100
-/// (connection killed).
-fn is_connection_lost(sqlstate: Option<&str>) -> bool {
-    sqlstate
-        .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "70100")
 }
 
 impl<DB: Backend> Session<DB> {
@@ -224,10 +217,7 @@ impl<DB: Backend> Session<DB> {
         match &self.custom {
             None => Ok(&self.bind.shared.tx_sql),
             Some(Custom { sql: Ok(sql), .. }) => Ok(sql),
-            Some(Custom { sql: Err(what), .. }) => Err(Error::Unsupported {
-                bind: self.bind.name().to_owned(),
-                what: what.clone(),
-            }),
+            Some(Custom { sql: Err(what), .. }) => Err(Error::unsupported(self.bind.name(), what)),
         }
     }
 
@@ -238,8 +228,8 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`], [`Error::Connect`], [`Error::Closed`] from the checkout;
-    /// [`Error::Sqlx`] when BEGIN fails; [`Error::Poisoned`] after a cancelled operation.
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Closed`](crate::ErrorKind::Closed) from the checkout;
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when BEGIN fails; [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
     /// # Cancel safety
     ///
@@ -258,9 +248,9 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::TransactionAborted`] when an earlier statement failed on PostgreSQL (the
-    /// transaction is rolled back instead); [`Error::Sqlx`] when the server refuses the commit
-    /// (the transaction is then rolled back); [`Error::Poisoned`] after a cancelled operation.
+    /// [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted) when an earlier statement failed on PostgreSQL (the
+    /// transaction is rolled back instead); [`ErrorKind::Query`](crate::ErrorKind::Query) when the server refuses the commit
+    /// (the transaction is then rolled back); [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
     /// # Cancel safety
     ///
@@ -277,9 +267,7 @@ impl<DB: Backend> Session<DB> {
         }
         if self.tx.aborted {
             self.rollback_transaction().await?;
-            return Err(Error::TransactionAborted {
-                bind: self.bind.name().to_owned(),
-            });
+            return Err(Error::transaction_aborted(self.bind.name()));
         }
         match self.exec(SqlStr::from_static(self.tx.end.commit)).await {
             Ok(()) => {
@@ -292,7 +280,7 @@ impl<DB: Backend> Session<DB> {
                     // failure, SQLITE_BUSY); make sure nothing stays open before reporting.
                     self.rollback_after_failed_commit().await;
                 }
-                Err(Error::sqlx(self.bind.name(), "COMMIT", e))
+                Err(Error::query(Some(self.bind.name()), Op::commit(), e))
             }
         }
     }
@@ -301,8 +289,8 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Sqlx`] when ROLLBACK fails (the connection is then discarded when the session
-    /// drops); [`Error::Poisoned`] after a cancelled operation.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when ROLLBACK fails (the connection is then discarded when the session
+    /// drops); [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
     /// # Cancel safety
     ///
@@ -327,7 +315,7 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::begin`], and [`Error::Sqlx`] when SAVEPOINT fails.
+    /// As [`Session::begin`], and [`ErrorKind::Query`](crate::ErrorKind::Query) when SAVEPOINT fails.
     ///
     /// # Cancel safety
     ///
@@ -388,7 +376,7 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Sqlx`] when the rollback fails; the connection is discarded then.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the rollback fails; the connection is discarded then.
     ///
     /// # Cancel safety
     ///
@@ -400,12 +388,12 @@ impl<DB: Backend> Session<DB> {
     /// Ends the session's work and gives its connection back, like [`close`](Session::close),
     /// but keeps the session: its next statement checks out a fresh connection.
     ///
-    /// This is also how a [poisoned](Error::Poisoned) session starts over: its connection is
+    /// This is also how a [poisoned](crate::ErrorKind::Poisoned) session starts over: its connection is
     /// discarded and the session is usable again.
     ///
     /// # Errors
     ///
-    /// [`Error::Sqlx`] when the rollback fails; the connection is discarded then, and the
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the rollback fails; the connection is discarded then, and the
     /// session is usable again all the same.
     ///
     /// # Cancel safety
@@ -430,7 +418,7 @@ impl<DB: Backend> Session<DB> {
         if self.tx.wire == Wire::Idle && self.tx.lent {
             let result = self.conn_mut().raw.ping().await;
             self.tx.settle(&result, false);
-            result.map_err(|e| Error::sqlx(self.bind.name(), "ping", e))?;
+            result.map_err(|e| Error::query(Some(self.bind.name()), Op::new("ping"), e))?;
             self.tx.lent = false;
         }
         Ok(())
@@ -443,9 +431,7 @@ impl<DB: Backend> Session<DB> {
             return Ok(());
         }
         self.tx.wire = Wire::Broken;
-        Err(Error::Poisoned {
-            bind: self.bind.name().to_owned(),
-        })
+        Err(Error::poisoned(self.bind.name()))
     }
 
     fn conn_mut(&mut self) -> &mut engine::PooledConn<DB> {
@@ -537,30 +523,40 @@ impl<DB: Backend> Session<DB> {
     async fn exec_or_poison(&mut self, sql: SqlStr, what: &'static str) -> Result<()> {
         self.exec(sql).await.map_err(|e| {
             self.tx.wire = Wire::Broken;
-            Error::sqlx(self.bind.name(), what, e)
+            Error::query(Some(self.bind.name()), Op::new(what), e)
         })
     }
 
     /// Runs one command, all its results drained, with in-flight tracking.
     async fn exec(&mut self, sql: SqlStr) -> sqlx::Result<()> {
-        let (raw, tx, aborts) = self.start_op();
+        let (raw, mut op) = self.start_op(Op::new("command"), true);
         let result = drain(DB::fetch_many(raw, sql)).await;
-        tx.settle(&result, aborts);
+        op.settle(&result);
         result
     }
 
-    /// Marks an operation in flight and lends the connection for it, with the state to settle
-    /// when it ends (and whether a failure aborts the transaction). If the operation's future is
-    /// dropped before it settles, the session stays `Busy`: poisoned.
-    fn start_op(&mut self) -> (&mut DB::Connection, &mut TxState, bool) {
-        let aborts_on_error = self.bind.shared.dialect.aborts_on_error();
-        let Self { conn, tx, .. } = self;
+    /// Marks an operation in flight and lends the connection for it, with what settles it when
+    /// it ends. If the operation's future is dropped before it settles, the session stays
+    /// `Busy`: poisoned. `may_abort`: a failure of this operation aborts a PostgreSQL
+    /// transaction (a statement, not a prepare).
+    fn start_op(&mut self, op: Op, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
+        let aborts_on_error = may_abort && self.bind.shared.dialect.aborts_on_error();
+        let Self { bind, conn, tx, .. } = self;
         tx.wire = Wire::Busy;
-        (
-            &mut conn.as_mut().expect("the session is attached").raw,
+        let raw = &mut conn.as_mut().expect("the session is attached").raw;
+        let op = InFlight {
             tx,
             aborts_on_error,
-        )
+            bind: bind.name(),
+            op,
+        };
+        (raw, op)
+    }
+
+    /// [`start_op`](Self::start_op) for a statement sqlx runs through the session.
+    fn start_statement(&mut self, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
+        let autocommit = self.tx.depth == 0;
+        self.start_op(Op::statement(autocommit), may_abort)
     }
 
     pub(crate) fn savepoint_dropped(&mut self, level: u32) {
@@ -648,12 +644,32 @@ async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'s
     }
 }
 
+/// An operation in flight on a session's connection: settles the session's state when it ends,
+/// and tags a driver error with the session's bind before it leaves through sqlx's API.
+struct InFlight<'s> {
+    tx: &'s mut TxState,
+    aborts_on_error: bool,
+    bind: &'s str,
+    op: Op,
+}
+
+impl InFlight<'_> {
+    fn settle<T>(&mut self, result: &sqlx::Result<T>) {
+        self.tx.settle(result, self.aborts_on_error);
+    }
+
+    /// Settles, and names the bind in the error a statement leaves sqlx with.
+    fn finish<T>(mut self, result: sqlx::Result<T>) -> sqlx::Result<T> {
+        self.settle(&result);
+        result.map_err(|e| locate(self.bind, self.op, e))
+    }
+}
+
 /// The stream of a statement run through a session: marks the session idle again when the
 /// statement's results are all read, or records how it failed.
 struct Tracked<'e, S> {
     inner: S,
-    tx: &'e mut TxState,
-    aborts_on_error: bool,
+    op: InFlight<'e>,
 }
 
 impl<T, S> Stream for Tracked<'_, S>
@@ -665,12 +681,19 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         let item = ready!(this.inner.poll_next_unpin(cx));
-        match &item {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => this.tx.settle_err(e, this.aborts_on_error),
-            None if this.tx.wire == Wire::Busy => this.tx.wire = Wire::Idle,
-            None => {}
-        }
+        let item = match item {
+            Some(Ok(row)) => Some(Ok(row)),
+            Some(Err(e)) => {
+                this.op.tx.settle_err(&e, this.op.aborts_on_error);
+                Some(Err(locate(this.op.bind, this.op.op, e)))
+            }
+            None => {
+                if this.op.tx.wire == Wire::Busy {
+                    this.op.tx.wire = Wire::Idle;
+                }
+                None
+            }
+        };
         Poll::Ready(item)
     }
 }
@@ -688,11 +711,10 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         let start = async move {
             self.ready().await.map_err(Error::into_sqlx)?;
-            let (raw, tx, aborts_on_error) = self.start_op();
+            let (raw, op) = self.start_statement(true);
             Ok::<_, sqlx::Error>(Tracked {
                 inner: DB::fetch_many(raw, query),
-                tx,
-                aborts_on_error,
+                op,
             })
         };
         Box::pin(futures_util::stream::once(start).try_flatten())
@@ -705,10 +727,8 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.ready().await.map_err(Error::into_sqlx)?;
-            let (raw, tx, aborts_on_error) = self.start_op();
-            let result = DB::fetch_optional(raw, query).await;
-            tx.settle(&result, aborts_on_error);
-            result
+            let (raw, op) = self.start_statement(true);
+            op.finish(DB::fetch_optional(raw, query).await)
         })
     }
 
@@ -722,10 +742,8 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.attach().await.map_err(Error::into_sqlx)?;
-            let (raw, tx, _) = self.start_op();
-            let result = DB::prepare_with(raw, sql, parameters).await;
-            tx.settle(&result, false);
-            result
+            let (raw, op) = self.start_statement(false);
+            op.finish(DB::prepare_with(raw, sql, parameters).await)
         })
     }
 
@@ -735,10 +753,8 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.attach().await.map_err(Error::into_sqlx)?;
-            let (raw, tx, _) = self.start_op();
-            let result = DB::describe(raw, sql).await;
-            tx.settle(&result, false);
-            result
+            let (raw, op) = self.start_statement(false);
+            op.finish(DB::describe(raw, sql).await)
         })
     }
 }

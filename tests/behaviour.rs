@@ -320,10 +320,14 @@ macro_rules! behaviour_suite {
                 assert!(err.to_string().contains("acquire_timeout"), "{err}");
                 assert!(waited >= timeout && waited < timeout * 5, "waited {waited:?}");
 
-                // Through sqlx's API the same timeout is sqlx's own `PoolTimedOut`.
+                // Through sqlx's API the same timeout travels boxed, and `?` gives it back whole,
+                // bind named.
                 let via_sqlx = sqlx::query("SELECT 1").execute(&mut waiter).await.unwrap_err();
-                assert!(matches!(via_sqlx, sqlx::Error::PoolTimedOut), "{via_sqlx}");
-                assert!(dbscope::Error::from(via_sqlx).is_timeout());
+                assert!(matches!(&via_sqlx, sqlx::Error::Configuration(e) if e.is::<dbscope::Error>()), "{via_sqlx}");
+                let back = dbscope::Error::from(via_sqlx);
+                assert!(back.is_timeout() && back.is_retryable(), "{back}");
+                assert_eq!(back.bind(), Some("main"));
+                assert_eq!(back.waited(), Some(timeout));
                 assert_eq!(manager.status()[0].timeouts, 2);
 
                 // The waiter works once the holder lets go.
@@ -479,7 +483,8 @@ macro_rules! behaviour_suite {
                 let mut busy = manager.session::<Db>("main").unwrap();
                 sqlx::query("SELECT 1").execute(&mut busy).await.unwrap();
                 let err = manager.close(Duration::from_millis(100)).await.unwrap_err();
-                assert!(matches!(&err, dbscope::Error::CloseTimedOut { busy } if busy == &[("main".to_owned(), 1)]), "{err}");
+                assert_eq!(err.kind(), dbscope::ErrorKind::CloseTimedOut, "{err}");
+                assert_eq!(err.busy_binds(), [("main".to_owned(), 1)]);
                 // The straggler's transaction still ends cleanly when it drops.
                 drop(busy);
                 assert_no_open_transaction(&db).await;
@@ -497,7 +502,9 @@ macro_rules! behaviour_suite {
                 let err = bind.session().begin().await.unwrap_err();
                 assert!(err.is_closed(), "{err}");
                 let via_sqlx = sqlx::query("SELECT 1").execute(&mut bind.session()).await.unwrap_err();
-                assert!(matches!(via_sqlx, sqlx::Error::PoolClosed), "{via_sqlx}");
+                let back = dbscope::Error::from(via_sqlx);
+                assert!(back.is_closed() && !back.is_retryable(), "{back}");
+                assert_eq!(back.bind(), Some("main"));
                 db.finish().await;
             }
 
@@ -657,7 +664,7 @@ macro_rules! behaviour_suite {
                     Kind::SqliteFile | Kind::SqliteMemory => {
                         let mut weaker = session.isolation(IsolationLevel::ReadCommitted);
                         let err = weaker.begin().await.unwrap_err();
-                        assert!(matches!(err, dbscope::Error::Unsupported { .. }), "{err}");
+                        assert_eq!(err.kind(), dbscope::ErrorKind::Unsupported, "{err}");
                         assert!(!weaker.in_transaction());
                         let mut session = weaker.isolation(IsolationLevel::Serializable);
                         session.begin().await.unwrap();

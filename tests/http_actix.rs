@@ -889,10 +889,10 @@ fn misconfigured_route_middleware_fails_at_start_up() {
         .build()
         .unwrap();
     let twice = ScopeMiddleware::with_scope(manager.scope().bind("main").bind("main"));
-    assert!(matches!(
-        twice,
-        Err(dbscope::Error::DuplicateScopeBind { .. })
-    ));
+    assert_eq!(
+        twice.unwrap_err().kind(),
+        dbscope::ErrorKind::DuplicateScopeBind
+    );
     let unknown = ScopeMiddleware::with_scope(manager.scope().bind("reports")).unwrap_err();
     assert!(unknown.is_unknown_bind(), "{unknown}");
     assert!(ScopeMiddleware::with_scope(manager.scope().bind("main")).is_ok());

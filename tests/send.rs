@@ -15,7 +15,7 @@ fn handles_are_send_and_sync() {
     assert_send_sync(&bind);
     let session: Session<Sqlite> = bind.session();
     assert_send(&session);
-    assert_send_sync(&Error::NoBinds);
+    assert_send_sync(&BindManager::builder().build().unwrap_err());
 }
 
 #[test]

@@ -163,32 +163,23 @@ const ANY: Option<Opener> = Some(crate::bind::open::<sqlx::Any>);
 const ANY: Option<Opener> = None;
 
 fn driver_of(bind: &str, url: &DatabaseUrl) -> Result<&'static Driver> {
-    let scheme = url.scheme().ok_or_else(|| Error::InvalidUrl {
-        bind: bind.to_owned(),
-        url: url.redacted(),
-        reason: "it has no scheme".to_owned(),
-    })?;
+    let scheme = url
+        .scheme()
+        .ok_or_else(|| Error::invalid_url(bind, &url.redacted(), "it has no scheme"))?;
     DRIVERS
         .iter()
         .find(|d| d.schemes.contains(&scheme.as_str()))
-        .ok_or_else(|| Error::UnknownScheme {
-            bind: bind.to_owned(),
-            scheme,
-        })
+        .ok_or_else(|| Error::unknown_scheme(bind, &scheme))
 }
 
 /// Opens the engine of a bind: picks the driver by scheme and engine, checks it is compiled in.
 pub(crate) fn open(bind: &str, config: &BindConfig) -> Result<crate::bind::OpenBind> {
-    let url = config.url.as_ref().ok_or_else(|| Error::MissingUrl {
-        bind: bind.to_owned(),
-        env: crate::load::url_env_var(bind),
-    })?;
+    let url = config
+        .url
+        .as_ref()
+        .ok_or_else(|| Error::missing_url(bind, &crate::load::url_env_var(bind)))?;
     let driver = driver_of(bind, url)?;
-    let not_enabled = |driver: &'static str, feature: &'static str| Error::DriverNotEnabled {
-        bind: bind.to_owned(),
-        driver,
-        feature,
-    };
+    let not_enabled = |driver, feature| Error::driver_not_enabled(bind, driver, feature);
     let native = driver
         .native
         .ok_or_else(|| not_enabled(driver.name, driver.feature))?;
@@ -221,17 +212,13 @@ pub(crate) fn sqlx_url<'u>(url: &'u DatabaseUrl, config: &BindConfig) -> std::bo
     raw.into()
 }
 
-/// Maps a driver's URL-parsing error to [`Error::InvalidUrl`].
+/// Maps a driver's URL-parsing error to [`ErrorKind::InvalidUrl`](crate::ErrorKind::InvalidUrl).
 pub(crate) fn invalid_url(bind: &str, url: &DatabaseUrl, err: sqlx::Error) -> Error {
     let reason = match err {
         sqlx::Error::Configuration(source) => source.to_string(),
         other => other.to_string(),
     };
-    Error::InvalidUrl {
-        bind: bind.to_owned(),
-        url: url.redacted(),
-        reason,
-    }
+    Error::invalid_url(bind, &url.redacted(), &url.scrub(&reason))
 }
 
 /// Statement logging: every statement at INFO when `echo` is on; otherwise only slow ones.

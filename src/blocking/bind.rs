@@ -43,10 +43,10 @@ impl<DB: Backend> BlockingBind<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`](crate::Error::Connect) when the server cannot be reached or refuses the
-    /// credentials; [`Error::Timeout`](crate::Error::Timeout) when that takes longer than
-    /// `acquire_timeout`; [`Error::Closed`](crate::Error::Closed);
-    /// [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) from async code.
+    /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when the server cannot be reached or refuses the
+    /// credentials; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes longer than
+    /// `acquire_timeout`; [`ErrorKind::Closed`](crate::ErrorKind::Closed);
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn connect(&self) -> Result<()> {
         refuse_in_async(Some(self.name()))?;
         self.driver.run(self.bind.connect())

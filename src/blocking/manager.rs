@@ -26,7 +26,7 @@ impl BindManager {
     ///
     /// # Errors
     ///
-    /// As [`BindManager::bind`]; [`Error::BlockingRuntime`](crate::Error::BlockingRuntime) when
+    /// As [`BindManager::bind`]; [`ErrorKind::BlockingRuntime`](crate::ErrorKind::BlockingRuntime) when
     /// the runtime that drives blocking binds cannot start (first use only).
     pub fn blocking_bind<DB: Backend>(&self, name: &str) -> Result<BlockingBind<DB>> {
         self.bind::<DB>(name)?; // the async face's checks: name, type, closed
@@ -73,9 +73,9 @@ impl BindManager {
     ///
     /// # Errors
     ///
-    /// The first bind that fails, by name: [`Error::Connect`](crate::Error::Connect),
-    /// [`Error::Timeout`](crate::Error::Timeout), [`Error::Closed`](crate::Error::Closed);
-    /// [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) from async code.
+    /// The first bind that fails, by name: [`ErrorKind::Connect`](crate::ErrorKind::Connect),
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Closed`](crate::ErrorKind::Closed);
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn connect_blocking(&self) -> Result<()> {
         refuse_in_async(None)?;
         for name in self.names() {
@@ -90,7 +90,7 @@ impl BindManager {
     ///
     /// # Errors
     ///
-    /// As [`BindManager::close`]; [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) from
+    /// As [`BindManager::close`]; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from
     /// async code (use `close().await` there).
     pub fn close_blocking(&self, deadline: Duration) -> Result<()> {
         refuse_in_async(None)?;

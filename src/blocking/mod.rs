@@ -50,12 +50,12 @@
 //! them: one worker thread that drives their sockets and timers. Each operation runs on the
 //! calling thread, which sleeps while it waits for the server; the pool serves any number of
 //! OS threads, each waiting at most `acquire_timeout` for a connection
-//! ([`Error::Timeout`](crate::Error::Timeout)).
+//! ([`ErrorKind::Timeout`](crate::ErrorKind::Timeout)).
 //!
 //! # From async code
 //!
 //! Called from async code on a tokio runtime (a task, or a `block_on`), every blocking call
-//! returns [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) at once, without touching
+//! returns [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) at once, without touching
 //! the database: blocking there would stall the runtime, and deadlock a current-thread one. Use
 //! the async API there, or move the blocking code to `tokio::task::spawn_blocking`, where it
 //! works. A blocking session dropped in async code rolls back in the background, as an async

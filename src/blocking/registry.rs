@@ -55,9 +55,7 @@ impl Faces {
     pub(crate) fn open(&self, name: &str, of: &OpenBind) -> Result<Face> {
         let mut state = self.state();
         if state.closed {
-            return Err(Error::Closed {
-                bind: name.to_owned(),
-            });
+            return Err(Error::closed(name));
         }
         let driver = state.driver()?;
         let twin = state.twins.entry(name.to_owned()).or_insert_with(|| {

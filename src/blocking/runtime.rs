@@ -44,7 +44,7 @@ impl Driver {
             .thread_name("dbscope-blocking")
             .enable_all()
             .build()
-            .map_err(|source| Error::BlockingRuntime { source })?;
+            .map_err(Error::blocking_runtime)?;
         Ok(Self {
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
@@ -119,14 +119,12 @@ impl fmt::Debug for Driver {
     }
 }
 
-/// Refuses with [`Error::BlockingInAsync`] when the calling thread may not block.
+/// Refuses with [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) when the calling thread may not block.
 pub(crate) fn refuse_in_async(bind: Option<&str>) -> Result<()> {
     if may_block() {
         return Ok(());
     }
-    Err(Error::BlockingInAsync {
-        bind: bind.map(str::to_owned),
-    })
+    Err(Error::blocking_in_async(bind))
 }
 
 /// Whether the calling thread may block: it is not polling async code, neither for a tokio

@@ -52,7 +52,7 @@ impl<'s, DB: Backend> BlockingSavepoint<'s, DB> {
     /// # Errors
     ///
     /// As [`Savepoint::commit`](crate::Savepoint::commit);
-    /// [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) from async code (the guard then
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code (the guard then
     /// drops, which rolls back to the savepoint).
     pub fn commit(mut self) -> Result<()> {
         let level = self.level;
@@ -66,7 +66,7 @@ impl<'s, DB: Backend> BlockingSavepoint<'s, DB> {
     /// # Errors
     ///
     /// As [`Savepoint::rollback`](crate::Savepoint::rollback);
-    /// [`Error::BlockingInAsync`](crate::Error::BlockingInAsync) from async code (the rollback
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code (the rollback
     /// is then sent before the session's next operation).
     pub fn rollback(mut self) -> Result<()> {
         let level = self.level;

@@ -50,10 +50,10 @@ thread_local! {
 /// # Errors
 ///
 /// The work's own error (its sessions rolled back); or, when the work succeeded, the commit's:
-/// [`Error::PartialCommit`] when some binds committed before one failed, else that bind's
-/// commit error ([`Error::Sqlx`], [`Error::TransactionAborted`], [`Error::Poisoned`], or
-/// [`Error::SessionBusy`] for a session whose guard the work returned instead of dropping);
-/// [`Error::BlockingInAsync`] from async code, the work not run.
+/// [`ErrorKind::PartialCommit`](crate::ErrorKind::PartialCommit) when some binds committed before one failed, else that bind's
+/// commit error ([`ErrorKind::Query`](crate::ErrorKind::Query), [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted), [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned), or
+/// [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) for a session whose guard the work returned instead of dropping);
+/// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code, the work not run.
 pub fn scope<T, E>(manager: &BindManager, work: impl FnOnce() -> Result<T, E>) -> Result<T, E>
 where
     E: From<Error>,
@@ -72,16 +72,14 @@ where
 ///
 /// # Errors
 ///
-/// [`Error::NoBlockingScope`] outside any blocking scope on this thread (its predicate is
-/// [`Error::is_no_scope`]); [`Error::SessionBusy`] while another guard of the same session is
+/// [`ErrorKind::NoBlockingScope`](crate::ErrorKind::NoBlockingScope) outside any blocking scope on this thread (its predicate is
+/// [`Error::is_no_scope`]); [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) while another guard of the same session is
 /// alive (on one thread, waiting for it would wait forever: pass the guard down instead);
 /// those of [`BindManager::blocking_bind`].
 pub fn current_session<DB: Backend>(name: &str) -> Result<BlockingScopedSession<DB>> {
     let scope = SCOPES
         .with_borrow(|scopes| scopes.last().cloned())
-        .ok_or_else(|| Error::NoBlockingScope {
-            bind: Some(name.to_owned()),
-        })?;
+        .ok_or_else(|| Error::no_blocking_scope(Some(name)))?;
     scope.session(name)
 }
 
@@ -153,9 +151,7 @@ impl ThreadScope {
     fn session<DB: Backend>(&self, name: &str) -> Result<BlockingScopedSession<DB>> {
         let slot = self.slot::<DB>(name)?;
         let Some(session) = slot.session.borrow_mut().take() else {
-            return Err(Error::SessionBusy {
-                bind: name.to_owned(),
-            });
+            return Err(Error::session_busy(name));
         };
         Ok(BlockingScopedSession {
             session: Some(session),
@@ -258,9 +254,7 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
         let Some(mut session) = self.session.borrow_mut().take() else {
             // Lent to a guard that outlived the work: it rolls back when the guard drops.
             if commit {
-                return Err(Error::SessionBusy {
-                    bind: self.name.clone(),
-                });
+                return Err(Error::session_busy(&self.name));
             }
             return Ok(());
         };

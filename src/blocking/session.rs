@@ -47,7 +47,7 @@ const LIVE: &str = "a blocking session holds its session until it ends";
 ///
 /// # Calls from async code
 ///
-/// Every method that talks to the database refuses with [`Error::BlockingInAsync`] when called
+/// Every method that talks to the database refuses with [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) when called
 /// from async code on a tokio runtime (a task, or a `block_on`), without touching the session:
 /// blocking there would stall the runtime. Inside `tokio::task::spawn_blocking` (or
 /// `block_in_place`) the methods work.
@@ -102,7 +102,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::begin`]; [`Error::BlockingInAsync`] from async code.
+    /// As [`Session::begin`]; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn begin(&mut self) -> Result<()> {
         let (session, driver) = self.parts()?;
         driver.run(session.begin())
@@ -113,7 +113,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::commit`]; [`Error::BlockingInAsync`] from async code.
+    /// As [`Session::commit`]; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn commit(&mut self) -> Result<()> {
         let (session, driver) = self.parts()?;
         driver.run(session.commit())
@@ -123,7 +123,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::rollback`]; [`Error::BlockingInAsync`] from async code.
+    /// As [`Session::rollback`]; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn rollback(&mut self) -> Result<()> {
         let (session, driver) = self.parts()?;
         driver.run(session.rollback())
@@ -138,7 +138,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::savepoint`]; [`Error::BlockingInAsync`] from async code.
+    /// As [`Session::savepoint`]; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn savepoint(&mut self) -> Result<BlockingSavepoint<'_, DB>> {
         let (session, driver) = self.parts()?;
         let level = driver.run(session.open_savepoint())?;
@@ -150,7 +150,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::close`]; [`Error::BlockingInAsync`] from async code (the session is then
+    /// As [`Session::close`]; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code (the session is then
     /// dropped, which rolls back in the background).
     pub fn close(mut self) -> Result<()> {
         refuse_in_async(Some(self.bind.name()))?;
@@ -163,9 +163,9 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Sqlx`] when the statement fails; those of [`Session::begin`] for the checkout and
-    /// BEGIN before a first statement (typed: [`Error::Timeout`], [`Error::Closed`] …, not folded
-    /// into sqlx's errors as through sqlx's own API); [`Error::BlockingInAsync`] from async code.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the statement fails; those of [`Session::begin`] for the checkout and
+    /// BEGIN before a first statement (typed: [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Closed`](crate::ErrorKind::Closed) …, not folded
+    /// into sqlx's errors as through sqlx's own API); [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn execute<'q, Q>(&mut self, query: Q) -> Result<DB::QueryResult>
     where
         Q: Execute<'q, DB> + 'q,
@@ -183,7 +183,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// As [`execute`](BlockingSession::execute), and [`Error::Sqlx`] with
+    /// As [`execute`](BlockingSession::execute), and [`ErrorKind::Query`](crate::ErrorKind::Query) with
     /// `sqlx::Error::RowNotFound` when there is no row.
     pub fn fetch_one<'q, Q: Fetch<'q, DB>>(&mut self, query: Q) -> Result<Q::Output> {
         match self.fetch_optional(query)? {
@@ -223,7 +223,7 @@ impl<DB: Backend> BlockingSession<DB> {
     /// Runs async code on the session and returns its result: for what the plain methods do not
     /// cover (a stream of rows, the raw connection, a sqlx API that wants an executor). The code
     /// runs on the calling thread; it must not call blocking dbscope methods itself (they refuse
-    /// with [`Error::BlockingInAsync`]).
+    /// with [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync)).
     ///
     /// ```
     /// use futures_util::TryStreamExt;
@@ -244,7 +244,7 @@ impl<DB: Backend> BlockingSession<DB> {
     ///
     /// # Errors
     ///
-    /// The code's own error; [`Error::BlockingInAsync`] (converted into `E`) from async code, the
+    /// The code's own error; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) (converted into `E`) from async code, the
     /// code not run.
     pub fn run<T, E>(
         &mut self,
@@ -280,18 +280,7 @@ impl<DB: Backend> BlockingSession<DB> {
 
     /// An error with this session's bind named when sqlx left it out.
     fn named(&self, err: Error) -> Error {
-        match err {
-            Error::Sqlx {
-                bind: None,
-                what,
-                source,
-            } => Error::Sqlx {
-                bind: Some(self.bind.name().to_owned()),
-                what,
-                source,
-            },
-            other => other,
-        }
+        err.or_bind(self.bind.name())
     }
 }
 

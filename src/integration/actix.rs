@@ -83,7 +83,7 @@
 //! **Streaming bodies** are produced after the commit, outside the scope: the middleware ends
 //! the scope on the response head, before actix polls the body. A body stream that reads the
 //! database must open its own session ([`BindManager::session`]); there,
-//! [`current_session`](crate::current_session) fails with [`Error::NoScope`].
+//! [`current_session`](crate::current_session) fails with [`ErrorKind::NoScope`](crate::ErrorKind::NoScope).
 //!
 //! # Nesting: per-route binds and modes
 //!
@@ -92,7 +92,7 @@
 //! app-wide one around it) joins it instead of opening a second: its declared binds, mode and
 //! hooks are added to the request's scope, and so are its `commit_on` and `rollback_on`
 //! exceptions (the route's word wins over the app's); the outer middleware ends the scope. A
-//! bind declared by both is an error ([`Error::DuplicateScopeBind`]): the request is answered
+//! bind declared by both is an error ([`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind)): the request is answered
 //! an empty 500 before any handler runs, and the error logged. Errors a middleware can find alone (an unknown bind, a
 //! duplicate in one middleware) are found at start-up by [`ScopeMiddleware::with_scope`].
 //!
@@ -150,7 +150,7 @@ impl ScopeMiddleware {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownBind`] and [`Error::DuplicateScopeBind`] for the declared binds, so that
+    /// [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind) and [`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind) for the declared binds, so that
     /// a wrong route configuration fails at start-up.
     pub fn with_scope(scope: ScopeBuilder) -> Result<Self> {
         scope.validate()?;
@@ -358,8 +358,8 @@ impl<K: BindKey> FromRequest for DbSession<K> {
     ///
     /// # Errors
     ///
-    /// A [`DbSessionRejection`] carrying [`Error::NoScope`] when no [`ScopeMiddleware`] wraps
-    /// the route, [`Error::BindNotInScope`] when the request's scope declares its binds and not
+    /// A [`DbSessionRejection`] carrying [`ErrorKind::NoScope`](crate::ErrorKind::NoScope) when no [`ScopeMiddleware`] wraps
+    /// the route, [`ErrorKind::BindNotInScope`](crate::ErrorKind::BindNotInScope) when the request's scope declares its binds and not
     /// this one, or those of [`BindManager::bind`].
     ///
     /// # Cancel safety

@@ -45,7 +45,7 @@
 //! `route_layer`) joins it instead of opening a second one: its declared binds, mode, hooks and
 //! extra commit or rollback statuses are added to the request's scope (the route's statuses
 //! win over the app's), and the outer layer ends it. A bind declared by both is
-//! an error ([`Error::DuplicateScopeBind`]): the request is answered 500 and the error logged.
+//! an error ([`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind)): the request is answered 500 and the error logged.
 //! Errors a layer can find alone (an unknown bind, a duplicate in one layer) are found at
 //! start-up by [`ScopeLayer::with_scope`].
 
@@ -84,7 +84,7 @@ impl ScopeLayer {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownBind`] and [`Error::DuplicateScopeBind`] for the declared binds, so that
+    /// [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind) and [`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind) for the declared binds, so that
     /// a wrong route configuration fails at start-up.
     pub fn with_scope(scope: ScopeBuilder) -> Result<Self> {
         scope.validate()?;

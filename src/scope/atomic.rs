@@ -24,7 +24,7 @@ pub enum IfOpen {
     /// Run the block in the open transaction and leave its end to the scope (the seeds'
     /// "append").
     Join,
-    /// Refuse with [`Error::TransactionOpen`].
+    /// Refuse with [`ErrorKind::TransactionOpen`](crate::ErrorKind::TransactionOpen).
     Fail,
 }
 
@@ -58,7 +58,7 @@ pub struct Atomic<DB: Backend> {
 ///         .run(async {
 ///             let mut s = dbscope::current_session::<Sqlite>("default").await?;
 ///             sqlx::query("INSERT INTO notes VALUES ('draft')").execute(&mut s).await?;
-///             Err(dbscope::Error::NoBinds) // any error: the insert is rolled back
+///             Err(sqlx::Error::RowNotFound.into()) // any error: the insert is rolled back
 ///         })
 ///         .await;
 ///     assert!(failed.is_err());
@@ -97,7 +97,7 @@ impl<DB: Backend> Atomic<DB> {
     /// # Errors
     ///
     /// The work's error; those of [`current_session`](crate::current_session);
-    /// [`Error::TransactionOpen`] under [`IfOpen::Fail`]; the errors of BEGIN, SAVEPOINT,
+    /// [`ErrorKind::TransactionOpen`](crate::ErrorKind::TransactionOpen) under [`IfOpen::Fail`]; the errors of BEGIN, SAVEPOINT,
     /// COMMIT, RELEASE or ROLLBACK.
     ///
     /// # Cancel safety
@@ -152,9 +152,7 @@ impl<DB: Backend> Atomic<DB> {
                 Ok(Some(1))
             }
             IfOpen::Join => Ok(None),
-            IfOpen::Fail => Err(Error::TransactionOpen {
-                bind: self.bind.clone(),
-            }),
+            IfOpen::Fail => Err(Error::transaction_open(&self.bind)),
         }
     }
 }

@@ -68,8 +68,8 @@ pub enum TransactionMode {
 /// # Errors
 ///
 /// The work's own error (its sessions rolled back); or, when the work succeeded, the commit's:
-/// [`Error::CommitVetoed`], [`Error::PartialCommit`], or a single bind's commit error
-/// ([`Error::Sqlx`], [`Error::TransactionAborted`], [`Error::Poisoned`]).
+/// [`ErrorKind::CommitVetoed`](crate::ErrorKind::CommitVetoed), [`ErrorKind::PartialCommit`](crate::ErrorKind::PartialCommit), or a single bind's commit error
+/// ([`ErrorKind::Query`](crate::ErrorKind::Query), [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted), [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned)).
 ///
 /// # Cancel safety
 ///
@@ -93,8 +93,8 @@ where
 ///
 /// # Errors
 ///
-/// [`Error::NoScope`] outside any scope; [`Error::ScopeEnded`] from a task that outlived its
-/// scope; [`Error::BindNotInScope`] when the scope declares its binds and not this one; those
+/// [`ErrorKind::NoScope`](crate::ErrorKind::NoScope) outside any scope; [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded) from a task that outlived its
+/// scope; [`ErrorKind::BindNotInScope`](crate::ErrorKind::BindNotInScope) when the scope declares its binds and not this one; those
 /// of [`BindManager::bind`].
 ///
 /// # Cancel safety
@@ -117,12 +117,12 @@ pub async fn current_session_for<K: BindKey>() -> Result<ScopedSession<K::Databa
     current_session(K::NAME).await
 }
 
-/// As [`current_session`], but refuses with [`Error::SessionBusy`] instead of waiting when
+/// As [`current_session`], but refuses with [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) instead of waiting when
 /// other code of the scope holds the session.
 ///
 /// # Errors
 ///
-/// As [`current_session`], and [`Error::SessionBusy`].
+/// As [`current_session`], and [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy).
 pub fn try_current_session<DB: Backend>(name: &str) -> Result<ScopedSession<DB>> {
     Scope::current_for(name)?.try_session(name)
 }
@@ -165,7 +165,7 @@ impl ScopeBuilder {
     }
 
     /// Declares a bind the scope serves. A scope with declared binds serves only those
-    /// ([`Error::BindNotInScope`] for the rest); without any, it serves every bind.
+    /// ([`ErrorKind::BindNotInScope`](crate::ErrorKind::BindNotInScope) for the rest); without any, it serves every bind.
     pub fn bind(mut self, name: impl Into<String>) -> Self {
         self.binds.push((name.into(), None));
         self
@@ -179,7 +179,7 @@ impl ScopeBuilder {
 
     /// Runs `hook` inside the scope after its work succeeded, before anything commits; it may
     /// use the scope's sessions. An `Err` vetoes the commit: every session rolls back and the
-    /// scope fails with [`Error::CommitVetoed`]. Hooks run in the order they were added.
+    /// scope fails with [`ErrorKind::CommitVetoed`](crate::ErrorKind::CommitVetoed). Hooks run in the order they were added.
     pub fn before_commit<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -215,7 +215,7 @@ impl ScopeBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownBind`], [`Error::DuplicateScopeBind`].
+    /// [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind), [`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind).
     pub fn validate(&self) -> Result<()> {
         if self.binds.is_empty() {
             return Ok(());
@@ -223,13 +223,11 @@ impl ScopeBuilder {
         let known: Vec<&str> = self.manager.names().collect();
         for (i, (name, _)) in self.binds.iter().enumerate() {
             if !known.contains(&name.as_str()) {
-                return Err(Error::UnknownBind {
-                    bind: name.clone(),
-                    known: known.iter().map(|k| (*k).to_owned()).collect(),
-                });
+                let known = known.iter().map(|k| (*k).to_owned()).collect();
+                return Err(Error::unknown_bind(name, known));
             }
             if self.binds[..i].iter().any(|(n, _)| n == name) {
-                return Err(Error::DuplicateScopeBind { bind: name.clone() });
+                return Err(Error::duplicate_scope_bind(name));
             }
         }
         Ok(())
@@ -332,10 +330,10 @@ impl State {
         };
         match declared.iter().find(|(n, _)| n == name) {
             Some((_, mode)) => Ok(mode.unwrap_or(self.mode)),
-            None => Err(Error::BindNotInScope {
-                bind: name.to_owned(),
-                declared: declared.iter().map(|(n, _)| n.clone()).collect(),
-            }),
+            None => {
+                let declared = declared.iter().map(|(n, _)| n.clone()).collect();
+                Err(Error::bind_not_in_scope(name, declared))
+            }
         }
     }
 }
@@ -345,17 +343,17 @@ impl Scope {
     ///
     /// # Errors
     ///
-    /// [`Error::NoScope`] outside any scope.
+    /// [`ErrorKind::NoScope`](crate::ErrorKind::NoScope) outside any scope.
     pub fn current() -> Result<Scope> {
         CURRENT
             .try_with(Scope::clone)
-            .map_err(|_| Error::NoScope { bind: None })
+            .map_err(|_| Error::no_scope(None))
     }
 
     fn current_for(name: &str) -> Result<Scope> {
-        CURRENT.try_with(Scope::clone).map_err(|_| Error::NoScope {
-            bind: Some(name.to_owned()),
-        })
+        CURRENT
+            .try_with(Scope::clone)
+            .map_err(|_| Error::no_scope(Some(name)))
     }
 
     /// The manager whose binds the scope serves: for sessions independent of the scope
@@ -377,7 +375,7 @@ impl Scope {
         self.slot::<DB>(name)?.lock().await
     }
 
-    /// This scope's session on bind `name`, or [`Error::SessionBusy`] when other code of the
+    /// This scope's session on bind `name`, or [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) when other code of the
     /// scope holds it.
     ///
     /// # Errors
@@ -402,7 +400,7 @@ impl Scope {
     /// # Ok(()) }
     /// ```
     ///
-    /// A task still running when the scope ends gets [`Error::ScopeEnded`] from then on; the
+    /// A task still running when the scope ends gets [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded) from then on; the
     /// scope's commit waits for a session such a task holds.
     pub fn attach<F: Future>(&self, work: F) -> impl Future<Output = F::Output> + use<F> {
         CURRENT.scope(self.clone(), work)
@@ -477,7 +475,7 @@ impl Scope {
                 .iter()
                 .find(|(n, _)| declared.iter().any(|(d, _)| d == n))
             {
-                return Err(Error::DuplicateScopeBind { bind: dup.clone() });
+                return Err(Error::duplicate_scope_bind(dup));
             }
             declared.extend(builder.binds.iter().cloned());
         }
@@ -508,7 +506,7 @@ impl Scope {
         let hooks = self.hooks().clone();
         let mut outcome = Ok(());
         if commit && let Err(veto) = self.attach(hooks.run_before_commit()).await {
-            outcome = Err(Error::CommitVetoed { source: veto });
+            outcome = Err(Error::commit_vetoed(veto));
         }
         let slots = {
             let mut state = self.state();
@@ -532,24 +530,18 @@ impl Scope {
     fn slot<DB: Backend>(&self, name: &str) -> Result<Arc<Slot<DB>>> {
         let mut state = self.state();
         if state.ended {
-            return Err(Error::ScopeEnded {
-                bind: name.to_owned(),
-            });
+            return Err(Error::scope_ended(name));
         }
         if let Some(slot) = state.slots.iter().find(|s| s.name() == name) {
             return match slot.clone().into_any().downcast::<Slot<DB>>() {
                 Ok(slot) => Ok(slot),
                 // Asked for as another type: the manager names the mismatch.
-                Err(_) => {
-                    Err(self
-                        .inner
-                        .manager
-                        .bind::<DB>(name)
-                        .err()
-                        .unwrap_or(Error::ScopeEnded {
-                            bind: name.to_owned(),
-                        }))
-                }
+                Err(_) => Err(self
+                    .inner
+                    .manager
+                    .bind::<DB>(name)
+                    .err()
+                    .unwrap_or_else(|| Error::scope_ended(name))),
             };
         }
         let mode = state.mode_for(name)?;

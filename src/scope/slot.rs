@@ -67,17 +67,13 @@ impl<DB: Backend> Slot<DB> {
     pub(crate) fn try_lock(&self) -> Result<ScopedSession<DB>> {
         match self.session.clone().try_lock_owned() {
             Ok(guard) => self.lend(guard),
-            Err(_) => Err(Error::SessionBusy {
-                bind: self.name.to_string(),
-            }),
+            Err(_) => Err(Error::session_busy(&self.name)),
         }
     }
 
     fn lend(&self, mut guard: OwnedMutexGuard<Option<Session<DB>>>) -> Result<ScopedSession<DB>> {
         let Some(session) = guard.as_mut() else {
-            return Err(Error::ScopeEnded {
-                bind: self.name.to_string(),
-            });
+            return Err(Error::scope_ended(&self.name));
         };
         if let Some(level) = self.take_dropped_level() {
             session.savepoint_dropped(level);
@@ -126,10 +122,7 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
                 None => tokio::time::timeout(self.patience, self.session.lock()).await,
             };
             let Ok(mut guard) = guard else {
-                return Ended::StillHeld(Error::SessionHeld {
-                    bind: self.name.to_string(),
-                    waited: self.patience,
-                });
+                return Ended::StillHeld(Error::session_held(&self.name, self.patience));
             };
             let Some(mut session) = guard.take() else {
                 return Ended::RolledBack;
@@ -171,7 +164,7 @@ async fn close_quietly<DB: Backend>(session: Session<DB>) {
 ///
 /// Drop the guard before the scope's work returns: a guard still held when the scope ends (or
 /// an attached task still using the session) makes the scope wait up to the bind's
-/// `acquire_timeout`, then fail with [`Error::SessionHeld`], committing nothing of that bind.
+/// `acquire_timeout`, then fail with [`ErrorKind::SessionHeld`](crate::ErrorKind::SessionHeld), committing nothing of that bind.
 ///
 /// The scope, not the guard, ends the session: commit or roll back early through the guard
 /// if you need to ([`Session::commit`], [`Session::rollback`],

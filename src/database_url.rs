@@ -85,12 +85,15 @@ fn mask(raw: &str) -> String {
         return mask_query(raw);
     };
     let mut out = format!("{scheme}://");
-    if !user_info.is_empty() || raw.contains('@') {
-        match user_info.split_once(':') {
-            Some((user, _password)) => out.push_str(&format!("{user}:{MASK}@")),
-            None => out.push_str(&format!("{user_info}@")),
-        }
+    if let Some((user, _password)) = user_info.split_once(':') {
+        out.push_str(&format!("{user}:{MASK}@"));
         out.push_str(&mask_query(rest));
+        return out;
+    }
+    if raw.contains('@') {
+        // A user name alone, or an `@` further on (in a query value): no password before it.
+        let (_, whole) = raw.split_once("://").expect("split_user_info found it");
+        out.push_str(&mask_query(whole));
         return out;
     }
     // No `@`: `host:port/…`, or a URL cut short after `user:password`. A port is digits; anything
@@ -136,6 +139,18 @@ fn mask_query(text: &str) -> String {
     out
 }
 
+/// Where a secret's value ends: at the next `&` that starts another `key=`, or the end.
+fn value_end(value: &str) -> usize {
+    value
+        .match_indices('&')
+        .find(|(i, _)| {
+            value[i + 1..]
+                .split_once('=')
+                .is_some_and(|(key, _)| is_param_name(key))
+        })
+        .map_or(value.len(), |(i, _)| i)
+}
+
 /// A query parameter's name as drivers write them: letters, digits, `_`, `-`, `.` (and their
 /// percent-encodings).
 fn is_param_name(key: &str) -> bool {
@@ -145,8 +160,9 @@ fn is_param_name(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '%'))
 }
 
-/// Every secret the URL may hold, raw and percent-decoded: the user-info password, and the
-/// values of secret query parameters (read from any `?` or `&` in the text, to miss none).
+/// Every secret the URL may hold, raw and percent-decoded, and the pieces of each between URL
+/// delimiters: the user-info password, and the values of secret query parameters (read from
+/// any `?` or `&` in the text, to miss none).
 fn secrets(raw: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Some((_, user_info, rest)) = split_user_info(raw) {
@@ -161,15 +177,27 @@ fn secrets(raw: &str) -> Vec<String> {
             }
         }
     }
-    for piece in raw.split(['?', '&']).skip(1) {
-        if let Some((key, value)) = piece.split_once('=')
+    for (start, _) in raw.match_indices(['?', '&']) {
+        let param = &raw[start + 1..];
+        if let Some((key, value)) = param.split_once('=')
             && is_secret_key(key)
         {
-            found.push(value.to_owned());
+            found.push(value[..value_end(value)].to_owned());
         }
     }
-    let decoded: Vec<String> = found.iter().map(|s| percent_decode(s)).collect();
+    let decoded: Vec<String> = found
+        .iter()
+        .flat_map(|s| [percent_decode(s), form_decode(s)])
+        .collect();
     found.extend(decoded);
+    // A parser's message may quote any piece of a secret it read as something else: a query
+    // key, a path, a port.
+    let pieces: Vec<String> = found
+        .iter()
+        .flat_map(|s| s.split(['/', '?', '#', '&', '=', ';', '@', ':']))
+        .map(str::to_owned)
+        .collect();
+    found.extend(pieces);
     found.retain(|s| !s.is_empty() && s != MASK);
     // Longest first, so that a secret containing another is replaced whole.
     found.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -177,8 +205,14 @@ fn secrets(raw: &str) -> Vec<String> {
     found
 }
 
+/// `%XX` decoded, `+` kept (as in a URL's user info).
 fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("k={}", text.replace('+', "%2B")).as_bytes())
+    form_decode(&text.replace('+', "%2B"))
+}
+
+/// `%XX` decoded and `+` read as a space (as in a query string).
+fn form_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("k={}", text.replace('&', "%26")).as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()

@@ -1,16 +1,16 @@
+//! A bind: one named database, its engine and its session defaults.
+
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use deadpool::managed::{Manager as _, PoolError};
 use futures_core::future::BoxFuture;
 
-use crate::backend::{Backend, Dialect, TxSql};
-use crate::config::{BindConfig, PoolConfig, SessionConfig};
-use crate::engine::{self, ConnManager, Counters, Object, Pool, PooledConn};
-use crate::{DatabaseUrl, Error, Result, Session};
+use crate::backend::{self, Backend, Dialect, TxSql};
+use crate::config::{BindConfig, Engine, SessionConfig};
+use crate::engine::{BindStatus, Conn, Pool};
+use crate::{DatabaseUrl, Error, Result};
 
 /// One named database: its engine (a pool of sqlx connections) and its session defaults.
 ///
@@ -18,80 +18,41 @@ use crate::{DatabaseUrl, Error, Result, Session};
 /// than asking the [`BindManager`](crate::BindManager) each time. `DB` is the sqlx database type
 /// (`Postgres`, `MySql`, `Sqlite` or `Any`).
 pub struct Bind<DB: Backend> {
-    pub(crate) shared: Arc<BindShared<DB>>,
+    shared: Arc<Shared<DB>>,
 }
 
-pub(crate) struct BindShared<DB: Backend> {
-    pub(crate) name: Arc<str>,
+struct Shared<DB: Backend> {
+    name: Arc<str>,
+    /// The bind's own config: what its blocking twin is built from.
+    config: BindConfig,
     url: DatabaseUrl,
-    pub(crate) dialect: Dialect,
-    pub(crate) pool: Pool<DB>,
-    pub(crate) acquire_timeout: Duration,
-    pub(crate) session: SessionConfig,
+    dialect: Dialect,
+    pool: Pool<DB>,
     /// The transaction SQL for the bind's session defaults, built once.
-    pub(crate) tx_sql: TxSql,
-    min_connections: usize,
-    /// How often the maintenance task runs; `None` when there is nothing to maintain.
-    maintenance_period: Option<Duration>,
-    maintenance_started: AtomicBool,
-    /// For in-memory SQLite: a connection held aside from the pool while the bind is open, so
-    /// that discarding or expiring pooled connections never takes the database with them.
-    keeper: Option<Keeper<DB>>,
-    counters: Arc<Counters>,
-}
-
-struct Keeper<DB: Backend> {
-    held: AtomicBool,
-    conn: tokio::sync::Mutex<Option<PooledConn<DB>>>,
-}
-
-impl<DB: Backend> Default for Keeper<DB> {
-    fn default() -> Self {
-        Self {
-            held: AtomicBool::new(false),
-            conn: tokio::sync::Mutex::new(None),
-        }
-    }
-}
-
-/// A point-in-time view of a bind's pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BindStatus {
-    /// The bind's name.
-    pub name: String,
-    /// `PostgreSQL`, `MySQL`, `SQLite` or `Any`.
-    pub backend: &'static str,
-    /// `max_connections` (0 once closed).
-    pub max_connections: usize,
-    /// Connections open, idle or in use.
-    pub connections: usize,
-    /// Open connections waiting in the pool.
-    pub idle: usize,
-    /// Connections held by sessions.
-    pub in_use: usize,
-    /// Sessions waiting for a connection.
-    pub waiting: usize,
-    /// Connections opened since the bind was built (for an in-memory SQLite bind, including the
-    /// one it holds aside to keep the database alive).
-    pub opened: u64,
-    /// Connections thrown away because their state was unknown or a check failed.
-    pub discarded: u64,
-    /// Checkouts that ran out of `acquire_timeout`.
-    pub timeouts: u64,
-    /// Failed attempts to open a connection.
-    pub connect_errors: u64,
-    /// The manager was closed or dropped.
-    pub closed: bool,
-    /// This is the bind's blocking face: the pool of its
-    /// [`BlockingBind`](crate::blocking::BlockingBind), apart from the async one.
-    pub blocking: bool,
+    tx_sql: TxSql,
 }
 
 /// What the manager keeps of a bind: a type-erased view, and the typed one to downcast to.
+#[derive(Clone)]
 pub(crate) struct OpenBind {
     pub(crate) erased: Arc<dyn ErasedBind>,
-    pub(crate) typed: Arc<dyn Any + Send + Sync>,
+    typed: Arc<dyn Any + Send + Sync>,
+}
+
+impl OpenBind {
+    fn new<DB: Backend>(shared: Shared<DB>) -> Self {
+        let shared = Arc::new(shared);
+        Self {
+            erased: shared.clone(),
+            typed: shared,
+        }
+    }
+
+    /// The bind as database type `DB`, if it is of that type.
+    pub(crate) fn typed<DB: Backend>(&self) -> Option<Bind<DB>> {
+        let shared = self.typed.clone().downcast::<Shared<DB>>().ok()?;
+        Some(Bind { shared })
+    }
 }
 
 /// The operations the manager runs on every bind, whatever its database type.
@@ -104,78 +65,52 @@ pub(crate) trait ErasedBind: Send + Sync {
     fn close(&self);
     /// A second engine on the same database, with the same connect options and a pool of its
     /// own: the bind's blocking face.
-    fn twin(&self, config: &BindConfig) -> OpenBind;
+    fn twin(&self) -> OpenBind;
 }
 
-/// Builds a bind of database type `DB`; no connection is opened.
-pub(crate) fn open<DB: Backend>(
+/// Builds the bind `name` from `config`: picks its database type by URL scheme and engine;
+/// opens no connection.
+pub(crate) fn open(name: &str, config: &BindConfig) -> Result<OpenBind> {
+    let (url, dialect) = backend::resolve(name, config)?;
+    // Every arm `resolve` can lead to is compiled in; the last one stands for the rest.
+    #[allow(unreachable_patterns)]
+    match (config.engine, dialect) {
+        #[cfg(feature = "any")]
+        (Engine::Any, _) => open_as::<sqlx::Any>(name, url, dialect, config),
+        #[cfg(feature = "postgres")]
+        (Engine::Native, Dialect::Postgres) => {
+            open_as::<sqlx::Postgres>(name, url, dialect, config)
+        }
+        #[cfg(feature = "mysql")]
+        (Engine::Native, Dialect::MySql) => open_as::<sqlx::MySql>(name, url, dialect, config),
+        #[cfg(feature = "sqlite")]
+        (Engine::Native, Dialect::Sqlite) => open_as::<sqlx::Sqlite>(name, url, dialect, config),
+        (engine, dialect) => {
+            unreachable!("resolve refuses drivers not compiled in: {engine:?} {dialect:?}")
+        }
+    }
+}
+
+fn open_as<DB: Backend>(
     name: &str,
     url: &DatabaseUrl,
     dialect: Dialect,
     config: &BindConfig,
 ) -> Result<OpenBind> {
     let options = DB::connect_options(name, url, config)?;
-    let shared = Arc::new(build::<DB>(name, url, dialect, config, options)?);
-    Ok(OpenBind {
-        erased: shared.clone(),
-        typed: shared,
-    })
-}
-
-fn build<DB: Backend>(
-    name: &str,
-    url: &DatabaseUrl,
-    dialect: Dialect,
-    config: &BindConfig,
-    options: crate::backend::Options<DB>,
-) -> Result<BindShared<DB>> {
     let tx_sql = dialect
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::unsupported(name, &what))?;
-    let pool_config = &config.pool;
     let name: Arc<str> = Arc::from(name);
-    let counters = Arc::new(Counters::default());
-    let manager = ConnManager::<DB>::new(name.clone(), options, pool_config, counters.clone());
-    // deadpool's build fails only for timeouts without a runtime; dbscope applies its own
-    // deadline around checkout and sets none of deadpool's.
-    let pool = Pool::<DB>::builder(manager)
-        .max_size(config.pool.max_connections as usize)
-        .build()
-        .expect("a pool without deadpool timeouts always builds");
-    Ok(BindShared {
+    let pool = Pool::<DB>::new(name.clone(), url, options, &config.pool);
+    Ok(OpenBind::new(Shared {
         name,
+        config: config.clone(),
         url: url.clone(),
         dialect,
         pool,
-        acquire_timeout: config.pool.acquire_timeout,
-        session: config.session,
         tx_sql,
-        min_connections: pool_config.min_connections as usize,
-        maintenance_period: maintenance_period(pool_config),
-        keeper: is_in_memory_sqlite(url).then(Keeper::default),
-        maintenance_started: AtomicBool::new(false),
-        counters,
-    })
-}
-
-/// An in-memory SQLite database lives only as long as one of its connections.
-fn is_in_memory_sqlite(url: &DatabaseUrl) -> bool {
-    let raw = url.expose();
-    raw.starts_with("sqlite:") && (raw.contains(":memory:") || raw.contains("mode=memory"))
-}
-
-/// A quarter of the shortest expiry, so a connection outlives its limit by 25 % at most; between
-/// 50 ms and 30 s. With no expiry the task runs only to keep `min_connections` open.
-fn maintenance_period(pool: &PoolConfig) -> Option<Duration> {
-    let shortest = [pool.idle_timeout, pool.max_lifetime]
-        .into_iter()
-        .flatten()
-        .min();
-    if shortest.is_none() && pool.min_connections == 0 {
-        return None;
-    }
-    let period = shortest.map_or(Duration::from_secs(30), |d| d / 4);
-    Some(period.clamp(Duration::from_millis(50), Duration::from_secs(30)))
+    }))
 }
 
 impl<DB: Backend> Bind<DB> {
@@ -184,15 +119,9 @@ impl<DB: Backend> Bind<DB> {
         &self.shared.name
     }
 
-    /// A new session with the bind's defaults. Opens nothing: the session checks a connection
-    /// out on its first statement.
-    pub fn session(&self) -> Session<DB> {
-        Session::new(self.clone())
-    }
-
     /// A snapshot of the bind's pool.
     pub fn status(&self) -> BindStatus {
-        self.shared.status()
+        self.shared.pool.status()
     }
 
     /// Opens a connection now (and `min_connections` in the background), to fail fast at start-up
@@ -200,8 +129,9 @@ impl<DB: Backend> Bind<DB> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when the server cannot be reached or refuses the credentials;
-    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes longer than `acquire_timeout`; [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when the server cannot be reached or
+    /// refuses the credentials; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes
+    /// longer than `acquire_timeout`; [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     ///
     /// # Cancel safety
     ///
@@ -210,152 +140,49 @@ impl<DB: Backend> Bind<DB> {
         self.shared.connect_now().await
     }
 
-    pub(crate) async fn checkout(&self) -> Result<Object<DB>> {
-        self.shared.checkout().await
+    /// Checks a connection out of the bind's pool, within `acquire_timeout`.
+    pub(crate) async fn checkout(&self) -> Result<Conn<DB>> {
+        self.shared.pool.checkout().await
+    }
+
+    /// The bind's name, shared.
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        self.shared.name.clone()
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.shared.dialect
+    }
+
+    /// The session options the bind's config sets.
+    pub(crate) fn session_defaults(&self) -> SessionConfig {
+        self.shared.config.session
+    }
+
+    /// The transaction SQL of the bind's session defaults.
+    pub(crate) fn tx_sql(&self) -> &TxSql {
+        &self.shared.tx_sql
+    }
+
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.shared.pool.acquire_timeout()
     }
 }
 
-impl<DB: Backend> BindShared<DB> {
-    /// Checks a connection out within `acquire_timeout`, creation and health check included.
-    ///
-    /// Cancel safe: deadpool returns a slot or half-made connection when its future is dropped.
-    pub(crate) async fn checkout(self: &Arc<Self>) -> Result<Object<DB>> {
-        self.start_maintenance();
-        if let Some(keeper) = &self.keeper {
-            self.hold_database(keeper).await?;
-        }
-        match tokio::time::timeout(self.acquire_timeout, self.pool.get()).await {
-            Ok(Ok(obj)) => Ok(obj),
-            Ok(Err(PoolError::Closed)) => Err(Error::closed(&self.name)),
-            Ok(Err(PoolError::Backend(source))) => {
-                Err(Error::connect(&self.name, &self.url.redacted(), source))
-            }
-            Ok(Err(other)) => unreachable!(
-                "deadpool reports only Closed and Backend without its own timeouts or hooks: {other}"
-            ),
-            Err(_elapsed) => {
-                Counters::bump(&self.counters.timeouts);
-                Err(Error::timeout(&self.name, self.acquire_timeout))
-            }
-        }
-    }
-
-    /// Opens the keeper connection of an in-memory SQLite bind, once.
-    async fn hold_database(&self, keeper: &Keeper<DB>) -> Result<()> {
-        if keeper.held.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut slot = keeper.conn.lock().await;
-        if slot.is_none() && !self.pool.is_closed() {
-            let conn = self
-                .pool
-                .manager()
-                .create()
-                .await
-                .map_err(|source| Error::connect(&self.name, &self.url.redacted(), source))?;
-            *slot = Some(conn);
-            keeper.held.store(true, Ordering::Release);
-        }
+impl<DB: Backend> Shared<DB> {
+    async fn connect_now(&self) -> Result<()> {
+        self.pool.checkout().await?.give_back();
         Ok(())
-    }
-
-    async fn connect_now(self: &Arc<Self>) -> Result<()> {
-        engine::release(self.checkout().await?);
-        Ok(())
-    }
-
-    fn status(&self) -> BindStatus {
-        let status = self.pool.status();
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        BindStatus {
-            name: self.name.to_string(),
-            backend: <DB as sqlx::Database>::NAME,
-            max_connections: status.max_size,
-            connections: status.size,
-            idle: status.available,
-            in_use: status.size - status.available,
-            waiting: status.waiting,
-            opened: load(&self.counters.created),
-            discarded: load(&self.counters.discarded),
-            timeouts: load(&self.counters.timeouts),
-            connect_errors: load(&self.counters.connect_errors),
-            closed: self.pool.is_closed(),
-            blocking: false,
-        }
-    }
-
-    /// Starts the task that expires idle and old connections and keeps `min_connections` open,
-    /// once, on first use: a bind nobody uses costs nothing, not even a timer.
-    fn start_maintenance(self: &Arc<Self>) {
-        if self.maintenance_started.load(Ordering::Relaxed)
-            || self.maintenance_started.swap(true, Ordering::Relaxed)
-        {
-            return;
-        }
-        let Some(period) = self.maintenance_period else {
-            return;
-        };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak = Arc::downgrade(self);
-        handle.spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                let Some(bind) = weak.upgrade() else { break };
-                if bind.pool.is_closed() {
-                    break;
-                }
-                bind.maintain().await;
-            }
-        });
-    }
-
-    /// One maintenance pass: close expired connections, then top up to `min_connections`.
-    async fn maintain(self: &Arc<Self>) {
-        let manager = self.pool.manager();
-        let mut removable = self.pool.status().size.saturating_sub(self.min_connections);
-        let removed = self.pool.retain(|conn, metrics| {
-            if manager.is_expired(&metrics) {
-                removable = removable.saturating_sub(1);
-                return false;
-            }
-            if removable > 0 && manager.is_idle_too_long(conn) {
-                removable -= 1;
-                return false;
-            }
-            true
-        });
-        for conn in removed.removed {
-            engine::close_gracefully(conn);
-        }
-        self.top_up().await;
-    }
-
-    async fn top_up(self: &Arc<Self>) {
-        let missing = self.min_connections.saturating_sub(self.pool.status().size);
-        let mut held = Vec::with_capacity(missing);
-        for _ in 0..missing {
-            match self.checkout().await {
-                Ok(conn) => held.push(conn),
-                Err(e) if e.is_closed() => break,
-                Err(e) => {
-                    tracing::warn!(bind = %self.name, error = %e, "could not open min_connections");
-                    break;
-                }
-            }
-        }
-        held.into_iter().for_each(engine::release);
     }
 }
 
-impl<DB: Backend> ErasedBind for BindShared<DB> {
+impl<DB: Backend> ErasedBind for Shared<DB> {
     fn backend(&self) -> &'static str {
         <DB as sqlx::Database>::NAME
     }
 
     fn status(&self) -> BindStatus {
-        BindShared::status(self)
+        self.pool.status()
     }
 
     fn is_closed(&self) -> bool {
@@ -367,34 +194,18 @@ impl<DB: Backend> ErasedBind for BindShared<DB> {
     }
 
     fn close(&self) {
-        // Take the idle connections first so they get a polite goodbye; closing the pool then
-        // makes every waiter and every later checkout fail with `Closed`, and drops connections
-        // still held by sessions when those return them.
-        let idle = self.pool.retain(|_, _| false);
         self.pool.close();
-        for conn in idle.removed {
-            engine::close_gracefully(conn);
-        }
-        let keeper = self
-            .keeper
-            .as_ref()
-            .and_then(|k| k.conn.try_lock().ok()?.take());
-        if let Some(conn) = keeper {
-            engine::close_gracefully(conn);
-        }
     }
 
-    fn twin(&self, config: &BindConfig) -> OpenBind {
-        let options = self.pool.manager().options.clone();
-        // Everything that could fail already succeeded for this bind with the same config.
-        let shared = Arc::new(
-            build::<DB>(&self.name, &self.url, self.dialect, config, options)
-                .expect("a bind's twin builds as the bind did"),
-        );
-        OpenBind {
-            erased: shared.clone(),
-            typed: shared,
-        }
+    fn twin(&self) -> OpenBind {
+        OpenBind::new(Shared {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            url: self.url.clone(),
+            dialect: self.dialect,
+            pool: self.pool.twin(&self.config.pool),
+            tx_sql: self.tx_sql.clone(),
+        })
     }
 }
 

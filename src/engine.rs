@@ -1,92 +1,397 @@
-//! The engine: deadpool managing sqlx connections.
+//! The engine: deadpool managing sqlx connections, with the counters and upkeep of one bind.
 //!
 //! A connection is handed out *dirty* and goes back to the idle list only when the session that
-//! held it marks it clean (no transaction open, no operation cut off mid-flight). Whatever path
-//! forgets, panics or is cancelled therefore leaves a dirty connection, which `recycle` refuses:
-//! the safe outcome is the default one.
+//! held it gives it back clean ([`Conn::give_back`]: no transaction open, no operation cut off
+//! mid-flight). Whatever path forgets, panics or is cancelled therefore leaves a dirty
+//! connection, which `recycle` refuses: the safe outcome is the default one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult};
 use sqlx::{ConnectOptions, Connection};
 
 use crate::backend::{Backend, Options};
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, PoolConfig};
+use crate::{DatabaseUrl, Error, Result};
+
+/// A point-in-time view of a bind's pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BindStatus {
+    /// The bind's name.
+    pub name: String,
+    /// `PostgreSQL`, `MySQL`, `SQLite` or `Any`.
+    pub backend: &'static str,
+    /// `max_connections` (0 once closed).
+    pub max_connections: usize,
+    /// Connections open, idle or in use.
+    pub connections: usize,
+    /// Open connections waiting in the pool.
+    pub idle: usize,
+    /// Connections held by sessions.
+    pub in_use: usize,
+    /// Sessions waiting for a connection.
+    pub waiting: usize,
+    /// Connections opened since the bind was built (for an in-memory SQLite bind, including the
+    /// one it holds aside to keep the database alive).
+    pub opened: u64,
+    /// Connections thrown away because their state was unknown or a check failed.
+    pub discarded: u64,
+    /// Checkouts that ran out of `acquire_timeout`.
+    pub timeouts: u64,
+    /// Failed attempts to open a connection.
+    pub connect_errors: u64,
+    /// The manager was closed or dropped.
+    pub closed: bool,
+    /// This is the bind's blocking face: the pool of its
+    /// [`BlockingBind`](crate::blocking::BlockingBind), apart from the async one.
+    pub blocking: bool,
+}
+
+/// The pool of one bind: its connections, its counters, and the task that keeps them fresh.
+/// A cheap handle.
+pub(crate) struct Pool<DB: Backend>(Arc<Shared<DB>>);
+
+struct Shared<DB: Backend> {
+    bind: Arc<str>,
+    url: DatabaseUrl,
+    deadpool: managed::Pool<ConnManager<DB>>,
+    acquire_timeout: Duration,
+    min_connections: usize,
+    /// How often the upkeep task runs; `None` when there is nothing to keep up.
+    upkeep_period: Option<Duration>,
+    upkeep_started: AtomicBool,
+    /// For in-memory SQLite: a connection held aside from the pool while the bind is open, so
+    /// that discarding or expiring pooled connections never takes the database with them.
+    keeper: Option<Keeper<DB>>,
+}
+
+struct Keeper<DB: Backend> {
+    held: AtomicBool,
+    conn: tokio::sync::Mutex<Option<PooledConn<DB>>>,
+}
 
 /// A pooled sqlx connection and what the pool needs to know about it.
-pub(crate) struct PooledConn<DB: Backend> {
-    pub(crate) raw: DB::Connection,
-    /// Set by the session that releases it: no transaction, nothing in flight.
+struct PooledConn<DB: Backend> {
+    raw: DB::Connection,
+    /// Set when its session gives it back clean: no transaction, nothing in flight.
     clean: bool,
     idle_since: Instant,
 }
 
-impl<DB: Backend> PooledConn<DB> {
-    /// Marks the connection clean and idle from now: it may go back to the idle list.
-    pub(crate) fn mark_clean(&mut self) {
-        self.clean = true;
-        self.idle_since = Instant::now();
-    }
-
-    pub(crate) fn idle_for(&self) -> Duration {
-        self.idle_since.elapsed()
-    }
-}
-
-/// Counters a bind keeps for its status snapshot.
+/// Counters a pool keeps for its status snapshot.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) created: AtomicU64,
-    pub(crate) discarded: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    pub(crate) connect_errors: AtomicU64,
+struct Counters {
+    created: AtomicU64,
+    discarded: AtomicU64,
+    timeouts: AtomicU64,
+    connect_errors: AtomicU64,
 }
 
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Opens, checks and expires the connections of one bind.
-pub(crate) struct ConnManager<DB: Backend> {
-    pub(crate) bind: Arc<str>,
-    /// Also the options of the bind's blocking twin, which must reach the same database (a second
-    /// parse of `sqlite::memory:` would name another one).
-    pub(crate) options: Options<DB>,
-    health_check: HealthCheck,
-    idle_timeout: Option<Duration>,
-    max_lifetime: Option<Duration>,
-    pub(crate) counters: Arc<Counters>,
-}
-
-impl<DB: Backend> ConnManager<DB> {
+impl<DB: Backend> Pool<DB> {
+    /// A pool for `bind` that opens connections with `options`; opens none yet.
     pub(crate) fn new(
         bind: Arc<str>,
+        url: &DatabaseUrl,
         options: Options<DB>,
-        pool: &crate::config::PoolConfig,
-        counters: Arc<Counters>,
+        config: &PoolConfig,
     ) -> Self {
-        Self {
-            bind,
+        let manager = ConnManager {
+            bind: bind.clone(),
             options,
-            health_check: pool.health_check,
-            idle_timeout: pool.idle_timeout,
-            max_lifetime: pool.max_lifetime,
-            counters,
+            health_check: config.health_check,
+            idle_timeout: config.idle_timeout,
+            max_lifetime: config.max_lifetime,
+            counters: Counters::default(),
+        };
+        // deadpool's build fails only for timeouts without a runtime; the pool applies its own
+        // deadline around checkout and sets none of deadpool's.
+        let deadpool = managed::Pool::builder(manager)
+            .max_size(config.max_connections as usize)
+            .build()
+            .expect("a pool without deadpool timeouts always builds");
+        Self(Arc::new(Shared {
+            bind,
+            url: url.clone(),
+            deadpool,
+            acquire_timeout: config.acquire_timeout,
+            min_connections: config.min_connections as usize,
+            upkeep_period: upkeep_period(config),
+            upkeep_started: AtomicBool::new(false),
+            keeper: is_in_memory_sqlite(url).then(|| Keeper {
+                held: AtomicBool::new(false),
+                conn: tokio::sync::Mutex::new(None),
+            }),
+        }))
+    }
+
+    /// A second pool on the same database, with the same connect options (a second parse of
+    /// `sqlite::memory:` would name another database) and a life of its own.
+    pub(crate) fn twin(&self, config: &PoolConfig) -> Self {
+        let options = self.0.deadpool.manager().options.clone();
+        Self::new(self.0.bind.clone(), &self.0.url, options, config)
+    }
+
+    /// How long a checkout may wait.
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.0.acquire_timeout
+    }
+
+    /// Checks a connection out within `acquire_timeout`, creation and health check included.
+    ///
+    /// Cancel safe: deadpool returns a slot or half-made connection when its future is dropped.
+    pub(crate) async fn checkout(&self) -> Result<Conn<DB>> {
+        self.start_upkeep();
+        let shared = &*self.0;
+        if let Some(keeper) = &shared.keeper {
+            shared.hold_database(keeper).await?;
+        }
+        match tokio::time::timeout(shared.acquire_timeout, shared.deadpool.get()).await {
+            Ok(Ok(obj)) => Ok(Conn(obj)),
+            Ok(Err(PoolError::Closed)) => Err(Error::closed(&shared.bind)),
+            Ok(Err(PoolError::Backend(source))) => Err(shared.connect_error(source)),
+            Ok(Err(other)) => unreachable!(
+                "deadpool reports only Closed and Backend without its own timeouts or hooks: {other}"
+            ),
+            Err(_elapsed) => {
+                bump(&shared.counters().timeouts);
+                Err(Error::timeout(&shared.bind, shared.acquire_timeout))
+            }
         }
     }
 
+    /// A snapshot of the pool.
+    pub(crate) fn status(&self) -> BindStatus {
+        let shared = &*self.0;
+        let status = shared.deadpool.status();
+        let counters = shared.counters();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BindStatus {
+            name: shared.bind.to_string(),
+            backend: <DB as sqlx::Database>::NAME,
+            max_connections: status.max_size,
+            connections: status.size,
+            idle: status.available,
+            in_use: status.size - status.available,
+            waiting: status.waiting,
+            opened: load(&counters.created),
+            discarded: load(&counters.discarded),
+            timeouts: load(&counters.timeouts),
+            connect_errors: load(&counters.connect_errors),
+            closed: shared.deadpool.is_closed(),
+            blocking: false,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.deadpool.is_closed()
+    }
+
+    /// Stops handing out connections and closes the idle ones politely; connections still held
+    /// by sessions close when those give them back.
+    pub(crate) fn close(&self) {
+        let shared = &*self.0;
+        // Take the idle connections first so they get a polite goodbye; closing the pool then
+        // makes every waiter and every later checkout fail with `Closed`.
+        let idle = shared.deadpool.retain(|_, _| false);
+        shared.deadpool.close();
+        for conn in idle.removed {
+            close_gracefully(conn);
+        }
+        let keeper = shared
+            .keeper
+            .as_ref()
+            .and_then(|k| k.conn.try_lock().ok()?.take());
+        if let Some(conn) = keeper {
+            close_gracefully(conn);
+        }
+    }
+
+    /// Starts the task that expires idle and old connections and keeps `min_connections` open,
+    /// once, on first use: a bind nobody uses costs nothing, not even a timer.
+    fn start_upkeep(&self) {
+        let shared = &*self.0;
+        if shared.upkeep_started.load(Ordering::Relaxed)
+            || shared.upkeep_started.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let Some(period) = shared.upkeep_period else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.0);
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(shared) = weak.upgrade() else { break };
+                if shared.deadpool.is_closed() {
+                    break;
+                }
+                Pool(shared).upkeep().await;
+            }
+        });
+    }
+
+    /// One upkeep pass: close expired connections, then top up to `min_connections`.
+    async fn upkeep(&self) {
+        let shared = &*self.0;
+        let manager = shared.deadpool.manager();
+        let status = shared.deadpool.status();
+        let mut removable = status.size.saturating_sub(shared.min_connections);
+        let removed = shared.deadpool.retain(|conn, metrics| {
+            if manager.is_expired(&metrics) {
+                removable = removable.saturating_sub(1);
+                return false;
+            }
+            if removable > 0 && manager.is_idle_too_long(conn) {
+                removable -= 1;
+                return false;
+            }
+            true
+        });
+        for conn in removed.removed {
+            close_gracefully(conn);
+        }
+        let missing = shared
+            .min_connections
+            .saturating_sub(shared.deadpool.status().size);
+        let mut held = Vec::with_capacity(missing);
+        for _ in 0..missing {
+            match self.checkout().await {
+                Ok(conn) => held.push(conn),
+                Err(e) if e.is_closed() => break,
+                Err(e) => {
+                    tracing::warn!(bind = %shared.bind, error = %e, "could not open min_connections");
+                    break;
+                }
+            }
+        }
+        held.into_iter().for_each(Conn::give_back);
+    }
+}
+
+impl<DB: Backend> Clone for Pool<DB> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<DB: Backend> Shared<DB> {
+    fn counters(&self) -> &Counters {
+        &self.deadpool.manager().counters
+    }
+
+    fn connect_error(&self, source: sqlx::Error) -> Error {
+        Error::connect(&self.bind, &self.url.redacted(), source)
+    }
+
+    /// Opens the keeper connection of an in-memory SQLite bind, once.
+    async fn hold_database(&self, keeper: &Keeper<DB>) -> Result<()> {
+        if keeper.held.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = keeper.conn.lock().await;
+        if slot.is_none() && !self.deadpool.is_closed() {
+            let conn = managed::Manager::create(self.deadpool.manager())
+                .await
+                .map_err(|source| self.connect_error(source))?;
+            *slot = Some(conn);
+            keeper.held.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// An in-memory SQLite database lives only as long as one of its connections.
+fn is_in_memory_sqlite(url: &DatabaseUrl) -> bool {
+    let raw = url.expose();
+    raw.starts_with("sqlite:") && (raw.contains(":memory:") || raw.contains("mode=memory"))
+}
+
+/// A quarter of the shortest expiry, so a connection outlives its limit by 25 % at most; between
+/// 50 ms and 30 s. With no expiry the task runs only to keep `min_connections` open.
+fn upkeep_period(pool: &PoolConfig) -> Option<Duration> {
+    let shortest = [pool.idle_timeout, pool.max_lifetime]
+        .into_iter()
+        .flatten()
+        .min();
+    if shortest.is_none() && pool.min_connections == 0 {
+        return None;
+    }
+    let period = shortest.map_or(Duration::from_secs(30), |d| d / 4);
+    Some(period.clamp(Duration::from_millis(50), Duration::from_secs(30)))
+}
+
+/// A connection checked out of a bind's pool, dirty until [given back](Conn::give_back).
+pub(crate) struct Conn<DB: Backend>(managed::Object<ConnManager<DB>>);
+
+impl<DB: Backend> Conn<DB> {
+    /// The sqlx connection.
+    pub(crate) fn raw(&mut self) -> &mut DB::Connection {
+        &mut self.0.raw
+    }
+
+    /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
+    /// closed, to the server with a polite goodbye.
+    pub(crate) fn give_back(mut self) {
+        self.0.clean = true;
+        self.0.idle_since = Instant::now();
+        match managed::Object::pool(&self.0) {
+            Some(pool) if !pool.is_closed() => drop(self),
+            _ => close_gracefully(managed::Object::take(self.0)),
+        }
+    }
+
+    /// Takes the connection out of the pool for good and closes it without a goodbye: for
+    /// connections whose state is unknown, where the server must see the socket close and roll
+    /// back.
+    pub(crate) fn discard(self) {
+        if let Some(pool) = managed::Object::pool(&self.0) {
+            bump(&pool.manager().counters.discarded);
+        }
+        drop(managed::Object::take(self.0));
+    }
+}
+
+/// Closes a healthy connection politely (a Terminate message), in the background when a runtime
+/// is there, so the server logs no broken connection.
+fn close_gracefully<DB: Backend>(conn: PooledConn<DB>) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
+        });
+    }
+}
+
+/// Opens, checks and expires the connections of one bind, for deadpool.
+struct ConnManager<DB: Backend> {
+    bind: Arc<str>,
+    options: Options<DB>,
+    health_check: HealthCheck,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    counters: Counters,
+}
+
+impl<DB: Backend> ConnManager<DB> {
     /// Past its lifetime: close it, whatever `min_connections` says (a fresh one replaces it).
-    pub(crate) fn is_expired(&self, metrics: &Metrics) -> bool {
+    fn is_expired(&self, metrics: &Metrics) -> bool {
         self.max_lifetime.is_some_and(|max| metrics.age() >= max)
     }
 
     /// Idle for longer than `idle_timeout`.
-    pub(crate) fn is_idle_too_long(&self, conn: &PooledConn<DB>) -> bool {
-        self.idle_timeout.is_some_and(|max| conn.idle_for() >= max)
+    fn is_idle_too_long(&self, conn: &PooledConn<DB>) -> bool {
+        self.idle_timeout
+            .is_some_and(|max| conn.idle_since.elapsed() >= max)
     }
 }
 
@@ -95,10 +400,12 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<PooledConn<DB>, sqlx::Error> {
-        let raw = self.options.connect().await.inspect_err(|_| {
-            Counters::bump(&self.counters.connect_errors);
-        })?;
-        Counters::bump(&self.counters.created);
+        let raw = self
+            .options
+            .connect()
+            .await
+            .inspect_err(|_| bump(&self.counters.connect_errors))?;
+        bump(&self.counters.created);
         tracing::debug!(bind = %self.bind, "opened a connection");
         Ok(PooledConn {
             raw,
@@ -115,13 +422,13 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         if !conn.clean {
             // Unreachable through sessions (they discard dirty connections themselves); kept as
             // the last line of defence against reusing one.
-            Counters::bump(&self.counters.discarded);
+            bump(&self.counters.discarded);
             return Err(RecycleError::message("connection was not released clean"));
         }
         if self.is_expired(metrics) || self.is_idle_too_long(conn) {
             return Err(RecycleError::message("connection expired"));
         }
-        if self.health_check.should_ping(conn.idle_for()) {
+        if self.health_check.should_ping(conn.idle_since.elapsed()) {
             conn.raw.ping().await.map_err(|e| {
                 tracing::debug!(bind = %self.bind, error = %e, "ping failed; opening another connection");
                 RecycleError::Backend(e)
@@ -129,40 +436,5 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         }
         conn.clean = false;
         Ok(())
-    }
-}
-
-/// The pool of one bind.
-pub(crate) type Pool<DB> = managed::Pool<ConnManager<DB>>;
-
-/// A connection checked out of a bind's pool.
-pub(crate) type Object<DB> = managed::Object<ConnManager<DB>>;
-
-/// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
-/// closed, to the server with a polite goodbye.
-pub(crate) fn release<DB: Backend>(mut obj: Object<DB>) {
-    obj.mark_clean();
-    match managed::Object::pool(&obj) {
-        Some(pool) if !pool.is_closed() => drop(obj),
-        _ => close_gracefully(managed::Object::take(obj)),
-    }
-}
-
-/// Takes a connection out of the pool for good and closes it without a goodbye: for connections
-/// whose state is unknown, where the server must see the socket close and roll back.
-pub(crate) fn discard<DB: Backend>(obj: Object<DB>) {
-    if let Some(pool) = managed::Object::pool(&obj) {
-        Counters::bump(&pool.manager().counters.discarded);
-    }
-    drop(managed::Object::take(obj));
-}
-
-/// Closes a healthy connection politely (a Terminate message), in the background when a runtime
-/// is there, so the server logs no broken connection.
-pub(crate) fn close_gracefully<DB: Backend>(conn: PooledConn<DB>) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
-        });
     }
 }

@@ -7,6 +7,7 @@ compile_error!(
 
 mod backend;
 mod bind;
+mod bind_key;
 pub mod blocking;
 mod config;
 mod database_url;
@@ -20,12 +21,14 @@ mod scope;
 mod session;
 
 pub use backend::Backend;
-pub use bind::{Bind, BindStatus};
+pub use bind::Bind;
+pub use bind_key::{BindKey, DefaultBind};
 pub use config::{
     BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, HealthCheck, IsolationLevel,
     JournalMode, PoolConfig, SessionConfig, SqliteConfig,
 };
 pub use database_url::DatabaseUrl;
+pub use engine::BindStatus;
 pub use error::{BoxError, Error, ErrorKind, Result};
 #[cfg(feature = "actix")]
 pub use integration::actix;
@@ -34,7 +37,7 @@ pub use integration::axum;
 #[cfg(feature = "tower")]
 pub use integration::tower;
 pub use load::{BIND_ENV_PREFIX, DATABASE_URL_ENV};
-pub use manager::{BindKey, BindManager, BindManagerBuilder, DefaultBind};
+pub use manager::{BindManager, BindManagerBuilder};
 pub use savepoint::Savepoint;
 pub use scope::{
     Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, TransactionMode, atomic, atomic_for,

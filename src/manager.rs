@@ -1,14 +1,13 @@
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::backend::{self, Backend};
-use crate::bind::{BindShared, OpenBind};
-use crate::blocking::Faces;
-use crate::config::{BindConfig, Config, DEFAULT_BIND};
-use crate::{Bind, BindStatus, Error, Result, Session};
+use crate::backend::Backend;
+use crate::bind::{self, OpenBind};
+use crate::config::{BindConfig, Config};
+use crate::{Bind, BindKey, BindStatus, Error, Result};
 
 /// How often `close()` looks whether every connection is back.
 const CLOSE_POLL: Duration = Duration::from_millis(10);
@@ -50,8 +49,18 @@ pub struct BindManager {
 
 struct Inner {
     binds: BTreeMap<String, OpenBind>,
-    /// The binds' blocking faces, opened on first blocking use.
-    blocking: Faces,
+    /// The binds' other faces, opened by a higher layer on first use (the blocking one): the
+    /// manager reports and closes them with its binds, knowing them only through [`Faces`].
+    faces: OnceLock<(Arc<dyn Faces>, Arc<dyn Any + Send + Sync>)>,
+}
+
+/// Other pools a higher layer opens on the manager's binds (the blocking faces), which the
+/// manager lists in its status and closes with its binds.
+pub(crate) trait Faces: Send + Sync {
+    /// The faces' pools, in name order.
+    fn status(&self) -> Vec<BindStatus>;
+    /// Closes every face; none opens afterwards.
+    fn close(&self);
 }
 
 /// Builds a [`BindManager`] bind by bind.
@@ -87,21 +96,19 @@ impl BindManagerBuilder {
             return Err(Error::no_binds());
         }
         let mut binds = BTreeMap::new();
-        let mut configs = BTreeMap::new();
         for (name, config) in self.binds {
             check_name(&name)?;
             if binds.contains_key(&name) {
                 return Err(Error::duplicate_bind(&name));
             }
             check_pool(&name, &config)?;
-            let open = backend::open(&name, &config)?;
-            binds.insert(name.clone(), open);
-            configs.insert(name, config);
+            let open = bind::open(&name, &config)?;
+            binds.insert(name, open);
         }
         Ok(BindManager {
             inner: Arc::new(Inner {
                 binds,
-                blocking: Faces::new(configs),
+                faces: OnceLock::new(),
             }),
         })
     }
@@ -174,8 +181,8 @@ impl BindManager {
     pub fn bind<DB: Backend>(&self, name: &str) -> Result<Bind<DB>> {
         let open = self.entry(name)?;
         if !open.erased.is_closed() {
-            if let Ok(shared) = open.typed.clone().downcast::<BindShared<DB>>() {
-                return Ok(Bind { shared });
+            if let Some(bind) = open.typed() {
+                return Ok(bind);
             }
             return Err(Error::backend_mismatch(
                 name,
@@ -195,24 +202,6 @@ impl BindManager {
         self.bind(K::NAME)
     }
 
-    /// A new session on the bind `name`. Opens nothing until its first statement.
-    ///
-    /// # Errors
-    ///
-    /// As [`BindManager::bind`].
-    pub fn session<DB: Backend>(&self, name: &str) -> Result<Session<DB>> {
-        Ok(self.bind::<DB>(name)?.session())
-    }
-
-    /// A new session on the bind a [`BindKey`] names.
-    ///
-    /// # Errors
-    ///
-    /// As [`BindManager::bind`].
-    pub fn session_for<K: BindKey>(&self) -> Result<Session<K::Database>> {
-        self.session(K::NAME)
-    }
-
     /// The names of the binds, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.inner.binds.keys().map(String::as_str)
@@ -227,7 +216,9 @@ impl BindManager {
             .values()
             .map(|b| b.erased.status())
             .collect();
-        all.extend(self.inner.blocking.status());
+        if let Some((faces, _)) = self.inner.faces.get() {
+            all.extend(faces.status());
+        }
         all.sort_by(|a, b| (&a.name, a.blocking).cmp(&(&b.name, b.blocking)));
         all
     }
@@ -268,10 +259,7 @@ impl BindManager {
     ///
     /// Cancel safe: the binds are closed from the first poll; only the waiting stops.
     pub async fn close(&self, deadline: Duration) -> Result<()> {
-        for open in self.inner.binds.values() {
-            open.erased.close();
-        }
-        self.inner.blocking.close();
+        self.inner.close();
         let give_up = tokio::time::Instant::now() + deadline;
         loop {
             let busy: Vec<(String, usize)> = self
@@ -297,8 +285,15 @@ impl BindManager {
         }
     }
 
-    pub(crate) fn faces(&self) -> &Faces {
-        &self.inner.blocking
+    /// The faces a higher layer keeps on this manager's binds, made by `init` on first use.
+    pub(crate) fn faces<F: Faces + 'static>(&self, init: impl FnOnce() -> F) -> Arc<F> {
+        let (_, any) = self.inner.faces.get_or_init(|| {
+            let faces = Arc::new(init());
+            (faces.clone(), faces)
+        });
+        any.clone()
+            .downcast()
+            .expect("one layer keeps faces on a manager")
     }
 
     pub(crate) fn entry(&self, name: &str) -> Result<&OpenBind> {
@@ -309,12 +304,20 @@ impl BindManager {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    fn close(&self) {
         for open in self.binds.values() {
             open.erased.close();
         }
-        self.blocking.close();
+        if let Some((faces, _)) = self.faces.get() {
+            faces.close();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -324,49 +327,4 @@ impl fmt::Debug for BindManager {
             .field("binds", &self.status())
             .finish()
     }
-}
-
-/// Names a bind and its database type at compile time, so a wrong bind name does not compile.
-///
-/// Declare keys with [`bind_key!`](crate::bind_key), or implement the trait:
-///
-/// ```
-/// dbscope::bind_key!(
-///     /// The analytics warehouse.
-///     pub Analytics: sqlx::Sqlite = "analytics"
-/// );
-///
-/// # fn demo(manager: &dbscope::BindManager) -> Result<(), dbscope::Error> {
-/// let session = manager.session_for::<Analytics>()?; // a Session<Sqlite> on "analytics"
-/// # Ok(()) }
-/// ```
-pub trait BindKey: Send + Sync + 'static {
-    /// The bind's database type.
-    type Database: Backend;
-    /// The bind's name in the config.
-    const NAME: &'static str;
-}
-
-/// The `default` bind, as database type `DB`: the key for single-database applications.
-#[derive(Debug)]
-pub struct DefaultBind<DB>(PhantomData<fn() -> DB>);
-
-impl<DB: Backend> BindKey for DefaultBind<DB> {
-    type Database = DB;
-    const NAME: &'static str = DEFAULT_BIND;
-}
-
-/// Declares a [`BindKey`]: `bind_key!(pub Analytics: sqlx::Postgres = "analytics");`
-#[macro_export]
-macro_rules! bind_key {
-    ($(#[$meta:meta])* $vis:vis $key:ident : $db:ty = $name:literal) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy)]
-        $vis struct $key;
-
-        impl $crate::BindKey for $key {
-            type Database = $db;
-            const NAME: &'static str = $name;
-        }
-    };
 }

@@ -11,9 +11,9 @@ use sqlx::{Connection, Either, Execute, Executor, SqlStr};
 
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
-use crate::engine::{self, Object};
+use crate::engine::Conn;
 use crate::error::{Op, is_connection_lost_code, locate};
-use crate::{Bind, Error, Result, Savepoint};
+use crate::{Bind, BindKey, BindManager, Error, Result, Savepoint};
 
 /// How long a dropped session's connection may take to roll back before it is discarded.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +60,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// the compiler refuses. Share a session between tasks behind a `tokio::sync::Mutex`.
 pub struct Session<DB: Backend> {
     bind: Bind<DB>,
-    conn: Option<Object<DB>>,
+    conn: Option<Conn<DB>>,
     tx: TxState,
     /// Session-level options, when they differ from the bind's defaults.
     custom: Option<Custom>,
@@ -149,6 +149,34 @@ fn is_answered(err: &sqlx::Error) -> bool {
     }
 }
 
+impl<DB: Backend> Bind<DB> {
+    /// A new session with the bind's defaults. Opens nothing: the session checks a connection
+    /// out on its first statement.
+    pub fn session(&self) -> Session<DB> {
+        Session::new(self.clone())
+    }
+}
+
+impl BindManager {
+    /// A new session on the bind `name`. Opens nothing until its first statement.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn session<DB: Backend>(&self, name: &str) -> Result<Session<DB>> {
+        Ok(self.bind::<DB>(name)?.session())
+    }
+
+    /// A new session on the bind a [`BindKey`] names.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn session_for<K: BindKey>(&self) -> Result<Session<K::Database>> {
+        self.session(K::NAME)
+    }
+}
+
 impl<DB: Backend> Session<DB> {
     pub(crate) fn new(bind: Bind<DB>) -> Self {
         Self {
@@ -200,8 +228,7 @@ impl<DB: Backend> Session<DB> {
         change(&mut options);
         let sql = self
             .bind
-            .shared
-            .dialect
+            .dialect()
             .tx_sql(options.isolation, options.read_only);
         self.custom = Some(Custom { options, sql });
         self
@@ -210,12 +237,12 @@ impl<DB: Backend> Session<DB> {
     fn options(&self) -> SessionConfig {
         self.custom
             .as_ref()
-            .map_or(self.bind.shared.session, |c| c.options)
+            .map_or_else(|| self.bind.session_defaults(), |c| c.options)
     }
 
     fn tx_sql(&self) -> Result<&TxSql> {
         match &self.custom {
-            None => Ok(&self.bind.shared.tx_sql),
+            None => Ok(self.bind.tx_sql()),
             Some(Custom { sql: Ok(sql), .. }) => Ok(sql),
             Some(Custom { sql: Err(what), .. }) => Err(Error::unsupported(self.bind.name(), what)),
         }
@@ -366,7 +393,7 @@ impl<DB: Backend> Session<DB> {
     pub async fn connection(&mut self) -> Result<&mut DB::Connection> {
         self.ready().await?;
         self.tx.lent = true;
-        Ok(&mut self.conn_mut().raw)
+        Ok(self.conn_mut().raw())
     }
 
     /// Ends the session: rolls back an open transaction and returns the connection to the pool.
@@ -416,7 +443,7 @@ impl<DB: Backend> Session<DB> {
             self.rollback_transaction().await?;
         }
         if self.tx.wire == Wire::Idle && self.tx.lent {
-            let result = self.conn_mut().raw.ping().await;
+            let result = self.conn_mut().raw().ping().await;
             self.tx.settle(&result, false);
             result.map_err(|e| Error::query(Some(self.bind.name()), Op::new("ping"), e))?;
             self.tx.lent = false;
@@ -434,7 +461,7 @@ impl<DB: Backend> Session<DB> {
         Err(Error::poisoned(self.bind.name()))
     }
 
-    fn conn_mut(&mut self) -> &mut engine::PooledConn<DB> {
+    fn conn_mut(&mut self) -> &mut Conn<DB> {
         self.conn.as_mut().expect("the session is attached")
     }
 
@@ -540,10 +567,10 @@ impl<DB: Backend> Session<DB> {
     /// `Busy`: poisoned. `may_abort`: a failure of this operation aborts a PostgreSQL
     /// transaction (a statement, not a prepare).
     fn start_op(&mut self, op: Op, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
-        let aborts_on_error = may_abort && self.bind.shared.dialect.aborts_on_error();
+        let aborts_on_error = may_abort && self.bind.dialect().aborts_on_error();
         let Self { bind, conn, tx, .. } = self;
         tx.wire = Wire::Busy;
-        let raw = &mut conn.as_mut().expect("the session is attached").raw;
+        let raw = conn.as_mut().expect("the session is attached").raw();
         let op = InFlight {
             tx,
             aborts_on_error,
@@ -569,7 +596,7 @@ impl<DB: Backend> Session<DB> {
         if level <= 1 {
             return self.commit().await;
         }
-        self.exec_or_poison(dialect::release(level), "RELEASE SAVEPOINT")
+        self.exec_or_poison(dialect::release_savepoint(level), "RELEASE SAVEPOINT")
             .await?;
         self.tx.depth = level - 1;
         Ok(())
@@ -600,11 +627,11 @@ impl<DB: Backend> Session<DB> {
         };
         if self.tx.wire != Wire::Idle {
             tracing::debug!(bind = %self.bind.name(), "discarding a connection cut off mid-operation");
-            engine::discard(conn);
+            conn.discard();
             return;
         }
         if self.tx.depth == 0 && !self.tx.lent {
-            engine::release(conn);
+            conn.give_back();
             return;
         }
         let rollback = (self.tx.depth > 0).then_some(self.tx.end.rollback);
@@ -612,19 +639,19 @@ impl<DB: Backend> Session<DB> {
             Ok(handle) => {
                 handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback));
             }
-            Err(_) => engine::discard(conn),
+            Err(_) => conn.discard(),
         }
     }
 }
 
 /// Holds a connection being cleaned up; if the cleanup does not finish (error, timeout, the
 /// runtime shutting down and dropping the task), the connection is discarded, never returned.
-struct CleanupGuard<DB: Backend>(Option<Object<DB>>);
+struct CleanupGuard<DB: Backend>(Option<Conn<DB>>);
 
 impl<DB: Backend> Drop for CleanupGuard<DB> {
     fn drop(&mut self) {
         if let Some(conn) = self.0.take() {
-            engine::discard(conn);
+            conn.discard();
         }
     }
 }
@@ -633,14 +660,14 @@ async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'s
     let conn = guard.0.as_mut().expect("guard holds the connection");
     let work = async {
         match rollback {
-            Some(sql) => drain(DB::fetch_many(&mut conn.raw, SqlStr::from_static(sql))).await,
-            None => conn.raw.ping().await,
+            Some(sql) => drain(DB::fetch_many(conn.raw(), SqlStr::from_static(sql))).await,
+            None => conn.raw().ping().await,
         }
     };
     if let Ok(Ok(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await
         && let Some(conn) = guard.0.take()
     {
-        engine::release(conn);
+        conn.give_back();
     }
 }
 

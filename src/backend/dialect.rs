@@ -125,7 +125,7 @@ pub(crate) fn savepoint(depth: u32) -> SqlStr {
 }
 
 /// `RELEASE SAVEPOINT` for level `depth`.
-pub(crate) fn release(depth: u32) -> SqlStr {
+pub(crate) fn release_savepoint(depth: u32) -> SqlStr {
     dynamic(format!("RELEASE SAVEPOINT dbscope_{depth}"))
 }
 

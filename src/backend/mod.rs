@@ -112,82 +112,63 @@ macro_rules! delegate_executor {
 }
 pub(crate) use delegate_executor;
 
-/// Builds a bind of one database type: `crate::bind::open::<DB>`.
-type Opener = fn(&str, &DatabaseUrl, Dialect, &BindConfig) -> Result<crate::bind::OpenBind>;
-
-/// How to open binds of one kind of URL.
-struct Driver {
+/// The databases dbscope knows, by URL scheme, and whether their driver is compiled in.
+struct SchemeEntry {
     schemes: &'static [&'static str],
     name: &'static str,
     feature: &'static str,
     dialect: Dialect,
-    native: Option<Opener>,
+    compiled: bool,
 }
 
-const DRIVERS: &[Driver] = &[
-    Driver {
+const SCHEMES: &[SchemeEntry] = &[
+    SchemeEntry {
         schemes: &["postgres", "postgresql"],
         name: "PostgreSQL",
         feature: "postgres",
         dialect: Dialect::Postgres,
-        #[cfg(feature = "postgres")]
-        native: Some(crate::bind::open::<sqlx::Postgres>),
-        #[cfg(not(feature = "postgres"))]
-        native: None,
+        compiled: cfg!(feature = "postgres"),
     },
-    Driver {
+    SchemeEntry {
         schemes: &["mysql", "mariadb"],
         name: "MySQL",
         feature: "mysql",
         dialect: Dialect::MySql,
-        #[cfg(feature = "mysql")]
-        native: Some(crate::bind::open::<sqlx::MySql>),
-        #[cfg(not(feature = "mysql"))]
-        native: None,
+        compiled: cfg!(feature = "mysql"),
     },
-    Driver {
+    SchemeEntry {
         schemes: &["sqlite"],
         name: "SQLite",
         feature: "sqlite",
         dialect: Dialect::Sqlite,
-        #[cfg(feature = "sqlite")]
-        native: Some(crate::bind::open::<sqlx::Sqlite>),
-        #[cfg(not(feature = "sqlite"))]
-        native: None,
+        compiled: cfg!(feature = "sqlite"),
     },
 ];
 
-#[cfg(feature = "any")]
-const ANY: Option<Opener> = Some(crate::bind::open::<sqlx::Any>);
-#[cfg(not(feature = "any"))]
-const ANY: Option<Opener> = None;
-
-fn driver_of(bind: &str, url: &DatabaseUrl) -> Result<&'static Driver> {
-    let scheme = url
-        .scheme()
-        .ok_or_else(|| Error::invalid_url(bind, &url.redacted(), "it has no scheme"))?;
-    DRIVERS
-        .iter()
-        .find(|d| d.schemes.contains(&scheme.as_str()))
-        .ok_or_else(|| Error::unknown_scheme(bind, &scheme))
-}
-
-/// Opens the engine of a bind: picks the driver by scheme and engine, checks it is compiled in.
-pub(crate) fn open(bind: &str, config: &BindConfig) -> Result<crate::bind::OpenBind> {
+/// The bind's URL and the database it names, once checked: a scheme dbscope knows, whose driver
+/// (and the `Any` driver, for `engine = "any"`) is compiled in.
+pub(crate) fn resolve<'c>(
+    bind: &str,
+    config: &'c BindConfig,
+) -> Result<(&'c DatabaseUrl, Dialect)> {
     let url = config
         .url
         .as_ref()
         .ok_or_else(|| Error::missing_url(bind, &crate::load::url_env_var(bind)))?;
-    let driver = driver_of(bind, url)?;
-    let not_enabled = |driver, feature| Error::driver_not_enabled(bind, driver, feature);
-    let native = driver
-        .native
-        .ok_or_else(|| not_enabled(driver.name, driver.feature))?;
-    let open = match config.engine {
-        Engine::Native => native,
-        Engine::Any => ANY.ok_or_else(|| not_enabled("Any", "any"))?,
-    };
-    open(bind, url, driver.dialect, config)
+    let scheme = url
+        .scheme()
+        .ok_or_else(|| Error::invalid_url(bind, &url.redacted(), "it has no scheme"))?;
+    let entry = SCHEMES
+        .iter()
+        .find(|d| d.schemes.contains(&scheme.as_str()))
+        .ok_or_else(|| Error::unknown_scheme(bind, &scheme))?;
+    if !entry.compiled {
+        return Err(Error::driver_not_enabled(bind, entry.name, entry.feature));
+    }
+    if config.engine == Engine::Any && !cfg!(feature = "any") {
+        return Err(Error::driver_not_enabled(bind, "Any", "any"));
+    }
+    Ok((url, entry.dialect))
 }
 
 /// The URL as sqlx's parsers want it: `mariadb://` becomes `mysql://` (sqlx knows only the

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use super::registry::BlockingFaces;
 use super::runtime::refuse_in_async;
 use super::{BlockingBind, BlockingSession};
 use crate::backend::Backend;
-use crate::bind::BindShared;
-use crate::{Bind, BindKey, BindManager, Result};
+use crate::{BindKey, BindManager, Result};
 
 impl BindManager {
     /// The bind `name` for blocking code, as database type `DB`: the same database, connect
@@ -30,13 +32,9 @@ impl BindManager {
     /// the runtime that drives blocking binds cannot start (first use only).
     pub fn blocking_bind<DB: Backend>(&self, name: &str) -> Result<BlockingBind<DB>> {
         self.bind::<DB>(name)?; // the async face's checks: name, type, closed
-        let face = self.faces().open(name, self.entry(name)?)?;
-        let shared = face
-            .typed
-            .downcast::<BindShared<DB>>()
-            .expect("a bind's twin has the bind's type");
+        let face = self.blocking_faces().open(name, self.entry(name)?)?;
         Ok(BlockingBind {
-            bind: Bind { shared },
+            bind: face.bind(),
             driver: face.driver,
         })
     }
@@ -79,8 +77,8 @@ impl BindManager {
     pub fn connect_blocking(&self) -> Result<()> {
         refuse_in_async(None)?;
         for name in self.names() {
-            let face = self.faces().open(name, self.entry(name)?)?;
-            face.driver.run(face.erased.connect())?;
+            let face = self.blocking_faces().open(name, self.entry(name)?)?;
+            face.driver.run(face.erased().clone().connect())?;
         }
         Ok(())
     }
@@ -94,7 +92,14 @@ impl BindManager {
     /// async code (use `close().await` there).
     pub fn close_blocking(&self, deadline: Duration) -> Result<()> {
         refuse_in_async(None)?;
-        let driver = self.faces().driver()?;
+        let driver = self.blocking_faces().driver()?;
         driver.run(self.close(deadline))
+    }
+}
+
+impl BindManager {
+    /// This manager's blocking faces, kept with it and opened on first blocking use.
+    fn blocking_faces(&self) -> Arc<BlockingFaces> {
+        self.faces(BlockingFaces::default)
     }
 }

@@ -72,7 +72,6 @@ mod session;
 
 pub use bind::BlockingBind;
 pub use fetch::Fetch;
-pub(crate) use registry::Faces;
 pub use savepoint::BlockingSavepoint;
 pub use scope::{BlockingScopedSession, current_session, current_session_for, scope};
 pub use session::BlockingSession;

@@ -1,19 +1,18 @@
 //! A manager's blocking faces: per bind, a twin engine opened on first blocking use, and the one
 //! runtime that drives them all.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::runtime::Driver;
+use crate::backend::Backend;
 use crate::bind::{ErasedBind, OpenBind};
-use crate::config::BindConfig;
-use crate::{BindStatus, Error, Result};
+use crate::manager::Faces;
+use crate::{Bind, BindStatus, Error, Result};
 
 /// The blocking faces of a manager's binds.
-pub(crate) struct Faces {
-    /// Each bind's config, to build its twin from.
-    configs: BTreeMap<String, BindConfig>,
+#[derive(Default)]
+pub(crate) struct BlockingFaces {
     state: Mutex<State>,
 }
 
@@ -28,9 +27,22 @@ struct State {
 
 /// One bind's blocking face, as the registry hands it out.
 pub(crate) struct Face {
-    pub(crate) erased: Arc<dyn ErasedBind>,
-    pub(crate) typed: Arc<dyn Any + Send + Sync>,
+    twin: Arc<dyn ErasedBind>,
+    open: OpenBind,
     pub(crate) driver: Arc<Driver>,
+}
+
+impl Face {
+    /// The face's bind, as database type `DB` (the type of the bind it twins).
+    pub(crate) fn bind<DB: Backend>(&self) -> Bind<DB> {
+        self.open
+            .typed()
+            .expect("a bind's twin has the bind's type")
+    }
+
+    pub(crate) fn erased(&self) -> &Arc<dyn ErasedBind> {
+        &self.twin
+    }
 }
 
 impl State {
@@ -42,14 +54,7 @@ impl State {
     }
 }
 
-impl Faces {
-    pub(crate) fn new(configs: BTreeMap<String, BindConfig>) -> Self {
-        Self {
-            configs,
-            state: Mutex::default(),
-        }
-    }
-
+impl BlockingFaces {
     /// The blocking face of bind `name` (whose async engine is `of`), opened on first use: the
     /// same database, options and session defaults, and a pool of its own.
     pub(crate) fn open(&self, name: &str, of: &OpenBind) -> Result<Face> {
@@ -60,11 +65,11 @@ impl Faces {
         let driver = state.driver()?;
         let twin = state.twins.entry(name.to_owned()).or_insert_with(|| {
             tracing::debug!(bind = %name, "opening the bind's blocking face");
-            of.erased.twin(&self.configs[name])
+            of.erased.twin()
         });
         Ok(Face {
-            erased: twin.erased.clone(),
-            typed: twin.typed.clone(),
+            twin: twin.erased.clone(),
+            open: twin.clone(),
             driver,
         })
     }
@@ -75,8 +80,13 @@ impl Faces {
         self.state().driver()
     }
 
-    /// The faces' pools, in name order.
-    pub(crate) fn status(&self) -> Vec<BindStatus> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Faces for BlockingFaces {
+    fn status(&self) -> Vec<BindStatus> {
         let state = self.state();
         let face_status = |twin: &OpenBind| {
             let mut status = twin.erased.status();
@@ -86,8 +96,7 @@ impl Faces {
         state.twins.values().map(face_status).collect()
     }
 
-    /// Closes every face as the manager closes its binds; no face opens afterwards.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         let mut state = self.state();
         state.closed = true;
         if let Some(driver) = &state.driver {
@@ -97,9 +106,5 @@ impl Faces {
                 twin.erased.close();
             }
         }
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

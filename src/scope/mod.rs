@@ -550,7 +550,7 @@ impl Scope {
         if session.is_autocommit() != autocommit {
             session = session.autocommit(autocommit); // builds per-session options: only if needed
         }
-        let slot = Arc::new(Slot::new(session.bind().shared.name.clone(), session));
+        let slot = Arc::new(Slot::new(session.bind().shared_name(), session));
         state.slots.push(slot.clone());
         Ok(slot)
     }

@@ -51,7 +51,7 @@ impl<DB: Backend> Slot<DB> {
     pub(crate) fn new(name: Arc<str>, session: Session<DB>) -> Self {
         Self {
             name,
-            patience: session.bind().shared.acquire_timeout,
+            patience: session.bind().acquire_timeout(),
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
             dropped_level: Mutex::new(None),
         }

@@ -24,6 +24,16 @@ use dbscope::actix::{DbError, DbSession, ScopeMiddleware};
 use dbscope::{BindConfig, BindManager, Session};
 use futures_util::future::LocalBoxFuture;
 
+/// What a route without the middleware answers, word for word, as axum does
+/// (`tests/http_axum.rs`): the no-scope error's message and the likely fix.
+async fn no_scope_body() -> String {
+    let error = dbscope::current_session::<sqlx::Sqlite>("main")
+        .await
+        .unwrap_err();
+    assert!(error.is_no_scope());
+    format!("{error}; did you add dbscope's ScopeLayer or ScopeMiddleware to this route?")
+}
+
 /// A running actix-web server on an ephemeral port.
 struct TestServer {
     base: String,
@@ -566,7 +576,7 @@ macro_rules! actix_suite {
                 let response = post(&server, "/vetoed/1/201").await;
                 let status = response.status();
                 assert_eq!(status, 500, "a 201 whose commit failed must not reach the client");
-                assert_eq!(response.text().await.unwrap(), "");
+                assert_eq!(response.text().await.unwrap(), "", "an empty 500, as axum answers");
                 assert!(logged(&["the request's commit failed", "vetoed"]));
                 assert_eq!(rows(&manager, &db).await, Vec::<i64>::new());
                 assert_eq!(ctx.handler_runs.load(Ordering::SeqCst), 1);
@@ -719,7 +729,7 @@ macro_rules! actix_suite {
                 let response = post(&server, "/declares-main/1/201").await;
                 assert_eq!(response.status(), 500);
                 assert!(logged(&[
-                    "nested ScopeMiddleware misconfigured",
+                    "a nested scope layer is misconfigured",
                     "bind `main` is declared twice"
                 ]));
                 assert_eq!(ctx.handler_runs.load(Ordering::SeqCst), 0, "the handler never ran");
@@ -769,6 +779,11 @@ macro_rules! deferred_constraint_test {
             // The insert succeeds (the check is deferred); the commit does not.
             let response = post(&server, "/write/1/201").await;
             assert_eq!(response.status(), 500);
+            assert_eq!(
+                response.text().await.unwrap(),
+                "",
+                "an empty 500, as axum answers"
+            );
             assert!(logged(&["the request's commit failed"]));
             assert_eq!(rows(&manager, &db).await, Vec::<i64>::new());
             assert_eq!(ctx.handler_runs.load(Ordering::SeqCst), 1);
@@ -910,10 +925,10 @@ async fn extractor_without_the_middleware_says_how_to_fix_it() {
     });
     let response = post(&server, "/").await;
     assert_eq!(response.status(), 500);
-    assert_eq!(response.text().await.unwrap(), "");
-    assert!(logged(&[
-        "bind `main`: no dbscope scope is active",
-        "did you add dbscope's ScopeMiddleware (`.wrap(…)`) to this app or route?"
-    ]));
+    let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
+    assert_eq!(content_type, "text/plain; charset=utf-8");
+    let body = response.text().await.unwrap();
+    assert_eq!(body, no_scope_body().await, "the same body as axum's");
+    assert!(logged(&["cannot extract the request's session", &body]));
     server.stop().await;
 }

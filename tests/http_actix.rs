@@ -457,6 +457,15 @@ macro_rules! actix_suite {
                             .route(web::post().to(write)),
                     )
                     .service(
+                        web::resource("/route-statuses/{id}/{status}")
+                            .wrap(
+                                ScopeMiddleware::new(manager)
+                                    .commit_on(StatusCode::IM_A_TEAPOT)
+                                    .rollback_on(StatusCode::CONFLICT),
+                            )
+                            .route(web::post().to(write)),
+                    )
+                    .service(
                         web::resource("/declares-main/{id}/{status}")
                             .wrap(route_scope(manager.scope().bind("main")))
                             .route(web::post().to(write)),
@@ -641,6 +650,24 @@ macro_rules! actix_suite {
                     assert_eq!(response.status().as_u16(), code);
                 }
                 assert_eq!(rows(&manager, &db).await, [1, 3]);
+                finish(server, manager, db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_route_middleware_adds_its_statuses_and_its_word_wins() {
+                let Some((db, manager, ctx)) = setup().await else { return };
+                let outer = ScopeMiddleware::new(&manager).commit_on(StatusCode::CONFLICT);
+                let server = serve(&manager, &ctx, outer);
+                // The route commits on 418 and rolls back on the 409 the app commits on.
+                for (id, code) in [(1, 418), (2, 409), (3, 404), (4, 201)] {
+                    let response = post(&server, &format!("/route-statuses/{id}/{code}")).await;
+                    assert_eq!(response.status().as_u16(), code);
+                }
+                assert_eq!(rows(&manager, &db).await, [1, 4]);
+                // Elsewhere, and on later requests, the app's word holds.
+                assert_eq!(post(&server, "/write/5/409").await.status(), 409);
+                assert_eq!(post(&server, "/write/6/418").await.status(), 418);
+                assert_eq!(rows(&manager, &db).await, [1, 4, 5]);
                 finish(server, manager, db).await;
             }
 

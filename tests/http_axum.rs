@@ -214,7 +214,9 @@ macro_rules! http_suite {
                     .route(
                         "/items/{id}/teapot/{status}",
                         post(create_then).route_layer(
-                            ScopeLayer::new(&manager).commit_on(StatusCode::IM_A_TEAPOT),
+                            ScopeLayer::new(&manager)
+                                .commit_on(StatusCode::IM_A_TEAPOT)
+                                .commit_on(StatusCode::ACCEPTED),
                         ),
                     )
                     .route("/count", get(count))
@@ -437,6 +439,14 @@ macro_rules! http_suite {
                 assert_eq!(server.committed().await, 1, "418 commits on this route");
                 assert_eq!(server.post("/items/2/status/202").await.0, 202);
                 assert_eq!(server.committed().await, 1, "202 rolls back app-wide");
+                assert_eq!(server.post("/items/3/teapot/202").await.0, 202);
+                assert_eq!(
+                    server.committed().await,
+                    2,
+                    "the route's word wins over the app's"
+                );
+                assert_eq!(server.post("/items/4/status/418").await.0, 418);
+                assert_eq!(server.committed().await, 2, "418 rolls back off that route");
                 server.finish().await;
             }
 

@@ -124,7 +124,8 @@
 //! nested middleware and creates the handler's future) and around every poll of the future
 //! that `call` returns, so nested middleware, extractors, the handler and the code it calls all
 //! see the request's scope. The middleware's own future is not `Send` either; the scope's
-//! sessions are (they come from the [`BindManager`](crate::BindManager), whose pools every worker shares).
+//! sessions are (they come from the [`BindManager`](crate::BindManager), whose pools every
+//! worker shares).
 //!
 //! A future handed to `actix_web::rt::spawn` or `tokio::spawn` leaves the scope: pass it
 //! through [`Scope::attach`](crate::Scope::attach), and let it end before the handler does.
@@ -191,8 +192,8 @@ where
     forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        // actix routes, calls nested middleware and may start extracting inside `call`: it
-        // runs now, inside the request's scope.
+        // actix routes, calls nested middleware and may start extracting in `call`: now, in
+        // the request's scope.
         let call = self
             .config
             .call(request, |request| self.service.call(request));
@@ -211,6 +212,7 @@ where
         ResponseFuture { work }
     }
 }
+
 impl<S> fmt::Debug for ScopeService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScopeService")
@@ -281,7 +283,8 @@ impl<K: BindKey> FromRequest for DbSession<K> {
     /// A [`DbSessionRejection`] carrying [`Error::NoScope`](crate::Error::NoScope) when no
     /// [`ScopeMiddleware`] wraps the route,
     /// [`Error::BindNotInScope`](crate::Error::BindNotInScope) when the request's scope
-    /// declares its binds and not this one, or those of [`BindManager::bind`](crate::BindManager::bind).
+    /// declares its binds and not this one, or those of
+    /// [`BindManager::bind`](crate::BindManager::bind).
     ///
     /// # Cancel safety
     ///

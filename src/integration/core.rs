@@ -181,14 +181,18 @@ macro_rules! layer_type {
         }
 
         impl $name {
-            #[doc = concat!("A ", $what, " serving every bind of `manager`, transactional, with no hooks.")]
+            #[doc = concat!(
+                "A ", $what, " serving every bind of `manager`, transactional, with no hooks."
+            )]
             pub fn new(manager: &$crate::BindManager) -> Self {
                 Self {
                     config: $crate::integration::core::LayerConfig::new(manager),
                 }
             }
 
-            #[doc = concat!("A ", $what, " opening scopes as `scope` describes (declared binds, mode, hooks).")]
+            #[doc = concat!(
+                "A ", $what, " opening scopes as `scope` describes (declared binds, mode, hooks)."
+            )]
             ///
             /// # Errors
             ///

@@ -24,6 +24,14 @@ use dbscope::actix::{DbError, DbSession, ScopeMiddleware};
 use dbscope::{BindConfig, BindManager, Session};
 use futures_util::future::LocalBoxFuture;
 
+/// What a route without the middleware answers, word for word, as axum does
+/// (`tests/http_axum.rs`): the no-scope error's message and the likely fix.
+async fn no_scope_body() -> String {
+    let error = dbscope::current_session::<sqlx::Sqlite>("main").await;
+    let error = error.unwrap_err();
+    format!("{error}; did you add dbscope's ScopeLayer or ScopeMiddleware to this route?")
+}
+
 /// A running actix-web server on an ephemeral port.
 struct TestServer {
     base: String,
@@ -447,6 +455,15 @@ macro_rules! actix_suite {
                             .route(web::post().to(write)),
                     )
                     .service(
+                        web::resource("/route-statuses/{id}/{status}")
+                            .wrap(
+                                ScopeMiddleware::new(manager)
+                                    .commit_on(StatusCode::IM_A_TEAPOT)
+                                    .rollback_on(StatusCode::CONFLICT),
+                            )
+                            .route(web::post().to(write)),
+                    )
+                    .service(
                         web::resource("/declares-main/{id}/{status}")
                             .wrap(route_scope(manager.scope().bind("main")))
                             .route(web::post().to(write)),
@@ -566,7 +583,7 @@ macro_rules! actix_suite {
                 let response = post(&server, "/vetoed/1/201").await;
                 let status = response.status();
                 assert_eq!(status, 500, "a 201 whose commit failed must not reach the client");
-                assert_eq!(response.text().await.unwrap(), "");
+                assert_eq!(response.text().await.unwrap(), "", "an empty 500, as axum answers");
                 assert!(logged(&["the request's commit failed", "vetoed"]));
                 assert_eq!(rows(&manager, &db).await, Vec::<i64>::new());
                 assert_eq!(ctx.handler_runs.load(Ordering::SeqCst), 1);
@@ -631,6 +648,24 @@ macro_rules! actix_suite {
                     assert_eq!(response.status().as_u16(), code);
                 }
                 assert_eq!(rows(&manager, &db).await, [1, 3]);
+                finish(server, manager, db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_route_middleware_adds_its_statuses_and_its_word_wins() {
+                let Some((db, manager, ctx)) = setup().await else { return };
+                let outer = ScopeMiddleware::new(&manager).commit_on(StatusCode::CONFLICT);
+                let server = serve(&manager, &ctx, outer);
+                // The route commits on 418 and rolls back on the 409 the app commits on.
+                for (id, code) in [(1, 418), (2, 409), (3, 404), (4, 201)] {
+                    let response = post(&server, &format!("/route-statuses/{id}/{code}")).await;
+                    assert_eq!(response.status().as_u16(), code);
+                }
+                assert_eq!(rows(&manager, &db).await, [1, 4]);
+                // Elsewhere, and on later requests, the app's word holds.
+                assert_eq!(post(&server, "/write/5/409").await.status(), 409);
+                assert_eq!(post(&server, "/write/6/418").await.status(), 418);
+                assert_eq!(rows(&manager, &db).await, [1, 4, 5]);
                 finish(server, manager, db).await;
             }
 
@@ -719,7 +754,7 @@ macro_rules! actix_suite {
                 let response = post(&server, "/declares-main/1/201").await;
                 assert_eq!(response.status(), 500);
                 assert!(logged(&[
-                    "nested ScopeMiddleware misconfigured",
+                    "a nested scope layer is misconfigured",
                     "bind `main` is declared twice"
                 ]));
                 assert_eq!(ctx.handler_runs.load(Ordering::SeqCst), 0, "the handler never ran");
@@ -769,6 +804,11 @@ macro_rules! deferred_constraint_test {
             // The insert succeeds (the check is deferred); the commit does not.
             let response = post(&server, "/write/1/201").await;
             assert_eq!(response.status(), 500);
+            assert_eq!(
+                response.text().await.unwrap(),
+                "",
+                "an empty 500, as axum answers"
+            );
             assert!(logged(&["the request's commit failed"]));
             assert_eq!(rows(&manager, &db).await, Vec::<i64>::new());
             assert_eq!(ctx.handler_runs.load(Ordering::SeqCst), 1);
@@ -888,11 +928,8 @@ fn misconfigured_route_middleware_fails_at_start_up() {
         .bind("main", BindConfig::new("sqlite::memory:"))
         .build()
         .unwrap();
-    let twice = ScopeMiddleware::with_scope(manager.scope().bind("main").bind("main"));
-    assert_eq!(
-        twice.unwrap_err().kind(),
-        dbscope::ErrorKind::DuplicateScopeBind
-    );
+    let twice = ScopeMiddleware::with_scope(manager.scope().bind("main").bind("main")).unwrap_err();
+    assert!(twice.to_string().contains("declared twice"), "{twice}");
     let unknown = ScopeMiddleware::with_scope(manager.scope().bind("reports")).unwrap_err();
     assert!(unknown.is_unknown_bind(), "{unknown}");
     assert!(ScopeMiddleware::with_scope(manager.scope().bind("main")).is_ok());
@@ -910,10 +947,10 @@ async fn extractor_without_the_middleware_says_how_to_fix_it() {
     });
     let response = post(&server, "/").await;
     assert_eq!(response.status(), 500);
-    assert_eq!(response.text().await.unwrap(), "");
-    assert!(logged(&[
-        "bind `main`: no dbscope scope is active",
-        "did you add dbscope's ScopeMiddleware (`.wrap(…)`) to this app or route?"
-    ]));
+    let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
+    assert_eq!(content_type, "text/plain; charset=utf-8");
+    let body = response.text().await.unwrap();
+    assert_eq!(body, no_scope_body().await, "the same body as axum's");
+    assert!(logged(&["cannot extract the request's session", &body]));
     server.stop().await;
 }

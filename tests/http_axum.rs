@@ -16,6 +16,14 @@ use dbscope::tower::ScopeLayer;
 use dbscope::{BindManager, DefaultBind, TransactionMode, current_session};
 use tower_http::catch_panic::CatchPanicLayer;
 
+/// What a route without the layer answers, word for word, as actix-web does
+/// (`tests/http_actix.rs`): the no-scope error's message and the likely fix.
+async fn no_scope_body() -> String {
+    let error = dbscope::current_session::<sqlx::Sqlite>("main").await;
+    let error = error.unwrap_err();
+    format!("{error}; did you add dbscope's ScopeLayer or ScopeMiddleware to this route?")
+}
+
 macro_rules! http_suite {
     ($module:ident, $db:ty, $kind:expr) => {
         mod $module {
@@ -204,7 +212,9 @@ macro_rules! http_suite {
                     .route(
                         "/items/{id}/teapot/{status}",
                         post(create_then).route_layer(
-                            ScopeLayer::new(&manager).commit_on(StatusCode::IM_A_TEAPOT),
+                            ScopeLayer::new(&manager)
+                                .commit_on(StatusCode::IM_A_TEAPOT)
+                                .commit_on(StatusCode::ACCEPTED),
                         ),
                     )
                     .route("/count", get(count))
@@ -246,13 +256,27 @@ macro_rules! http_suite {
                 }
 
                 async fn get(&self, path: &str) -> (u16, String) {
+                    let (status, _, body) = self.get_typed(path).await;
+                    (status, body)
+                }
+
+                /// Status, content type and body.
+                async fn get_typed(&self, path: &str) -> (u16, Option<String>, String) {
                     let response = self
                         .client
                         .get(format!("{}{path}", self.base))
                         .send()
                         .await
                         .unwrap();
-                    (response.status().as_u16(), response.text().await.unwrap())
+                    let content_type = response
+                        .headers()
+                        .get(reqwest::header::CONTENT_TYPE)
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    (
+                        response.status().as_u16(),
+                        content_type,
+                        response.text().await.unwrap(),
+                    )
                 }
 
                 /// Rows committed, seen by a fresh session, at once: no waiting.
@@ -386,7 +410,11 @@ macro_rules! http_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_vetoed_commit_answers_500_and_rolls_back() {
                 let Some(server) = serve().await else { return };
-                assert_eq!(server.post("/items/1/veto").await.0, 500);
+                assert_eq!(
+                    server.post("/items/1/veto").await,
+                    (500, String::new()),
+                    "an empty 500, as actix-web answers"
+                );
                 assert_eq!(server.committed().await, 0);
                 server.finish().await;
             }
@@ -409,6 +437,14 @@ macro_rules! http_suite {
                 assert_eq!(server.committed().await, 1, "418 commits on this route");
                 assert_eq!(server.post("/items/2/status/202").await.0, 202);
                 assert_eq!(server.committed().await, 1, "202 rolls back app-wide");
+                assert_eq!(server.post("/items/3/teapot/202").await.0, 202);
+                assert_eq!(
+                    server.committed().await,
+                    2,
+                    "the route's word wins over the app's"
+                );
+                assert_eq!(server.post("/items/4/status/418").await.0, 418);
+                assert_eq!(server.committed().await, 2, "418 rolls back off that route");
                 server.finish().await;
             }
 
@@ -430,9 +466,9 @@ macro_rules! http_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_extractor_without_the_layer_says_what_is_missing() {
                 let Some(server) = serve().await else { return };
-                let (status, body) = server.get("/unscoped/count").await;
-                assert_eq!(status, 500);
-                assert!(body.contains("did you add dbscope's ScopeLayer"), "{body}");
+                let (status, content_type, body) = server.get_typed("/unscoped/count").await;
+                assert_eq!((status, body), (500, no_scope_body().await));
+                assert_eq!(content_type.as_deref(), Some("text/plain; charset=utf-8"));
                 assert_eq!(
                     server.get("/count").await,
                     (200, "0 in_transaction=true".to_owned())
@@ -494,6 +530,7 @@ mod commit_failure {
             500,
             "the handler said 201, the commit said no"
         );
+        assert_eq!(response.text().await.unwrap(), "", "an empty 500");
         let mut check = manager.session::<sqlx::Postgres>("default").unwrap();
         let n: i64 = sqlx::query_scalar(sql(format!("SELECT COUNT(*) FROM {t}_child")))
             .fetch_one(&mut check)

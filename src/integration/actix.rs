@@ -82,8 +82,9 @@
 //!
 //! **Streaming bodies** are produced after the commit, outside the scope: the middleware ends
 //! the scope on the response head, before actix polls the body. A body stream that reads the
-//! database must open its own session ([`BindManager::session`]); there,
-//! [`current_session`](crate::current_session) fails with [`ErrorKind::NoScope`](crate::ErrorKind::NoScope).
+//! database must open its own session ([`BindManager::session`](crate::BindManager::session));
+//! there, [`current_session`](crate::current_session) fails with
+//! [`ErrorKind::NoScope`](crate::ErrorKind::NoScope).
 //!
 //! # Nesting: per-route binds and modes
 //!
@@ -92,9 +93,28 @@
 //! app-wide one around it) joins it instead of opening a second: its declared binds, mode and
 //! hooks are added to the request's scope, and so are its `commit_on` and `rollback_on`
 //! exceptions (the route's word wins over the app's); the outer middleware ends the scope. A
-//! bind declared by both is an error ([`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind)): the request is answered
-//! an empty 500 before any handler runs, and the error logged. Errors a middleware can find alone (an unknown bind, a
-//! duplicate in one middleware) are found at start-up by [`ScopeMiddleware::with_scope`].
+//! bind declared by both is an error
+//! ([`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind)): the request is answered
+//! an empty 500 before any handler runs, and the error logged. Errors a middleware can find
+//! alone (an unknown bind, a duplicate in one middleware) are found at start-up by
+//! [`ScopeMiddleware::with_scope`].
+//!
+//! # Rejections and errors
+//!
+//! A [`DbSession`] that cannot be had rejects the request with a [`DbSessionRejection`]: a
+//! `500 Internal Server Error` (`503 Service Unavailable` when the pool timed out or the
+//! manager is closed) whose `text/plain` body is the reason, logged too. On a route no
+//! `ScopeMiddleware` wraps, that is the message of [`ErrorKind::NoScope`](crate::ErrorKind::NoScope),
+//! then the likely fix:
+//!
+//! ```text
+//! bind `main`: no dbscope scope is active on this task; …; did you add dbscope's ScopeLayer or ScopeMiddleware to this route?
+//! ```
+//!
+//! dbscope's messages name binds, never URLs or passwords. A handler's [`DbError`] answers 500
+//! or 503 with an **empty** body: its text (a database's message, say) stays in the logs. The
+//! middleware and extractor share their core with the tower layer and the axum extractors
+//! (`dbscope::tower`, `dbscope::axum`): both frameworks answer alike, bodies included.
 //!
 //! # The scope, actix and `!Send` futures
 //!
@@ -104,7 +124,8 @@
 //! nested middleware and creates the handler's future) and around every poll of the future
 //! that `call` returns, so nested middleware, extractors, the handler and the code it calls all
 //! see the request's scope. The middleware's own future is not `Send` either; the scope's
-//! sessions are (they come from the [`BindManager`], whose pools every worker shares).
+//! sessions are (they come from the [`BindManager`](crate::BindManager), whose pools every
+//! worker shares).
 //!
 //! A future handed to `actix_web::rt::spawn` or `tokio::spawn` leaves the scope: pass it
 //! through [`Scope::attach`](crate::Scope::attach), and let it end before the handler does.
@@ -113,65 +134,25 @@
 
 use std::fmt;
 use std::future::{Future, Ready, ready};
-use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError};
 use futures_core::future::{BoxFuture, LocalBoxFuture};
 
-use crate::integration::{Chain, StatusPolicy};
-use crate::{
-    BindKey, BindManager, Error, Result, Scope, ScopeBuilder, ScopedSession, current_session_for,
-};
+use super::core::{self, FAILURE_STATUS, LayerConfig, Outcome, REJECTION_CONTENT_TYPE};
+use crate::BindKey;
 
-/// Opens a [scope](crate::Scope) per request, ended by the response status before the response
-/// is returned: an actix-web middleware for `App::wrap`, `Resource::wrap` and `Scope::wrap`. See
-/// the [module docs](self).
-#[derive(Clone, Debug)]
-pub struct ScopeMiddleware {
-    scope: ScopeBuilder,
-    policy: StatusPolicy,
-}
-
-impl ScopeMiddleware {
-    /// A middleware serving every bind of `manager`, transactional, with no hooks.
-    pub fn new(manager: &BindManager) -> Self {
-        Self {
-            scope: manager.scope(),
-            policy: StatusPolicy::default(),
-        }
-    }
-
-    /// A middleware opening scopes as `scope` describes (declared binds, mode, hooks).
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind) and [`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind) for the declared binds, so that
-    /// a wrong route configuration fails at start-up.
-    pub fn with_scope(scope: ScopeBuilder) -> Result<Self> {
-        scope.validate()?;
-        Ok(Self {
-            scope,
-            policy: StatusPolicy::default(),
-        })
-    }
-
-    /// Commits on `status` too, though it is 400 or above (a `404` of a lookup that also logged
-    /// something, say).
-    pub fn commit_on(mut self, status: StatusCode) -> Self {
-        self.policy.commit_on(status.as_u16());
-        self
-    }
-
-    /// Rolls back on `status` too, though it is below 400.
-    pub fn rollback_on(mut self, status: StatusCode) -> Self {
-        self.policy.rollback_on(status.as_u16());
-        self
-    }
+core::layer_type! {
+    /// Opens a [scope](crate::Scope) per request, ended by the response status before the
+    /// response is returned: an actix-web middleware for `App::wrap`, `Resource::wrap` and
+    /// `Scope::wrap`. See the [module docs](self).
+    ScopeMiddleware, "middleware", StatusCode
 }
 
 impl<S, B> Transform<S, ServiceRequest> for ScopeMiddleware
@@ -188,7 +169,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(ScopeService {
             service,
-            middleware: self.clone(),
+            config: Arc::new(self.config.clone()),
         }))
     }
 }
@@ -196,7 +177,7 @@ where
 /// The service [`ScopeMiddleware`] wraps around an inner service.
 pub struct ScopeService<S> {
     service: S,
-    middleware: ScopeMiddleware,
+    config: Arc<LayerConfig>,
 }
 
 impl<S, B> Service<ServiceRequest> for ScopeService<S>
@@ -211,82 +192,36 @@ where
     forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let work = match Scope::current() {
-            Ok(outer) => self.join_outer(&outer, request),
-            Err(_) => self.own_scope(request),
-        };
+        // actix routes, calls nested middleware and may start extracting in `call`: now, in
+        // the request's scope.
+        let call = self
+            .config
+            .call(request, |request| self.service.call(request));
+        let work = Box::pin(async move {
+            let failure = || HttpResponse::new(status(FAILURE_STATUS));
+            match call.outcome(|response| response.status().as_u16()).await {
+                Outcome::Inner(result) => result.map(ServiceResponse::map_into_left_body),
+                Outcome::Refused(request) => {
+                    Ok(request.into_response(failure()).map_into_right_body())
+                }
+                Outcome::CommitFailed(response) => {
+                    Ok(response.into_response(failure()).map_into_right_body())
+                }
+            }
+        });
         ResponseFuture { work }
     }
-}
-
-type Work<B> = LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>;
-
-impl<S, B> ScopeService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    /// The request opens the scope, and ends it by its response.
-    fn own_scope(&self, request: ServiceRequest) -> Work<B> {
-        let scope = match self.middleware.scope.start() {
-            Ok(scope) => scope,
-            Err(e) => return answer_500(request, "cannot open the request's scope", &e),
-        };
-        // actix routes, calls nested middleware and may start extracting inside `call`, before
-        // any future is polled: that runs inside the scope too.
-        let inner = scope.enter(|| self.service.call(request));
-        let policy = self.middleware.policy.clone();
-        Box::pin(async move {
-            let outcome = scope.attach(inner).await;
-            let commit = match &outcome {
-                Ok(response) => scope.commits(&policy, response.status().as_u16()),
-                Err(_) => false,
-            };
-            match (scope.finish(commit).await, outcome) {
-                (Ok(()), outcome) => outcome.map(ServiceResponse::map_into_left_body),
-                (Err(e), Ok(response)) => {
-                    log_failure("the request's commit failed; answering 500", &e);
-                    Ok(response
-                        .into_response(HttpResponse::InternalServerError().finish())
-                        .map_into_right_body())
-                }
-                (Err(_), Err(service_error)) => Err(service_error),
-            }
-        })
-    }
-
-    /// An outer middleware opened the scope: add this one's binds to it and leave its end to
-    /// that middleware.
-    fn join_outer(&self, outer: &Scope, request: ServiceRequest) -> Work<B> {
-        if let Err(e) = outer.extend(&self.middleware.scope) {
-            return answer_500(request, "nested ScopeMiddleware misconfigured", &e);
-        }
-        outer.add_route_policy(&self.middleware.policy);
-        let inner = self.service.call(request);
-        Box::pin(async move { inner.await.map(ServiceResponse::map_into_left_body) })
-    }
-}
-
-/// Answers an empty 500 without calling the inner service.
-fn answer_500<B: 'static>(request: ServiceRequest, what: &str, error: &Error) -> Work<B> {
-    log_failure(what, error);
-    let response = request
-        .into_response(HttpResponse::InternalServerError().finish())
-        .map_into_right_body();
-    Box::pin(ready(Ok(response)))
-}
-
-fn log_failure(what: &str, error: &Error) {
-    tracing::error!(error = %Chain(error), "dbscope: {what}");
 }
 
 impl<S> fmt::Debug for ScopeService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScopeService")
-            .field("middleware", &self.middleware)
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
+
+type Work<B> = LocalBoxFuture<'static, Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>;
 
 /// The response future of [`ScopeService`]: the inner call inside the request's scope, then the
 /// scope's commit or rollback. Not `Send`, as actix's futures need not be.
@@ -308,45 +243,32 @@ impl<B> fmt::Debug for ResponseFuture<B> {
     }
 }
 
-/// The request scope's session of the bind `K` names (a [`BindKey`]; `DefaultBind<Sqlite>` for
-/// a single-database app), as an actix-web extractor. Derefs to [`Session`](crate::Session): run
-/// queries on `&mut *db`.
-///
-/// The extractor holds the session for the whole handler. Code the handler calls must take the
-/// session from it (`&mut db`), or the handler must drop it first: asking the scope again for
-/// the same bind meanwhile waits for the handler to finish, that is forever (see
-/// [`ScopedSession`]). Hence **one `DbSession` per bind in a handler's arguments**, and mind
-/// their order: actix polls a handler's extractors together, in argument order, so another
-/// extractor that uses the same bind's session (one that loads the current user, say) must
-/// come *before* the `DbSession` and give the session back when done. The two then share the
-/// request's session and transaction; after the `DbSession`, it would wait forever.
-pub struct DbSession<K: BindKey>(pub ScopedSession<K::Database>);
+core::extractor_types! {
+    /// The request scope's session of the bind `K` names (a [`BindKey`]; `DefaultBind<Sqlite>`
+    /// for a single-database app), as an actix-web extractor. Derefs to
+    /// [`Session`](crate::Session): run queries on `&mut *db`.
+    ///
+    /// The extractor holds the session for the whole handler. Code the handler calls must take
+    /// the session from it (`&mut db`), or the handler must drop it first: asking the scope
+    /// again for the same bind meanwhile waits for the handler to finish, that is forever (see
+    /// [`ScopedSession`](crate::ScopedSession)). Hence **one `DbSession` per bind in a
+    /// handler's arguments**, and mind their order: actix polls a handler's extractors
+    /// together, in argument order, so another extractor that uses the same bind's session
+    /// (one that loads the current user, say) must come *before* the `DbSession` and give the
+    /// session back when done. The two then share the request's session and transaction; after
+    /// the `DbSession`, it would wait forever.
+    DbSession;
 
-impl<K: BindKey> DbSession<K> {
-    /// The scope's session guard inside.
-    pub fn into_inner(self) -> ScopedSession<K::Database> {
-        self.0
-    }
-}
+    /// Why a [`DbSession`] could not be extracted. Answers 500 (503 when the pool is exhausted
+    /// or closed) with the reason as a plain-text body, and logs it; the most common one is a
+    /// route without a [`ScopeMiddleware`]. dbscope's messages name binds, never URLs'
+    /// passwords.
+    DbSessionRejection;
 
-impl<K: BindKey> Deref for DbSession<K> {
-    type Target = ScopedSession<K::Database>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl<K: BindKey> DerefMut for DbSession<K> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl<K: BindKey> fmt::Debug for DbSession<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DbSession").field(&self.0).finish()
-    }
+    /// A handler error from dbscope or sqlx, for `?` in handlers: answers an empty 500 (503 when
+    /// no connection could be had) and logs the error, never sending its text to the client.
+    /// Any error response rolls the request's scope back.
+    DbError;
 }
 
 impl<K: BindKey> FromRequest for DbSession<K> {
@@ -358,99 +280,44 @@ impl<K: BindKey> FromRequest for DbSession<K> {
     ///
     /// # Errors
     ///
-    /// A [`DbSessionRejection`] carrying [`ErrorKind::NoScope`](crate::ErrorKind::NoScope) when no [`ScopeMiddleware`] wraps
-    /// the route, [`ErrorKind::BindNotInScope`](crate::ErrorKind::BindNotInScope) when the request's scope declares its binds and not
-    /// this one, or those of [`BindManager::bind`].
+    /// A [`DbSessionRejection`] carrying [`ErrorKind::NoScope`](crate::ErrorKind::NoScope) when no
+    /// [`ScopeMiddleware`] wraps the route,
+    /// [`ErrorKind::BindNotInScope`](crate::ErrorKind::BindNotInScope) when the request's scope
+    /// declares its binds and not this one, or those of
+    /// [`BindManager::bind`](crate::BindManager::bind).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: cancelled while waiting, nothing changes.
     fn from_request(_request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        Box::pin(async {
-            current_session_for::<K>()
-                .await
-                .map(DbSession)
-                .map_err(DbSessionRejection)
-        })
-    }
-}
-
-/// Why a [`DbSession`] could not be extracted. Answers an empty 500 (503 when the pool is
-/// exhausted or closed) and logs the cause; the most common one is a route without a
-/// [`ScopeMiddleware`].
-#[derive(Debug)]
-pub struct DbSessionRejection(pub Error);
-
-impl fmt::Display for DbSessionRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_no_scope() {
-            write!(
-                f,
-                "{}; did you add dbscope's ScopeMiddleware (`.wrap(…)`) to this app or route?",
-                self.0
-            )
-        } else {
-            self.0.fmt(f)
-        }
-    }
-}
-
-impl std::error::Error for DbSessionRejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Box::pin(Self::current())
     }
 }
 
 impl ResponseError for DbSessionRejection {
     fn status_code(&self) -> StatusCode {
-        status_for(&self.0)
+        status(core::status_for(&self.0))
     }
 
     fn error_response(&self) -> HttpResponse {
-        tracing::error!(error = %Chain(self), "dbscope: cannot extract the request's session");
-        HttpResponse::new(self.status_code())
-    }
-}
-
-/// A handler error from dbscope or sqlx, for `?` in handlers: answers an empty 500 (503 when no
-/// connection could be had) and logs the error, never sending its text to the client. Any
-/// error response rolls the request's scope back.
-#[derive(Debug)]
-pub struct DbError(pub Error);
-
-impl<E: Into<Error>> From<E> for DbError {
-    fn from(error: E) -> Self {
-        Self(error.into())
-    }
-}
-
-impl fmt::Display for DbError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for DbError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        let (code, body) = core::rejection(&self.0);
+        HttpResponse::build(status(code))
+            .insert_header((CONTENT_TYPE, REJECTION_CONTENT_TYPE))
+            .body(body)
     }
 }
 
 impl ResponseError for DbError {
     fn status_code(&self) -> StatusCode {
-        status_for(&self.0)
+        status(core::status_for(&self.0))
     }
 
     fn error_response(&self) -> HttpResponse {
-        tracing::error!(error = %Chain(&self.0), "dbscope: request failed");
-        HttpResponse::new(self.status_code())
+        HttpResponse::new(status(core::handler_error(&self.0)))
     }
 }
 
-fn status_for(error: &Error) -> StatusCode {
-    if error.is_timeout() || error.is_closed() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    }
+/// The actix-web status of a status dbscope's core chose.
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

@@ -37,17 +37,23 @@
 //!   scope is cancelled and rolls back, and no connection is left inside a transaction.
 //!
 //! **Streaming bodies** are produced after the commit, outside the scope: a body that reads
-//! the database must open its own session ([`BindManager::session`]).
+//! the database must open its own session
+//! ([`BindManager::session`](crate::BindManager::session)).
 //!
 //! # Nesting
 //!
 //! A `ScopeLayer` that finds a scope already open (an app-wide layer around a
 //! `route_layer`) joins it instead of opening a second one: its declared binds, mode, hooks and
 //! extra commit or rollback statuses are added to the request's scope (the route's statuses
-//! win over the app's), and the outer layer ends it. A bind declared by both is
-//! an error ([`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind)): the request is answered 500 and the error logged.
-//! Errors a layer can find alone (an unknown bind, a duplicate in one layer) are found at
-//! start-up by [`ScopeLayer::with_scope`].
+//! win over the app's), and the outer layer ends it. A bind declared by both is an error
+//! ([`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind)): the request is answered
+//! an empty 500 before the inner service is called, and the error logged. Errors a layer can
+//! find alone (an unknown bind, a duplicate in one layer) are found at start-up by
+//! [`ScopeLayer::with_scope`].
+//!
+//! The layer shares its core with actix-web's `ScopeMiddleware` (feature `actix`) and answers
+//! as it does; the axum extractors' docs (feature `axum`) say what a route without the layer
+//! answers.
 
 use std::fmt;
 use std::future::Future;
@@ -60,52 +66,12 @@ use http::{Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::integration::{Chain, StatusPolicy};
-use crate::{BindManager, Error, Result, Scope, ScopeBuilder};
+use super::core::{self, FAILURE_STATUS, LayerConfig, Outcome};
 
-/// Opens a [scope](crate::Scope) per request, ended by the response status before the response
-/// is returned. See the [module docs](self).
-#[derive(Clone, Debug)]
-pub struct ScopeLayer {
-    scope: ScopeBuilder,
-    policy: StatusPolicy,
-}
-
-impl ScopeLayer {
-    /// A layer serving every bind of `manager`, transactional, with no hooks.
-    pub fn new(manager: &BindManager) -> Self {
-        Self {
-            scope: manager.scope(),
-            policy: StatusPolicy::default(),
-        }
-    }
-
-    /// A layer opening scopes as `scope` describes (declared binds, mode, hooks).
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind) and [`ErrorKind::DuplicateScopeBind`](crate::ErrorKind::DuplicateScopeBind) for the declared binds, so that
-    /// a wrong route configuration fails at start-up.
-    pub fn with_scope(scope: ScopeBuilder) -> Result<Self> {
-        scope.validate()?;
-        Ok(Self {
-            scope,
-            policy: StatusPolicy::default(),
-        })
-    }
-
-    /// Commits on `status` too, though it is 400 or above (a `404` of a lookup that also logged
-    /// something, say).
-    pub fn commit_on(mut self, status: StatusCode) -> Self {
-        self.policy.commit_on(status.as_u16());
-        self
-    }
-
-    /// Rolls back on `status` too, though it is below 400.
-    pub fn rollback_on(mut self, status: StatusCode) -> Self {
-        self.policy.rollback_on(status.as_u16());
-        self
-    }
+core::layer_type! {
+    /// Opens a [scope](crate::Scope) per request, ended by the response status before the
+    /// response is returned. See the [module docs](self).
+    ScopeLayer, "layer", StatusCode
 }
 
 impl<S> Layer<S> for ScopeLayer {
@@ -114,7 +80,7 @@ impl<S> Layer<S> for ScopeLayer {
     fn layer(&self, inner: S) -> ScopeService<S> {
         ScopeService {
             inner,
-            layer: Arc::new(self.clone()),
+            config: Arc::new(self.config.clone()),
         }
     }
 }
@@ -123,12 +89,12 @@ impl<S> Layer<S> for ScopeLayer {
 #[derive(Clone, Debug)]
 pub struct ScopeService<S> {
     inner: S,
-    layer: Arc<ScopeLayer>,
+    config: Arc<LayerConfig>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ScopeService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
@@ -143,72 +109,27 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // Call the service that was driven to readiness, inside the scope (so that layers and
-        // handlers it calls see it); leave a clone for the next request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        let work = match Scope::current() {
-            Ok(outer) => {
-                Box::pin(join_outer(outer, layer, inner, request)) as BoxFuture<'static, _>
+        // The service driven to readiness is called now, inside the request's scope.
+        let call = self
+            .config
+            .call(request, |request| self.inner.call(request));
+        let work = Box::pin(async move {
+            match call.outcome(|response| response.status().as_u16()).await {
+                Outcome::Inner(result) => result,
+                Outcome::Refused(_) | Outcome::CommitFailed(_) => {
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = status(FAILURE_STATUS);
+                    Ok(response)
+                }
             }
-            Err(_) => Box::pin(own_scope(layer, inner, request)),
-        };
+        });
         ResponseFuture { work }
     }
 }
 
-/// The request opens the scope, and ends it by its response.
-async fn own_scope<S, ReqBody, ResBody>(
-    layer: Arc<ScopeLayer>,
-    mut inner: S,
-    request: Request<ReqBody>,
-) -> Result<Response<ResBody>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
-{
-    let scope = match layer.scope.start() {
-        Ok(scope) => scope,
-        Err(e) => return Ok(failure("cannot open the request's scope", &e)),
-    };
-    // `call` runs inside the scope too: nested layers look for it there.
-    let outcome = scope.attach(async move { inner.call(request).await }).await;
-    let commit = match &outcome {
-        Ok(response) => scope.commits(&layer.policy, response.status().as_u16()),
-        Err(_) => false,
-    };
-    match (scope.finish(commit).await, outcome) {
-        (Ok(()), outcome) => outcome,
-        (Err(e), Ok(_)) => Ok(failure("the request's commit failed; answering 500", &e)),
-        (Err(_), Err(service_error)) => Err(service_error),
-    }
-}
-
-/// An outer layer opened the scope: add this layer's binds to it and leave its end to that
-/// layer.
-async fn join_outer<S, ReqBody, ResBody>(
-    outer: Scope,
-    layer: Arc<ScopeLayer>,
-    mut inner: S,
-    request: Request<ReqBody>,
-) -> Result<Response<ResBody>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
-{
-    if let Err(e) = outer.extend(&layer.scope) {
-        return Ok(failure("nested ScopeLayer misconfigured", &e));
-    }
-    outer.add_route_policy(&layer.policy);
-    inner.call(request).await
-}
-
-fn failure<B: Default>(what: &str, error: &Error) -> Response<B> {
-    tracing::error!(error = %Chain(error), "dbscope: {what}");
-    let mut response = Response::new(B::default());
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    response
+/// The `http` status of a status dbscope's core chose.
+pub(super) fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// The response future of [`ScopeService`]: the inner call inside the request's scope, then the

@@ -1,6 +1,7 @@
 //! Ambient sessions: a scope gives every piece of code it runs the same session per bind, and
 //! its outcome commits or rolls them all back.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,7 +10,6 @@ use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
 use crate::error::BoxError;
-use crate::integration::StatusPolicy;
 use crate::{BindKey, BindManager, Error, Result};
 
 mod atomic;
@@ -282,7 +282,7 @@ impl ScopeBuilder {
                     ended: false,
                 }),
                 hooks: Mutex::new(self.hooks.clone()),
-                route_policy: Mutex::new(StatusPolicy::default()),
+                extensions: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -306,8 +306,9 @@ struct Inner {
     manager: BindManager,
     state: Mutex<State>,
     hooks: Mutex<Hooks>,
-    /// Status exceptions of nested (per-route) web layers, applied over the outer layer's.
-    route_policy: Mutex<StatusPolicy>,
+    /// Data the layers above the scope keep per scope, one value per type (a web layer's
+    /// status exceptions from nested layers): the scope holds it and never reads it.
+    extensions: Mutex<Vec<Box<dyn Any + Send>>>,
 }
 
 struct State {
@@ -348,6 +349,13 @@ impl Scope {
         CURRENT
             .try_with(Scope::clone)
             .map_err(|_| Error::no_scope(None))
+    }
+
+    /// The scope the calling code runs in, if any: for a web layer, which asks on every request
+    /// and needs no error for the common answer.
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn try_current() -> Option<Scope> {
+        CURRENT.try_with(Scope::clone).ok()
     }
 
     fn current_for(name: &str) -> Result<Scope> {
@@ -408,7 +416,7 @@ impl Scope {
 
     /// Runs synchronous `f` inside this scope (for a framework whose `call` does work before
     /// returning its future).
-    #[cfg_attr(not(feature = "actix"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
     pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         CURRENT.sync_scope(self.clone(), f)
     }
@@ -484,19 +492,27 @@ impl Scope {
         Ok(())
     }
 
-    /// Records a nested web layer's status exceptions.
+    /// Runs `f` on this scope's extension of type `T`, created by `T::default()` on first use.
     #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
-    pub(crate) fn add_route_policy(&self, route: &StatusPolicy) {
-        lock(&self.inner.route_policy).merge(route);
+    pub(crate) fn extension_mut<T: Any + Send + Default, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> R {
+        let mut extensions = lock(&self.inner.extensions);
+        if let Some(value) = extensions.iter_mut().find_map(|e| e.downcast_mut::<T>()) {
+            return f(value);
+        }
+        let mut value = T::default();
+        let result = f(&mut value);
+        extensions.push(Box::new(value));
+        result
     }
 
-    /// Whether a response with `status` commits: the outermost layer's `policy`, with the
-    /// exceptions of nested layers over it.
+    /// Runs `f` on this scope's extension of type `T`, if it has one.
     #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
-    pub(crate) fn commits(&self, policy: &StatusPolicy, status: u16) -> bool {
-        let mut policy = policy.clone();
-        policy.merge(&lock(&self.inner.route_policy));
-        policy.commits(status)
+    pub(crate) fn extension<T: Any + Send, R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let extensions = lock(&self.inner.extensions);
+        extensions.iter().find_map(|e| e.downcast_ref::<T>()).map(f)
     }
 
     /// Ends the scope: with `commit`, runs the before-commit hooks, then commits every session

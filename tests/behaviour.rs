@@ -19,7 +19,7 @@ macro_rules! behaviour_suite {
             type Db = $db;
             const KIND: Kind = $kind;
 
-            async fn setup() -> Option<TestDb> {
+            async fn setup() -> TestDb {
                 TestDb::new(KIND).await
             }
 
@@ -80,7 +80,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn no_connection_before_first_statement() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 let bind = manager.bind::<Db>("main").unwrap();
                 let mut session = bind.session();
@@ -104,7 +104,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn commit_is_visible_to_another_session() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -124,7 +124,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_is_invisible() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -140,7 +140,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dropped_session_rolls_back_and_returns_its_connection_clean() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -159,7 +159,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn savepoint_rollback_keeps_the_outer_work() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -179,7 +179,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dropped_savepoint_rolls_back_before_the_next_statement() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -201,7 +201,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nested_savepoints_commit_into_the_transaction() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -225,7 +225,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_failed_statement_inside_a_savepoint_can_be_undone() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -244,7 +244,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn commit_after_a_failed_statement_follows_the_database() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -268,7 +268,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn queries_of_every_shape_run_on_a_session() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -305,7 +305,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn pool_exhaustion_times_out_within_the_acquire_timeout() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let timeout = Duration::from_millis(300);
                 let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
                 let mut holder = manager.session::<Db>("main").unwrap();
@@ -336,7 +336,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cancelled_checkout_leaves_the_pool_healthy() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c.max_connections(1));
                 let mut holder = manager.session::<Db>("main").unwrap();
                 sqlx::query("SELECT 1").execute(&mut holder).await.unwrap();
@@ -356,7 +356,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cancellation_at_every_await_leaves_no_transaction_behind() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c.max_connections(2));
                 create_table(&manager, &db).await;
                 let bind = manager.bind::<Db>("main").unwrap();
@@ -394,7 +394,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_statement_cancelled_mid_flight_poisons_the_session_and_discards_the_connection() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -418,7 +418,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_stream_dropped_before_its_end_counts_as_cancelled() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -440,7 +440,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn close_waits_for_sessions_then_closes_every_connection() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 let bind = manager.bind::<Db>("main").unwrap();
                 let mut idle = bind.session();
@@ -474,7 +474,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn close_reports_the_binds_still_busy_at_its_deadline() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 let mut busy = manager.session::<Db>("main").unwrap();
                 sqlx::query("SELECT 1").execute(&mut busy).await.unwrap();
@@ -488,7 +488,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_closed_manager_refuses_new_sessions() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 let bind = manager.bind::<Db>("main").unwrap();
                 manager.close(Duration::from_secs(5)).await.unwrap();
@@ -503,7 +503,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dropping_the_manager_closes_idle_connections() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 let bind = manager.bind::<Db>("main").unwrap();
                 let mut session = bind.session();
@@ -524,7 +524,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn autocommit_lands_each_statement_without_a_transaction() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap().autocommit(true);
@@ -539,7 +539,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn in_autocommit_mode_a_savepoint_guard_is_the_transaction() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c.autocommit(true)); // the bind's default
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap();
@@ -559,7 +559,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_lent_raw_connection_is_verified_before_it_returns() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c.max_connections(1));
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap().autocommit(true);
@@ -592,7 +592,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn read_only_sessions_refuse_writes_and_leave_the_connection_writable() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c.max_connections(1));
                 create_table(&manager, &db).await;
                 let mut reader = manager.session::<Db>("main").unwrap().read_only(true);
@@ -612,7 +612,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn options_changed_mid_transaction_apply_to_the_next_one() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c.max_connections(1));
                 create_table(&manager, &db).await;
                 let mut session = manager.session::<Db>("main").unwrap().read_only(true);
@@ -630,7 +630,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn isolation_level_reaches_the_server() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db).await;
                 let session = manager.session::<Db>("main").unwrap();
@@ -669,7 +669,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn typed_bind_keys_select_the_bind_at_compile_time() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 dbscope::bind_key!(Main: Db = "main");
                 let manager = db.manager(|c| c);
                 let mut session = manager.session_for::<Main>().unwrap();
@@ -687,7 +687,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn min_connections_and_idle_timeout_are_honoured() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| {
                     c.min_connections(2).max_connections(4).idle_timeout(Some(Duration::from_millis(200)))
                 });
@@ -715,7 +715,7 @@ macro_rules! behaviour_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn connect_opens_a_connection_eagerly() {
-                let Some(db) = setup().await else { return };
+                let db = setup().await;
                 let manager = db.manager(|c| c);
                 manager.connect().await.unwrap();
                 assert_eq!(manager.status()[0].connections, 1);
@@ -755,9 +755,7 @@ macro_rules! server_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_connection_killed_mid_session_is_discarded_not_reused() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
+                let db = TestDb::new($kind).await;
                 let manager = db.manager(|c| c.max_connections(1));
                 let mut session = manager.session::<Db>("main").unwrap();
                 let id = connection_id(&mut session, &db).await;
@@ -784,9 +782,7 @@ macro_rules! server_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn health_check_always_replaces_a_dead_idle_connection() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
+                let db = TestDb::new($kind).await;
                 let manager =
                     db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
                 let dead = park_one_connection(&manager, &db).await;
@@ -801,9 +797,7 @@ macro_rules! server_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn health_check_if_idle_skips_the_ping_for_a_busy_connection() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
+                let db = TestDb::new($kind).await;
                 let manager = db.manager(|c| {
                     c.max_connections(1)
                         .health_check(HealthCheck::IfIdleFor(Duration::from_secs(60)))
@@ -824,9 +818,7 @@ macro_rules! server_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn max_lifetime_replaces_old_connections() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
+                let db = TestDb::new($kind).await;
                 let manager = db.manager(|c| {
                     c.max_connections(1)
                         .max_lifetime(Some(Duration::from_millis(300)))

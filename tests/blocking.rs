@@ -65,7 +65,7 @@ macro_rules! blocking_suite {
             type Db = $db;
             const KIND: Kind = $kind;
 
-            fn setup() -> Option<TestDb> {
+            fn setup() -> TestDb {
                 census(TestDb::new(KIND))
             }
 
@@ -112,7 +112,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn no_connection_before_first_statement() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
                 let mut session = bind.session();
@@ -137,7 +137,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn commit_is_visible_to_another_session() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -157,7 +157,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn rollback_is_invisible() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -173,7 +173,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn a_dropped_session_rolls_back_before_the_drop_returns() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
@@ -193,7 +193,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn savepoint_rollback_keeps_the_outer_work() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -213,7 +213,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn a_dropped_savepoint_rolls_back_before_the_next_statement() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -235,7 +235,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn nested_savepoints_commit_into_the_transaction() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -259,7 +259,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn a_failed_statement_inside_a_savepoint_can_be_undone() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -279,7 +279,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn commit_after_a_failed_statement_follows_the_database() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -302,7 +302,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn queries_of_every_shape_run_through_plain_methods() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -370,7 +370,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn pool_exhaustion_times_out_within_the_acquire_timeout() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let timeout = Duration::from_millis(300);
                 let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
                 let mut holder = manager.blocking_session::<Db>("main").unwrap();
@@ -399,7 +399,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn read_only_sessions_refuse_writes_and_leave_the_connection_writable() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c.max_connections(1));
                 create_table(&manager, &db);
                 let mut reader = manager.blocking_session::<Db>("main").unwrap().read_only(true);
@@ -419,7 +419,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn isolation_level_reaches_the_server() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let session = manager.blocking_session::<Db>("main").unwrap();
@@ -462,7 +462,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn autocommit_lands_each_statement_without_a_transaction() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap().autocommit(true);
@@ -477,7 +477,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn typed_bind_keys_select_the_blocking_bind() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 dbscope::bind_key!(Main: Db = "main");
                 let manager = db.manager(|c| c);
                 let mut session = manager.blocking_session_for::<Main>().unwrap();
@@ -495,7 +495,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn the_async_and_blocking_faces_share_one_database_and_list_both_pools() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 census(async {
@@ -519,7 +519,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn close_waits_for_sessions_then_closes_every_connection() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
                 let mut idle = bind.session();
@@ -552,7 +552,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn close_reports_the_blocking_face_still_busy_at_its_deadline() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 let mut busy = manager.blocking_session::<Db>("main").unwrap();
                 busy.execute(sqlx::query("SELECT 1")).unwrap();
@@ -569,7 +569,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn dropping_the_manager_closes_idle_blocking_connections() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
                 let mut session = bind.session();
@@ -589,7 +589,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn connect_blocking_opens_a_connection_eagerly() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 manager.connect_blocking().unwrap();
                 assert_eq!(blocking_status(&manager).connections, 1);
@@ -602,7 +602,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn min_connections_and_idle_timeout_are_honoured_on_the_blocking_face() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| {
                     c.min_connections(2).max_connections(4).idle_timeout(Some(Duration::from_millis(200)))
                 });
@@ -628,7 +628,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn many_threads_share_a_small_pool_without_deadlock() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_secs(30)));
                 create_table(&manager, &db);
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
@@ -668,7 +668,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn threads_that_wait_past_the_acquire_timeout_get_timeout_errors() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_millis(50)));
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
                 const THREADS: usize = 8;
@@ -707,7 +707,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let add = |id: i64| -> dbscope::Result<()> {
@@ -741,7 +741,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn a_panic_inside_a_scope_rolls_back() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let panicked = catch_unwind(AssertUnwindSafe(|| {
@@ -767,7 +767,7 @@ macro_rules! blocking_suite {
 
             #[test]
             fn a_session_dropped_in_async_code_rolls_back_in_the_background() {
-                let Some(db) = setup() else { return };
+                let db = setup();
                 let manager = db.manager(|c| c);
                 create_table(&manager, &db);
                 let mut session = manager.blocking_session::<Db>("main").unwrap();
@@ -805,9 +805,7 @@ macro_rules! server_suite {
 
             #[test]
             fn a_connection_killed_mid_session_is_discarded_not_reused() {
-                let Some(db) = census(TestDb::new($kind)) else {
-                    return;
-                };
+                let db = census(TestDb::new($kind));
                 let manager = db.manager(|c| c.max_connections(1));
                 let bind = manager.blocking_bind::<Db>("main").unwrap();
                 let mut session = bind.session();
@@ -830,9 +828,7 @@ macro_rules! server_suite {
 
             #[test]
             fn health_check_always_replaces_a_dead_idle_connection() {
-                let Some(db) = census(TestDb::new($kind)) else {
-                    return;
-                };
+                let db = census(TestDb::new($kind));
                 let manager =
                     db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
                 let bind = manager.blocking_bind::<Db>("main").unwrap();

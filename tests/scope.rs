@@ -54,8 +54,8 @@ macro_rules! scope_suite {
             type Db = $db;
             const KIND: Kind = $kind;
 
-            async fn setup() -> Option<(TestDb, BindManager)> {
-                let db = TestDb::new(KIND).await?;
+            async fn setup() -> (TestDb, BindManager) {
+                let db = TestDb::new(KIND).await;
                 let manager = db.manager(|c| c);
                 let mut session = manager.session::<Db>("main").unwrap();
                 let ddl = format!(
@@ -68,7 +68,7 @@ macro_rules! scope_suite {
                     .expect("create table");
                 session.commit().await.expect("commit create table");
                 session.close().await.unwrap();
-                Some((db, manager))
+                (db, manager)
             }
 
             /// Inserts row `id` in the scope's session.
@@ -124,9 +124,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nested_code_shares_the_scope_session_and_ok_commits() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let seen = manager
                     .scope()
                     .run(async {
@@ -147,9 +145,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn no_connection_until_the_first_statement() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let bind = manager.bind::<Db>("main").unwrap();
                 eventually("setup's connection closed on the server", || async {
                     db.server_connections().await.is_none_or(|n| n <= 1)
@@ -175,9 +171,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_first_use_creates_one_session() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 dbscope::scope(&manager, async {
                     // Both children ask at the same moment; they take turns on one session.
                     let (a, b) = tokio::join!(insert(&db, 1), insert(&db, 2));
@@ -203,9 +197,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_held_session_makes_siblings_wait_or_refuses_them() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 dbscope::scope(&manager, async {
                     let order = Arc::new(Mutex::new(Vec::new()));
                     let first = async {
@@ -254,9 +246,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn err_rolls_back() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let result = dbscope::scope(&manager, async {
                     insert(&db, 1).await?;
                     Err::<(), _>(AppError::Refused)
@@ -274,9 +264,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_panic_rolls_back() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let (m, table) = (manager.clone(), db.table.clone());
                 let task = tokio::spawn(async move {
                     dbscope::scope(&m, async {
@@ -299,9 +287,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_cancelled_scope_rolls_back_and_leaves_no_transaction() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let work = dbscope::scope(&manager, async {
                     insert(&db, 1).await?;
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -319,9 +305,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cancelling_a_scope_at_any_await_leaves_nothing_open() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let mut landed = 0;
                 for polls in 0..40_u8 {
                     let id = i64::from(polls);
@@ -366,9 +350,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_guard_kept_past_the_scope_fails_it_instead_of_hanging() {
-                let Some(db) = TestDb::new(KIND).await else {
-                    return;
-                };
+                let db = TestDb::new(KIND).await;
                 let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
                 let started = std::time::Instant::now();
                 let err = dbscope::scope(&manager, async {
@@ -391,9 +373,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn hooks_run_in_order_and_before_commit_can_use_the_session() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let log: Log = Arc::default();
                 let (l1, l2, l3, l4) = (log.clone(), log.clone(), log.clone(), log.clone());
                 let table = db.table.clone();
@@ -450,9 +430,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_vetoing_before_commit_hook_rolls_everything_back() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let log: Log = Arc::default();
                 let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
                 let result = manager
@@ -485,9 +463,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn atomic_savepoint_undoes_only_the_block() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 dbscope::scope(&manager, async {
                     insert(&db, 1).await?;
                     let failed = dbscope::atomic::<Db>("main")
@@ -509,9 +485,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn atomic_policies_for_an_open_transaction() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 // Commit: the open work lands before the block, whatever the scope does next.
                 let _ = dbscope::scope(&manager, async {
                     insert(&db, 1).await?;
@@ -581,9 +555,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_cancelled_atomic_block_rolls_back_before_the_next_use() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 dbscope::scope(&manager, async {
                     insert(&db, 1).await?;
                     let block = dbscope::atomic::<Db>("main").run(async {
@@ -607,9 +579,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn early_commit_rollback_and_disconnect_inside_a_scope() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let result = dbscope::scope(&manager, async {
                     insert(&db, 1).await?;
                     current_session::<Db>("main").await?.commit().await?;
@@ -637,9 +607,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn autocommit_scope_lands_writes_one_by_one() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let result = manager
                     .scope()
                     .autocommit()
@@ -668,9 +636,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn spawned_tasks_inherit_nothing_unless_attached() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 dbscope::scope(&manager, async {
                     let orphan =
                         tokio::spawn(async { current_session::<Db>("main").await.map(|_| ()) });
@@ -699,9 +665,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn new_scopes_for_concurrent_work_end_on_their_own_outcome() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let db = Arc::new(db);
                 let result = dbscope::scope(&manager, async {
                     let scope = Scope::current()?;
@@ -730,9 +694,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_task_outliving_its_scope_is_told_so() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
                 let late = dbscope::scope(&manager, async {
                     let task = tokio::spawn(Scope::current()?.attach(async move {
@@ -751,9 +713,7 @@ macro_rules! scope_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn declared_binds_are_checked() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
+                let (db, manager) = setup().await;
                 let unknown = manager.scope().bind("nope").validate().unwrap_err();
                 assert!(unknown.is_unknown_bind());
                 let twice = manager
@@ -806,9 +766,7 @@ mod several_binds {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_second_commit_reports_what_committed() {
-        let Some(db) = TestDb::new(Kind::Postgres).await else {
-            return;
-        };
+        let db = TestDb::new(Kind::Postgres).await;
         let manager = BindManager::builder()
             .bind("orders", db.config())
             .bind("audit", db.config())
@@ -882,9 +840,7 @@ mod several_binds {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_commit_failing_rolls_back_the_rest_with_the_plain_error() {
-        let Some(db) = TestDb::new(Kind::Postgres).await else {
-            return;
-        };
+        let db = TestDb::new(Kind::Postgres).await;
         let manager = BindManager::builder()
             .bind("a", db.config())
             .bind("b", db.config())

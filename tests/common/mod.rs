@@ -1,8 +1,11 @@
 //! Test databases: one per test, on SQLite (file or memory), PostgreSQL or MariaDB, with the
 //! server-side census the behaviour suite checks its claims against.
 //!
-//! PostgreSQL and MariaDB run when `DBSCOPE_TEST_PG_URL` / `DBSCOPE_TEST_MYSQL_URL` are set; a set
-//! URL whose server cannot be reached fails the test, it never skips.
+//! PostgreSQL and MariaDB run at `DBSCOPE_TEST_PG_URL` / `DBSCOPE_TEST_MYSQL_URL`, or at the
+//! standard local servers ([`PG_DEFAULT`], [`MYSQL_DEFAULT`]) when those are unset. A server that
+//! cannot be reached fails the test, naming the URL and the variable to set: no test passes
+//! without running.
+
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -14,6 +17,10 @@ use sqlx::{AssertSqlSafe, Connection};
 
 pub const PG_ENV: &str = "DBSCOPE_TEST_PG_URL";
 pub const MYSQL_ENV: &str = "DBSCOPE_TEST_MYSQL_URL";
+/// The PostgreSQL server the tests use when [`PG_ENV`] is unset (the one `.ci/run` sets up).
+pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The MariaDB server the tests use when [`MYSQL_ENV`] is unset (the one `.ci/run` sets up).
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -48,11 +55,12 @@ pub fn sql(text: String) -> AssertSqlSafe<String> {
 }
 
 impl TestDb {
-    /// The test database for `kind`, or `None` (skipped, with a note) when its URL is not set.
-    pub async fn new(kind: Kind) -> Option<Self> {
+    /// The test database for `kind`. Panics, saying which URL and which variable, when its server
+    /// cannot be reached.
+    pub async fn new(kind: Kind) -> Self {
         let tag = unique_tag();
         let table = format!("{tag}_items");
-        let db = match kind {
+        match kind {
             Kind::SqliteFile => {
                 let path = std::env::temp_dir().join(format!("{tag}.db"));
                 let url = format!("sqlite://{}", path.display());
@@ -74,7 +82,9 @@ impl TestDb {
                 sqlite_path: None,
             },
             Kind::Postgres => {
-                let admin = server_url(PG_ENV)?;
+                let admin = server_url(PG_ENV, PG_DEFAULT);
+                // Reached now, so that a server that is down fails here with a clear message.
+                admin_connection(&admin).await.close().await.ok();
                 Self {
                     kind,
                     tag,
@@ -85,7 +95,7 @@ impl TestDb {
                 }
             }
             Kind::MySql => {
-                let admin = server_url(MYSQL_ENV)?;
+                let admin = server_url(MYSQL_ENV, MYSQL_DEFAULT);
                 let url = mysql_user(&admin, &tag).await;
                 Self {
                     kind,
@@ -96,8 +106,7 @@ impl TestDb {
                     sqlite_path: None,
                 }
             }
-        };
-        Some(db)
+        }
     }
 
     /// A bind config on this database whose connections the census recognises.
@@ -264,18 +273,41 @@ impl TestDb {
 
 async fn admin_connection(url: &str) -> sqlx::AnyConnection {
     sqlx::any::install_default_drivers();
-    sqlx::AnyConnection::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("the test server at {url} cannot be reached: {e}"))
+    sqlx::AnyConnection::connect(url).await.unwrap_or_else(|e| {
+        let var = if url.starts_with("postgres") {
+            PG_ENV
+        } else {
+            MYSQL_ENV
+        };
+        let set = match std::env::var(var) {
+            Ok(value) if !value.is_empty() => format!("{var} is set to this URL"),
+            _ => format!("{var} is unset, so the tests use the standard local server"),
+        };
+        panic!(
+            "the test server at {} cannot be reached: {e}\n({set}; start that server, e.g. with \
+             `bash .ci/run`, or set {var} to the URL of a reachable one)",
+            masked(url)
+        )
+    })
 }
 
-fn server_url(var: &str) -> Option<String> {
+/// The server URL in `var`, or `default` when it is unset or empty.
+fn server_url(var: &str, default: &str) -> String {
     match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: set {var} to run this test against a real server");
-            None
+        Ok(url) if !url.is_empty() => url,
+        _ => default.to_owned(),
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+fn masked(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
         }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(an unparsable URL)".to_owned(),
     }
 }
 

@@ -5,7 +5,10 @@
 //! standard local servers ([`PG_DEFAULT`], [`MYSQL_DEFAULT`]) when those are unset. A server that
 //! cannot be reached fails the test, naming the URL and the variable to set: no test passes
 //! without running.
-
+//!
+//! The behaviour suites write each test once, as a generic `async fn name<B: Suite>()` (or a plain
+//! `fn` for the blocking face); [`async_tests!`] and [`blocking_tests!`] instantiate a list of them
+//! for one backend, [`Suite`] being what a body may ask of its backend.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -382,3 +385,387 @@ pub async fn cancel_after<F: Future>(fut: F, polls: usize) -> Option<F::Output> 
     }
     None
 }
+
+/// Runs `work` on a thread of its own and fails the test if it takes longer than `limit`: a
+/// deadlock fails instead of hanging the suite.
+pub fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let _ = done.send(result);
+    });
+    match outcome.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("did not finish within {limit:?}: a deadlock?"),
+    }
+}
+
+// ----- the suites: one generic body per test, instantiated per backend -----
+
+/// How long one test of a suite may take before it fails as hung.
+pub const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// Awaits a test body, failing the test if it takes longer than [`TEST_LIMIT`].
+pub async fn within_limit<F: Future<Output = ()>>(test: &str, body: F) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("{test} did not finish within {TEST_LIMIT:?}: hung?");
+    }
+}
+
+/// What a suite's generic test body may ask of its backend: one zero-sized type per backend
+/// ([`SqliteFile`], [`SqliteMemory`], [`Pg`], [`MySql`]) implements it.
+pub trait Suite: Send + Sync + 'static {
+    /// The backend's sqlx database type.
+    type Db: Typed;
+    /// Some other backend's database type: asking for a bind as this one is a mismatch.
+    type Other: dbscope::Backend;
+    /// The typed key of the tests' bind `main`, declared with `dbscope::bind_key!`.
+    type Main: dbscope::BindKey<Database = Self::Db>;
+    /// Which test database [`TestDb::new`] makes.
+    const KIND: Kind;
+
+    /// A statement that runs for about a second, to cancel mid-flight.
+    fn slow_query() -> &'static str {
+        match Self::KIND {
+            Kind::Postgres => "SELECT pg_sleep(1)",
+            Kind::MySql => "SELECT SLEEP(1)",
+            Kind::SqliteFile | Kind::SqliteMemory => {
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) \
+                 SELECT COUNT(*) FROM c"
+            }
+        }
+    }
+}
+
+/// SQLite in a file of its own.
+#[derive(Debug)]
+pub struct SqliteFile;
+/// SQLite in memory.
+#[derive(Debug)]
+pub struct SqliteMemory;
+/// PostgreSQL, at [`PG_ENV`] or [`PG_DEFAULT`].
+#[derive(Debug)]
+pub struct Pg;
+/// MariaDB, at [`MYSQL_ENV`] or [`MYSQL_DEFAULT`].
+#[derive(Debug)]
+pub struct MySql;
+
+dbscope::bind_key!(pub SqliteMain: sqlx::Sqlite = "main");
+dbscope::bind_key!(pub PgMain: sqlx::Postgres = "main");
+dbscope::bind_key!(pub MySqlMain: sqlx::MySql = "main");
+
+impl Suite for SqliteFile {
+    type Db = sqlx::Sqlite;
+    type Other = sqlx::Postgres;
+    type Main = SqliteMain;
+    const KIND: Kind = Kind::SqliteFile;
+}
+
+impl Suite for SqliteMemory {
+    type Db = sqlx::Sqlite;
+    type Other = sqlx::Postgres;
+    type Main = SqliteMain;
+    const KIND: Kind = Kind::SqliteMemory;
+}
+
+impl Suite for Pg {
+    type Db = sqlx::Postgres;
+    type Other = sqlx::MySql;
+    type Main = PgMain;
+    const KIND: Kind = Kind::Postgres;
+}
+
+impl Suite for MySql {
+    type Db = sqlx::MySql;
+    type Other = sqlx::Sqlite;
+    type Main = MySqlMain;
+    const KIND: Kind = Kind::MySql;
+}
+
+/// The typed reads of the suites, for any of the test databases.
+///
+/// sqlx's decoding bounds put the database on the right (`i64: Decode<'r, DB>`,
+/// `usize: ColumnIndex<DB::Row>`), so a generic body could only carry them as `where` clauses of
+/// its own, repeated on every body. This trait holds those reads instead, written once (the
+/// blanket impl below, with the bounds) as the bodies wrote them, and a body reaches them through
+/// `B::Db: Typed` or the free functions after it.
+pub trait Typed:
+    dbscope::Backend
+    + sqlx::Database<
+        Arguments: sqlx::IntoArguments<Self>,
+        QueryResult: std::fmt::Debug,
+        Row: std::fmt::Debug,
+    >
+{
+    /// `query_scalar` of an `i64`, `fetch_one`.
+    fn fetch_i64<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<i64>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query_scalar` of a `String`, `fetch_one`.
+    fn fetch_string<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<String>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query_scalar` of a `String`, `fetch_optional`.
+    fn fetch_optional_string<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Option<String>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query_as` of `(i64, String)` rows, `fetch_all`.
+    fn fetch_all_pairs<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Vec<(i64, String)>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query(..).execute` on a raw connection (`Session::connection`).
+    fn raw_execute(conn: &mut Self::Connection, stmt: SqlText) -> BoxFuture<'_, sqlx::Result<()>>;
+
+    /// `query_scalar` of an `i64`, `fetch_one`, on a raw connection.
+    fn raw_fetch_i64(
+        conn: &mut Self::Connection,
+        stmt: SqlText,
+    ) -> BoxFuture<'_, sqlx::Result<i64>>;
+
+    /// Column 0 of `row` as an `i64` (`Row::get`).
+    fn column0_i64(row: &Self::Row) -> i64;
+
+    /// `session.fetch_one(query_scalar(..))` of an `i64` on a blocking session.
+    fn blocking_fetch_i64(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<i64>;
+
+    /// `session.fetch_one(query_scalar(..))` of a `String` on a blocking session.
+    fn blocking_fetch_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<String>;
+
+    /// `session.fetch_optional(query_scalar(..))` of a `String` on a blocking session.
+    fn blocking_fetch_optional_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Option<String>>;
+
+    /// `session.fetch_all(query_as(..))` of `(i64, String)` rows on a blocking session.
+    fn blocking_fetch_all_pairs(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Vec<(i64, String)>>;
+}
+
+/// A boxed, `Send` future: what [`Typed`]'s async reads return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// SQL text for [`Typed`]'s reads: built at run time from the tests' own tags ([`sql`]), or fixed.
+pub enum SqlText {
+    Built(AssertSqlSafe<String>),
+    Fixed(&'static str),
+}
+
+impl From<AssertSqlSafe<String>> for SqlText {
+    fn from(text: AssertSqlSafe<String>) -> Self {
+        Self::Built(text)
+    }
+}
+
+impl From<&'static str> for SqlText {
+    fn from(text: &'static str) -> Self {
+        Self::Fixed(text)
+    }
+}
+
+impl sqlx::SqlSafeStr for SqlText {
+    fn into_sql_str(self) -> sqlx::SqlStr {
+        match self {
+            Self::Built(text) => text.into_sql_str(),
+            Self::Fixed(text) => text.into_sql_str(),
+        }
+    }
+}
+
+impl<DB> Typed for DB
+where
+    DB: dbscope::Backend
+        + sqlx::Database<
+            Arguments: sqlx::IntoArguments<DB>,
+            QueryResult: std::fmt::Debug,
+            Row: std::fmt::Debug,
+        >,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    fn fetch_i64<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<i64>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_scalar(stmt).fetch_one(executor))
+    }
+
+    fn fetch_string<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<String>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_scalar(stmt).fetch_one(executor))
+    }
+
+    fn fetch_optional_string<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Option<String>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_scalar(stmt).fetch_optional(executor))
+    }
+
+    fn fetch_all_pairs<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Vec<(i64, String)>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_as(stmt).fetch_all(executor))
+    }
+
+    fn raw_execute(conn: &mut Self::Connection, stmt: SqlText) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(async move { sqlx::query(stmt).execute(conn).await.map(|_| ()) })
+    }
+
+    fn raw_fetch_i64(
+        conn: &mut Self::Connection,
+        stmt: SqlText,
+    ) -> BoxFuture<'_, sqlx::Result<i64>> {
+        Box::pin(sqlx::query_scalar(stmt).fetch_one(conn))
+    }
+
+    fn column0_i64(row: &Self::Row) -> i64 {
+        sqlx::Row::get::<i64, _>(row, 0)
+    }
+
+    fn blocking_fetch_i64(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<i64> {
+        session.fetch_one(sqlx::query_scalar(stmt))
+    }
+
+    fn blocking_fetch_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<String> {
+        session.fetch_one(sqlx::query_scalar(stmt))
+    }
+
+    fn blocking_fetch_optional_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Option<String>> {
+        session.fetch_optional(sqlx::query_scalar(stmt))
+    }
+
+    fn blocking_fetch_all_pairs(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Vec<(i64, String)>> {
+        session.fetch_all(sqlx::query_as(stmt))
+    }
+}
+
+/// [`Typed::fetch_i64`] on any executor (a session, a savepoint, a scope's session).
+pub fn fetch_i64<'e, E>(executor: E, stmt: impl Into<SqlText>) -> BoxFuture<'e, sqlx::Result<i64>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_i64(executor, stmt.into())
+}
+
+/// [`Typed::fetch_string`] on any executor.
+pub fn fetch_string<'e, E>(
+    executor: E,
+    stmt: impl Into<SqlText>,
+) -> BoxFuture<'e, sqlx::Result<String>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_string(executor, stmt.into())
+}
+
+/// [`Typed::fetch_optional_string`] on any executor.
+pub fn fetch_optional_string<'e, E>(
+    executor: E,
+    stmt: impl Into<SqlText>,
+) -> BoxFuture<'e, sqlx::Result<Option<String>>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_optional_string(executor, stmt.into())
+}
+
+/// [`Typed::fetch_all_pairs`] on any executor.
+pub fn fetch_all_pairs<'e, E>(
+    executor: E,
+    stmt: impl Into<SqlText>,
+) -> BoxFuture<'e, sqlx::Result<Vec<(i64, String)>>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_all_pairs(executor, stmt.into())
+}
+
+/// One module `$module` of `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`s for
+/// backend `$suite`: test `name` awaits the generic body `name::<$suite>()` of the file that
+/// invokes this, within [`TEST_LIMIT`].
+#[allow(unused_macros)]
+macro_rules! async_tests {
+    ($module:ident, $suite:ty: $($name:ident),+ $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::common::within_limit(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name::<$suite>(),
+                    )
+                    .await;
+                }
+            )+
+        }
+    };
+}
+
+/// One module `$module` of plain `#[test]`s for backend `$suite`: test `name` calls the generic
+/// body `name::<$suite>()` of the file that invokes this, on a thread of its own, within
+/// [`TEST_LIMIT`].
+#[allow(unused_macros)]
+macro_rules! blocking_tests {
+    ($module:ident, $suite:ty: $($name:ident),+ $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[test]
+                fn $name() {
+                    crate::common::within(crate::common::TEST_LIMIT, super::$name::<$suite>);
+                }
+            )+
+        }
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use {async_tests, blocking_tests};

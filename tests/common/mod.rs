@@ -494,7 +494,7 @@ pub trait Typed:
     dbscope::Backend
     + sqlx::Database<
         Arguments: sqlx::IntoArguments<Self>,
-        QueryResult: std::fmt::Debug,
+        QueryResult: std::fmt::Debug + RowsAffected,
         Row: std::fmt::Debug,
     >
 {
@@ -561,6 +561,30 @@ pub trait Typed:
     ) -> dbscope::Result<Vec<(i64, String)>>;
 }
 
+/// `rows_affected()`, which each backend's query result has as a method of its own.
+pub trait RowsAffected {
+    /// The rows the statement inserted, updated or deleted.
+    fn rows_affected(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::sqlite::SqliteQueryResult::rows_affected(self)
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::postgres::PgQueryResult::rows_affected(self)
+    }
+}
+
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::mysql::MySqlQueryResult::rows_affected(self)
+    }
+}
+
 /// A boxed, `Send` future: what [`Typed`]'s async reads return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -596,7 +620,7 @@ where
     DB: dbscope::Backend
         + sqlx::Database<
             Arguments: sqlx::IntoArguments<DB>,
-            QueryResult: std::fmt::Debug,
+            QueryResult: std::fmt::Debug + RowsAffected,
             Row: std::fmt::Debug,
         >,
     for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
@@ -721,6 +745,38 @@ where
     E: 'e + sqlx::Executor<'e, Database: Typed>,
 {
     <E::Database as Typed>::fetch_all_pairs(executor, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_i64`] on a blocking session.
+pub fn blocking_fetch_i64<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<i64> {
+    DB::blocking_fetch_i64(session, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_string`] on a blocking session.
+pub fn blocking_fetch_string<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<String> {
+    DB::blocking_fetch_string(session, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_optional_string`] on a blocking session.
+pub fn blocking_fetch_optional_string<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<Option<String>> {
+    DB::blocking_fetch_optional_string(session, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_all_pairs`] on a blocking session.
+pub fn blocking_fetch_all_pairs<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<Vec<(i64, String)>> {
+    DB::blocking_fetch_all_pairs(session, stmt.into())
 }
 
 /// One module `$module` of `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`s for

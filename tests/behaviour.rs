@@ -1,5 +1,7 @@
 //! The behaviour suite: the same tests on SQLite (file and in-memory), PostgreSQL and MariaDB.
 //!
+//! Each test is a generic body, `async fn name<B: Suite>()`, written once; `common::async_tests!`
+//! at the end makes it a `#[tokio::test]` per backend (`sqlite_file::name`, `postgres::name` …).
 //! Server-side facts (connections opened, transactions left open) are read from the server
 //! itself; see `common/mod.rs`.
 
@@ -7,860 +9,914 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Kind, TestDb, cancel_after, eventually, sql};
+use common::{
+    Kind, Suite, TestDb, Typed, cancel_after, eventually, fetch_all_pairs, fetch_i64,
+    fetch_optional_string, fetch_string, sql,
+};
 use dbscope::{BindManager, HealthCheck, IsolationLevel, Session};
 use futures_util::TryStreamExt;
 
-macro_rules! behaviour_suite {
-    ($module:ident, $db:ty, $other:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
+async fn create_table<B: Suite>(manager: &BindManager, db: &TestDb) {
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let ddl = format!(
+        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
+        db.table
+    );
+    sqlx::query(sql(ddl))
+        .execute(&mut session)
+        .await
+        .expect("create table");
+    session.commit().await.expect("commit create table");
+}
 
-            type Db = $db;
-            const KIND: Kind = $kind;
+async fn insert<DB: Typed>(session: &mut Session<DB>, db: &TestDb, id: i64) -> sqlx::Result<()> {
+    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+    sqlx::query(sql(stmt)).execute(session).await.map(|_| ())
+}
 
-            async fn setup() -> Option<TestDb> {
-                TestDb::new(KIND).await
+async fn count<DB: Typed>(session: &mut Session<DB>, db: &TestDb) -> i64 {
+    let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
+    fetch_i64(session, sql(stmt)).await.expect("count rows")
+}
+
+/// Rows as a fresh session on the same bind sees them.
+async fn committed_rows<B: Suite>(manager: &BindManager, db: &TestDb) -> i64 {
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let n = count(&mut session, db).await;
+    session.close().await.unwrap();
+    n
+}
+
+async fn assert_no_open_transaction(db: &TestDb) {
+    if db.open_transactions().await.is_some() {
+        eventually("no transaction left open on the server", || async {
+            db.open_transactions().await == Some(0)
+        })
+        .await;
+    }
+}
+
+async fn assert_pool_settles<B: Suite>(manager: &BindManager) {
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    eventually("every connection back in the pool", || {
+        let status = bind.status();
+        async move { status.in_use == 0 && status.waiting == 0 }
+    })
+    .await;
+}
+
+async fn no_connection_before_first_statement<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    assert_eq!(bind.status().connections, 0);
+    assert!(!session.is_connected());
+    if let Some(n) = db.server_connections().await {
+        assert_eq!(
+            n, 0,
+            "the server saw a connection before the first statement"
+        );
+    }
+
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    assert!(session.is_connected() && session.in_transaction());
+    assert_eq!(bind.status().connections, 1);
+    if let Some(n) = db.server_connections().await {
+        assert_eq!(n, 1, "the first statement opens exactly one connection");
+    }
+    session.commit().await.unwrap();
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn commit_is_visible_to_another_session<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    session.commit().await.unwrap();
+    assert!(!session.in_transaction());
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    // The session goes on: its next statement begins a new transaction.
+    insert(&mut session, &db, 2).await.unwrap();
+    assert!(session.in_transaction());
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 2);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn rollback_is_invisible<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    session.rollback().await.unwrap();
+    assert_eq!(count(&mut session, &db).await, 0);
+    session.close().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
+    assert_eq!(
+        manager.status()[0].discarded,
+        0,
+        "a rolled-back connection is reused"
+    );
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn dropped_session_rolls_back_and_returns_its_connection_clean<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    drop(session);
+
+    assert_pool_settles::<B>(&manager).await;
+    assert_no_open_transaction(&db).await;
+    let status = &manager.status()[0];
+    assert_eq!(
+        status.discarded, 0,
+        "the rollback succeeded, so the connection is kept"
+    );
+    assert_eq!(status.idle, status.connections);
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn savepoint_rollback_keeps_the_outer_work<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    let mut savepoint = session.savepoint().await.unwrap();
+    insert(&mut savepoint, &db, 2).await.unwrap();
+    assert_eq!(count(&mut savepoint, &db).await, 2);
+    savepoint.rollback().await.unwrap();
+    assert_eq!(count(&mut session, &db).await, 1);
+    insert(&mut session, &db, 3).await.unwrap();
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 2);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn dropped_savepoint_rolls_back_before_the_next_statement<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    {
+        let mut outer = session.savepoint().await.unwrap();
+        insert(&mut outer, &db, 2).await.unwrap();
+        let mut inner = outer.savepoint().await.unwrap();
+        insert(&mut inner, &db, 3).await.unwrap();
+        // Both dropped without commit: everything after the outer savepoint goes.
+    }
+    assert_eq!(count(&mut session, &db).await, 1);
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn nested_savepoints_commit_into_the_transaction<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let mut outer = session.savepoint().await.unwrap();
+    insert(&mut outer, &db, 1).await.unwrap();
+    let mut inner = outer.savepoint().await.unwrap();
+    insert(&mut inner, &db, 2).await.unwrap();
+    inner.commit().await.unwrap();
+    outer.commit().await.unwrap();
+    assert!(
+        session.in_transaction(),
+        "released savepoints leave the transaction open"
+    );
+    // In-memory SQLite shares one cache: a reader would wait for this writer's lock.
+    if B::KIND != Kind::SqliteMemory {
+        assert_eq!(
+            committed_rows::<B>(&manager, &db).await,
+            0,
+            "nothing committed yet"
+        );
+    }
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 2);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn a_failed_statement_inside_a_savepoint_can_be_undone<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    let mut savepoint = session.savepoint().await.unwrap();
+    let duplicate = insert(&mut savepoint, &db, 1).await.unwrap_err();
+    assert!(duplicate.as_database_error().is_some(), "{duplicate}");
+    savepoint.rollback().await.unwrap();
+    insert(&mut session, &db, 2).await.unwrap();
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 2);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn commit_after_a_failed_statement_follows_the_database<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    insert(&mut session, &db, 1).await.unwrap_err();
+    let outcome = session.commit().await;
+    if B::KIND == Kind::Postgres {
+        // PostgreSQL aborted the transaction: dbscope says so instead of a silent ROLLBACK.
+        let err = outcome.unwrap_err();
+        assert!(err.is_transaction_aborted(), "{err}");
+        assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
+    } else {
+        outcome.unwrap();
+        assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    }
+    assert!(!session.in_transaction());
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn queries_of_every_shape_run_on_a_session<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    for id in 1..=3 {
+        insert(&mut session, &db, id).await.unwrap();
+    }
+    let select = format!("SELECT id, v FROM {} ORDER BY id", db.table);
+    let rows: Vec<(i64, String)> = fetch_all_pairs(&mut session, sql(select.clone()))
+        .await
+        .unwrap();
+    assert_eq!(rows[2], (3, "row 3".to_owned()));
+    let streamed: Vec<_> = sqlx::query(sql(select.clone()))
+        .fetch(&mut session)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(streamed.len(), 3);
+    let first: Option<String> = fetch_optional_string(
+        &mut session,
+        sql(format!("SELECT v FROM {} WHERE id = 2", db.table)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.as_deref(), Some("row 2"));
+    let raw = session.connection().await.unwrap();
+    let via_raw: i64 = B::Db::raw_fetch_i64(
+        raw,
+        sql(format!("SELECT COUNT(*) FROM {}", db.table)).into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        via_raw, 3,
+        "the raw connection is inside the session's transaction"
+    );
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 3);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn pool_exhaustion_times_out_within_the_acquire_timeout<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let timeout = Duration::from_millis(300);
+    let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
+    let mut holder = manager.session::<B::Db>("main").unwrap();
+    sqlx::query("SELECT 1").execute(&mut holder).await.unwrap();
+
+    let mut waiter = manager.session::<B::Db>("main").unwrap();
+    let start = Instant::now();
+    let err = waiter.begin().await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(err.bind(), Some("main"));
+    assert!(err.to_string().contains("acquire_timeout"), "{err}");
+    assert!(
+        waited >= timeout && waited < timeout * 5,
+        "waited {waited:?}"
+    );
+
+    // Through sqlx's API the same timeout travels boxed, and `?` gives it back whole, bind
+    // named.
+    let via_sqlx = sqlx::query("SELECT 1")
+        .execute(&mut waiter)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&via_sqlx, sqlx::Error::Configuration(e) if e.is::<dbscope::Error>()),
+        "{via_sqlx}"
+    );
+    let back = dbscope::Error::from(via_sqlx);
+    assert!(back.is_timeout() && back.is_retryable(), "{back}");
+    assert_eq!(back.bind(), Some("main"));
+    assert_eq!(back.waited(), Some(timeout));
+    assert_eq!(manager.status()[0].timeouts, 2);
+
+    // The waiter works once the holder lets go.
+    drop(holder);
+    sqlx::query("SELECT 1").execute(&mut waiter).await.unwrap();
+    drop(waiter);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn cancelled_checkout_leaves_the_pool_healthy<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1));
+    let mut holder = manager.session::<B::Db>("main").unwrap();
+    sqlx::query("SELECT 1").execute(&mut holder).await.unwrap();
+    let mut waiter = manager.session::<B::Db>("main").unwrap();
+    let waiting = sqlx::query("SELECT 1").execute(&mut waiter);
+    assert!(
+        cancel_after(waiting, 5).await.is_none(),
+        "the pool is full, the waiter waits"
+    );
+    assert_eq!(
+        manager.status()[0].waiting,
+        0,
+        "the cancelled waiter left the queue"
+    );
+    drop(holder);
+    sqlx::query("SELECT 1").execute(&mut waiter).await.unwrap();
+    waiter.commit().await.unwrap();
+    drop(waiter);
+    assert_pool_settles::<B>(&manager).await;
+    assert_eq!(manager.status()[0].connections, 1);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn cancellation_at_every_await_leaves_no_transaction_behind<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(2));
+    create_table::<B>(&manager, &db).await;
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let mut cancelled = 0;
+    for polls in 0.. {
+        assert!(polls < 500, "the unit of work never finished");
+        let mut session = bind.session();
+        let work = async {
+            session.begin().await?;
+            insert(&mut session, &db, polls).await?;
+            session.commit().await
+        };
+        let finished = cancel_after(work, polls as usize).await;
+        drop(session);
+        assert_pool_settles::<B>(&manager).await;
+        assert_no_open_transaction(&db).await;
+        match finished {
+            Some(result) => {
+                result.unwrap();
+                break;
             }
+            None => cancelled += 1,
+        }
+    }
+    assert!(
+        cancelled >= 3,
+        "checkout, BEGIN, the statement and COMMIT were each cut off"
+    );
+    // The pool still works, and no lock or transaction blocks a writer.
+    let mut session = bind.session();
+    insert(&mut session, &db, 10_000).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    assert!(manager.status()[0].connections <= 2);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            async fn create_table(manager: &BindManager, db: &TestDb) {
-                let mut session = manager.session::<Db>("main").unwrap();
-                let ddl = format!("CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))", db.table);
-                sqlx::query(sql(ddl)).execute(&mut session).await.expect("create table");
-                session.commit().await.expect("commit create table");
-            }
+async fn a_statement_cancelled_mid_flight_poisons_the_session_and_discards_the_connection<
+    B: Suite,
+>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    let slow = sqlx::query(B::slow_query()).execute(&mut session);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), slow)
+            .await
+            .is_err()
+    );
 
-            async fn insert(session: &mut Session<Db>, db: &TestDb, id: i64) -> sqlx::Result<()> {
-                let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
-                sqlx::query(sql(stmt)).execute(session).await.map(|_| ())
-            }
+    let err = session.commit().await.unwrap_err();
+    assert!(err.is_poisoned(), "{err}");
+    let err = insert(&mut session, &db, 2).await.unwrap_err();
+    assert!(dbscope::Error::from(err).is_poisoned());
+    drop(session);
 
-            async fn count(session: &mut Session<Db>, db: &TestDb) -> i64 {
-                let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
-                sqlx::query_scalar(sql(stmt)).fetch_one(session).await.expect("count rows")
-            }
+    assert_eq!(
+        manager.status()[0].discarded,
+        1,
+        "a connection in an unknown state is discarded"
+    );
+    assert_eq!(manager.status()[0].connections, 0);
+    assert_no_open_transaction(&db).await;
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            /// Rows as a fresh session on the same bind sees them.
-            async fn committed_rows(manager: &BindManager, db: &TestDb) -> i64 {
-                let mut session = manager.session::<Db>("main").unwrap();
-                let n = count(&mut session, db).await;
-                session.close().await.unwrap();
-                n
-            }
+async fn a_stream_dropped_before_its_end_counts_as_cancelled<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    for id in 1..=3 {
+        insert(&mut session, &db, id).await.unwrap();
+    }
+    session.commit().await.unwrap();
+    {
+        let select = format!("SELECT id FROM {}", db.table);
+        let mut rows = sqlx::query(sql(select)).fetch(&mut session);
+        assert!(rows.try_next().await.unwrap().is_some());
+    }
+    assert!(session.commit().await.unwrap_err().is_poisoned());
+    drop(session);
+    assert_eq!(manager.status()[0].discarded, 1);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            async fn assert_no_open_transaction(db: &TestDb) {
-                if db.open_transactions().await.is_some() {
-                    eventually("no transaction left open on the server", || async {
-                        db.open_transactions().await == Some(0)
-                    })
-                    .await;
-                }
-            }
+async fn close_waits_for_sessions_then_closes_every_connection<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let mut idle = bind.session();
+    sqlx::query("SELECT 1").execute(&mut idle).await.unwrap();
+    idle.commit().await.unwrap();
+    drop(idle); // one idle connection
+    let mut busy = bind.session();
+    sqlx::query("SELECT 1").execute(&mut busy).await.unwrap();
 
-            async fn assert_pool_settles(manager: &BindManager) {
-                let bind = manager.bind::<Db>("main").unwrap();
-                eventually("every connection back in the pool", || {
-                    let status = bind.status();
-                    async move { status.in_use == 0 && status.waiting == 0 }
-                })
-                .await;
-            }
+    let closing = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.close(Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !closing.is_finished(),
+        "close waits for the session holding a connection"
+    );
+    assert!(manager.is_closed());
+    assert!(manager.session::<B::Db>("main").unwrap_err().is_closed());
 
-            /// A statement that runs for about a second, to cancel mid-flight.
-            fn slow_query() -> &'static str {
-                match KIND {
-                    Kind::Postgres => "SELECT pg_sleep(1)",
-                    Kind::MySql => "SELECT SLEEP(1)",
-                    Kind::SqliteFile | Kind::SqliteMemory => {
-                        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) \
-                         SELECT COUNT(*) FROM c"
-                    }
-                }
-            }
+    busy.commit().await.unwrap();
+    drop(busy);
+    closing.await.unwrap().unwrap();
+    assert_eq!(bind.status().connections, 0);
+    if db.server_connections().await.is_some() {
+        eventually("the server sees every connection closed", || async {
+            db.server_connections().await == Some(0)
+        })
+        .await;
+    }
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn no_connection_before_first_statement() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                assert_eq!(bind.status().connections, 0);
-                assert!(!session.is_connected());
-                if let Some(n) = db.server_connections().await {
-                    assert_eq!(n, 0, "the server saw a connection before the first statement");
-                }
+async fn close_reports_the_binds_still_busy_at_its_deadline<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let mut busy = manager.session::<B::Db>("main").unwrap();
+    sqlx::query("SELECT 1").execute(&mut busy).await.unwrap();
+    let err = manager.close(Duration::from_millis(100)).await.unwrap_err();
+    assert_eq!(err.kind(), dbscope::ErrorKind::CloseTimedOut, "{err}");
+    assert_eq!(err.busy_binds(), [("main".to_owned(), 1)]);
+    // The straggler's transaction still ends cleanly when it drops.
+    drop(busy);
+    assert_no_open_transaction(&db).await;
+    db.finish().await;
+}
 
-                sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-                assert!(session.is_connected() && session.in_transaction());
-                assert_eq!(bind.status().connections, 1);
-                if let Some(n) = db.server_connections().await {
-                    assert_eq!(n, 1, "the first statement opens exactly one connection");
-                }
-                session.commit().await.unwrap();
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn a_closed_manager_refuses_new_sessions<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    let err = manager.bind::<B::Db>("main").unwrap_err();
+    assert!(
+        err.is_closed() && err.to_string().contains("`main`"),
+        "{err}"
+    );
+    let err = bind.session().begin().await.unwrap_err();
+    assert!(err.is_closed(), "{err}");
+    let via_sqlx = sqlx::query("SELECT 1")
+        .execute(&mut bind.session())
+        .await
+        .unwrap_err();
+    let back = dbscope::Error::from(via_sqlx);
+    assert!(back.is_closed() && !back.is_retryable(), "{back}");
+    assert_eq!(back.bind(), Some("main"));
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn commit_is_visible_to_another_session() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                session.commit().await.unwrap();
-                assert!(!session.in_transaction());
-                assert_eq!(committed_rows(&manager, &db).await, 1);
-                // The session goes on: its next statement begins a new transaction.
-                insert(&mut session, &db, 2).await.unwrap();
-                assert!(session.in_transaction());
-                session.commit().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 2);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn dropping_the_manager_closes_idle_connections<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    drop(session);
+    assert_pool_settles::<B>(&manager).await;
+    drop(manager);
+    assert!(bind.session().begin().await.unwrap_err().is_closed());
+    assert_eq!(bind.status().connections, 0);
+    if db.server_connections().await.is_some() {
+        eventually("the server sees the idle connection closed", || async {
+            db.server_connections().await == Some(0)
+        })
+        .await;
+    }
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn rollback_is_invisible() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                session.rollback().await.unwrap();
-                assert_eq!(count(&mut session, &db).await, 0);
-                session.close().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 0);
-                assert_eq!(manager.status()[0].discarded, 0, "a rolled-back connection is reused");
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn autocommit_lands_each_statement_without_a_transaction<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap().autocommit(true);
+    insert(&mut session, &db, 1).await.unwrap();
+    assert!(!session.in_transaction());
+    assert_no_open_transaction(&db).await; // while the session still holds its connection
+    assert_eq!(
+        committed_rows::<B>(&manager, &db).await,
+        1,
+        "visible before any commit"
+    );
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dropped_session_rolls_back_and_returns_its_connection_clean() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                drop(session);
+async fn in_autocommit_mode_a_savepoint_guard_is_the_transaction<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.autocommit(true)); // the bind's default
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let mut tx = session.savepoint().await.unwrap();
+    insert(&mut tx, &db, 1).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(!session.in_transaction());
+    let mut tx = session.savepoint().await.unwrap();
+    insert(&mut tx, &db, 2).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(!session.in_transaction());
+    drop(session);
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-                assert_pool_settles(&manager).await;
-                assert_no_open_transaction(&db).await;
-                let status = &manager.status()[0];
-                assert_eq!(status.discarded, 0, "the rollback succeeded, so the connection is kept");
-                assert_eq!(status.idle, status.connections);
-                assert_eq!(committed_rows(&manager, &db).await, 0);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn a_lent_raw_connection_is_verified_before_it_returns<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1));
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap().autocommit(true);
+    let raw = session.connection().await.unwrap();
+    let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'raw')", db.table);
+    B::Db::raw_execute(raw, sql(stmt).into()).await.unwrap();
+    drop(session); // no transaction, but unverified: pinged, then returned
+    assert_pool_settles::<B>(&manager).await;
+    let status = &manager.status()[0];
+    assert_eq!((status.idle, status.discarded), (1, 0), "{status:?}");
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn savepoint_rollback_keeps_the_outer_work() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                let mut savepoint = session.savepoint().await.unwrap();
-                insert(&mut savepoint, &db, 2).await.unwrap();
-                assert_eq!(count(&mut savepoint, &db).await, 2);
-                savepoint.rollback().await.unwrap();
-                assert_eq!(count(&mut session, &db).await, 1);
-                insert(&mut session, &db, 3).await.unwrap();
-                session.commit().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 2);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+    // Raw work cancelled mid-flight is invisible to the session: the check before
+    // reuse catches it (here a rollback, the session being in a transaction).
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let raw = session.connection().await.unwrap();
+    let slow = B::Db::raw_execute(raw, B::slow_query().into());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), slow)
+            .await
+            .is_err()
+    );
+    drop(session);
+    assert_pool_settles::<B>(&manager).await;
+    assert_no_open_transaction(&db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 2).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 2);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dropped_savepoint_rolls_back_before_the_next_statement() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                {
-                    let mut outer = session.savepoint().await.unwrap();
-                    insert(&mut outer, &db, 2).await.unwrap();
-                    let mut inner = outer.savepoint().await.unwrap();
-                    insert(&mut inner, &db, 3).await.unwrap();
-                    // Both dropped without commit: everything after the outer savepoint goes.
-                }
-                assert_eq!(count(&mut session, &db).await, 1);
-                session.commit().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 1);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn read_only_sessions_refuse_writes_and_leave_the_connection_writable<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1));
+    create_table::<B>(&manager, &db).await;
+    let mut reader = manager.session::<B::Db>("main").unwrap().read_only(true);
+    assert_eq!(count(&mut reader, &db).await, 0);
+    let err = insert(&mut reader, &db, 1).await.unwrap_err();
+    assert!(err.as_database_error().is_some(), "{err}");
+    reader.close().await.unwrap();
+    // Same (only) connection, default options: writable again.
+    let mut writer = manager.session::<B::Db>("main").unwrap();
+    insert(&mut writer, &db, 1).await.unwrap();
+    writer.commit().await.unwrap();
+    drop(writer);
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nested_savepoints_commit_into_the_transaction() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                let mut outer = session.savepoint().await.unwrap();
-                insert(&mut outer, &db, 1).await.unwrap();
-                let mut inner = outer.savepoint().await.unwrap();
-                insert(&mut inner, &db, 2).await.unwrap();
-                inner.commit().await.unwrap();
-                outer.commit().await.unwrap();
-                assert!(session.in_transaction(), "released savepoints leave the transaction open");
-                // In-memory SQLite shares one cache: a reader would wait for this writer's lock.
-                if KIND != Kind::SqliteMemory {
-                    assert_eq!(committed_rows(&manager, &db).await, 0, "nothing committed yet");
-                }
-                session.commit().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 2);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn options_changed_mid_transaction_apply_to_the_next_one<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1));
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap().read_only(true);
+    assert_eq!(count(&mut session, &db).await, 0); // a read-only transaction is open
+    let mut session = session.read_only(false);
+    assert!(
+        insert(&mut session, &db, 1).await.is_err(),
+        "still the read-only transaction"
+    );
+    session.rollback().await.unwrap();
+    insert(&mut session, &db, 1).await.unwrap(); // a new, writable transaction
+    session.commit().await.unwrap();
+    drop(session);
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_failed_statement_inside_a_savepoint_can_be_undone() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                let mut savepoint = session.savepoint().await.unwrap();
-                let duplicate = insert(&mut savepoint, &db, 1).await.unwrap_err();
-                assert!(duplicate.as_database_error().is_some(), "{duplicate}");
-                savepoint.rollback().await.unwrap();
-                insert(&mut session, &db, 2).await.unwrap();
-                session.commit().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 2);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn commit_after_a_failed_statement_follows_the_database() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                insert(&mut session, &db, 1).await.unwrap_err();
-                let outcome = session.commit().await;
-                if KIND == Kind::Postgres {
-                    // PostgreSQL aborted the transaction: dbscope says so instead of a silent ROLLBACK.
-                    let err = outcome.unwrap_err();
-                    assert!(err.is_transaction_aborted(), "{err}");
-                    assert_eq!(committed_rows(&manager, &db).await, 0);
-                } else {
-                    outcome.unwrap();
-                    assert_eq!(committed_rows(&manager, &db).await, 1);
-                }
-                assert!(!session.in_transaction());
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn queries_of_every_shape_run_on_a_session() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                for id in 1..=3 {
-                    insert(&mut session, &db, id).await.unwrap();
-                }
-                let select = format!("SELECT id, v FROM {} ORDER BY id", db.table);
-                let rows: Vec<(i64, String)> =
-                    sqlx::query_as(sql(select.clone())).fetch_all(&mut session).await.unwrap();
-                assert_eq!(rows[2], (3, "row 3".to_owned()));
-                let streamed: Vec<_> =
-                    sqlx::query(sql(select.clone())).fetch(&mut session).try_collect().await.unwrap();
-                assert_eq!(streamed.len(), 3);
-                let first: Option<String> = sqlx::query_scalar(sql(format!(
-                    "SELECT v FROM {} WHERE id = 2",
-                    db.table
-                )))
-                .fetch_optional(&mut session)
+async fn isolation_level_reaches_the_server<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let session = manager.session::<B::Db>("main").unwrap();
+    match B::KIND {
+        Kind::Postgres => {
+            let mut session = session.isolation(IsolationLevel::Serializable);
+            let level: String = fetch_string(
+                &mut session,
+                "SELECT current_setting('transaction_isolation')",
+            )
+            .await
+            .unwrap();
+            assert_eq!(level, "serializable");
+        }
+        Kind::MySql => {
+            let mut session = session.isolation(IsolationLevel::ReadCommitted);
+            insert(&mut session, &db, 1).await.unwrap();
+            let me: i64 = fetch_i64(&mut session, "SELECT CAST(CONNECTION_ID() AS SIGNED)")
                 .await
                 .unwrap();
-                assert_eq!(first.as_deref(), Some("row 2"));
-                let raw = session.connection().await.unwrap();
-                let via_raw: i64 = sqlx::query_scalar(sql(format!("SELECT COUNT(*) FROM {}", db.table)))
-                    .fetch_one(raw)
-                    .await
-                    .unwrap();
-                assert_eq!(via_raw, 3, "the raw connection is inside the session's transaction");
-                session.commit().await.unwrap();
-                assert_eq!(committed_rows(&manager, &db).await, 3);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pool_exhaustion_times_out_within_the_acquire_timeout() {
-                let Some(db) = setup().await else { return };
-                let timeout = Duration::from_millis(300);
-                let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
-                let mut holder = manager.session::<Db>("main").unwrap();
-                sqlx::query("SELECT 1").execute(&mut holder).await.unwrap();
-
-                let mut waiter = manager.session::<Db>("main").unwrap();
-                let start = Instant::now();
-                let err = waiter.begin().await.unwrap_err();
-                let waited = start.elapsed();
-                assert!(err.is_timeout(), "{err}");
-                assert_eq!(err.bind(), Some("main"));
-                assert!(err.to_string().contains("acquire_timeout"), "{err}");
-                assert!(waited >= timeout && waited < timeout * 5, "waited {waited:?}");
-
-                // Through sqlx's API the same timeout travels boxed, and `?` gives it back whole,
-                // bind named.
-                let via_sqlx = sqlx::query("SELECT 1").execute(&mut waiter).await.unwrap_err();
-                assert!(matches!(&via_sqlx, sqlx::Error::Configuration(e) if e.is::<dbscope::Error>()), "{via_sqlx}");
-                let back = dbscope::Error::from(via_sqlx);
-                assert!(back.is_timeout() && back.is_retryable(), "{back}");
-                assert_eq!(back.bind(), Some("main"));
-                assert_eq!(back.waited(), Some(timeout));
-                assert_eq!(manager.status()[0].timeouts, 2);
-
-                // The waiter works once the holder lets go.
-                drop(holder);
-                sqlx::query("SELECT 1").execute(&mut waiter).await.unwrap();
-                drop(waiter);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cancelled_checkout_leaves_the_pool_healthy() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c.max_connections(1));
-                let mut holder = manager.session::<Db>("main").unwrap();
-                sqlx::query("SELECT 1").execute(&mut holder).await.unwrap();
-                let mut waiter = manager.session::<Db>("main").unwrap();
-                let waiting = sqlx::query("SELECT 1").execute(&mut waiter);
-                assert!(cancel_after(waiting, 5).await.is_none(), "the pool is full, the waiter waits");
-                assert_eq!(manager.status()[0].waiting, 0, "the cancelled waiter left the queue");
-                drop(holder);
-                sqlx::query("SELECT 1").execute(&mut waiter).await.unwrap();
-                waiter.commit().await.unwrap();
-                drop(waiter);
-                assert_pool_settles(&manager).await;
-                assert_eq!(manager.status()[0].connections, 1);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cancellation_at_every_await_leaves_no_transaction_behind() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c.max_connections(2));
-                create_table(&manager, &db).await;
-                let bind = manager.bind::<Db>("main").unwrap();
-                let mut cancelled = 0;
-                for polls in 0.. {
-                    assert!(polls < 500, "the unit of work never finished");
-                    let mut session = bind.session();
-                    let work = async {
-                        session.begin().await?;
-                        insert(&mut session, &db, polls).await?;
-                        session.commit().await
-                    };
-                    let finished = cancel_after(work, polls as usize).await;
-                    drop(session);
-                    assert_pool_settles(&manager).await;
-                    assert_no_open_transaction(&db).await;
-                    match finished {
-                        Some(result) => {
-                            result.unwrap();
-                            break;
-                        }
-                        None => cancelled += 1,
-                    }
-                }
-                assert!(cancelled >= 3, "checkout, BEGIN, the statement and COMMIT were each cut off");
-                // The pool still works, and no lock or transaction blocks a writer.
-                let mut session = bind.session();
-                insert(&mut session, &db, 10_000).await.unwrap();
-                session.commit().await.unwrap();
-                drop(session);
-                assert!(manager.status()[0].connections <= 2);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_statement_cancelled_mid_flight_poisons_the_session_and_discards_the_connection() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).await.unwrap();
-                let slow = sqlx::query(slow_query()).execute(&mut session);
-                assert!(tokio::time::timeout(Duration::from_millis(100), slow).await.is_err());
-
-                let err = session.commit().await.unwrap_err();
-                assert!(err.is_poisoned(), "{err}");
-                let err = insert(&mut session, &db, 2).await.unwrap_err();
-                assert!(dbscope::Error::from(err).is_poisoned());
-                drop(session);
-
-                assert_eq!(manager.status()[0].discarded, 1, "a connection in an unknown state is discarded");
-                assert_eq!(manager.status()[0].connections, 0);
-                assert_no_open_transaction(&db).await;
-                assert_eq!(committed_rows(&manager, &db).await, 0);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_stream_dropped_before_its_end_counts_as_cancelled() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                for id in 1..=3 {
-                    insert(&mut session, &db, id).await.unwrap();
-                }
-                session.commit().await.unwrap();
-                {
-                    let select = format!("SELECT id FROM {}", db.table);
-                    let mut rows = sqlx::query(sql(select)).fetch(&mut session);
-                    assert!(rows.try_next().await.unwrap().is_some());
-                }
-                assert!(session.commit().await.unwrap_err().is_poisoned());
-                drop(session);
-                assert_eq!(manager.status()[0].discarded, 1);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn close_waits_for_sessions_then_closes_every_connection() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.bind::<Db>("main").unwrap();
-                let mut idle = bind.session();
-                sqlx::query("SELECT 1").execute(&mut idle).await.unwrap();
-                idle.commit().await.unwrap();
-                drop(idle); // one idle connection
-                let mut busy = bind.session();
-                sqlx::query("SELECT 1").execute(&mut busy).await.unwrap();
-
-                let closing = tokio::spawn({
-                    let manager = manager.clone();
-                    async move { manager.close(Duration::from_secs(10)).await }
-                });
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                assert!(!closing.is_finished(), "close waits for the session holding a connection");
-                assert!(manager.is_closed());
-                assert!(manager.session::<Db>("main").unwrap_err().is_closed());
-
-                busy.commit().await.unwrap();
-                drop(busy);
-                closing.await.unwrap().unwrap();
-                assert_eq!(bind.status().connections, 0);
-                if db.server_connections().await.is_some() {
-                    eventually("the server sees every connection closed", || async {
-                        db.server_connections().await == Some(0)
-                    })
-                    .await;
-                }
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn close_reports_the_binds_still_busy_at_its_deadline() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                let mut busy = manager.session::<Db>("main").unwrap();
-                sqlx::query("SELECT 1").execute(&mut busy).await.unwrap();
-                let err = manager.close(Duration::from_millis(100)).await.unwrap_err();
-                assert_eq!(err.kind(), dbscope::ErrorKind::CloseTimedOut, "{err}");
-                assert_eq!(err.busy_binds(), [("main".to_owned(), 1)]);
-                // The straggler's transaction still ends cleanly when it drops.
-                drop(busy);
-                assert_no_open_transaction(&db).await;
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_closed_manager_refuses_new_sessions() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.bind::<Db>("main").unwrap();
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                let err = manager.bind::<Db>("main").unwrap_err();
-                assert!(err.is_closed() && err.to_string().contains("`main`"), "{err}");
-                let err = bind.session().begin().await.unwrap_err();
-                assert!(err.is_closed(), "{err}");
-                let via_sqlx = sqlx::query("SELECT 1").execute(&mut bind.session()).await.unwrap_err();
-                let back = dbscope::Error::from(via_sqlx);
-                assert!(back.is_closed() && !back.is_retryable(), "{back}");
-                assert_eq!(back.bind(), Some("main"));
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dropping_the_manager_closes_idle_connections() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-                drop(session);
-                assert_pool_settles(&manager).await;
-                drop(manager);
-                assert!(bind.session().begin().await.unwrap_err().is_closed());
-                assert_eq!(bind.status().connections, 0);
-                if db.server_connections().await.is_some() {
-                    eventually("the server sees the idle connection closed", || async {
-                        db.server_connections().await == Some(0)
-                    })
-                    .await;
-                }
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn autocommit_lands_each_statement_without_a_transaction() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap().autocommit(true);
-                insert(&mut session, &db, 1).await.unwrap();
-                assert!(!session.in_transaction());
-                assert_no_open_transaction(&db).await; // while the session still holds its connection
-                assert_eq!(committed_rows(&manager, &db).await, 1, "visible before any commit");
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn in_autocommit_mode_a_savepoint_guard_is_the_transaction() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c.autocommit(true)); // the bind's default
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                let mut tx = session.savepoint().await.unwrap();
-                insert(&mut tx, &db, 1).await.unwrap();
-                tx.rollback().await.unwrap();
-                assert!(!session.in_transaction());
-                let mut tx = session.savepoint().await.unwrap();
-                insert(&mut tx, &db, 2).await.unwrap();
-                tx.commit().await.unwrap();
-                assert!(!session.in_transaction());
-                drop(session);
-                assert_eq!(committed_rows(&manager, &db).await, 1);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_lent_raw_connection_is_verified_before_it_returns() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c.max_connections(1));
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap().autocommit(true);
-                let raw = session.connection().await.unwrap();
-                let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'raw')", db.table);
-                sqlx::query(sql(stmt)).execute(raw).await.unwrap();
-                drop(session); // no transaction, but unverified: pinged, then returned
-                assert_pool_settles(&manager).await;
-                let status = &manager.status()[0];
-                assert_eq!((status.idle, status.discarded), (1, 0), "{status:?}");
-                assert_eq!(committed_rows(&manager, &db).await, 1);
-
-                // Raw work cancelled mid-flight is invisible to the session: the check before
-                // reuse catches it (here a rollback, the session being in a transaction).
-                let mut session = manager.session::<Db>("main").unwrap();
-                let raw = session.connection().await.unwrap();
-                let slow = sqlx::query(slow_query()).execute(raw);
-                assert!(tokio::time::timeout(Duration::from_millis(50), slow).await.is_err());
-                drop(session);
-                assert_pool_settles(&manager).await;
-                assert_no_open_transaction(&db).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                insert(&mut session, &db, 2).await.unwrap();
-                session.commit().await.unwrap();
-                drop(session);
-                assert_eq!(committed_rows(&manager, &db).await, 2);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn read_only_sessions_refuse_writes_and_leave_the_connection_writable() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c.max_connections(1));
-                create_table(&manager, &db).await;
-                let mut reader = manager.session::<Db>("main").unwrap().read_only(true);
-                assert_eq!(count(&mut reader, &db).await, 0);
-                let err = insert(&mut reader, &db, 1).await.unwrap_err();
-                assert!(err.as_database_error().is_some(), "{err}");
-                reader.close().await.unwrap();
-                // Same (only) connection, default options: writable again.
-                let mut writer = manager.session::<Db>("main").unwrap();
-                insert(&mut writer, &db, 1).await.unwrap();
-                writer.commit().await.unwrap();
-                drop(writer);
-                assert_eq!(committed_rows(&manager, &db).await, 1);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn options_changed_mid_transaction_apply_to_the_next_one() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c.max_connections(1));
-                create_table(&manager, &db).await;
-                let mut session = manager.session::<Db>("main").unwrap().read_only(true);
-                assert_eq!(count(&mut session, &db).await, 0); // a read-only transaction is open
-                let mut session = session.read_only(false);
-                assert!(insert(&mut session, &db, 1).await.is_err(), "still the read-only transaction");
-                session.rollback().await.unwrap();
-                insert(&mut session, &db, 1).await.unwrap(); // a new, writable transaction
-                session.commit().await.unwrap();
-                drop(session);
-                assert_eq!(committed_rows(&manager, &db).await, 1);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn isolation_level_reaches_the_server() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db).await;
-                let session = manager.session::<Db>("main").unwrap();
-                match KIND {
-                    Kind::Postgres => {
-                        let mut session = session.isolation(IsolationLevel::Serializable);
-                        let level: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
-                            .fetch_one(&mut session)
-                            .await
-                            .unwrap();
-                        assert_eq!(level, "serializable");
-                    }
-                    Kind::MySql => {
-                        let mut session = session.isolation(IsolationLevel::ReadCommitted);
-                        insert(&mut session, &db, 1).await.unwrap();
-                        let me: i64 = sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)")
-                            .fetch_one(&mut session)
-                            .await
-                            .unwrap();
-                        let trx = db.innodb_transactions().await;
-                        let (_, level) = trx.into_iter().find(|(id, _)| *id == me).expect("our transaction");
-                        assert_eq!(level, "READ COMMITTED");
-                    }
-                    Kind::SqliteFile | Kind::SqliteMemory => {
-                        let mut weaker = session.isolation(IsolationLevel::ReadCommitted);
-                        let err = weaker.begin().await.unwrap_err();
-                        assert_eq!(err.kind(), dbscope::ErrorKind::Unsupported, "{err}");
-                        assert!(!weaker.in_transaction());
-                        let mut session = weaker.isolation(IsolationLevel::Serializable);
-                        session.begin().await.unwrap();
-                    }
-                }
-                manager.close(Duration::from_secs(5)).await.ok();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn typed_bind_keys_select_the_bind_at_compile_time() {
-                let Some(db) = setup().await else { return };
-                dbscope::bind_key!(Main: Db = "main");
-                let manager = db.manager(|c| c);
-                let mut session = manager.session_for::<Main>().unwrap();
-                sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-                session.commit().await.unwrap();
-                assert_eq!(manager.bind_for::<Main>().unwrap().name(), "main");
-                let err = manager.bind::<$other>("main").unwrap_err();
-                assert!(err.is_backend_mismatch(), "{err}");
-                let err = manager.bind::<Db>("mian").unwrap_err();
-                assert!(err.is_unknown_bind() && err.to_string().contains("known binds: main"), "{err}");
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn min_connections_and_idle_timeout_are_honoured() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| {
-                    c.min_connections(2).max_connections(4).idle_timeout(Some(Duration::from_millis(200)))
-                });
-                let bind = manager.bind::<Db>("main").unwrap();
-                assert_eq!(bind.status().connections, 0, "the pool starts empty");
-                let mut sessions: Vec<_> = (0..3).map(|_| bind.session()).collect();
-                for session in &mut sessions {
-                    sqlx::query("SELECT 1").execute(session).await.unwrap();
-                }
-                assert_eq!(bind.status().connections, 3);
-                drop(sessions);
-                eventually("idle connections close down to min_connections", || {
-                    let n = bind.status().connections;
-                    async move { n == 2 }
-                })
-                .await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                assert_eq!(bind.status().connections, 2, "never below min_connections");
-                if let Some(n) = db.server_connections().await {
-                    assert_eq!(n, 2);
-                }
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn connect_opens_a_connection_eagerly() {
-                let Some(db) = setup().await else { return };
-                let manager = db.manager(|c| c);
-                manager.connect().await.unwrap();
-                assert_eq!(manager.status()[0].connections, 1);
-                if let Some(n) = db.server_connections().await {
-                    assert_eq!(n, 1);
-                }
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+            let trx = db.innodb_transactions().await;
+            let (_, level) = trx
+                .into_iter()
+                .find(|(id, _)| *id == me)
+                .expect("our transaction");
+            assert_eq!(level, "READ COMMITTED");
         }
-    };
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            let mut weaker = session.isolation(IsolationLevel::ReadCommitted);
+            let err = weaker.begin().await.unwrap_err();
+            assert_eq!(err.kind(), dbscope::ErrorKind::Unsupported, "{err}");
+            assert!(!weaker.in_transaction());
+            let mut session = weaker.isolation(IsolationLevel::Serializable);
+            session.begin().await.unwrap();
+        }
+    }
+    manager.close(Duration::from_secs(5)).await.ok();
+    db.finish().await;
 }
 
-/// What only a server can show: connections killed under the pool, replaced by age.
-macro_rules! server_suite {
-    ($module:ident, $db:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
-
-            type Db = $db;
-
-            async fn connection_id(session: &mut Session<Db>, db: &TestDb) -> i64 {
-                sqlx::query_scalar(db.connection_id_query())
-                    .fetch_one(session)
-                    .await
-                    .expect("connection id")
-            }
-
-            /// Uses one connection, returns it to the pool, and gives its server id.
-            async fn park_one_connection(manager: &BindManager, db: &TestDb) -> i64 {
-                let mut session = manager.session::<Db>("main").unwrap();
-                let id = connection_id(&mut session, db).await;
-                session.commit().await.unwrap();
-                drop(session);
-                id
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_connection_killed_mid_session_is_discarded_not_reused() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager = db.manager(|c| c.max_connections(1));
-                let mut session = manager.session::<Db>("main").unwrap();
-                let id = connection_id(&mut session, &db).await;
-                db.kill_connection(id).await;
-                // PostgreSQL says goodbye with a FATAL error, MariaDB just hangs up: either way
-                // the connection is gone and the session knows it.
-                sqlx::query("SELECT 1")
-                    .execute(&mut session)
-                    .await
-                    .unwrap_err();
-                assert!(session.commit().await.unwrap_err().is_poisoned());
-                drop(session);
-                assert_eq!(manager.status()[0].discarded, 1);
-                let mut fresh = manager.session::<Db>("main").unwrap();
-                assert_ne!(
-                    connection_id(&mut fresh, &db).await,
-                    id,
-                    "a new connection serves"
-                );
-                drop(fresh);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn health_check_always_replaces_a_dead_idle_connection() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager =
-                    db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
-                let dead = park_one_connection(&manager, &db).await;
-                db.kill_connection(dead).await;
-                let mut session = manager.session::<Db>("main").unwrap();
-                let id = connection_id(&mut session, &db).await; // the ping caught it: no error
-                assert_ne!(id, dead);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn health_check_if_idle_skips_the_ping_for_a_busy_connection() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager = db.manager(|c| {
-                    c.max_connections(1)
-                        .health_check(HealthCheck::IfIdleFor(Duration::from_secs(60)))
-                });
-                let dead = park_one_connection(&manager, &db).await;
-                db.kill_connection(dead).await;
-                // Idle for less than the limit: handed out unpinged, the first statement finds it dead.
-                let mut session = manager.session::<Db>("main").unwrap();
-                assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
-                drop(session);
-                // Discarded; the next session gets a live connection.
-                let mut session = manager.session::<Db>("main").unwrap();
-                assert_ne!(connection_id(&mut session, &db).await, dead);
-                drop(session);
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn max_lifetime_replaces_old_connections() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager = db.manager(|c| {
-                    c.max_connections(1)
-                        .max_lifetime(Some(Duration::from_millis(300)))
-                });
-                let first = park_one_connection(&manager, &db).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let second = park_one_connection(&manager, &db).await;
-                assert_ne!(
-                    first, second,
-                    "a connection past max_lifetime is not handed out"
-                );
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-        }
-    };
+async fn typed_bind_keys_select_the_bind_at_compile_time<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let mut session = manager.session_for::<B::Main>().unwrap();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+    assert_eq!(manager.bind_for::<B::Main>().unwrap().name(), "main");
+    let err = manager.bind::<B::Other>("main").unwrap_err();
+    assert!(err.is_backend_mismatch(), "{err}");
+    let err = manager.bind::<B::Db>("mian").unwrap_err();
+    assert!(
+        err.is_unknown_bind() && err.to_string().contains("known binds: main"),
+        "{err}"
+    );
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
 }
 
-server_suite!(postgres_server, sqlx::Postgres, Kind::Postgres);
-server_suite!(mysql_server, sqlx::MySql, Kind::MySql);
+async fn min_connections_and_idle_timeout_are_honoured<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| {
+        c.min_connections(2)
+            .max_connections(4)
+            .idle_timeout(Some(Duration::from_millis(200)))
+    });
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    assert_eq!(bind.status().connections, 0, "the pool starts empty");
+    let mut sessions: Vec<_> = (0..3).map(|_| bind.session()).collect();
+    for session in &mut sessions {
+        sqlx::query("SELECT 1").execute(session).await.unwrap();
+    }
+    assert_eq!(bind.status().connections, 3);
+    drop(sessions);
+    eventually("idle connections close down to min_connections", || {
+        let n = bind.status().connections;
+        async move { n == 2 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bind.status().connections, 2, "never below min_connections");
+    if let Some(n) = db.server_connections().await {
+        assert_eq!(n, 2);
+    }
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
 
-behaviour_suite!(sqlite_file, sqlx::Sqlite, sqlx::Postgres, Kind::SqliteFile);
-behaviour_suite!(
-    sqlite_memory,
-    sqlx::Sqlite,
-    sqlx::Postgres,
-    Kind::SqliteMemory
+async fn connect_opens_a_connection_eagerly<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    manager.connect().await.unwrap();
+    assert_eq!(manager.status()[0].connections, 1);
+    if let Some(n) = db.server_connections().await {
+        assert_eq!(n, 1);
+    }
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+// ----- what only a server can show: connections killed under the pool, replaced by age -----
+
+async fn connection_id<DB: Typed>(session: &mut Session<DB>, db: &TestDb) -> i64 {
+    fetch_i64(session, db.connection_id_query())
+        .await
+        .expect("connection id")
+}
+
+/// Uses one connection, returns it to the pool, and gives its server id.
+async fn park_one_connection<B: Suite>(manager: &BindManager, db: &TestDb) -> i64 {
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let id = connection_id(&mut session, db).await;
+    session.commit().await.unwrap();
+    drop(session);
+    id
+}
+
+async fn a_connection_killed_mid_session_is_discarded_not_reused<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1));
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let id = connection_id(&mut session, &db).await;
+    db.kill_connection(id).await;
+    // PostgreSQL says goodbye with a FATAL error, MariaDB just hangs up: either way
+    // the connection is gone and the session knows it.
+    sqlx::query("SELECT 1")
+        .execute(&mut session)
+        .await
+        .unwrap_err();
+    assert!(session.commit().await.unwrap_err().is_poisoned());
+    drop(session);
+    assert_eq!(manager.status()[0].discarded, 1);
+    let mut fresh = manager.session::<B::Db>("main").unwrap();
+    assert_ne!(
+        connection_id(&mut fresh, &db).await,
+        id,
+        "a new connection serves"
+    );
+    drop(fresh);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn health_check_always_replaces_a_dead_idle_connection<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
+    let dead = park_one_connection::<B>(&manager, &db).await;
+    db.kill_connection(dead).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let id = connection_id(&mut session, &db).await; // the ping caught it: no error
+    assert_ne!(id, dead);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn health_check_if_idle_skips_the_ping_for_a_busy_connection<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| {
+        c.max_connections(1)
+            .health_check(HealthCheck::IfIdleFor(Duration::from_secs(60)))
+    });
+    let dead = park_one_connection::<B>(&manager, &db).await;
+    db.kill_connection(dead).await;
+    // Idle for less than the limit: handed out unpinged, the first statement finds it dead.
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
+    drop(session);
+    // Discarded; the next session gets a live connection.
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    assert_ne!(connection_id(&mut session, &db).await, dead);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn max_lifetime_replaces_old_connections<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| {
+        c.max_connections(1)
+            .max_lifetime(Some(Duration::from_millis(300)))
+    });
+    let first = park_one_connection::<B>(&manager, &db).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = park_one_connection::<B>(&manager, &db).await;
+    assert_ne!(
+        first, second,
+        "a connection past max_lifetime is not handed out"
+    );
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+common::async_tests!(postgres_server, common::Pg:
+    a_connection_killed_mid_session_is_discarded_not_reused,
+    health_check_always_replaces_a_dead_idle_connection,
+    health_check_if_idle_skips_the_ping_for_a_busy_connection,
+    max_lifetime_replaces_old_connections,
 );
-behaviour_suite!(postgres, sqlx::Postgres, sqlx::MySql, Kind::Postgres);
-behaviour_suite!(mysql, sqlx::MySql, sqlx::Sqlite, Kind::MySql);
+common::async_tests!(mysql_server, common::MySql:
+    a_connection_killed_mid_session_is_discarded_not_reused,
+    health_check_always_replaces_a_dead_idle_connection,
+    health_check_if_idle_skips_the_ping_for_a_busy_connection,
+    max_lifetime_replaces_old_connections,
+);
+
+/// The behaviour suite's tests, for one backend.
+macro_rules! behaviour_tests {
+    ($module:ident, $suite:ty) => {
+        common::async_tests!($module, $suite:
+            no_connection_before_first_statement,
+            commit_is_visible_to_another_session,
+            rollback_is_invisible,
+            dropped_session_rolls_back_and_returns_its_connection_clean,
+            savepoint_rollback_keeps_the_outer_work,
+            dropped_savepoint_rolls_back_before_the_next_statement,
+            nested_savepoints_commit_into_the_transaction,
+            a_failed_statement_inside_a_savepoint_can_be_undone,
+            commit_after_a_failed_statement_follows_the_database,
+            queries_of_every_shape_run_on_a_session,
+            pool_exhaustion_times_out_within_the_acquire_timeout,
+            cancelled_checkout_leaves_the_pool_healthy,
+            cancellation_at_every_await_leaves_no_transaction_behind,
+            a_statement_cancelled_mid_flight_poisons_the_session_and_discards_the_connection,
+            a_stream_dropped_before_its_end_counts_as_cancelled,
+            close_waits_for_sessions_then_closes_every_connection,
+            close_reports_the_binds_still_busy_at_its_deadline,
+            a_closed_manager_refuses_new_sessions,
+            dropping_the_manager_closes_idle_connections,
+            autocommit_lands_each_statement_without_a_transaction,
+            in_autocommit_mode_a_savepoint_guard_is_the_transaction,
+            a_lent_raw_connection_is_verified_before_it_returns,
+            read_only_sessions_refuse_writes_and_leave_the_connection_writable,
+            options_changed_mid_transaction_apply_to_the_next_one,
+            isolation_level_reaches_the_server,
+            typed_bind_keys_select_the_bind_at_compile_time,
+            min_connections_and_idle_timeout_are_honoured,
+            connect_opens_a_connection_eagerly,
+        );
+    };
+}
+
+behaviour_tests!(sqlite_file, common::SqliteFile);
+behaviour_tests!(sqlite_memory, common::SqliteMemory);
+behaviour_tests!(postgres, common::Pg);
+behaviour_tests!(mysql, common::MySql);

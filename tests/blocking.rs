@@ -2,19 +2,23 @@
 //! and MariaDB, run from plain threads with no runtime; then threads sharing a small pool,
 //! blocking scopes, and calls from inside tokio runtimes.
 //!
-//! These are plain `#[test]`s. The server census (`common`) is async: it runs on a small runtime
-//! of its own ([`census`]), never around a blocking call.
+//! These are plain `#[test]`s. The suite's tests are generic bodies, `fn name<B: Suite>()`, written
+//! once; `common::blocking_tests!` makes each a `#[test]` per backend (`sqlite_file::name`,
+//! `postgres::name` …). The server census (`common`) is async: it runs on a small runtime of its
+//! own ([`census`]), never around a blocking call.
 
 mod common;
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Kind, TestDb, sql};
+use common::{
+    Kind, RowsAffected, Suite, TestDb, Typed, blocking_fetch_all_pairs, blocking_fetch_i64,
+    blocking_fetch_optional_string, blocking_fetch_string, sql, within,
+};
 use dbscope::blocking::{self, BlockingBind, BlockingSession};
 use dbscope::{BindConfig, BindManager, Error, HealthCheck, IsolationLevel};
 use futures_util::TryStreamExt;
@@ -40,834 +44,935 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Runs `work` on a thread of its own and fails the test if it takes longer than `limit`: a
-/// deadlock fails instead of hanging the suite.
-fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done, outcome) = mpsc::channel();
-    thread::spawn(move || {
-        let result = catch_unwind(AssertUnwindSafe(work));
-        let _ = done.send(result);
-    });
-    match outcome.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("did not finish within {limit:?}: a deadlock?"),
+const CLOSE: Duration = Duration::from_secs(5);
+
+// ----- the suite, on every backend -----
+
+fn finish(db: TestDb) {
+    census(db.finish());
+}
+
+fn create_table<B: Suite>(manager: &BindManager, db: &TestDb) {
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    let ddl = format!(
+        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
+        db.table
+    );
+    session
+        .execute(sqlx::query(sql(ddl)))
+        .expect("create table");
+    session.commit().expect("commit create table");
+}
+
+fn insert<DB: Typed>(
+    session: &mut BlockingSession<DB>,
+    db: &TestDb,
+    id: i64,
+) -> dbscope::Result<()> {
+    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+    session.execute(sqlx::query(sql(stmt))).map(|_| ())
+}
+
+fn count<DB: Typed>(session: &mut BlockingSession<DB>, db: &TestDb) -> i64 {
+    let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
+    blocking_fetch_i64(session, sql(stmt)).expect("count rows")
+}
+
+/// Rows as a fresh blocking session on the same bind sees them.
+fn committed_rows<B: Suite>(manager: &BindManager, db: &TestDb) -> i64 {
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    let n = count(&mut session, db);
+    session.close().unwrap();
+    n
+}
+
+fn assert_no_open_transaction(db: &TestDb) {
+    if census(db.open_transactions()).is_some() {
+        eventually("no transaction left open on the server", || {
+            census(db.open_transactions()) == Some(0)
+        });
     }
 }
 
-const CLOSE: Duration = Duration::from_secs(5);
+fn blocking_status<B: Suite>(manager: &BindManager) -> dbscope::BindStatus {
+    manager.blocking_bind::<B::Db>("main").unwrap().status()
+}
 
-macro_rules! blocking_suite {
-    ($module:ident, $db:ty, $other:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
+fn no_connection_before_first_statement<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    assert_eq!(bind.status().connections, 0);
+    assert!(!session.is_connected());
+    if let Some(n) = census(db.server_connections()) {
+        assert_eq!(
+            n, 0,
+            "the server saw a connection before the first statement"
+        );
+    }
 
-            type Db = $db;
-            const KIND: Kind = $kind;
+    session.execute(sqlx::query("SELECT 1")).unwrap();
+    assert!(session.is_connected() && session.in_transaction());
+    assert_eq!(bind.status().connections, 1);
+    if let Some(n) = census(db.server_connections()) {
+        assert_eq!(n, 1, "the first statement opens exactly one connection");
+    }
+    assert_eq!(
+        manager.bind::<B::Db>("main").unwrap().status().connections,
+        0,
+        "the async face opened nothing"
+    );
+    session.commit().unwrap();
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            fn setup() -> Option<TestDb> {
-                census(TestDb::new(KIND))
-            }
+fn commit_is_visible_to_another_session<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    session.commit().unwrap();
+    assert!(!session.in_transaction());
+    assert_eq!(committed_rows::<B>(&manager, &db), 1);
+    // The session goes on: its next statement begins a new transaction.
+    insert(&mut session, &db, 2).unwrap();
+    assert!(session.in_transaction());
+    session.commit().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 2);
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            fn finish(db: TestDb) {
-                census(db.finish());
-            }
+fn rollback_is_invisible<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    session.rollback().unwrap();
+    assert_eq!(count(&mut session, &db), 0);
+    session.close().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    assert_eq!(
+        blocking_status::<B>(&manager).discarded,
+        0,
+        "a rolled-back connection is reused"
+    );
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            fn create_table(manager: &BindManager, db: &TestDb) {
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                let ddl = format!("CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))", db.table);
-                session.execute(sqlx::query(sql(ddl))).expect("create table");
-                session.commit().expect("commit create table");
-            }
+fn a_dropped_session_rolls_back_before_the_drop_returns<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    insert(&mut session, &db, 1).unwrap();
+    drop(session);
 
-            fn insert(session: &mut BlockingSession<Db>, db: &TestDb, id: i64) -> dbscope::Result<()> {
-                let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
-                session.execute(sqlx::query(sql(stmt))).map(|_| ())
-            }
+    // No waiting: the rollback is done and the connection back, clean, already.
+    let status = bind.status();
+    assert_eq!((status.in_use, status.discarded), (0, 0), "{status:?}");
+    assert_eq!(status.idle, status.connections);
+    assert_no_open_transaction(&db);
+    assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            fn count(session: &mut BlockingSession<Db>, db: &TestDb) -> i64 {
-                let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
-                session.fetch_one(sqlx::query_scalar(sql(stmt))).expect("count rows")
-            }
+fn savepoint_rollback_keeps_the_outer_work<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    let mut savepoint = session.savepoint().unwrap();
+    insert(&mut savepoint, &db, 2).unwrap();
+    assert_eq!(count(&mut savepoint, &db), 2);
+    savepoint.rollback().unwrap();
+    assert_eq!(count(&mut session, &db), 1);
+    insert(&mut session, &db, 3).unwrap();
+    session.commit().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 2);
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            /// Rows as a fresh blocking session on the same bind sees them.
-            fn committed_rows(manager: &BindManager, db: &TestDb) -> i64 {
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                let n = count(&mut session, db);
-                session.close().unwrap();
-                n
-            }
+fn a_dropped_savepoint_rolls_back_before_the_next_statement<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    {
+        let mut outer = session.savepoint().unwrap();
+        insert(&mut outer, &db, 2).unwrap();
+        let mut inner = outer.savepoint().unwrap();
+        insert(&mut inner, &db, 3).unwrap();
+        // Both dropped without commit: everything after the outer savepoint goes.
+    }
+    assert_eq!(count(&mut session, &db), 1);
+    session.commit().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 1);
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            fn assert_no_open_transaction(db: &TestDb) {
-                if census(db.open_transactions()).is_some() {
-                    eventually("no transaction left open on the server", || {
-                        census(db.open_transactions()) == Some(0)
-                    });
-                }
-            }
+fn nested_savepoints_commit_into_the_transaction<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    let mut outer = session.savepoint().unwrap();
+    insert(&mut outer, &db, 1).unwrap();
+    let mut inner = outer.savepoint().unwrap();
+    insert(&mut inner, &db, 2).unwrap();
+    inner.commit().unwrap();
+    outer.commit().unwrap();
+    assert!(
+        session.in_transaction(),
+        "released savepoints leave the transaction open"
+    );
+    // In-memory SQLite shares one cache: a reader would wait for this writer's lock.
+    if B::KIND != Kind::SqliteMemory {
+        assert_eq!(
+            committed_rows::<B>(&manager, &db),
+            0,
+            "nothing committed yet"
+        );
+    }
+    session.commit().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 2);
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            fn blocking_status(manager: &BindManager) -> dbscope::BindStatus {
-                manager.blocking_bind::<Db>("main").unwrap().status()
-            }
+fn a_failed_statement_inside_a_savepoint_can_be_undone<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    let mut savepoint = session.savepoint().unwrap();
+    let duplicate = insert(&mut savepoint, &db, 1).unwrap_err();
+    assert!(duplicate.as_database_error().is_some(), "{duplicate}");
+    assert_eq!(
+        duplicate.bind(),
+        Some("main"),
+        "a statement's error names its bind"
+    );
+    savepoint.rollback().unwrap();
+    insert(&mut session, &db, 2).unwrap();
+    session.commit().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 2);
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            #[test]
-            fn no_connection_before_first_statement() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                assert_eq!(bind.status().connections, 0);
-                assert!(!session.is_connected());
-                if let Some(n) = census(db.server_connections()) {
-                    assert_eq!(n, 0, "the server saw a connection before the first statement");
-                }
+fn commit_after_a_failed_statement_follows_the_database<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    insert(&mut session, &db, 1).unwrap_err();
+    let outcome = session.commit();
+    if B::KIND == Kind::Postgres {
+        let err = outcome.unwrap_err();
+        assert!(err.is_transaction_aborted(), "{err}");
+        assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    } else {
+        outcome.unwrap();
+        assert_eq!(committed_rows::<B>(&manager, &db), 1);
+    }
+    assert!(!session.in_transaction());
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-                session.execute(sqlx::query("SELECT 1")).unwrap();
-                assert!(session.is_connected() && session.in_transaction());
-                assert_eq!(bind.status().connections, 1);
-                if let Some(n) = census(db.server_connections()) {
-                    assert_eq!(n, 1, "the first statement opens exactly one connection");
-                }
-                assert_eq!(manager.bind::<Db>("main").unwrap().status().connections, 0, "the async face opened nothing");
-                session.commit().unwrap();
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+fn queries_of_every_shape_run_through_plain_methods<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    for id in 1..=3 {
+        insert(&mut session, &db, id).unwrap();
+    }
+    let select = format!("SELECT id, v FROM {} ORDER BY id", db.table);
 
-            #[test]
-            fn commit_is_visible_to_another_session() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                session.commit().unwrap();
-                assert!(!session.in_transaction());
-                assert_eq!(committed_rows(&manager, &db), 1);
-                // The session goes on: its next statement begins a new transaction.
-                insert(&mut session, &db, 2).unwrap();
-                assert!(session.in_transaction());
-                session.commit().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 2);
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let done = session
+        .execute(sqlx::query(sql(format!(
+            "UPDATE {} SET v = v WHERE id >= 2",
+            db.table
+        ))))
+        .unwrap();
+    assert_eq!(done.rows_affected(), 2);
 
-            #[test]
-            fn rollback_is_invisible() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                session.rollback().unwrap();
-                assert_eq!(count(&mut session, &db), 0);
-                session.close().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 0);
-                assert_eq!(blocking_status(&manager).discarded, 0, "a rolled-back connection is reused");
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let rows: Vec<(i64, String)> =
+        blocking_fetch_all_pairs(&mut session, sql(select.clone())).unwrap();
+    assert_eq!(rows[2], (3, "row 3".to_owned()));
 
-            #[test]
-            fn a_dropped_session_rolls_back_before_the_drop_returns() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                insert(&mut session, &db, 1).unwrap();
-                drop(session);
+    let row = session.fetch_one(sqlx::query(sql(select.clone()))).unwrap();
+    assert_eq!(B::Db::column0_i64(&row), 1);
 
-                // No waiting: the rollback is done and the connection back, clean, already.
-                let status = bind.status();
-                assert_eq!((status.in_use, status.discarded), (0, 0), "{status:?}");
-                assert_eq!(status.idle, status.connections);
-                assert_no_open_transaction(&db);
-                assert_eq!(committed_rows(&manager, &db), 0);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let v: Option<String> = blocking_fetch_optional_string(
+        &mut session,
+        sql(format!("SELECT v FROM {} WHERE id = 2", db.table)),
+    )
+    .unwrap();
+    assert_eq!(v.as_deref(), Some("row 2"));
 
-            #[test]
-            fn savepoint_rollback_keeps_the_outer_work() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                let mut savepoint = session.savepoint().unwrap();
-                insert(&mut savepoint, &db, 2).unwrap();
-                assert_eq!(count(&mut savepoint, &db), 2);
-                savepoint.rollback().unwrap();
-                assert_eq!(count(&mut session, &db), 1);
-                insert(&mut session, &db, 3).unwrap();
-                session.commit().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 2);
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let ids: Vec<i64> = session
+        .fetch_all(
+            sqlx::query(sql(select.clone()))
+                .map(|row: <B::Db as sqlx::Database>::Row| B::Db::column0_i64(&row)),
+        )
+        .unwrap();
+    assert_eq!(ids, [1, 2, 3]);
 
-            #[test]
-            fn a_dropped_savepoint_rolls_back_before_the_next_statement() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                {
-                    let mut outer = session.savepoint().unwrap();
-                    insert(&mut outer, &db, 2).unwrap();
-                    let mut inner = outer.savepoint().unwrap();
-                    insert(&mut inner, &db, 3).unwrap();
-                    // Both dropped without commit: everything after the outer savepoint goes.
-                }
-                assert_eq!(count(&mut session, &db), 1);
-                session.commit().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 1);
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let raw_rows = session
+        .fetch_all(sqlx::raw_sql(sql(select.clone())))
+        .unwrap();
+    assert_eq!(raw_rows.len(), 3);
 
-            #[test]
-            fn nested_savepoints_commit_into_the_transaction() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                let mut outer = session.savepoint().unwrap();
-                insert(&mut outer, &db, 1).unwrap();
-                let mut inner = outer.savepoint().unwrap();
-                insert(&mut inner, &db, 2).unwrap();
-                inner.commit().unwrap();
-                outer.commit().unwrap();
-                assert!(session.in_transaction(), "released savepoints leave the transaction open");
-                // In-memory SQLite shares one cache: a reader would wait for this writer's lock.
-                if KIND != Kind::SqliteMemory {
-                    assert_eq!(committed_rows(&manager, &db), 0, "nothing committed yet");
-                }
-                session.commit().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 2);
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let missing = blocking_fetch_i64(
+        &mut session,
+        sql(format!("SELECT id FROM {} WHERE id = 99", db.table)),
+    )
+    .unwrap_err();
+    let source = std::error::Error::source(&missing).and_then(|e| e.downcast_ref());
+    assert!(
+        matches!(source, Some(sqlx::Error::RowNotFound)),
+        "{missing}"
+    );
+    assert_eq!(missing.kind(), dbscope::ErrorKind::Query);
+    assert_eq!(missing.bind(), Some("main"));
 
-            #[test]
-            fn a_failed_statement_inside_a_savepoint_can_be_undone() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                let mut savepoint = session.savepoint().unwrap();
-                let duplicate = insert(&mut savepoint, &db, 1).unwrap_err();
-                assert!(duplicate.as_database_error().is_some(), "{duplicate}");
-                assert_eq!(duplicate.bind(), Some("main"), "a statement's error names its bind");
-                savepoint.rollback().unwrap();
-                insert(&mut session, &db, 2).unwrap();
-                session.commit().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 2);
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    // The escape hatch: any async code on the session, a stream and the raw connection.
+    let streamed = session
+        .run(async |s| {
+            sqlx::query(sql(select.clone()))
+                .fetch(s)
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .unwrap();
+    assert_eq!(streamed.len(), 3);
+    let table = db.table.clone();
+    let via_raw: i64 = session
+        .run(async move |s| {
+            let raw = s.connection().await?;
+            let n = B::Db::raw_fetch_i64(raw, sql(format!("SELECT COUNT(*) FROM {table}")).into())
+                .await?;
+            Ok::<_, Error>(n)
+        })
+        .unwrap();
+    assert_eq!(
+        via_raw, 3,
+        "the raw connection is inside the session's transaction"
+    );
 
-            #[test]
-            fn commit_after_a_failed_statement_follows_the_database() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                insert(&mut session, &db, 1).unwrap_err();
-                let outcome = session.commit();
-                if KIND == Kind::Postgres {
-                    let err = outcome.unwrap_err();
-                    assert!(err.is_transaction_aborted(), "{err}");
-                    assert_eq!(committed_rows(&manager, &db), 0);
-                } else {
-                    outcome.unwrap();
-                    assert_eq!(committed_rows(&manager, &db), 1);
-                }
-                assert!(!session.in_transaction());
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    session.commit().unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 3);
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-            #[test]
-            fn queries_of_every_shape_run_through_plain_methods() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                for id in 1..=3 {
-                    insert(&mut session, &db, id).unwrap();
-                }
-                let select = format!("SELECT id, v FROM {} ORDER BY id", db.table);
+fn pool_exhaustion_times_out_within_the_acquire_timeout<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let timeout = Duration::from_millis(300);
+    let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
+    let mut holder = manager.blocking_session::<B::Db>("main").unwrap();
+    holder.execute(sqlx::query("SELECT 1")).unwrap();
 
-                let done = session
-                    .execute(sqlx::query(sql(format!("UPDATE {} SET v = v WHERE id >= 2", db.table))))
-                    .unwrap();
-                assert_eq!(done.rows_affected(), 2);
+    let mut waiter = manager.blocking_session::<B::Db>("main").unwrap();
+    let start = Instant::now();
+    let err = waiter.begin().unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        err.kind() == dbscope::ErrorKind::Timeout && err.bind() == Some("main"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("acquire_timeout"), "{err}");
+    assert!(
+        waited >= timeout && waited < timeout * 5,
+        "waited {waited:?}"
+    );
 
-                let rows: Vec<(i64, String)> =
-                    session.fetch_all(sqlx::query_as(sql(select.clone()))).unwrap();
-                assert_eq!(rows[2], (3, "row 3".to_owned()));
+    // A statement's checkout reports the same typed error.
+    let err = waiter.execute(sqlx::query("SELECT 1")).unwrap_err();
+    assert!(
+        err.kind() == dbscope::ErrorKind::Timeout && err.bind() == Some("main"),
+        "{err}"
+    );
+    assert_eq!(blocking_status::<B>(&manager).timeouts, 2);
 
-                let row = session.fetch_one(sqlx::query(sql(select.clone()))).unwrap();
-                assert_eq!(sqlx::Row::get::<i64, _>(&row, 0), 1);
+    // The waiter works once the holder lets go.
+    drop(holder);
+    waiter.execute(sqlx::query("SELECT 1")).unwrap();
+    drop(waiter);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-                let v: Option<String> = session
-                    .fetch_optional(sqlx::query_scalar(sql(format!("SELECT v FROM {} WHERE id = 2", db.table))))
-                    .unwrap();
-                assert_eq!(v.as_deref(), Some("row 2"));
+fn read_only_sessions_refuse_writes_and_leave_the_connection_writable<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c.max_connections(1));
+    create_table::<B>(&manager, &db);
+    let mut reader = manager
+        .blocking_session::<B::Db>("main")
+        .unwrap()
+        .read_only(true);
+    assert_eq!(count(&mut reader, &db), 0);
+    let err = insert(&mut reader, &db, 1).unwrap_err();
+    assert!(err.as_database_error().is_some(), "{err}");
+    reader.close().unwrap();
+    // Same (only) connection, default options: writable again.
+    let mut writer = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut writer, &db, 1).unwrap();
+    writer.commit().unwrap();
+    drop(writer);
+    assert_eq!(committed_rows::<B>(&manager, &db), 1);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-                let ids: Vec<i64> = session
-                    .fetch_all(sqlx::query(sql(select.clone())).map(|row: <Db as sqlx::Database>::Row| {
-                        sqlx::Row::get::<i64, _>(&row, 0)
-                    }))
-                    .unwrap();
-                assert_eq!(ids, [1, 2, 3]);
+fn isolation_level_reaches_the_server<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let session = manager.blocking_session::<B::Db>("main").unwrap();
+    match B::KIND {
+        Kind::Postgres => {
+            let mut session = session.isolation(IsolationLevel::Serializable);
+            let level: String = blocking_fetch_string(
+                &mut session,
+                "SELECT current_setting('transaction_isolation')",
+            )
+            .unwrap();
+            assert_eq!(level, "serializable");
+        }
+        Kind::MySql => {
+            let mut session = session.isolation(IsolationLevel::ReadCommitted);
+            insert(&mut session, &db, 1).unwrap();
+            let me: i64 =
+                blocking_fetch_i64(&mut session, "SELECT CAST(CONNECTION_ID() AS SIGNED)").unwrap();
+            // innodb_trx is a cached snapshot (other clients of the server may keep it
+            // stale for a while): wait for our transaction to show, then check it.
+            let mut level = None;
+            eventually("our transaction in innodb_trx", || {
+                let trx = census(db.innodb_transactions());
+                level = trx.into_iter().find(|(id, _)| *id == me).map(|(_, l)| l);
+                level.is_some()
+            });
+            assert_eq!(level.as_deref(), Some("READ COMMITTED"));
+        }
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            let mut weaker = session.isolation(IsolationLevel::ReadCommitted);
+            let err = weaker.begin().unwrap_err();
+            assert_eq!(err.kind(), dbscope::ErrorKind::Unsupported, "{err}");
+            assert!(!weaker.in_transaction());
+            let mut session = weaker.isolation(IsolationLevel::Serializable);
+            session.begin().unwrap();
+        }
+    }
+    manager.close_blocking(CLOSE).ok();
+    finish(db);
+}
 
-                let raw_rows = session.fetch_all(sqlx::raw_sql(sql(select.clone()))).unwrap();
-                assert_eq!(raw_rows.len(), 3);
+fn autocommit_lands_each_statement_without_a_transaction<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager
+        .blocking_session::<B::Db>("main")
+        .unwrap()
+        .autocommit(true);
+    insert(&mut session, &db, 1).unwrap();
+    assert!(!session.in_transaction());
+    assert_no_open_transaction(&db); // while the session still holds its connection
+    assert_eq!(
+        committed_rows::<B>(&manager, &db),
+        1,
+        "visible before any commit"
+    );
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-                let missing = session
-                    .fetch_one(sqlx::query_scalar::<_, i64>(sql(format!("SELECT id FROM {} WHERE id = 99", db.table))))
-                    .unwrap_err();
-                assert!(matches!(std::error::Error::source(&missing).and_then(|e| e.downcast_ref()), Some(sqlx::Error::RowNotFound)), "{missing}");
-                assert_eq!(missing.kind(), dbscope::ErrorKind::Query);
-                assert_eq!(missing.bind(), Some("main"));
-                assert_eq!(missing.bind(), Some("main"));
+fn typed_bind_keys_select_the_blocking_bind<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    let mut session = manager.blocking_session_for::<B::Main>().unwrap();
+    session.execute(sqlx::query("SELECT 1")).unwrap();
+    session.commit().unwrap();
+    assert_eq!(
+        manager.blocking_bind_for::<B::Main>().unwrap().name(),
+        "main"
+    );
+    let err = manager.blocking_bind::<B::Other>("main").unwrap_err();
+    assert!(err.is_backend_mismatch(), "{err}");
+    let err = manager.blocking_bind::<B::Db>("mian").unwrap_err();
+    assert!(
+        err.is_unknown_bind() && err.to_string().contains("known binds: main"),
+        "{err}"
+    );
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-                // The escape hatch: any async code on the session, a stream and the raw connection.
-                let streamed = session
-                    .run(async |s| sqlx::query(sql(select.clone())).fetch(s).try_collect::<Vec<_>>().await)
-                    .unwrap();
-                assert_eq!(streamed.len(), 3);
-                let table = db.table.clone();
-                let via_raw: i64 = session
-                    .run(async move |s| {
-                        let raw = s.connection().await?;
-                        let n = sqlx::query_scalar(sql(format!("SELECT COUNT(*) FROM {table}")))
-                            .fetch_one(raw)
-                            .await?;
-                        Ok::<_, Error>(n)
-                    })
-                    .unwrap();
-                assert_eq!(via_raw, 3, "the raw connection is inside the session's transaction");
+fn the_async_and_blocking_faces_share_one_database_and_list_both_pools<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    census(async {
+        let mut session = manager.session::<B::Db>("main").unwrap();
+        let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'async')", db.table);
+        sqlx::query(sql(stmt)).execute(&mut session).await.unwrap();
+        session.commit().await.unwrap();
+        session.close().await.unwrap();
+    });
+    assert_eq!(
+        committed_rows::<B>(&manager, &db),
+        1,
+        "blocking code sees what async code committed"
+    );
 
-                session.commit().unwrap();
-                assert_eq!(committed_rows(&manager, &db), 3);
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+    let status = manager.status();
+    assert_eq!(status.len(), 2, "{status:?}");
+    assert_eq!(
+        (status[0].name.as_str(), status[0].blocking),
+        ("main", false)
+    );
+    assert_eq!(
+        (status[1].name.as_str(), status[1].blocking),
+        ("main", true)
+    );
+    assert_eq!((status[0].connections, status[1].connections), (1, 1));
+    manager.close_blocking(CLOSE).unwrap();
+    assert!(
+        manager
+            .status()
+            .iter()
+            .all(|s| s.connections == 0 && s.closed)
+    );
+    finish(db);
+}
 
-            #[test]
-            fn pool_exhaustion_times_out_within_the_acquire_timeout() {
-                let Some(db) = setup() else { return };
-                let timeout = Duration::from_millis(300);
-                let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
-                let mut holder = manager.blocking_session::<Db>("main").unwrap();
-                holder.execute(sqlx::query("SELECT 1")).unwrap();
+fn close_waits_for_sessions_then_closes_every_connection<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let mut idle = bind.session();
+    idle.execute(sqlx::query("SELECT 1")).unwrap();
+    idle.close().unwrap(); // one idle connection
+    let mut busy = bind.session();
+    busy.execute(sqlx::query("SELECT 1")).unwrap();
 
-                let mut waiter = manager.blocking_session::<Db>("main").unwrap();
-                let start = Instant::now();
-                let err = waiter.begin().unwrap_err();
-                let waited = start.elapsed();
-                assert!(err.kind() == dbscope::ErrorKind::Timeout && err.bind() == Some("main"), "{err}");
-                assert!(err.to_string().contains("acquire_timeout"), "{err}");
-                assert!(waited >= timeout && waited < timeout * 5, "waited {waited:?}");
+    let closing = thread::spawn({
+        let manager = manager.clone();
+        move || manager.close_blocking(Duration::from_secs(10))
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        !closing.is_finished(),
+        "close waits for the session holding a connection"
+    );
+    assert!(manager.is_closed());
+    assert!(
+        manager
+            .blocking_session::<B::Db>("main")
+            .unwrap_err()
+            .is_closed()
+    );
+    assert!(bind.session().begin().unwrap_err().is_closed());
 
-                // A statement's checkout reports the same typed error.
-                let err = waiter.execute(sqlx::query("SELECT 1")).unwrap_err();
-                assert!(err.kind() == dbscope::ErrorKind::Timeout && err.bind() == Some("main"), "{err}");
-                assert_eq!(blocking_status(&manager).timeouts, 2);
+    busy.commit().unwrap();
+    drop(busy);
+    closing.join().unwrap().unwrap();
+    assert_eq!(bind.status().connections, 0);
+    if census(db.server_connections()).is_some() {
+        eventually("the server sees every connection closed", || {
+            census(db.server_connections()) == Some(0)
+        });
+    }
+    finish(db);
+}
 
-                // The waiter works once the holder lets go.
-                drop(holder);
-                waiter.execute(sqlx::query("SELECT 1")).unwrap();
-                drop(waiter);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+fn close_reports_the_blocking_face_still_busy_at_its_deadline<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    let mut busy = manager.blocking_session::<B::Db>("main").unwrap();
+    busy.execute(sqlx::query("SELECT 1")).unwrap();
+    let err = manager
+        .close_blocking(Duration::from_millis(100))
+        .unwrap_err();
+    assert!(
+        err.kind() == dbscope::ErrorKind::CloseTimedOut
+            && err.busy_binds() == [("main (blocking)".to_owned(), 1)],
+        "{err}"
+    );
+    // The straggler's transaction still ends cleanly when it drops.
+    drop(busy);
+    assert_no_open_transaction(&db);
+    finish(db);
+}
 
-            #[test]
-            fn read_only_sessions_refuse_writes_and_leave_the_connection_writable() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c.max_connections(1));
-                create_table(&manager, &db);
-                let mut reader = manager.blocking_session::<Db>("main").unwrap().read_only(true);
-                assert_eq!(count(&mut reader, &db), 0);
-                let err = insert(&mut reader, &db, 1).unwrap_err();
-                assert!(err.as_database_error().is_some(), "{err}");
-                reader.close().unwrap();
-                // Same (only) connection, default options: writable again.
-                let mut writer = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut writer, &db, 1).unwrap();
-                writer.commit().unwrap();
-                drop(writer);
-                assert_eq!(committed_rows(&manager, &db), 1);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+fn dropping_the_manager_closes_idle_blocking_connections<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    session.execute(sqlx::query("SELECT 1")).unwrap();
+    drop(session);
+    assert_eq!(bind.status().idle, 1);
+    drop(manager);
+    assert!(bind.session().begin().unwrap_err().is_closed());
+    assert_eq!(bind.status().connections, 0);
+    if census(db.server_connections()).is_some() {
+        eventually("the server sees the idle connection closed", || {
+            census(db.server_connections()) == Some(0)
+        });
+    }
+    finish(db);
+}
 
-            #[test]
-            fn isolation_level_reaches_the_server() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let session = manager.blocking_session::<Db>("main").unwrap();
-                match KIND {
-                    Kind::Postgres => {
-                        let mut session = session.isolation(IsolationLevel::Serializable);
-                        let level: String = session
-                            .fetch_one(sqlx::query_scalar("SELECT current_setting('transaction_isolation')"))
-                            .unwrap();
-                        assert_eq!(level, "serializable");
+fn connect_blocking_opens_a_connection_eagerly<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    manager.connect_blocking().unwrap();
+    assert_eq!(blocking_status::<B>(&manager).connections, 1);
+    if let Some(n) = census(db.server_connections()) {
+        assert_eq!(n, 1);
+    }
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
+fn min_connections_and_idle_timeout_are_honoured_on_the_blocking_face<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| {
+        c.min_connections(2)
+            .max_connections(4)
+            .idle_timeout(Some(Duration::from_millis(200)))
+    });
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    assert_eq!(bind.status().connections, 0, "the pool starts empty");
+    let mut sessions: Vec<_> = (0..3).map(|_| bind.session()).collect();
+    for session in &mut sessions {
+        session.execute(sqlx::query("SELECT 1")).unwrap();
+    }
+    assert_eq!(bind.status().connections, 3);
+    drop(sessions);
+    eventually("idle connections close down to min_connections", || {
+        bind.status().connections == 2
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(bind.status().connections, 2, "never below min_connections");
+    if let Some(n) = census(db.server_connections()) {
+        assert_eq!(n, 2);
+    }
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
+fn many_threads_share_a_small_pool_without_deadlock<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| {
+        c.max_connections(2)
+            .acquire_timeout(Duration::from_secs(30))
+    });
+    create_table::<B>(&manager, &db);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    const THREADS: i64 = 16;
+    const EACH: i64 = 10;
+    let table = db.table.clone();
+    within(Duration::from_secs(120), move || {
+        let start = Arc::new(Barrier::new(THREADS as usize));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (bind, start, table) = (bind.clone(), start.clone(), table.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    for i in 0..EACH {
+                        let mut session = bind.session();
+                        let id = t * EACH + i;
+                        let stmt =
+                            format!("INSERT INTO {table} (id, v) VALUES ({id}, 'thread {t}')");
+                        session.execute(sqlx::query(sql(stmt)))?;
+                        session.commit()?;
                     }
-                    Kind::MySql => {
-                        let mut session = session.isolation(IsolationLevel::ReadCommitted);
-                        insert(&mut session, &db, 1).unwrap();
-                        let me: i64 = session
-                            .fetch_one(sqlx::query_scalar("SELECT CAST(CONNECTION_ID() AS SIGNED)"))
-                            .unwrap();
-                        // innodb_trx is a cached snapshot (other clients of the server may keep it
-                        // stale for a while): wait for our transaction to show, then check it.
-                        let mut level = None;
-                        eventually("our transaction in innodb_trx", || {
-                            let trx = census(db.innodb_transactions());
-                            level = trx.into_iter().find(|(id, _)| *id == me).map(|(_, l)| l);
-                            level.is_some()
-                        });
-                        assert_eq!(level.as_deref(), Some("READ COMMITTED"));
-                    }
-                    Kind::SqliteFile | Kind::SqliteMemory => {
-                        let mut weaker = session.isolation(IsolationLevel::ReadCommitted);
-                        let err = weaker.begin().unwrap_err();
-                        assert_eq!(err.kind(), dbscope::ErrorKind::Unsupported, "{err}");
-                        assert!(!weaker.in_transaction());
-                        let mut session = weaker.isolation(IsolationLevel::Serializable);
-                        session.begin().unwrap();
-                    }
-                }
-                manager.close_blocking(CLOSE).ok();
-                finish(db);
-            }
-
-            #[test]
-            fn autocommit_lands_each_statement_without_a_transaction() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap().autocommit(true);
-                insert(&mut session, &db, 1).unwrap();
-                assert!(!session.in_transaction());
-                assert_no_open_transaction(&db); // while the session still holds its connection
-                assert_eq!(committed_rows(&manager, &db), 1, "visible before any commit");
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn typed_bind_keys_select_the_blocking_bind() {
-                let Some(db) = setup() else { return };
-                dbscope::bind_key!(Main: Db = "main");
-                let manager = db.manager(|c| c);
-                let mut session = manager.blocking_session_for::<Main>().unwrap();
-                session.execute(sqlx::query("SELECT 1")).unwrap();
-                session.commit().unwrap();
-                assert_eq!(manager.blocking_bind_for::<Main>().unwrap().name(), "main");
-                let err = manager.blocking_bind::<$other>("main").unwrap_err();
-                assert!(err.is_backend_mismatch(), "{err}");
-                let err = manager.blocking_bind::<Db>("mian").unwrap_err();
-                assert!(err.is_unknown_bind() && err.to_string().contains("known binds: main"), "{err}");
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn the_async_and_blocking_faces_share_one_database_and_list_both_pools() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                census(async {
-                    let mut session = manager.session::<Db>("main").unwrap();
-                    let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'async')", db.table);
-                    sqlx::query(sql(stmt)).execute(&mut session).await.unwrap();
-                    session.commit().await.unwrap();
-                    session.close().await.unwrap();
-                });
-                assert_eq!(committed_rows(&manager, &db), 1, "blocking code sees what async code committed");
-
-                let status = manager.status();
-                assert_eq!(status.len(), 2, "{status:?}");
-                assert_eq!((status[0].name.as_str(), status[0].blocking), ("main", false));
-                assert_eq!((status[1].name.as_str(), status[1].blocking), ("main", true));
-                assert_eq!((status[0].connections, status[1].connections), (1, 1));
-                manager.close_blocking(CLOSE).unwrap();
-                assert!(manager.status().iter().all(|s| s.connections == 0 && s.closed));
-                finish(db);
-            }
-
-            #[test]
-            fn close_waits_for_sessions_then_closes_every_connection() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                let mut idle = bind.session();
-                idle.execute(sqlx::query("SELECT 1")).unwrap();
-                idle.close().unwrap(); // one idle connection
-                let mut busy = bind.session();
-                busy.execute(sqlx::query("SELECT 1")).unwrap();
-
-                let closing = thread::spawn({
-                    let manager = manager.clone();
-                    move || manager.close_blocking(Duration::from_secs(10))
-                });
-                thread::sleep(Duration::from_millis(200));
-                assert!(!closing.is_finished(), "close waits for the session holding a connection");
-                assert!(manager.is_closed());
-                assert!(manager.blocking_session::<Db>("main").unwrap_err().is_closed());
-                assert!(bind.session().begin().unwrap_err().is_closed());
-
-                busy.commit().unwrap();
-                drop(busy);
-                closing.join().unwrap().unwrap();
-                assert_eq!(bind.status().connections, 0);
-                if census(db.server_connections()).is_some() {
-                    eventually("the server sees every connection closed", || {
-                        census(db.server_connections()) == Some(0)
-                    });
-                }
-                finish(db);
-            }
-
-            #[test]
-            fn close_reports_the_blocking_face_still_busy_at_its_deadline() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                let mut busy = manager.blocking_session::<Db>("main").unwrap();
-                busy.execute(sqlx::query("SELECT 1")).unwrap();
-                let err = manager.close_blocking(Duration::from_millis(100)).unwrap_err();
-                assert!(
-                    err.kind() == dbscope::ErrorKind::CloseTimedOut && err.busy_binds() == [("main (blocking)".to_owned(), 1)],
-                    "{err}"
-                );
-                // The straggler's transaction still ends cleanly when it drops.
-                drop(busy);
-                assert_no_open_transaction(&db);
-                finish(db);
-            }
-
-            #[test]
-            fn dropping_the_manager_closes_idle_blocking_connections() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                session.execute(sqlx::query("SELECT 1")).unwrap();
-                drop(session);
-                assert_eq!(bind.status().idle, 1);
-                drop(manager);
-                assert!(bind.session().begin().unwrap_err().is_closed());
-                assert_eq!(bind.status().connections, 0);
-                if census(db.server_connections()).is_some() {
-                    eventually("the server sees the idle connection closed", || {
-                        census(db.server_connections()) == Some(0)
-                    });
-                }
-                finish(db);
-            }
-
-            #[test]
-            fn connect_blocking_opens_a_connection_eagerly() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                manager.connect_blocking().unwrap();
-                assert_eq!(blocking_status(&manager).connections, 1);
-                if let Some(n) = census(db.server_connections()) {
-                    assert_eq!(n, 1);
-                }
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn min_connections_and_idle_timeout_are_honoured_on_the_blocking_face() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| {
-                    c.min_connections(2).max_connections(4).idle_timeout(Some(Duration::from_millis(200)))
-                });
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                assert_eq!(bind.status().connections, 0, "the pool starts empty");
-                let mut sessions: Vec<_> = (0..3).map(|_| bind.session()).collect();
-                for session in &mut sessions {
-                    session.execute(sqlx::query("SELECT 1")).unwrap();
-                }
-                assert_eq!(bind.status().connections, 3);
-                drop(sessions);
-                eventually("idle connections close down to min_connections", || {
-                    bind.status().connections == 2
-                });
-                thread::sleep(Duration::from_millis(500));
-                assert_eq!(bind.status().connections, 2, "never below min_connections");
-                if let Some(n) = census(db.server_connections()) {
-                    assert_eq!(n, 2);
-                }
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn many_threads_share_a_small_pool_without_deadlock() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_secs(30)));
-                create_table(&manager, &db);
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                const THREADS: i64 = 16;
-                const EACH: i64 = 10;
-                let table = db.table.clone();
-                within(Duration::from_secs(120), move || {
-                    let start = Arc::new(Barrier::new(THREADS as usize));
-                    let workers: Vec<_> = (0..THREADS)
-                        .map(|t| {
-                            let (bind, start, table) = (bind.clone(), start.clone(), table.clone());
-                            thread::spawn(move || {
-                                start.wait();
-                                for i in 0..EACH {
-                                    let mut session = bind.session();
-                                    let id = t * EACH + i;
-                                    let stmt = format!("INSERT INTO {table} (id, v) VALUES ({id}, 'thread {t}')");
-                                    session.execute(sqlx::query(sql(stmt)))?;
-                                    session.commit()?;
-                                }
-                                Ok::<_, Error>(())
-                            })
-                        })
-                        .collect();
-                    for worker in workers {
-                        worker.join().expect("worker thread").expect("every session succeeds");
-                    }
-                });
-                assert_eq!(committed_rows(&manager, &db), THREADS * EACH);
-                let status = blocking_status(&manager);
-                assert!(status.connections <= 2 && status.in_use == 0, "{status:?}");
-                assert_eq!((status.timeouts, status.discarded), (0, 0));
-                assert_no_open_transaction(&db);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn threads_that_wait_past_the_acquire_timeout_get_timeout_errors() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_millis(50)));
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                const THREADS: usize = 8;
-                let outcomes = within(Duration::from_secs(60), move || {
-                    let start = Arc::new(Barrier::new(THREADS));
-                    let workers: Vec<_> = (0..THREADS)
-                        .map(|_| {
-                            let (bind, start) = (bind.clone(), start.clone());
-                            thread::spawn(move || {
-                                start.wait();
-                                let mut session = bind.session();
-                                session.execute(sqlx::query("SELECT 1"))?;
-                                thread::sleep(Duration::from_millis(300)); // hold the connection
-                                session.commit()
-                            })
-                        })
-                        .collect();
-                    workers.into_iter().map(|w| w.join().expect("worker thread")).collect::<Vec<_>>()
-                });
-                // The two connections serve two threads; the rest wait past the timeout (one that
-                // started very late could still be served).
-                let served = outcomes.iter().filter(|o| o.is_ok()).count();
-                assert!((2..THREADS).contains(&served), "served {served} of {THREADS}");
-                for outcome in &outcomes {
-                    if let Err(e) = outcome {
-                        assert!(e.kind() == dbscope::ErrorKind::Timeout && e.bind() == Some("main"), "{e}");
-                    }
-                }
-                let status = blocking_status(&manager);
-                assert_eq!(status.timeouts as usize, THREADS - served);
-                assert_eq!(status.in_use, 0, "{status:?}");
-                assert_no_open_transaction(&db);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let add = |id: i64| -> dbscope::Result<()> {
-                    let mut session = blocking::current_session::<Db>("main")?;
-                    insert(&mut session, &db, id)
-                };
-                blocking::scope(&manager, || {
-                    add(1)?;
-                    add(2)?;
-                    // Other code of the scope sees the scope's uncommitted work: one session.
-                    let mut session = blocking::current_session::<Db>("main")?;
-                    assert!(session.in_transaction());
-                    assert_eq!(count(&mut session, &db), 2);
                     Ok::<_, Error>(())
                 })
-                .unwrap();
-                assert_eq!(committed_rows(&manager, &db), 2);
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .expect("worker thread")
+                .expect("every session succeeds");
+        }
+    });
+    assert_eq!(committed_rows::<B>(&manager, &db), THREADS * EACH);
+    let status = blocking_status::<B>(&manager);
+    assert!(status.connections <= 2 && status.in_use == 0, "{status:?}");
+    assert_eq!((status.timeouts, status.discarded), (0, 0));
+    assert_no_open_transaction(&db);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-                let err = blocking::scope(&manager, || {
-                    add(3)?;
-                    add(1) // a duplicate key: the work fails
+fn threads_that_wait_past_the_acquire_timeout_get_timeout_errors<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| {
+        c.max_connections(2)
+            .acquire_timeout(Duration::from_millis(50))
+    });
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    const THREADS: usize = 8;
+    let outcomes = within(Duration::from_secs(60), move || {
+        let start = Arc::new(Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (bind, start) = (bind.clone(), start.clone());
+                thread::spawn(move || {
+                    start.wait();
+                    let mut session = bind.session();
+                    session.execute(sqlx::query("SELECT 1"))?;
+                    thread::sleep(Duration::from_millis(300)); // hold the connection
+                    session.commit()
                 })
-                .unwrap_err();
-                assert!(err.as_database_error().is_some(), "{err}");
-                assert_eq!(committed_rows(&manager, &db), 2, "the failed scope rolled back");
-                assert_eq!(blocking_status(&manager).in_use, 0);
-                assert_no_open_transaction(&db);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn a_panic_inside_a_scope_rolls_back() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let panicked = catch_unwind(AssertUnwindSafe(|| {
-                    blocking::scope(&manager, || {
-                        let mut session = blocking::current_session::<Db>("main")?;
-                        insert(&mut session, &db, 1)?;
-                        drop(session);
-                        if db.table.len() < usize::MAX {
-                            panic!("the work panics mid-scope");
-                        }
-                        Ok::<_, Error>(())
-                    })
-                }));
-                assert!(panicked.is_err());
-                let status = blocking_status(&manager);
-                assert_eq!((status.in_use, status.discarded), (0, 0), "rolled back, returned clean");
-                assert_no_open_transaction(&db);
-                assert_eq!(committed_rows(&manager, &db), 0);
-                assert!(blocking::current_session::<Db>("main").unwrap_err().is_no_scope(), "the scope ended with the panic");
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
-
-            #[test]
-            fn a_session_dropped_in_async_code_rolls_back_in_the_background() {
-                let Some(db) = setup() else { return };
-                let manager = db.manager(|c| c);
-                create_table(&manager, &db);
-                let mut session = manager.blocking_session::<Db>("main").unwrap();
-                insert(&mut session, &db, 1).unwrap();
-                census(async move {
-                    let err = session.commit().unwrap_err();
-                    assert!(err.is_blocking_in_async(), "{err}");
-                    drop(session); // must neither panic nor block
-                });
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                eventually("the connection back in the pool", || bind.status().in_use == 0);
-                assert_eq!(bind.status().discarded, 0, "rolled back, not discarded");
-                assert_no_open_transaction(&db);
-                assert_eq!(committed_rows(&manager, &db), 0);
-                manager.close_blocking(CLOSE).unwrap();
-                finish(db);
-            }
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker thread"))
+            .collect::<Vec<_>>()
+    });
+    // The two connections serve two threads; the rest wait past the timeout (one that
+    // started very late could still be served).
+    let served = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(
+        (2..THREADS).contains(&served),
+        "served {served} of {THREADS}"
+    );
+    for outcome in &outcomes {
+        if let Err(e) = outcome {
+            assert!(
+                e.kind() == dbscope::ErrorKind::Timeout && e.bind() == Some("main"),
+                "{e}"
+            );
         }
-    };
+    }
+    let status = blocking_status::<B>(&manager);
+    assert_eq!(status.timeouts as usize, THREADS - served);
+    assert_eq!(status.in_use, 0, "{status:?}");
+    assert_no_open_transaction(&db);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
 }
 
-/// What only a server can show: a connection killed under a blocking session.
-macro_rules! server_suite {
-    ($module:ident, $db:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
-
-            type Db = $db;
-
-            fn connection_id(session: &mut BlockingSession<Db>, db: &TestDb) -> i64 {
-                session
-                    .fetch_one(sqlx::query_scalar(db.connection_id_query()))
-                    .expect("connection id")
-            }
-
-            #[test]
-            fn a_connection_killed_mid_session_is_discarded_not_reused() {
-                let Some(db) = census(TestDb::new($kind)) else {
-                    return;
-                };
-                let manager = db.manager(|c| c.max_connections(1));
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                let id = connection_id(&mut session, &db);
-                census(db.kill_connection(id));
-                session.execute(sqlx::query("SELECT 1")).unwrap_err();
-                assert!(session.commit().unwrap_err().is_poisoned());
-                drop(session);
-                assert_eq!(bind.status().discarded, 1);
-                let mut fresh = bind.session();
-                assert_ne!(
-                    connection_id(&mut fresh, &db),
-                    id,
-                    "a new connection serves"
-                );
-                drop(fresh);
-                manager.close_blocking(CLOSE).unwrap();
-                census(db.finish());
-            }
-
-            #[test]
-            fn health_check_always_replaces_a_dead_idle_connection() {
-                let Some(db) = census(TestDb::new($kind)) else {
-                    return;
-                };
-                let manager =
-                    db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
-                let bind = manager.blocking_bind::<Db>("main").unwrap();
-                let mut session = bind.session();
-                let dead = connection_id(&mut session, &db);
-                session.close().unwrap();
-                census(db.kill_connection(dead));
-                let mut session = bind.session();
-                assert_ne!(
-                    connection_id(&mut session, &db),
-                    dead,
-                    "the ping caught it: no error"
-                );
-                drop(session);
-                manager.close_blocking(CLOSE).unwrap();
-                census(db.finish());
-            }
-        }
+fn a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let add = |id: i64| -> dbscope::Result<()> {
+        let mut session = blocking::current_session::<B::Db>("main")?;
+        insert(&mut session, &db, id)
     };
+    blocking::scope(&manager, || {
+        add(1)?;
+        add(2)?;
+        // Other code of the scope sees the scope's uncommitted work: one session.
+        let mut session = blocking::current_session::<B::Db>("main")?;
+        assert!(session.in_transaction());
+        assert_eq!(count(&mut session, &db), 2);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 2);
+
+    let err = blocking::scope(&manager, || {
+        add(3)?;
+        add(1) // a duplicate key: the work fails
+    })
+    .unwrap_err();
+    assert!(err.as_database_error().is_some(), "{err}");
+    assert_eq!(
+        committed_rows::<B>(&manager, &db),
+        2,
+        "the failed scope rolled back"
+    );
+    assert_eq!(blocking_status::<B>(&manager).in_use, 0);
+    assert_no_open_transaction(&db);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
 }
 
-server_suite!(postgres_server, sqlx::Postgres, Kind::Postgres);
-server_suite!(mysql_server, sqlx::MySql, Kind::MySql);
+fn a_panic_inside_a_scope_rolls_back<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        blocking::scope(&manager, || {
+            let mut session = blocking::current_session::<B::Db>("main")?;
+            insert(&mut session, &db, 1)?;
+            drop(session);
+            if db.table.len() < usize::MAX {
+                panic!("the work panics mid-scope");
+            }
+            Ok::<_, Error>(())
+        })
+    }));
+    assert!(panicked.is_err());
+    let status = blocking_status::<B>(&manager);
+    assert_eq!(
+        (status.in_use, status.discarded),
+        (0, 0),
+        "rolled back, returned clean"
+    );
+    assert_no_open_transaction(&db);
+    assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    assert!(
+        blocking::current_session::<B::Db>("main")
+            .unwrap_err()
+            .is_no_scope(),
+        "the scope ended with the panic"
+    );
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
 
-blocking_suite!(sqlite_file, sqlx::Sqlite, sqlx::Postgres, Kind::SqliteFile);
-blocking_suite!(
-    sqlite_memory,
-    sqlx::Sqlite,
-    sqlx::Postgres,
-    Kind::SqliteMemory
+fn a_session_dropped_in_async_code_rolls_back_in_the_background<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    census(async move {
+        let err = session.commit().unwrap_err();
+        assert!(err.is_blocking_in_async(), "{err}");
+        drop(session); // must neither panic nor block
+    });
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    eventually("the connection back in the pool", || {
+        bind.status().in_use == 0
+    });
+    assert_eq!(bind.status().discarded, 0, "rolled back, not discarded");
+    assert_no_open_transaction(&db);
+    assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
+// ----- what only a server can show: a connection killed under a blocking session -----
+
+fn connection_id<DB: Typed>(session: &mut BlockingSession<DB>, db: &TestDb) -> i64 {
+    blocking_fetch_i64(session, db.connection_id_query()).expect("connection id")
+}
+
+fn a_connection_killed_mid_session_is_discarded_not_reused<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c.max_connections(1));
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    let id = connection_id(&mut session, &db);
+    census(db.kill_connection(id));
+    session.execute(sqlx::query("SELECT 1")).unwrap_err();
+    assert!(session.commit().unwrap_err().is_poisoned());
+    drop(session);
+    assert_eq!(bind.status().discarded, 1);
+    let mut fresh = bind.session();
+    assert_ne!(
+        connection_id(&mut fresh, &db),
+        id,
+        "a new connection serves"
+    );
+    drop(fresh);
+    manager.close_blocking(CLOSE).unwrap();
+    census(db.finish());
+}
+
+fn health_check_always_replaces_a_dead_idle_connection<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c.max_connections(1).health_check(HealthCheck::Always));
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    let dead = connection_id(&mut session, &db);
+    session.close().unwrap();
+    census(db.kill_connection(dead));
+    let mut session = bind.session();
+    assert_ne!(
+        connection_id(&mut session, &db),
+        dead,
+        "the ping caught it: no error"
+    );
+    drop(session);
+    manager.close_blocking(CLOSE).unwrap();
+    census(db.finish());
+}
+
+common::blocking_tests!(postgres_server, common::Pg:
+    a_connection_killed_mid_session_is_discarded_not_reused,
+    health_check_always_replaces_a_dead_idle_connection,
 );
-blocking_suite!(postgres, sqlx::Postgres, sqlx::MySql, Kind::Postgres);
-blocking_suite!(mysql, sqlx::MySql, sqlx::Sqlite, Kind::MySql);
+common::blocking_tests!(mysql_server, common::MySql:
+    a_connection_killed_mid_session_is_discarded_not_reused,
+    health_check_always_replaces_a_dead_idle_connection,
+);
+
+/// The blocking suite's tests, for one backend.
+macro_rules! blocking_suite_tests {
+    ($module:ident, $suite:ty) => {
+        common::blocking_tests!($module, $suite:
+            no_connection_before_first_statement,
+            commit_is_visible_to_another_session,
+            rollback_is_invisible,
+            a_dropped_session_rolls_back_before_the_drop_returns,
+            savepoint_rollback_keeps_the_outer_work,
+            a_dropped_savepoint_rolls_back_before_the_next_statement,
+            nested_savepoints_commit_into_the_transaction,
+            a_failed_statement_inside_a_savepoint_can_be_undone,
+            commit_after_a_failed_statement_follows_the_database,
+            queries_of_every_shape_run_through_plain_methods,
+            pool_exhaustion_times_out_within_the_acquire_timeout,
+            read_only_sessions_refuse_writes_and_leave_the_connection_writable,
+            isolation_level_reaches_the_server,
+            autocommit_lands_each_statement_without_a_transaction,
+            typed_bind_keys_select_the_blocking_bind,
+            the_async_and_blocking_faces_share_one_database_and_list_both_pools,
+            close_waits_for_sessions_then_closes_every_connection,
+            close_reports_the_blocking_face_still_busy_at_its_deadline,
+            dropping_the_manager_closes_idle_blocking_connections,
+            connect_blocking_opens_a_connection_eagerly,
+            min_connections_and_idle_timeout_are_honoured_on_the_blocking_face,
+            many_threads_share_a_small_pool_without_deadlock,
+            threads_that_wait_past_the_acquire_timeout_get_timeout_errors,
+            a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session,
+            a_panic_inside_a_scope_rolls_back,
+            a_session_dropped_in_async_code_rolls_back_in_the_background,
+        );
+    };
+}
+
+blocking_suite_tests!(sqlite_file, common::SqliteFile);
+blocking_suite_tests!(sqlite_memory, common::SqliteMemory);
+blocking_suite_tests!(postgres, common::Pg);
+blocking_suite_tests!(mysql, common::MySql);
 
 // ----- calls from inside tokio runtimes -----
 

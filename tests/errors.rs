@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Kind, MYSQL_ENV, PG_ENV, TestDb, eventually, sql};
+use common::{
+    Kind, MYSQL_ENV, MySql, PG_ENV, Pg, SqliteFile, SqliteMemory, Suite, TestDb, eventually, sql,
+};
 use dbscope::{Backend, ErrorKind, Session};
 use sqlx::Connection as _;
 
@@ -24,12 +26,10 @@ where
 }
 
 async fn admin(kind: Kind) -> sqlx::AnyConnection {
-    let var = if kind == Kind::Postgres {
-        PG_ENV
-    } else {
-        MYSQL_ENV
+    let url = match kind {
+        Kind::Postgres => common::server_url(PG_ENV, common::PG_DEFAULT),
+        _ => common::server_url(MYSQL_ENV, common::MYSQL_DEFAULT),
     };
-    let url = std::env::var(var).unwrap_or_else(|_| panic!("{var} is set for this test"));
     sqlx::any::install_default_drivers();
     sqlx::AnyConnection::connect(&url)
         .await
@@ -68,152 +68,141 @@ impl DriverError for sqlx::Sqlite {
     type Error = sqlx::sqlite::SqliteError;
 }
 
-macro_rules! error_suite {
-    ($module:ident, $db:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
+async fn a_checkout_timeout_inside_a_sqlx_call_names_its_bind<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let timeout = Duration::from_millis(200);
+    let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
+    let mut holder = manager.session::<B::Db>("main").unwrap();
+    select_one(&mut holder).await.unwrap();
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_checkout_timeout_inside_a_sqlx_call_names_its_bind() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let timeout = Duration::from_millis(200);
-                let manager = db.manager(|c| c.max_connections(1).acquire_timeout(timeout));
-                let mut holder = manager.session::<$db>("main").unwrap();
-                select_one(&mut holder).await.unwrap();
-
-                let mut waiter = manager.session::<$db>("main").unwrap();
-                let err = select_one(&mut waiter).await.unwrap_err();
-                assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
-                assert_eq!(err.bind(), Some("main"));
-                assert_eq!(err.waited(), Some(timeout));
-                assert!(err.is_timeout() && err.is_retryable(), "{err}");
-                assert!(
-                    err.to_string()
-                        .starts_with("bind `main`: no connection available"),
-                    "{err}"
-                );
-                drop((holder, waiter));
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_constraint_violation_names_its_bind_and_stays_a_database_error() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager = db.manager(|c| c);
-                let mut session = manager.session::<$db>("main").unwrap();
-                let ddl = format!("CREATE TABLE {} (id BIGINT PRIMARY KEY)", db.table);
-                sqlx::query(sql(ddl)).execute(&mut session).await.unwrap();
-                let insert = format!("INSERT INTO {} (id) VALUES (1)", db.table);
-                sqlx::query(sql(insert.clone()))
-                    .execute(&mut session)
-                    .await
-                    .unwrap();
-
-                // sqlx-speaking code sees the driver's own error, unchanged.
-                let raw = sqlx::query(sql(insert.clone()))
-                    .execute(&mut session)
-                    .await
-                    .unwrap_err();
-                let sqlx::Error::Database(db_err) = &raw else {
-                    panic!("a database error: {raw:?}")
-                };
-                assert!(db_err.is_unique_violation(), "{db_err}");
-                assert!(
-                    db_err
-                        .try_downcast_ref::<<$db as DriverError>::Error>()
-                        .is_some()
-                );
-
-                // `?` into dbscope's error names the bind and keeps the database error.
-                let err = dbscope::Error::from(raw);
-                assert_eq!(err.kind(), ErrorKind::Query);
-                assert_eq!(err.bind(), Some("main"));
-                assert_eq!(err.to_string(), "bind `main`: statement failed");
-                assert!(
-                    err.as_database_error()
-                        .is_some_and(|e| e.is_unique_violation())
-                );
-                assert!(!err.is_retryable() && !err.is_connection_lost(), "{err}");
-                drop(session);
-                db.finish().await;
-            }
-        }
-    };
+    let mut waiter = manager.session::<B::Db>("main").unwrap();
+    let err = select_one(&mut waiter).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(err.bind(), Some("main"));
+    assert_eq!(err.waited(), Some(timeout));
+    assert!(err.is_timeout() && err.is_retryable(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bind `main`: no connection available"),
+        "{err}"
+    );
+    drop((holder, waiter));
+    db.finish().await;
 }
 
-macro_rules! killed_connection_suite {
-    ($module:ident, $db:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
+async fn a_constraint_violation_names_its_bind_and_stays_a_database_error<B>()
+where
+    B: Suite,
+    B::Db: DriverError,
+{
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let ddl = format!("CREATE TABLE {} (id BIGINT PRIMARY KEY)", db.table);
+    sqlx::query(sql(ddl)).execute(&mut session).await.unwrap();
+    let insert = format!("INSERT INTO {} (id) VALUES (1)", db.table);
+    sqlx::query(sql(insert.clone()))
+        .execute(&mut session)
+        .await
+        .unwrap();
 
-            /// Kills the session's connection from the server side and waits until the server
-            /// shows it gone.
-            async fn kill(db: &TestDb, session: &mut Session<$db>) {
-                let id: i64 = sqlx::query_scalar(db.connection_id_query())
-                    .fetch_one(&mut *session)
-                    .await
-                    .unwrap();
-                db.kill_connection(id).await;
-                eventually(
-                    "the killed connection is gone from the server",
-                    || async move { !server_has_connection($kind, id).await },
-                )
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_killed_connection_inside_a_sqlx_call_names_its_bind() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager = db.manager(|c| c);
-                let mut session = manager.session::<$db>("main").unwrap();
-                kill(&db, &mut session).await;
-
-                let err = select_one(&mut session).await.unwrap_err();
-                assert_eq!(err.kind(), ErrorKind::Query, "{err:?}");
-                assert_eq!(err.bind(), Some("main"), "{err:?}");
-                assert_eq!(err.to_string(), "bind `main`: statement failed");
-                assert!(err.is_connection_lost(), "{err:?}");
-                // It died inside a transaction, which the server rolled back: safe to run again.
-                assert!(err.is_retryable(), "{err:?}");
-                drop(session);
-                eventually("the dead connection is discarded", || {
-                    let status = manager.status();
-                    async move { status[0].discarded == 1 && status[0].in_use == 0 }
-                })
-                .await;
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_killed_autocommit_statement_is_not_retryable() {
-                let Some(db) = TestDb::new($kind).await else {
-                    return;
-                };
-                let manager = db.manager(|c| c);
-                let mut session = manager.session::<$db>("main").unwrap().autocommit(true);
-                kill(&db, &mut session).await;
-
-                let err = select_one(&mut session).await.unwrap_err();
-                assert_eq!(err.bind(), Some("main"), "{err:?}");
-                assert!(err.is_connection_lost(), "{err:?}");
-                // Outside a transaction the statement may have landed before the connection died.
-                assert!(!err.is_retryable(), "{err:?}");
-                drop(session);
-                db.finish().await;
-            }
-        }
+    // sqlx-speaking code sees the driver's own error, unchanged.
+    let raw = sqlx::query(sql(insert))
+        .execute(&mut session)
+        .await
+        .unwrap_err();
+    let sqlx::Error::Database(db_err) = &raw else {
+        panic!("a database error: {raw:?}")
     };
+    assert!(db_err.is_unique_violation(), "{db_err}");
+    assert!(
+        db_err
+            .try_downcast_ref::<<B::Db as DriverError>::Error>()
+            .is_some()
+    );
+
+    // `?` into dbscope's error names the bind and keeps the database error.
+    let err = dbscope::Error::from(raw);
+    assert_eq!(err.kind(), ErrorKind::Query);
+    assert_eq!(err.bind(), Some("main"));
+    assert_eq!(err.to_string(), "bind `main`: statement failed");
+    assert!(
+        err.as_database_error()
+            .is_some_and(|e| e.is_unique_violation())
+    );
+    assert!(!err.is_retryable() && !err.is_connection_lost(), "{err}");
+    drop(session);
+    db.finish().await;
 }
 
-error_suite!(sqlite_file, sqlx::Sqlite, Kind::SqliteFile);
-error_suite!(sqlite_memory, sqlx::Sqlite, Kind::SqliteMemory);
-error_suite!(postgres, sqlx::Postgres, Kind::Postgres);
-error_suite!(mysql, sqlx::MySql, Kind::MySql);
-killed_connection_suite!(postgres_killed, sqlx::Postgres, Kind::Postgres);
-killed_connection_suite!(mysql_killed, sqlx::MySql, Kind::MySql);
+/// Kills the session's connection from the server side and waits until the server shows it
+/// gone.
+async fn kill<B: Suite>(db: &TestDb, session: &mut Session<B::Db>) {
+    let id = common::fetch_i64(&mut *session, db.connection_id_query())
+        .await
+        .unwrap();
+    db.kill_connection(id).await;
+    eventually(
+        "the killed connection is gone from the server",
+        || async move { !server_has_connection(B::KIND, id).await },
+    )
+    .await;
+}
+
+async fn a_killed_connection_inside_a_sqlx_call_names_its_bind<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    kill::<B>(&db, &mut session).await;
+
+    let err = select_one(&mut session).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Query, "{err:?}");
+    assert_eq!(err.bind(), Some("main"), "{err:?}");
+    assert_eq!(err.to_string(), "bind `main`: statement failed");
+    assert!(err.is_connection_lost(), "{err:?}");
+    // It died inside a transaction, which the server rolled back: safe to run again.
+    assert!(err.is_retryable(), "{err:?}");
+    drop(session);
+    eventually("the dead connection is discarded", || {
+        let status = manager.status();
+        async move { status[0].discarded == 1 && status[0].in_use == 0 }
+    })
+    .await;
+    db.finish().await;
+}
+
+async fn a_killed_autocommit_statement_is_not_retryable<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let mut session = manager.session::<B::Db>("main").unwrap().autocommit(true);
+    kill::<B>(&db, &mut session).await;
+
+    let err = select_one(&mut session).await.unwrap_err();
+    assert_eq!(err.bind(), Some("main"), "{err:?}");
+    assert!(err.is_connection_lost(), "{err:?}");
+    // Outside a transaction the statement may have landed before the connection died.
+    assert!(!err.is_retryable(), "{err:?}");
+    drop(session);
+    db.finish().await;
+}
+
+common::async_tests!(sqlite_file, SqliteFile:
+    a_checkout_timeout_inside_a_sqlx_call_names_its_bind,
+    a_constraint_violation_names_its_bind_and_stays_a_database_error,
+);
+common::async_tests!(sqlite_memory, SqliteMemory:
+    a_checkout_timeout_inside_a_sqlx_call_names_its_bind,
+    a_constraint_violation_names_its_bind_and_stays_a_database_error,
+);
+common::async_tests!(postgres, Pg:
+    a_checkout_timeout_inside_a_sqlx_call_names_its_bind,
+    a_constraint_violation_names_its_bind_and_stays_a_database_error,
+    a_killed_connection_inside_a_sqlx_call_names_its_bind,
+    a_killed_autocommit_statement_is_not_retryable,
+);
+common::async_tests!(mysql, MySql:
+    a_checkout_timeout_inside_a_sqlx_call_names_its_bind,
+    a_constraint_violation_names_its_bind_and_stays_a_database_error,
+    a_killed_connection_inside_a_sqlx_call_names_its_bind,
+    a_killed_autocommit_statement_is_not_retryable,
+);

@@ -503,19 +503,19 @@ macro_rules! actix_suite {
             }
 
             /// A database with the items table, its manager, and the handlers' context.
-            async fn setup() -> Option<(TestDb, BindManager, web::Data<Ctx>)> {
-                let db = TestDb::new(KIND).await?;
+            async fn setup() -> (TestDb, BindManager, web::Data<Ctx>) {
+                let db = TestDb::new(KIND).await;
                 let manager = db.manager(|c| c);
                 create_table(&manager, "main", &db.table).await;
                 let ctx = ctx(&manager, &db, None);
-                Some((db, manager, ctx))
+                (db, manager, ctx)
             }
 
             // ---- tests ----
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn commit_on_2xx_completes_before_the_response() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 // A slow commit: were the response sent first, the client would get there
                 // before the row does.
                 let outer = route_scope(manager.scope().before_commit(|| async {
@@ -531,7 +531,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_on_4xx_and_5xx() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 for (id, code) in [(1, 400), (2, 404), (3, 422), (4, 500), (5, 503)] {
                     let response = post(&server, &format!("/write/{id}/{code}")).await;
@@ -545,7 +545,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_on_handler_error() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let response = post(&server, "/fail-after-write/1").await;
                 assert_eq!(response.status(), 500);
@@ -559,7 +559,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_on_panic_and_the_server_goes_on() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 // actix-web catches no panic: the worker drops the connection, unanswered.
                 let error = client().post(server.url("/panic/1")).send().await.unwrap_err();
@@ -578,7 +578,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn failing_commit_answers_500_when_a_hook_vetoes() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let response = post(&server, "/vetoed/1/201").await;
                 let status = response.status();
@@ -592,7 +592,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rollback_on_client_disconnect_mid_handler() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let impatient = reqwest::Client::builder()
                     .timeout(Duration::from_millis(500))
@@ -613,7 +613,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn extractors_and_helper_code_share_the_request_session() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let response = post(&server, "/shared/1/200").await;
                 assert_eq!(response.status(), 200);
@@ -628,7 +628,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn streaming_body_runs_after_the_commit_outside_the_scope() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let response = post(&server, "/streamed/1").await;
                 assert_eq!(response.status(), 200);
@@ -638,7 +638,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn commit_on_and_rollback_on_override_the_status_rule() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let outer = ScopeMiddleware::new(&manager)
                     .commit_on(StatusCode::CONFLICT)
                     .rollback_on(StatusCode::ACCEPTED);
@@ -653,7 +653,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_route_middleware_adds_its_statuses_and_its_word_wins() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let outer = ScopeMiddleware::new(&manager).commit_on(StatusCode::CONFLICT);
                 let server = serve(&manager, &ctx, outer);
                 // The route commits on 418 and rolls back on the 409 the app commits on.
@@ -671,7 +671,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn autocommit_route_lands_each_write_at_once() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let request = tokio::spawn(client().post(server.url("/autocommit/probe/1")).send());
                 reached(&ctx).await;
@@ -694,7 +694,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn transactional_route_holds_its_writes_until_the_outcome() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
                 let request = tokio::spawn(client().post(server.url("/probe/1")).send());
                 reached(&ctx).await;
@@ -712,9 +712,9 @@ macro_rules! actix_suite {
             }
 
             /// Two databases: `main` declared app-wide, `audit` by one route.
-            async fn two_binds() -> Option<(TestDb, TestDb, BindManager, web::Data<Ctx>)> {
-                let db = TestDb::new(KIND).await?;
-                let audit = TestDb::new(KIND).await?;
+            async fn two_binds() -> (TestDb, TestDb, BindManager, web::Data<Ctx>) {
+                let db = TestDb::new(KIND).await;
+                let audit = TestDb::new(KIND).await;
                 let manager = BindManager::builder()
                     .bind("main", db.config())
                     .bind("audit", audit.config())
@@ -723,12 +723,12 @@ macro_rules! actix_suite {
                 create_table(&manager, "main", &db.table).await;
                 create_table(&manager, "audit", &audit.table).await;
                 let ctx = ctx(&manager, &db, Some(&audit));
-                Some((db, audit, manager, ctx))
+                (db, audit, manager, ctx)
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn route_middleware_adds_its_bind_to_the_request_scope() {
-                let Some((db, audit, manager, ctx)) = two_binds().await else { return };
+                let (db, audit, manager, ctx) = two_binds().await;
                 let server = serve(&manager, &ctx, route_scope(manager.scope().bind("main")));
                 assert_eq!(post(&server, "/both/1/201").await.status(), 201);
                 assert_eq!(post(&server, "/both/2/400").await.status(), 400);
@@ -748,7 +748,7 @@ macro_rules! actix_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn bind_declared_twice_for_a_request_answers_500_before_the_handler() {
-                let Some((db, manager, ctx)) = setup().await else { return };
+                let (db, manager, ctx) = setup().await;
                 // The app declares `main`, and so does the route's middleware.
                 let server = serve(&manager, &ctx, route_scope(manager.scope().bind("main")));
                 let response = post(&server, "/declares-main/1/201").await;
@@ -779,9 +779,7 @@ macro_rules! deferred_constraint_test {
     () => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn failing_commit_answers_500_on_a_deferred_constraint() {
-            let Some(db) = TestDb::new(KIND).await else {
-                return;
-            };
+            let db = TestDb::new(KIND).await;
             let manager = db.manager(|c| c);
             let parent = format!("{}_parent", db.tag);
             let mut session = manager.session::<Db>("main").unwrap();
@@ -836,9 +834,7 @@ macro_rules! actix_default_disconnect_tests {
     () => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn by_default_a_closed_client_connection_is_a_half_close_and_the_handler_finishes() {
-            let Some((db, manager, ctx)) = setup().await else {
-                return;
-            };
+            let (db, manager, ctx) = setup().await;
             let server = serve_with(
                 HalfClose::Allowed,
                 &manager,
@@ -872,9 +868,7 @@ macro_rules! actix_default_disconnect_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn by_default_a_reset_client_connection_cancels_the_request() {
             use tokio::io::AsyncWriteExt;
-            let Some((db, manager, ctx)) = setup().await else {
-                return;
-            };
+            let (db, manager, ctx) = setup().await;
             let server = serve_with(
                 HalfClose::Allowed,
                 &manager,

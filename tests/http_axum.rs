@@ -166,8 +166,8 @@ macro_rules! http_suite {
                 task: tokio::task::JoinHandle<()>,
             }
 
-            async fn serve() -> Option<Server> {
-                let db = TestDb::new(KIND).await?;
+            async fn serve() -> Server {
+                let db = TestDb::new(KIND).await;
                 let manager = db.manager(|c| c);
                 let mut setup = manager.session::<Db>("main").unwrap();
                 let ddl = format!(
@@ -235,13 +235,13 @@ macro_rules! http_suite {
                 let task =
                     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
                 let client = reqwest::Client::new();
-                Some(Server {
+                Server {
                     base,
                     client,
                     db,
                     manager,
                     task,
-                })
+                }
             }
 
             impl Server {
@@ -316,7 +316,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_2xx_is_sent_only_after_the_commit() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 assert_eq!(server.post("/items/1").await.0, 201);
                 // Checked the moment the response arrived: the commit came first.
                 assert_eq!(server.committed().await, 1);
@@ -329,7 +329,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn error_statuses_roll_back() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 assert_eq!(server.post("/items/1/status/400").await.0, 400);
                 assert_eq!(server.post("/items/2/status/404").await.0, 404);
                 assert_eq!(server.post("/items/3/status/503").await.0, 503);
@@ -339,7 +339,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_handler_error_rolls_back() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 let (status, body) = server.post("/items/1/fail").await;
                 assert_eq!(status, 500);
                 assert!(
@@ -352,7 +352,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_panicking_handler_rolls_back() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 assert_eq!(server.post("/items/1/panic").await.0, 500);
                 server.assert_settled().await;
                 assert_eq!(server.committed().await, 0);
@@ -364,7 +364,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_client_disconnect_rolls_back_and_leaks_nothing() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 let cut = server
                     .client
                     .post(format!("{}/items/1/sleep", server.base))
@@ -381,7 +381,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn children_of_a_handler_share_one_session() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 let (status, body) = server.post("/items/1/children").await;
                 assert_eq!(
                     (status, body.as_str()),
@@ -400,7 +400,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_streamed_body_streams_after_the_commit_and_outside_the_scope() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 let (status, body) = server.post("/items/1/stream").await;
                 assert_eq!(status, 200);
                 assert_eq!(body, "committed=1 in_scope=false");
@@ -409,7 +409,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_vetoed_commit_answers_500_and_rolls_back() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 assert_eq!(
                     server.post("/items/1/veto").await,
                     (500, String::new()),
@@ -421,7 +421,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn an_autocommit_route_lands_writes_without_a_transaction() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 // Even an error status keeps an autocommitted write: it landed on its own.
                 assert_eq!(server.post("/items/1/autocommit/500").await.0, 500);
                 assert_eq!(server.committed().await, 1);
@@ -432,7 +432,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn extra_commit_and_rollback_statuses() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 assert_eq!(server.post("/items/1/teapot/418").await.0, 418);
                 assert_eq!(server.committed().await, 1, "418 commits on this route");
                 assert_eq!(server.post("/items/2/status/202").await.0, 202);
@@ -450,7 +450,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_bind_declared_twice_for_a_route_is_reported() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 assert_eq!(server.post("/declared-twice/1").await.0, 500);
                 assert_eq!(server.committed().await, 0);
                 let twice =
@@ -465,7 +465,7 @@ macro_rules! http_suite {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn the_extractor_without_the_layer_says_what_is_missing() {
-                let Some(server) = serve().await else { return };
+                let server = serve().await;
                 let (status, content_type, body) = server.get_typed("/unscoped/count").await;
                 assert_eq!((status, body), (500, no_scope_body().await));
                 assert_eq!(content_type.as_deref(), Some("text/plain; charset=utf-8"));
@@ -500,9 +500,7 @@ mod commit_failure {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_commit_answers_500() {
-        let Some(db) = TestDb::new(Kind::Postgres).await else {
-            return;
-        };
+        let db = TestDb::new(Kind::Postgres).await;
         let manager = BindManager::builder()
             .bind("default", db.config())
             .build()

@@ -1,15 +1,17 @@
 //! Request scopes, against SQLite (file and in-memory), PostgreSQL and MariaDB: one session per
 //! bind shared by the scope's code, ended by the scope's outcome; atomic blocks; hooks; tasks.
 //!
-//! Server-side facts (connections opened, transactions left open) are read from the server
-//! itself; see `common/mod.rs`.
+//! Each test of the suite is a generic body, `async fn name<B: Suite>()`, written once;
+//! `common::async_tests!` makes it a `#[tokio::test]` per backend (`sqlite_file::name`,
+//! `postgres::name` …). Server-side facts (connections opened, transactions left open) are read
+//! from the server itself; see `common/mod.rs`.
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Kind, TestDb, eventually, sql};
+use common::{Kind, Suite, TestDb, eventually, fetch_i64, sql};
 use dbscope::{BindManager, IfOpen, Scope, current_session};
 
 /// The error type of the scopes' work in these tests.
@@ -46,757 +48,715 @@ fn log_to(log: &Log, entry: &'static str) {
     log.lock().unwrap().push(entry);
 }
 
-macro_rules! scope_suite {
-    ($module:ident, $db:ty, $kind:expr) => {
-        mod $module {
-            use super::*;
+// ----- the suite, on every backend -----
 
-            type Db = $db;
-            const KIND: Kind = $kind;
+async fn setup<B: Suite>() -> (TestDb, BindManager) {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let ddl = format!(
+        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
+        db.table
+    );
+    sqlx::query(sql(ddl))
+        .execute(&mut session)
+        .await
+        .expect("create table");
+    session.commit().await.expect("commit create table");
+    session.close().await.unwrap();
+    (db, manager)
+}
 
-            async fn setup() -> Option<(TestDb, BindManager)> {
-                let db = TestDb::new(KIND).await?;
-                let manager = db.manager(|c| c);
-                let mut session = manager.session::<Db>("main").unwrap();
-                let ddl = format!(
-                    "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
-                    db.table
-                );
-                sqlx::query(sql(ddl))
-                    .execute(&mut session)
-                    .await
-                    .expect("create table");
-                session.commit().await.expect("commit create table");
-                session.close().await.unwrap();
-                Some((db, manager))
+/// Inserts row `id` in the scope's session.
+async fn insert<B: Suite>(db: &TestDb, id: i64) -> Result<(), AppError> {
+    let mut session = current_session::<B::Db>("main").await?;
+    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+    sqlx::query(sql(stmt)).execute(&mut session).await?;
+    Ok(())
+}
+
+/// Rows the scope's session sees (its own uncommitted work included).
+async fn visible<B: Suite>(db: &TestDb) -> Result<i64, AppError> {
+    let mut session = current_session::<B::Db>("main").await?;
+    let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
+    Ok(fetch_i64(&mut session, sql(stmt)).await?)
+}
+
+/// Rows committed, as a fresh session outside any scope sees them.
+async fn committed<B: Suite>(manager: &BindManager, db: &TestDb) -> i64 {
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
+    let n = fetch_i64(&mut session, sql(stmt)).await.unwrap();
+    session.close().await.unwrap();
+    n
+}
+
+/// The pool is idle and the server shows no transaction left open.
+async fn assert_settled<B: Suite>(manager: &BindManager, db: &TestDb) {
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    eventually("every connection back in the pool", || {
+        let status = bind.status();
+        async move { status.in_use == 0 && status.waiting == 0 }
+    })
+    .await;
+    if db.open_transactions().await.is_some() {
+        eventually("no transaction left open on the server", || async {
+            db.open_transactions().await == Some(0)
+        })
+        .await;
+    }
+}
+
+async fn finish<B: Suite>(manager: BindManager, db: TestDb) {
+    assert_settled::<B>(&manager, &db).await;
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn nested_code_shares_the_scope_session_and_ok_commits<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let seen = manager
+        .scope()
+        .run(async {
+            insert::<B>(&db, 1).await?;
+            // A sibling function sees the uncommitted row: same transaction.
+            let seen = visible::<B>(&db).await?;
+            if let Some(n) = db.server_connections().await {
+                assert_eq!(n, 1, "one session, one connection, for the whole scope");
             }
+            Ok::<_, AppError>(seen)
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
 
-            /// Inserts row `id` in the scope's session.
-            async fn insert(db: &TestDb, id: i64) -> Result<(), AppError> {
-                let mut session = current_session::<Db>("main").await?;
-                let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
-                sqlx::query(sql(stmt)).execute(&mut session).await?;
+async fn no_connection_until_the_first_statement<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    eventually("setup's connection closed on the server", || async {
+        db.server_connections().await.is_none_or(|n| n <= 1)
+    })
+    .await;
+    let before = bind.status().in_use;
+    dbscope::scope(&manager, async {
+        let session = current_session::<B::Db>("main").await?;
+        assert!(!session.is_connected());
+        assert_eq!(
+            bind.status().in_use,
+            before,
+            "asking for the session checks nothing out"
+        );
+        drop(session);
+        assert_eq!(Scope::current()?.binds_in_use(), ["main"]);
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    finish::<B>(manager, db).await;
+}
+
+async fn concurrent_first_use_creates_one_session<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    dbscope::scope(&manager, async {
+        // Both children ask at the same moment; they take turns on one session.
+        let (a, b) = tokio::join!(insert::<B>(&db, 1), insert::<B>(&db, 2));
+        a?;
+        b?;
+        assert_eq!(Scope::current()?.binds_in_use(), ["main"]);
+        assert_eq!(visible::<B>(&db).await?, 2, "both rows in one transaction");
+        assert_eq!(
+            manager.bind::<B::Db>("main")?.status().in_use,
+            1,
+            "one connection checked out"
+        );
+        if let Some(n) = db.server_connections().await {
+            assert_eq!(n, 1, "one session, not two");
+        }
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 2);
+    finish::<B>(manager, db).await;
+}
+
+async fn a_held_session_makes_siblings_wait_or_refuses_them<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    dbscope::scope(&manager, async {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let first = async {
+            let mut s = current_session::<B::Db>("main").await?;
+            log_to(&order, "first holds");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'a')", db.table);
+            sqlx::query(sql(stmt)).execute(&mut s).await?;
+            log_to(&order, "first done");
+            Ok::<_, AppError>(())
+        };
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let busy = dbscope::try_current_session::<B::Db>("main").unwrap_err();
+            assert!(busy.to_string().contains("in use"), "{busy}");
+            let _s = current_session::<B::Db>("main").await?; // waits its turn
+            log_to(&order, "second holds");
+            Ok::<_, AppError>(())
+        };
+        let (a, b) = tokio::join!(first, second);
+        a?;
+        b?;
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["first holds", "first done", "second holds"]
+        );
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    finish::<B>(manager, db).await;
+}
+
+async fn outside_a_scope_the_error_says_how_to_fix_it<B: Suite>() {
+    let err = current_session::<B::Db>("main").await.unwrap_err();
+    assert!(err.is_no_scope());
+    assert_eq!(err.bind(), Some("main"));
+    let message = err.to_string();
+    assert!(
+        message.contains("dbscope::scope") && message.contains("tokio::spawn"),
+        "{message}"
+    );
+    assert!(Scope::current().unwrap_err().is_no_scope());
+}
+
+async fn err_rolls_back<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let result = dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        Err::<(), _>(AppError::Refused)
+    })
+    .await;
+    assert!(matches!(result, Err(AppError::Refused)));
+    assert_eq!(committed::<B>(&manager, &db).await, 0);
+    assert_eq!(
+        manager.status()[0].discarded,
+        0,
+        "the rolled-back connection is reused"
+    );
+    finish::<B>(manager, db).await;
+}
+
+async fn a_panic_rolls_back<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let (m, table) = (manager.clone(), db.table.clone());
+    let task = tokio::spawn(async move {
+        dbscope::scope(&m, async {
+            let mut s = current_session::<B::Db>("main").await?;
+            let stmt = format!("INSERT INTO {table} (id, v) VALUES (1, 'x')");
+            sqlx::query(sql(stmt)).execute(&mut s).await?;
+            drop(s);
+            if table.len() > 1 {
+                panic!("handler bug");
+            }
+            Ok::<_, AppError>(())
+        })
+        .await
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert_settled::<B>(&manager, &db).await;
+    assert_eq!(committed::<B>(&manager, &db).await, 0);
+    finish::<B>(manager, db).await;
+}
+
+async fn a_cancelled_scope_rolls_back_and_leaves_no_transaction<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let work = dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, AppError>(())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), work)
+            .await
+            .is_err()
+    );
+    assert_settled::<B>(&manager, &db).await;
+    assert_eq!(committed::<B>(&manager, &db).await, 0);
+    finish::<B>(manager, db).await;
+}
+
+async fn cancelling_a_scope_at_any_await_leaves_nothing_open<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let mut landed = 0;
+    for polls in 0..40_u8 {
+        let id = i64::from(polls);
+        let db = &db;
+        let work = manager
+            .scope()
+            .before_commit(|| async { Ok(()) })
+            .run(async move {
+                insert::<B>(db, id).await?;
+                visible::<B>(db).await?;
+                Ok::<_, AppError>(())
+            });
+        let finished = match common::cancel_after(work, usize::from(polls)).await {
+            Some(result) => {
+                result.unwrap();
+                landed += 1;
+                true
+            }
+            None => {
+                assert_settled::<B>(&manager, db).await;
+                false
+            }
+        };
+        // A finished scope committed its row; a cancelled one may have, if its
+        // COMMIT completed before the cut, and never left a transaction open.
+        let stmt = format!("SELECT COUNT(*) FROM {} WHERE id = {id}", db.table);
+        let mut check = manager.session::<B::Db>("main").unwrap();
+        let n: i64 = fetch_i64(&mut check, sql(stmt)).await.unwrap();
+        check.close().await.unwrap();
+        assert!(
+            if finished { n == 1 } else { n <= 1 },
+            "polls {polls}: {n} rows"
+        );
+    }
+    assert!(landed > 0, "later polls let the scope finish");
+    assert_settled::<B>(&manager, &db).await;
+    finish::<B>(manager, db).await;
+}
+
+async fn a_guard_kept_past_the_scope_fails_it_instead_of_hanging<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
+    let started = std::time::Instant::now();
+    let err = dbscope::scope(&manager, async {
+        let mut session = current_session::<B::Db>("main").await?;
+        sqlx::query("SELECT 1").execute(&mut session).await?;
+        Ok::<_, AppError>(session) // the guard leaves the scope's work
+    })
+    .await
+    .unwrap_err()
+    .db();
+    assert!(err.to_string().contains("still held"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited the acquire_timeout only"
+    );
+    assert_settled::<B>(&manager, &db).await;
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn hooks_run_in_order_and_before_commit_can_use_the_session<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let log: Log = Arc::default();
+    let (l1, l2, l3, l4) = (log.clone(), log.clone(), log.clone(), log.clone());
+    let table = db.table.clone();
+    manager
+        .scope()
+        .before_commit(move || {
+            let (log, table) = (l1.clone(), table.clone());
+            async move {
+                log_to(&log, "before 1");
+                // Still inside the scope: write an audit row in its transaction.
+                let mut s = current_session::<B::Db>("main").await?;
+                let stmt = format!("INSERT INTO {table} (id, v) VALUES (99, 'audit')");
+                sqlx::query(sql(stmt)).execute(&mut s).await?;
                 Ok(())
             }
-
-            /// Rows the scope's session sees (its own uncommitted work included).
-            async fn visible(db: &TestDb) -> Result<i64, AppError> {
-                let mut session = current_session::<Db>("main").await?;
-                let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
-                Ok(sqlx::query_scalar(sql(stmt))
-                    .fetch_one(&mut session)
-                    .await?)
+        })
+        .before_commit(move || {
+            let log = l2.clone();
+            async move {
+                log_to(&log, "before 2");
+                Ok(())
             }
+        })
+        .after_commit(move || {
+            let log = l3.clone();
+            async move { log_to(&log, "after commit") }
+        })
+        .after_rollback(move || {
+            let log = l4.clone();
+            async move { log_to(&log, "after rollback") }
+        })
+        .run(async {
+            insert::<B>(&db, 1).await?;
+            let log = log.clone();
+            Scope::current()?.after_commit(move || {
+                let log = log.clone();
+                async move { log_to(&log, "registered inside") }
+            });
+            Ok::<_, AppError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["before 1", "before 2", "after commit", "registered inside"]
+    );
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        2,
+        "the hook's row committed too"
+    );
+    finish::<B>(manager, db).await;
+}
 
-            /// Rows committed, as a fresh session outside any scope sees them.
-            async fn committed(manager: &BindManager, db: &TestDb) -> i64 {
-                let mut session = manager.session::<Db>("main").unwrap();
-                let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
-                let n = sqlx::query_scalar(sql(stmt))
-                    .fetch_one(&mut session)
-                    .await
-                    .unwrap();
-                session.close().await.unwrap();
-                n
+async fn a_vetoing_before_commit_hook_rolls_everything_back<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let log: Log = Arc::default();
+    let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
+    let result = manager
+        .scope()
+        .before_commit(move || {
+            let log = l1.clone();
+            async move {
+                log_to(&log, "veto");
+                Err("stock would go negative".into())
             }
+        })
+        .after_commit(move || {
+            let log = l2.clone();
+            async move { log_to(&log, "after commit") }
+        })
+        .after_rollback(move || {
+            let log = l3.clone();
+            async move { log_to(&log, "after rollback") }
+        })
+        .run(async { insert::<B>(&db, 1).await })
+        .await;
+    let err = result.unwrap_err().db();
+    assert!(err.is_commit_vetoed(), "{err}");
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert_eq!(source, "stock would go negative");
+    assert_eq!(*log.lock().unwrap(), ["veto", "after rollback"]);
+    assert_eq!(committed::<B>(&manager, &db).await, 0);
+    finish::<B>(manager, db).await;
+}
 
-            /// The pool is idle and the server shows no transaction left open.
-            async fn assert_settled(manager: &BindManager, db: &TestDb) {
-                let bind = manager.bind::<Db>("main").unwrap();
-                eventually("every connection back in the pool", || {
-                    let status = bind.status();
-                    async move { status.in_use == 0 && status.waiting == 0 }
-                })
-                .await;
-                if db.open_transactions().await.is_some() {
-                    eventually("no transaction left open on the server", || async {
-                        db.open_transactions().await == Some(0)
-                    })
-                    .await;
-                }
-            }
+async fn atomic_savepoint_undoes_only_the_block<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        let failed = dbscope::atomic::<B::Db>("main")
+            .run(async {
+                insert::<B>(&db, 2).await?;
+                Err::<(), _>(AppError::Refused)
+            })
+            .await;
+        assert!(matches!(failed, Err(AppError::Refused)));
+        dbscope::atomic::<B::Db>("main")
+            .run(insert::<B>(&db, 3))
+            .await?;
+        assert_eq!(visible::<B>(&db).await?, 2, "rows 1 and 3");
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 2);
+    finish::<B>(manager, db).await;
+}
 
-            async fn finish(manager: BindManager, db: TestDb) {
-                assert_settled(&manager, &db).await;
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
+async fn atomic_policies_for_an_open_transaction<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    // Commit: the open work lands before the block, whatever the scope does next.
+    let _ = dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        dbscope::atomic::<B::Db>("main")
+            .if_open(IfOpen::Commit)
+            .run(insert::<B>(&db, 2))
+            .await?;
+        Err::<(), _>(AppError::Refused)
+    })
+    .await;
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        2,
+        "commit policy, then the block's own commit"
+    );
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nested_code_shares_the_scope_session_and_ok_commits() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let seen = manager
-                    .scope()
-                    .run(async {
-                        insert(&db, 1).await?;
-                        // A sibling function sees the uncommitted row: same transaction.
-                        let seen = visible(&db).await?;
-                        if let Some(n) = db.server_connections().await {
-                            assert_eq!(n, 1, "one session, one connection, for the whole scope");
-                        }
-                        Ok::<_, AppError>(seen)
-                    })
-                    .await
-                    .unwrap();
-                assert_eq!(seen, 1);
-                assert_eq!(committed(&manager, &db).await, 1);
-                finish(manager, db).await;
-            }
+    // Rollback: the open work is thrown away; the block commits on its own.
+    let _ = dbscope::scope(&manager, async {
+        insert::<B>(&db, 3).await?;
+        dbscope::atomic::<B::Db>("main")
+            .if_open(IfOpen::Rollback)
+            .run(insert::<B>(&db, 4))
+            .await?;
+        Err::<(), _>(AppError::Refused)
+    })
+    .await;
+    assert_eq!(committed::<B>(&manager, &db).await, 3, "row 4 only");
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn no_connection_until_the_first_statement() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let bind = manager.bind::<Db>("main").unwrap();
-                eventually("setup's connection closed on the server", || async {
-                    db.server_connections().await.is_none_or(|n| n <= 1)
-                })
-                .await;
-                let before = bind.status().in_use;
-                dbscope::scope(&manager, async {
-                    let session = current_session::<Db>("main").await?;
-                    assert!(!session.is_connected());
-                    assert_eq!(
-                        bind.status().in_use,
-                        before,
-                        "asking for the session checks nothing out"
-                    );
-                    drop(session);
-                    assert_eq!(Scope::current()?.binds_in_use(), ["main"]);
-                    Ok::<_, AppError>(())
-                })
+    // Join: the block's failure is the scope's to handle; the scope commits.
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 5).await?;
+        let joined = dbscope::atomic::<B::Db>("main")
+            .if_open(IfOpen::Join)
+            .run(async {
+                insert::<B>(&db, 6).await?;
+                Err::<(), _>(AppError::Refused)
+            })
+            .await;
+        assert!(joined.is_err());
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        5,
+        "rows 5 and 6 joined the scope's transaction"
+    );
+
+    // Fail: refuses, naming the bind.
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 7).await?;
+        let refused = dbscope::atomic::<B::Db>("main")
+            .if_open(IfOpen::Fail)
+            .run(async { Ok::<_, AppError>(()) })
+            .await
+            .unwrap_err()
+            .db();
+        assert!(refused.to_string().contains("already open"), "{refused}");
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 6);
+    finish::<B>(manager, db).await;
+}
+
+async fn a_cancelled_atomic_block_rolls_back_before_the_next_use<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        let block = dbscope::atomic::<B::Db>("main").run(async {
+            insert::<B>(&db, 2).await?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, AppError>(())
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), block)
                 .await
-                .unwrap();
-                finish(manager, db).await;
+                .is_err()
+        );
+        assert_eq!(
+            visible::<B>(&db).await?,
+            1,
+            "the block's row is rolled back"
+        );
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
+
+async fn early_commit_rollback_and_disconnect_inside_a_scope<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let result = dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        current_session::<B::Db>("main").await?.commit().await?;
+        insert::<B>(&db, 2).await?;
+        current_session::<B::Db>("main").await?.rollback().await?;
+        insert::<B>(&db, 3).await?;
+        let mut s = current_session::<B::Db>("main").await?;
+        s.disconnect().await?; // rolls row 3 back, gives the connection back
+        assert!(!s.is_connected());
+        drop(s);
+        assert_eq!(manager.bind::<B::Db>("main")?.status().in_use, 0);
+        insert::<B>(&db, 4).await?; // a fresh checkout
+        assert!(current_session::<B::Db>("main").await?.is_connected());
+        Err::<(), _>(AppError::Refused)
+    })
+    .await;
+    assert!(result.is_err());
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        1,
+        "only the early commit stays"
+    );
+    finish::<B>(manager, db).await;
+}
+
+async fn autocommit_scope_lands_writes_one_by_one<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let result = manager
+        .scope()
+        .autocommit()
+        .run(async {
+            insert::<B>(&db, 1).await?;
+            assert!(!current_session::<B::Db>("main").await?.in_transaction());
+            assert_eq!(
+                committed::<B>(&manager, &db).await,
+                1,
+                "landed before the scope ends"
+            );
+            if let Some(n) = db.open_transactions().await {
+                assert_eq!(n, 0, "no transaction open during an autocommit scope");
             }
+            Err::<(), _>(AppError::Refused)
+        })
+        .await;
+    assert!(result.is_err());
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        1,
+        "an error does not undo autocommitted writes"
+    );
+    finish::<B>(manager, db).await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn concurrent_first_use_creates_one_session() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                dbscope::scope(&manager, async {
-                    // Both children ask at the same moment; they take turns on one session.
-                    let (a, b) = tokio::join!(insert(&db, 1), insert(&db, 2));
-                    a?;
-                    b?;
-                    assert_eq!(Scope::current()?.binds_in_use(), ["main"]);
-                    assert_eq!(visible(&db).await?, 2, "both rows in one transaction");
-                    assert_eq!(
-                        manager.bind::<Db>("main")?.status().in_use,
-                        1,
-                        "one connection checked out"
-                    );
-                    if let Some(n) = db.server_connections().await {
-                        assert_eq!(n, 1, "one session, not two");
-                    }
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                assert_eq!(committed(&manager, &db).await, 2);
-                finish(manager, db).await;
-            }
+async fn spawned_tasks_inherit_nothing_unless_attached<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    dbscope::scope(&manager, async {
+        let orphan = tokio::spawn(async { current_session::<B::Db>("main").await.map(|_| ()) });
+        assert!(orphan.await.unwrap().unwrap_err().is_no_scope());
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_held_session_makes_siblings_wait_or_refuses_them() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                dbscope::scope(&manager, async {
-                    let order = Arc::new(Mutex::new(Vec::new()));
-                    let first = async {
-                        let mut s = current_session::<Db>("main").await?;
-                        log_to(&order, "first holds");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'a')", db.table);
-                        sqlx::query(sql(stmt)).execute(&mut s).await?;
-                        log_to(&order, "first done");
-                        Ok::<_, AppError>(())
-                    };
-                    let second = async {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        let busy = dbscope::try_current_session::<Db>("main").unwrap_err();
-                        assert!(busy.to_string().contains("in use"), "{busy}");
-                        let _s = current_session::<Db>("main").await?; // waits its turn
-                        log_to(&order, "second holds");
-                        Ok::<_, AppError>(())
-                    };
-                    let (a, b) = tokio::join!(first, second);
-                    a?;
-                    b?;
-                    assert_eq!(
-                        *order.lock().unwrap(),
-                        ["first holds", "first done", "second holds"]
-                    );
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                finish(manager, db).await;
-            }
+        insert::<B>(&db, 1).await?;
+        let table = db.table.clone();
+        let attached = tokio::spawn(Scope::current()?.attach(async move {
+            let mut s = current_session::<B::Db>("main").await?;
+            let stmt = format!("SELECT COUNT(*) FROM {table}");
+            let n: i64 = fetch_i64(&mut s, sql(stmt)).await?;
+            Ok::<_, AppError>(n)
+        }));
+        assert_eq!(
+            attached.await.unwrap()?,
+            1,
+            "the attached task shares the transaction"
+        );
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn outside_a_scope_the_error_says_how_to_fix_it() {
-                let err = current_session::<Db>("main").await.unwrap_err();
-                assert!(err.is_no_scope());
-                assert_eq!(err.bind(), Some("main"));
-                let message = err.to_string();
-                assert!(
-                    message.contains("dbscope::scope") && message.contains("tokio::spawn"),
-                    "{message}"
-                );
-                assert!(Scope::current().unwrap_err().is_no_scope());
-            }
+async fn new_scopes_for_concurrent_work_end_on_their_own_outcome<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let db = Arc::new(db);
+    let result = dbscope::scope(&manager, async {
+        let scope = Scope::current()?;
+        let (t1, t2) = (db.clone(), db.clone());
+        let ok = scope
+            .new_scope()
+            .spawn(async move { insert::<B>(&t1, 2).await });
+        let failing = scope.new_scope().spawn(async move {
+            insert::<B>(&t2, 3).await?;
+            Err::<(), _>(AppError::Refused)
+        });
+        ok.await.unwrap()?;
+        assert!(matches!(failing.await.unwrap(), Err(AppError::Refused)));
+        // (SQLite has one writer at a time: the outer scope writes after them.)
+        insert::<B>(&db, 1).await?;
+        Err::<(), _>(AppError::Refused) // the outer scope fails
+    })
+    .await;
+    assert!(result.is_err());
+    let db = Arc::into_inner(db).expect("the tasks are done");
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        1,
+        "only the succeeding new scope committed"
+    );
+    finish::<B>(manager, db).await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn err_rolls_back() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let result = dbscope::scope(&manager, async {
-                    insert(&db, 1).await?;
-                    Err::<(), _>(AppError::Refused)
-                })
-                .await;
-                assert!(matches!(result, Err(AppError::Refused)));
-                assert_eq!(committed(&manager, &db).await, 0);
-                assert_eq!(
-                    manager.status()[0].discarded,
-                    0,
-                    "the rolled-back connection is reused"
-                );
-                finish(manager, db).await;
-            }
+async fn a_task_outliving_its_scope_is_told_so<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let late = dbscope::scope(&manager, async {
+        let task = tokio::spawn(Scope::current()?.attach(async move {
+            rx.await.ok();
+            current_session::<B::Db>("main").await.map(|_| ())
+        }));
+        Ok::<_, AppError>(task)
+    })
+    .await
+    .unwrap();
+    tx.send(()).unwrap();
+    let err = late.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("already ended"), "{err}");
+    finish::<B>(manager, db).await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_panic_rolls_back() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let (m, table) = (manager.clone(), db.table.clone());
-                let task = tokio::spawn(async move {
-                    dbscope::scope(&m, async {
-                        let mut s = current_session::<Db>("main").await?;
-                        let stmt = format!("INSERT INTO {table} (id, v) VALUES (1, 'x')");
-                        sqlx::query(sql(stmt)).execute(&mut s).await?;
-                        drop(s);
-                        if table.len() > 1 {
-                            panic!("handler bug");
-                        }
-                        Ok::<_, AppError>(())
-                    })
-                    .await
-                });
-                assert!(task.await.unwrap_err().is_panic());
-                assert_settled(&manager, &db).await;
-                assert_eq!(committed(&manager, &db).await, 0);
-                finish(manager, db).await;
-            }
+async fn declared_binds_are_checked<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let unknown = manager.scope().bind("nope").validate().unwrap_err();
+    assert!(unknown.is_unknown_bind());
+    let twice = manager
+        .scope()
+        .bind("main")
+        .bind("main")
+        .validate()
+        .unwrap_err();
+    assert!(twice.to_string().contains("declared twice"), "{twice}");
+    assert!(twice.is_config());
+    // A declared bind works; the scope serves nothing else.
+    let other = BindManager::builder()
+        .bind("main", db.config())
+        .bind("other", dbscope::BindConfig::new("sqlite::memory:"))
+        .build()
+        .unwrap();
+    other
+        .scope()
+        .bind("main")
+        .run(async {
+            let mut main = current_session::<B::Db>("main").await?;
+            sqlx::query("SELECT 1").execute(&mut main).await?;
+            drop(main);
+            let refused = current_session::<sqlx::Sqlite>("other").await.unwrap_err();
+            assert!(
+                refused.to_string().contains(".bind(\"other\")"),
+                "{refused}"
+            );
+            Ok::<_, AppError>(())
+        })
+        .await
+        .unwrap();
+    other.close(Duration::from_secs(5)).await.unwrap();
+    finish::<B>(manager, db).await;
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_cancelled_scope_rolls_back_and_leaves_no_transaction() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let work = dbscope::scope(&manager, async {
-                    insert(&db, 1).await?;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    Ok::<_, AppError>(())
-                });
-                assert!(
-                    tokio::time::timeout(Duration::from_millis(300), work)
-                        .await
-                        .is_err()
-                );
-                assert_settled(&manager, &db).await;
-                assert_eq!(committed(&manager, &db).await, 0);
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn cancelling_a_scope_at_any_await_leaves_nothing_open() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let mut landed = 0;
-                for polls in 0..40_u8 {
-                    let id = i64::from(polls);
-                    let db = &db;
-                    let work = manager
-                        .scope()
-                        .before_commit(|| async { Ok(()) })
-                        .run(async move {
-                            insert(db, id).await?;
-                            visible(db).await?;
-                            Ok::<_, AppError>(())
-                        });
-                    let finished = match common::cancel_after(work, usize::from(polls)).await {
-                        Some(result) => {
-                            result.unwrap();
-                            landed += 1;
-                            true
-                        }
-                        None => {
-                            assert_settled(&manager, &db).await;
-                            false
-                        }
-                    };
-                    // A finished scope committed its row; a cancelled one may have, if its
-                    // COMMIT completed before the cut, and never left a transaction open.
-                    let stmt = format!("SELECT COUNT(*) FROM {} WHERE id = {id}", db.table);
-                    let mut check = manager.session::<Db>("main").unwrap();
-                    let n: i64 = sqlx::query_scalar(sql(stmt))
-                        .fetch_one(&mut check)
-                        .await
-                        .unwrap();
-                    check.close().await.unwrap();
-                    assert!(
-                        if finished { n == 1 } else { n <= 1 },
-                        "polls {polls}: {n} rows"
-                    );
-                }
-                assert!(landed > 0, "later polls let the scope finish");
-                assert_settled(&manager, &db).await;
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_guard_kept_past_the_scope_fails_it_instead_of_hanging() {
-                let Some(db) = TestDb::new(KIND).await else {
-                    return;
-                };
-                let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
-                let started = std::time::Instant::now();
-                let err = dbscope::scope(&manager, async {
-                    let mut session = current_session::<Db>("main").await?;
-                    sqlx::query("SELECT 1").execute(&mut session).await?;
-                    Ok::<_, AppError>(session) // the guard leaves the scope's work
-                })
-                .await
-                .unwrap_err()
-                .db();
-                assert!(err.to_string().contains("still held"), "{err}");
-                assert!(
-                    started.elapsed() < Duration::from_secs(5),
-                    "waited the acquire_timeout only"
-                );
-                assert_settled(&manager, &db).await;
-                manager.close(Duration::from_secs(5)).await.unwrap();
-                db.finish().await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn hooks_run_in_order_and_before_commit_can_use_the_session() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let log: Log = Arc::default();
-                let (l1, l2, l3, l4) = (log.clone(), log.clone(), log.clone(), log.clone());
-                let table = db.table.clone();
-                manager
-                    .scope()
-                    .before_commit(move || {
-                        let (log, table) = (l1.clone(), table.clone());
-                        async move {
-                            log_to(&log, "before 1");
-                            // Still inside the scope: write an audit row in its transaction.
-                            let mut s = current_session::<Db>("main").await?;
-                            let stmt = format!("INSERT INTO {table} (id, v) VALUES (99, 'audit')");
-                            sqlx::query(sql(stmt)).execute(&mut s).await?;
-                            Ok(())
-                        }
-                    })
-                    .before_commit(move || {
-                        let log = l2.clone();
-                        async move {
-                            log_to(&log, "before 2");
-                            Ok(())
-                        }
-                    })
-                    .after_commit(move || {
-                        let log = l3.clone();
-                        async move { log_to(&log, "after commit") }
-                    })
-                    .after_rollback(move || {
-                        let log = l4.clone();
-                        async move { log_to(&log, "after rollback") }
-                    })
-                    .run(async {
-                        insert(&db, 1).await?;
-                        let log = log.clone();
-                        Scope::current()?.after_commit(move || {
-                            let log = log.clone();
-                            async move { log_to(&log, "registered inside") }
-                        });
-                        Ok::<_, AppError>(())
-                    })
-                    .await
-                    .unwrap();
-                assert_eq!(
-                    *log.lock().unwrap(),
-                    ["before 1", "before 2", "after commit", "registered inside"]
-                );
-                assert_eq!(
-                    committed(&manager, &db).await,
-                    2,
-                    "the hook's row committed too"
-                );
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_vetoing_before_commit_hook_rolls_everything_back() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let log: Log = Arc::default();
-                let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
-                let result = manager
-                    .scope()
-                    .before_commit(move || {
-                        let log = l1.clone();
-                        async move {
-                            log_to(&log, "veto");
-                            Err("stock would go negative".into())
-                        }
-                    })
-                    .after_commit(move || {
-                        let log = l2.clone();
-                        async move { log_to(&log, "after commit") }
-                    })
-                    .after_rollback(move || {
-                        let log = l3.clone();
-                        async move { log_to(&log, "after rollback") }
-                    })
-                    .run(async { insert(&db, 1).await })
-                    .await;
-                let err = result.unwrap_err().db();
-                assert!(err.is_commit_vetoed(), "{err}");
-                let source = std::error::Error::source(&err).unwrap().to_string();
-                assert_eq!(source, "stock would go negative");
-                assert_eq!(*log.lock().unwrap(), ["veto", "after rollback"]);
-                assert_eq!(committed(&manager, &db).await, 0);
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn atomic_savepoint_undoes_only_the_block() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                dbscope::scope(&manager, async {
-                    insert(&db, 1).await?;
-                    let failed = dbscope::atomic::<Db>("main")
-                        .run(async {
-                            insert(&db, 2).await?;
-                            Err::<(), _>(AppError::Refused)
-                        })
-                        .await;
-                    assert!(matches!(failed, Err(AppError::Refused)));
-                    dbscope::atomic::<Db>("main").run(insert(&db, 3)).await?;
-                    assert_eq!(visible(&db).await?, 2, "rows 1 and 3");
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                assert_eq!(committed(&manager, &db).await, 2);
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn atomic_policies_for_an_open_transaction() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                // Commit: the open work lands before the block, whatever the scope does next.
-                let _ = dbscope::scope(&manager, async {
-                    insert(&db, 1).await?;
-                    dbscope::atomic::<Db>("main")
-                        .if_open(IfOpen::Commit)
-                        .run(insert(&db, 2))
-                        .await?;
-                    Err::<(), _>(AppError::Refused)
-                })
-                .await;
-                assert_eq!(
-                    committed(&manager, &db).await,
-                    2,
-                    "commit policy, then the block's own commit"
-                );
-
-                // Rollback: the open work is thrown away; the block commits on its own.
-                let _ = dbscope::scope(&manager, async {
-                    insert(&db, 3).await?;
-                    dbscope::atomic::<Db>("main")
-                        .if_open(IfOpen::Rollback)
-                        .run(insert(&db, 4))
-                        .await?;
-                    Err::<(), _>(AppError::Refused)
-                })
-                .await;
-                assert_eq!(committed(&manager, &db).await, 3, "row 4 only");
-
-                // Join: the block's failure is the scope's to handle; the scope commits.
-                dbscope::scope(&manager, async {
-                    insert(&db, 5).await?;
-                    let joined = dbscope::atomic::<Db>("main")
-                        .if_open(IfOpen::Join)
-                        .run(async {
-                            insert(&db, 6).await?;
-                            Err::<(), _>(AppError::Refused)
-                        })
-                        .await;
-                    assert!(joined.is_err());
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                assert_eq!(
-                    committed(&manager, &db).await,
-                    5,
-                    "rows 5 and 6 joined the scope's transaction"
-                );
-
-                // Fail: refuses, naming the bind.
-                dbscope::scope(&manager, async {
-                    insert(&db, 7).await?;
-                    let refused = dbscope::atomic::<Db>("main")
-                        .if_open(IfOpen::Fail)
-                        .run(async { Ok::<_, AppError>(()) })
-                        .await
-                        .unwrap_err()
-                        .db();
-                    assert!(refused.to_string().contains("already open"), "{refused}");
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                assert_eq!(committed(&manager, &db).await, 6);
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_cancelled_atomic_block_rolls_back_before_the_next_use() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                dbscope::scope(&manager, async {
-                    insert(&db, 1).await?;
-                    let block = dbscope::atomic::<Db>("main").run(async {
-                        insert(&db, 2).await?;
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                        Ok::<_, AppError>(())
-                    });
-                    assert!(
-                        tokio::time::timeout(Duration::from_millis(200), block)
-                            .await
-                            .is_err()
-                    );
-                    assert_eq!(visible(&db).await?, 1, "the block's row is rolled back");
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                assert_eq!(committed(&manager, &db).await, 1);
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn early_commit_rollback_and_disconnect_inside_a_scope() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let result = dbscope::scope(&manager, async {
-                    insert(&db, 1).await?;
-                    current_session::<Db>("main").await?.commit().await?;
-                    insert(&db, 2).await?;
-                    current_session::<Db>("main").await?.rollback().await?;
-                    insert(&db, 3).await?;
-                    let mut s = current_session::<Db>("main").await?;
-                    s.disconnect().await?; // rolls row 3 back, gives the connection back
-                    assert!(!s.is_connected());
-                    drop(s);
-                    assert_eq!(manager.bind::<Db>("main")?.status().in_use, 0);
-                    insert(&db, 4).await?; // a fresh checkout
-                    assert!(current_session::<Db>("main").await?.is_connected());
-                    Err::<(), _>(AppError::Refused)
-                })
-                .await;
-                assert!(result.is_err());
-                assert_eq!(
-                    committed(&manager, &db).await,
-                    1,
-                    "only the early commit stays"
-                );
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn autocommit_scope_lands_writes_one_by_one() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let result = manager
-                    .scope()
-                    .autocommit()
-                    .run(async {
-                        insert(&db, 1).await?;
-                        assert!(!current_session::<Db>("main").await?.in_transaction());
-                        assert_eq!(
-                            committed(&manager, &db).await,
-                            1,
-                            "landed before the scope ends"
-                        );
-                        if let Some(n) = db.open_transactions().await {
-                            assert_eq!(n, 0, "no transaction open during an autocommit scope");
-                        }
-                        Err::<(), _>(AppError::Refused)
-                    })
-                    .await;
-                assert!(result.is_err());
-                assert_eq!(
-                    committed(&manager, &db).await,
-                    1,
-                    "an error does not undo autocommitted writes"
-                );
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn spawned_tasks_inherit_nothing_unless_attached() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                dbscope::scope(&manager, async {
-                    let orphan =
-                        tokio::spawn(async { current_session::<Db>("main").await.map(|_| ()) });
-                    assert!(orphan.await.unwrap().unwrap_err().is_no_scope());
-
-                    insert(&db, 1).await?;
-                    let table = db.table.clone();
-                    let attached = tokio::spawn(Scope::current()?.attach(async move {
-                        let mut s = current_session::<Db>("main").await?;
-                        let stmt = format!("SELECT COUNT(*) FROM {table}");
-                        let n: i64 = sqlx::query_scalar(sql(stmt)).fetch_one(&mut s).await?;
-                        Ok::<_, AppError>(n)
-                    }));
-                    assert_eq!(
-                        attached.await.unwrap()?,
-                        1,
-                        "the attached task shares the transaction"
-                    );
-                    Ok::<_, AppError>(())
-                })
-                .await
-                .unwrap();
-                assert_eq!(committed(&manager, &db).await, 1);
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn new_scopes_for_concurrent_work_end_on_their_own_outcome() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let db = Arc::new(db);
-                let result = dbscope::scope(&manager, async {
-                    let scope = Scope::current()?;
-                    let (t1, t2) = (db.clone(), db.clone());
-                    let ok = scope.new_scope().spawn(async move { insert(&t1, 2).await });
-                    let failing = scope.new_scope().spawn(async move {
-                        insert(&t2, 3).await?;
-                        Err::<(), _>(AppError::Refused)
-                    });
-                    ok.await.unwrap()?;
-                    assert!(matches!(failing.await.unwrap(), Err(AppError::Refused)));
-                    // (SQLite has one writer at a time: the outer scope writes after them.)
-                    insert(&db, 1).await?;
-                    Err::<(), _>(AppError::Refused) // the outer scope fails
-                })
-                .await;
-                assert!(result.is_err());
-                let db = Arc::into_inner(db).expect("the tasks are done");
-                assert_eq!(
-                    committed(&manager, &db).await,
-                    1,
-                    "only the succeeding new scope committed"
-                );
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_task_outliving_its_scope_is_told_so() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                let late = dbscope::scope(&manager, async {
-                    let task = tokio::spawn(Scope::current()?.attach(async move {
-                        rx.await.ok();
-                        current_session::<Db>("main").await.map(|_| ())
-                    }));
-                    Ok::<_, AppError>(task)
-                })
-                .await
-                .unwrap();
-                tx.send(()).unwrap();
-                let err = late.await.unwrap().unwrap_err();
-                assert!(err.to_string().contains("already ended"), "{err}");
-                finish(manager, db).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn declared_binds_are_checked() {
-                let Some((db, manager)) = setup().await else {
-                    return;
-                };
-                let unknown = manager.scope().bind("nope").validate().unwrap_err();
-                assert!(unknown.is_unknown_bind());
-                let twice = manager
-                    .scope()
-                    .bind("main")
-                    .bind("main")
-                    .validate()
-                    .unwrap_err();
-                assert!(twice.to_string().contains("declared twice"), "{twice}");
-                assert!(twice.is_config());
-                // A declared bind works; the scope serves nothing else.
-                let other = BindManager::builder()
-                    .bind("main", db.config())
-                    .bind("other", dbscope::BindConfig::new("sqlite::memory:"))
-                    .build()
-                    .unwrap();
-                other
-                    .scope()
-                    .bind("main")
-                    .run(async {
-                        let mut main = current_session::<Db>("main").await?;
-                        sqlx::query("SELECT 1").execute(&mut main).await?;
-                        drop(main);
-                        let refused = current_session::<sqlx::Sqlite>("other").await.unwrap_err();
-                        assert!(
-                            refused.to_string().contains(".bind(\"other\")"),
-                            "{refused}"
-                        );
-                        Ok::<_, AppError>(())
-                    })
-                    .await
-                    .unwrap();
-                other.close(Duration::from_secs(5)).await.unwrap();
-                finish(manager, db).await;
-            }
-        }
+/// The scope suite's tests, for one backend.
+macro_rules! scope_tests {
+    ($module:ident, $suite:ty) => {
+        common::async_tests!($module, $suite:
+            nested_code_shares_the_scope_session_and_ok_commits,
+            no_connection_until_the_first_statement,
+            concurrent_first_use_creates_one_session,
+            a_held_session_makes_siblings_wait_or_refuses_them,
+            outside_a_scope_the_error_says_how_to_fix_it,
+            err_rolls_back,
+            a_panic_rolls_back,
+            a_cancelled_scope_rolls_back_and_leaves_no_transaction,
+            cancelling_a_scope_at_any_await_leaves_nothing_open,
+            a_guard_kept_past_the_scope_fails_it_instead_of_hanging,
+            hooks_run_in_order_and_before_commit_can_use_the_session,
+            a_vetoing_before_commit_hook_rolls_everything_back,
+            atomic_savepoint_undoes_only_the_block,
+            atomic_policies_for_an_open_transaction,
+            a_cancelled_atomic_block_rolls_back_before_the_next_use,
+            early_commit_rollback_and_disconnect_inside_a_scope,
+            autocommit_scope_lands_writes_one_by_one,
+            spawned_tasks_inherit_nothing_unless_attached,
+            new_scopes_for_concurrent_work_end_on_their_own_outcome,
+            a_task_outliving_its_scope_is_told_so,
+            declared_binds_are_checked,
+        );
     };
 }
 
-scope_suite!(sqlite_file, sqlx::Sqlite, Kind::SqliteFile);
-scope_suite!(sqlite_memory, sqlx::Sqlite, Kind::SqliteMemory);
-scope_suite!(postgres, sqlx::Postgres, Kind::Postgres);
-scope_suite!(mysql, sqlx::MySql, Kind::MySql);
+scope_tests!(sqlite_file, common::SqliteFile);
+scope_tests!(sqlite_memory, common::SqliteMemory);
+scope_tests!(postgres, common::Pg);
+scope_tests!(mysql, common::MySql);
 
 /// Several binds in one scope: commits in the order of first use, and a failure after a
 /// successful commit says which binds committed. PostgreSQL's deferred constraints make a
@@ -806,9 +766,7 @@ mod several_binds {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_second_commit_reports_what_committed() {
-        let Some(db) = TestDb::new(Kind::Postgres).await else {
-            return;
-        };
+        let db = TestDb::new(Kind::Postgres).await;
         let manager = BindManager::builder()
             .bind("orders", db.config())
             .bind("audit", db.config())
@@ -882,9 +840,7 @@ mod several_binds {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_commit_failing_rolls_back_the_rest_with_the_plain_error() {
-        let Some(db) = TestDb::new(Kind::Postgres).await else {
-            return;
-        };
+        let db = TestDb::new(Kind::Postgres).await;
         let manager = BindManager::builder()
             .bind("a", db.config())
             .bind("b", db.config())

@@ -1,8 +1,14 @@
 //! Test databases: one per test, on SQLite (file or memory), PostgreSQL or MariaDB, with the
 //! server-side census the behaviour suite checks its claims against.
 //!
-//! PostgreSQL and MariaDB run when `DBSCOPE_TEST_PG_URL` / `DBSCOPE_TEST_MYSQL_URL` are set; a set
-//! URL whose server cannot be reached fails the test, it never skips.
+//! PostgreSQL and MariaDB run at `DBSCOPE_TEST_PG_URL` / `DBSCOPE_TEST_MYSQL_URL`, or at the
+//! standard local servers ([`PG_DEFAULT`], [`MYSQL_DEFAULT`]) when those are unset. A server that
+//! cannot be reached fails the test, naming the URL and the variable to set: no test passes
+//! without running.
+//!
+//! The behaviour suites write each test once, as a generic `async fn name<B: Suite>()` (or a plain
+//! `fn` for the blocking face); [`async_tests!`] and [`blocking_tests!`] instantiate a list of them
+//! for one backend, [`Suite`] being what a body may ask of its backend.
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
@@ -14,6 +20,10 @@ use sqlx::{AssertSqlSafe, Connection};
 
 pub const PG_ENV: &str = "DBSCOPE_TEST_PG_URL";
 pub const MYSQL_ENV: &str = "DBSCOPE_TEST_MYSQL_URL";
+/// The PostgreSQL server the tests use when [`PG_ENV`] is unset (the one `.ci/run` sets up).
+pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The MariaDB server the tests use when [`MYSQL_ENV`] is unset (the one `.ci/run` sets up).
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -48,11 +58,12 @@ pub fn sql(text: String) -> AssertSqlSafe<String> {
 }
 
 impl TestDb {
-    /// The test database for `kind`, or `None` (skipped, with a note) when its URL is not set.
-    pub async fn new(kind: Kind) -> Option<Self> {
+    /// The test database for `kind`. Panics, saying which URL and which variable, when its server
+    /// cannot be reached.
+    pub async fn new(kind: Kind) -> Self {
         let tag = unique_tag();
         let table = format!("{tag}_items");
-        let db = match kind {
+        match kind {
             Kind::SqliteFile => {
                 let path = std::env::temp_dir().join(format!("{tag}.db"));
                 let url = format!("sqlite://{}", path.display());
@@ -74,7 +85,9 @@ impl TestDb {
                 sqlite_path: None,
             },
             Kind::Postgres => {
-                let admin = server_url(PG_ENV)?;
+                let admin = server_url(PG_ENV, PG_DEFAULT);
+                // Reached now, so that a server that is down fails here with a clear message.
+                admin_connection(&admin).await.close().await.ok();
                 Self {
                     kind,
                     tag,
@@ -85,7 +98,7 @@ impl TestDb {
                 }
             }
             Kind::MySql => {
-                let admin = server_url(MYSQL_ENV)?;
+                let admin = server_url(MYSQL_ENV, MYSQL_DEFAULT);
                 let url = mysql_user(&admin, &tag).await;
                 Self {
                     kind,
@@ -96,8 +109,7 @@ impl TestDb {
                     sqlite_path: None,
                 }
             }
-        };
-        Some(db)
+        }
     }
 
     /// A bind config on this database whose connections the census recognises.
@@ -264,18 +276,41 @@ impl TestDb {
 
 async fn admin_connection(url: &str) -> sqlx::AnyConnection {
     sqlx::any::install_default_drivers();
-    sqlx::AnyConnection::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("the test server at {url} cannot be reached: {e}"))
+    sqlx::AnyConnection::connect(url).await.unwrap_or_else(|e| {
+        let var = if url.starts_with("postgres") {
+            PG_ENV
+        } else {
+            MYSQL_ENV
+        };
+        let set = match std::env::var(var) {
+            Ok(value) if !value.is_empty() => format!("{var} is set to this URL"),
+            _ => format!("{var} is unset, so the tests use the standard local server"),
+        };
+        panic!(
+            "the test server at {} cannot be reached: {e}\n({set}; start that server, e.g. with \
+             `bash .ci/run`, or set {var} to the URL of a reachable one)",
+            masked(url)
+        )
+    })
 }
 
-fn server_url(var: &str) -> Option<String> {
+/// The server URL in `var`, or `default` when it is unset or empty.
+pub fn server_url(var: &str, default: &str) -> String {
     match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: set {var} to run this test against a real server");
-            None
+        Ok(url) if !url.is_empty() => url,
+        _ => default.to_owned(),
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+fn masked(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
         }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(an unparsable URL)".to_owned(),
     }
 }
 
@@ -350,3 +385,443 @@ pub async fn cancel_after<F: Future>(fut: F, polls: usize) -> Option<F::Output> 
     }
     None
 }
+
+/// Runs `work` on a thread of its own and fails the test if it takes longer than `limit`: a
+/// deadlock fails instead of hanging the suite.
+pub fn within<T: Send + 'static>(limit: Duration, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let _ = done.send(result);
+    });
+    match outcome.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("did not finish within {limit:?}: a deadlock?"),
+    }
+}
+
+// ----- the suites: one generic body per test, instantiated per backend -----
+
+/// How long one test of a suite may take before it fails as hung.
+pub const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// Awaits a test body, failing the test if it takes longer than [`TEST_LIMIT`].
+pub async fn within_limit<F: Future<Output = ()>>(test: &str, body: F) {
+    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("{test} did not finish within {TEST_LIMIT:?}: hung?");
+    }
+}
+
+/// What a suite's generic test body may ask of its backend: one zero-sized type per backend
+/// ([`SqliteFile`], [`SqliteMemory`], [`Pg`], [`MySql`]) implements it.
+pub trait Suite: Send + Sync + 'static {
+    /// The backend's sqlx database type.
+    type Db: Typed;
+    /// Some other backend's database type: asking for a bind as this one is a mismatch.
+    type Other: dbscope::Backend;
+    /// The typed key of the tests' bind `main`, declared with `dbscope::bind_key!`.
+    type Main: dbscope::BindKey<Database = Self::Db>;
+    /// Which test database [`TestDb::new`] makes.
+    const KIND: Kind;
+
+    /// A statement that runs for about a second, to cancel mid-flight.
+    fn slow_query() -> &'static str {
+        match Self::KIND {
+            Kind::Postgres => "SELECT pg_sleep(1)",
+            Kind::MySql => "SELECT SLEEP(1)",
+            Kind::SqliteFile | Kind::SqliteMemory => {
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5000000) \
+                 SELECT COUNT(*) FROM c"
+            }
+        }
+    }
+}
+
+/// SQLite in a file of its own.
+#[derive(Debug)]
+pub struct SqliteFile;
+/// SQLite in memory.
+#[derive(Debug)]
+pub struct SqliteMemory;
+/// PostgreSQL, at [`PG_ENV`] or [`PG_DEFAULT`].
+#[derive(Debug)]
+pub struct Pg;
+/// MariaDB, at [`MYSQL_ENV`] or [`MYSQL_DEFAULT`].
+#[derive(Debug)]
+pub struct MySql;
+
+dbscope::bind_key!(pub SqliteMain: sqlx::Sqlite = "main");
+dbscope::bind_key!(pub PgMain: sqlx::Postgres = "main");
+dbscope::bind_key!(pub MySqlMain: sqlx::MySql = "main");
+
+impl Suite for SqliteFile {
+    type Db = sqlx::Sqlite;
+    type Other = sqlx::Postgres;
+    type Main = SqliteMain;
+    const KIND: Kind = Kind::SqliteFile;
+}
+
+impl Suite for SqliteMemory {
+    type Db = sqlx::Sqlite;
+    type Other = sqlx::Postgres;
+    type Main = SqliteMain;
+    const KIND: Kind = Kind::SqliteMemory;
+}
+
+impl Suite for Pg {
+    type Db = sqlx::Postgres;
+    type Other = sqlx::MySql;
+    type Main = PgMain;
+    const KIND: Kind = Kind::Postgres;
+}
+
+impl Suite for MySql {
+    type Db = sqlx::MySql;
+    type Other = sqlx::Sqlite;
+    type Main = MySqlMain;
+    const KIND: Kind = Kind::MySql;
+}
+
+/// The typed reads of the suites, for any of the test databases.
+///
+/// sqlx's decoding bounds put the database on the right (`i64: Decode<'r, DB>`,
+/// `usize: ColumnIndex<DB::Row>`), so a generic body could only carry them as `where` clauses of
+/// its own, repeated on every body. This trait holds those reads instead, written once (the
+/// blanket impl below, with the bounds) as the bodies wrote them, and a body reaches them through
+/// `B::Db: Typed` or the free functions after it.
+pub trait Typed:
+    dbscope::Backend
+    + sqlx::Database<
+        Arguments: sqlx::IntoArguments<Self>,
+        QueryResult: std::fmt::Debug + RowsAffected,
+        Row: std::fmt::Debug,
+    >
+{
+    /// `query_scalar` of an `i64`, `fetch_one`.
+    fn fetch_i64<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<i64>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query_scalar` of a `String`, `fetch_one`.
+    fn fetch_string<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<String>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query_scalar` of a `String`, `fetch_optional`.
+    fn fetch_optional_string<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Option<String>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query_as` of `(i64, String)` rows, `fetch_all`.
+    fn fetch_all_pairs<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Vec<(i64, String)>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>;
+
+    /// `query(..).execute` on a raw connection (`Session::connection`).
+    fn raw_execute(conn: &mut Self::Connection, stmt: SqlText) -> BoxFuture<'_, sqlx::Result<()>>;
+
+    /// `query_scalar` of an `i64`, `fetch_one`, on a raw connection.
+    fn raw_fetch_i64(
+        conn: &mut Self::Connection,
+        stmt: SqlText,
+    ) -> BoxFuture<'_, sqlx::Result<i64>>;
+
+    /// Column 0 of `row` as an `i64` (`Row::get`).
+    fn column0_i64(row: &Self::Row) -> i64;
+
+    /// `session.fetch_one(query_scalar(..))` of an `i64` on a blocking session.
+    fn blocking_fetch_i64(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<i64>;
+
+    /// `session.fetch_one(query_scalar(..))` of a `String` on a blocking session.
+    fn blocking_fetch_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<String>;
+
+    /// `session.fetch_optional(query_scalar(..))` of a `String` on a blocking session.
+    fn blocking_fetch_optional_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Option<String>>;
+
+    /// `session.fetch_all(query_as(..))` of `(i64, String)` rows on a blocking session.
+    fn blocking_fetch_all_pairs(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Vec<(i64, String)>>;
+}
+
+/// `rows_affected()`, which each backend's query result has as a method of its own.
+pub trait RowsAffected {
+    /// The rows the statement inserted, updated or deleted.
+    fn rows_affected(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::sqlite::SqliteQueryResult::rows_affected(self)
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::postgres::PgQueryResult::rows_affected(self)
+    }
+}
+
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows_affected(&self) -> u64 {
+        sqlx::mysql::MySqlQueryResult::rows_affected(self)
+    }
+}
+
+/// A boxed, `Send` future: what [`Typed`]'s async reads return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// SQL text for [`Typed`]'s reads: built at run time from the tests' own tags ([`sql`]), or fixed.
+pub enum SqlText {
+    Built(AssertSqlSafe<String>),
+    Fixed(&'static str),
+}
+
+impl From<AssertSqlSafe<String>> for SqlText {
+    fn from(text: AssertSqlSafe<String>) -> Self {
+        Self::Built(text)
+    }
+}
+
+impl From<&'static str> for SqlText {
+    fn from(text: &'static str) -> Self {
+        Self::Fixed(text)
+    }
+}
+
+impl sqlx::SqlSafeStr for SqlText {
+    fn into_sql_str(self) -> sqlx::SqlStr {
+        match self {
+            Self::Built(text) => text.into_sql_str(),
+            Self::Fixed(text) => text.into_sql_str(),
+        }
+    }
+}
+
+impl<DB> Typed for DB
+where
+    DB: dbscope::Backend
+        + sqlx::Database<
+            Arguments: sqlx::IntoArguments<DB>,
+            QueryResult: std::fmt::Debug + RowsAffected,
+            Row: std::fmt::Debug,
+        >,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    fn fetch_i64<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<i64>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_scalar(stmt).fetch_one(executor))
+    }
+
+    fn fetch_string<'e, E>(executor: E, stmt: SqlText) -> BoxFuture<'e, sqlx::Result<String>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_scalar(stmt).fetch_one(executor))
+    }
+
+    fn fetch_optional_string<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Option<String>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_scalar(stmt).fetch_optional(executor))
+    }
+
+    fn fetch_all_pairs<'e, E>(
+        executor: E,
+        stmt: SqlText,
+    ) -> BoxFuture<'e, sqlx::Result<Vec<(i64, String)>>>
+    where
+        E: 'e + sqlx::Executor<'e, Database = Self>,
+    {
+        Box::pin(sqlx::query_as(stmt).fetch_all(executor))
+    }
+
+    fn raw_execute(conn: &mut Self::Connection, stmt: SqlText) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(async move { sqlx::query(stmt).execute(conn).await.map(|_| ()) })
+    }
+
+    fn raw_fetch_i64(
+        conn: &mut Self::Connection,
+        stmt: SqlText,
+    ) -> BoxFuture<'_, sqlx::Result<i64>> {
+        Box::pin(sqlx::query_scalar(stmt).fetch_one(conn))
+    }
+
+    fn column0_i64(row: &Self::Row) -> i64 {
+        sqlx::Row::get::<i64, _>(row, 0)
+    }
+
+    fn blocking_fetch_i64(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<i64> {
+        session.fetch_one(sqlx::query_scalar(stmt))
+    }
+
+    fn blocking_fetch_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<String> {
+        session.fetch_one(sqlx::query_scalar(stmt))
+    }
+
+    fn blocking_fetch_optional_string(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Option<String>> {
+        session.fetch_optional(sqlx::query_scalar(stmt))
+    }
+
+    fn blocking_fetch_all_pairs(
+        session: &mut dbscope::blocking::BlockingSession<Self>,
+        stmt: SqlText,
+    ) -> dbscope::Result<Vec<(i64, String)>> {
+        session.fetch_all(sqlx::query_as(stmt))
+    }
+}
+
+/// [`Typed::fetch_i64`] on any executor (a session, a savepoint, a scope's session).
+pub fn fetch_i64<'e, E>(executor: E, stmt: impl Into<SqlText>) -> BoxFuture<'e, sqlx::Result<i64>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_i64(executor, stmt.into())
+}
+
+/// [`Typed::fetch_string`] on any executor.
+pub fn fetch_string<'e, E>(
+    executor: E,
+    stmt: impl Into<SqlText>,
+) -> BoxFuture<'e, sqlx::Result<String>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_string(executor, stmt.into())
+}
+
+/// [`Typed::fetch_optional_string`] on any executor.
+pub fn fetch_optional_string<'e, E>(
+    executor: E,
+    stmt: impl Into<SqlText>,
+) -> BoxFuture<'e, sqlx::Result<Option<String>>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_optional_string(executor, stmt.into())
+}
+
+/// [`Typed::fetch_all_pairs`] on any executor.
+pub fn fetch_all_pairs<'e, E>(
+    executor: E,
+    stmt: impl Into<SqlText>,
+) -> BoxFuture<'e, sqlx::Result<Vec<(i64, String)>>>
+where
+    E: 'e + sqlx::Executor<'e, Database: Typed>,
+{
+    <E::Database as Typed>::fetch_all_pairs(executor, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_i64`] on a blocking session.
+pub fn blocking_fetch_i64<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<i64> {
+    DB::blocking_fetch_i64(session, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_string`] on a blocking session.
+pub fn blocking_fetch_string<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<String> {
+    DB::blocking_fetch_string(session, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_optional_string`] on a blocking session.
+pub fn blocking_fetch_optional_string<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<Option<String>> {
+    DB::blocking_fetch_optional_string(session, stmt.into())
+}
+
+/// [`Typed::blocking_fetch_all_pairs`] on a blocking session.
+pub fn blocking_fetch_all_pairs<DB: Typed>(
+    session: &mut dbscope::blocking::BlockingSession<DB>,
+    stmt: impl Into<SqlText>,
+) -> dbscope::Result<Vec<(i64, String)>> {
+    DB::blocking_fetch_all_pairs(session, stmt.into())
+}
+
+/// One module `$module` of `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]`s for
+/// backend `$suite`: test `name` awaits the generic body `name::<$suite>()` of the file that
+/// invokes this, within [`TEST_LIMIT`].
+#[allow(unused_macros)]
+macro_rules! async_tests {
+    ($module:ident, $suite:ty: $($name:ident),+ $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::common::within_limit(
+                        concat!(module_path!(), "::", stringify!($name)),
+                        super::$name::<$suite>(),
+                    )
+                    .await;
+                }
+            )+
+        }
+    };
+}
+
+/// One module `$module` of plain `#[test]`s for backend `$suite`: test `name` calls the generic
+/// body `name::<$suite>()` of the file that invokes this, on a thread of its own, within
+/// [`TEST_LIMIT`].
+#[allow(unused_macros)]
+macro_rules! blocking_tests {
+    ($module:ident, $suite:ty: $($name:ident),+ $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(
+                #[test]
+                fn $name() {
+                    crate::common::within(crate::common::TEST_LIMIT, super::$name::<$suite>);
+                }
+            )+
+        }
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use {async_tests, blocking_tests};

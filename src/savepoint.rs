@@ -36,6 +36,29 @@ pub struct Savepoint<'s, DB: Backend> {
     done: bool,
 }
 
+impl<DB: Backend> Session<DB> {
+    /// Opens a savepoint: a nested transaction that commits (`RELEASE`) or rolls back on its own.
+    /// Without a transaction open, it begins one first (in autocommit mode, the guard *is* that
+    /// transaction: committing it commits).
+    ///
+    /// Run statements on the guard (`&mut *savepoint` is the session). Dropping the guard
+    /// without [`Savepoint::commit`] rolls back to the savepoint, before the session's next
+    /// operation.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::begin`], and [`ErrorKind::Query`](crate::ErrorKind::Query) when SAVEPOINT fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: cancelled mid-flight, the session is poisoned and discards its
+    /// connection when it drops.
+    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>> {
+        let level = self.open_savepoint().await?;
+        Ok(Savepoint::new(self, level))
+    }
+}
+
 impl<'s, DB: Backend> Savepoint<'s, DB> {
     pub(crate) fn new(session: &'s mut Session<DB>, level: u32) -> Self {
         Self {

@@ -13,7 +13,7 @@ use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
 use crate::engine::Conn;
 use crate::error::{Op, is_connection_lost_code, locate};
-use crate::{Bind, BindKey, BindManager, Error, Result, Savepoint};
+use crate::{Bind, BindKey, BindManager, Error, Result};
 
 /// How long a dropped session's connection may take to roll back before it is discarded.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -330,27 +330,6 @@ impl<DB: Backend> Session<DB> {
             return Ok(());
         }
         self.rollback_transaction().await
-    }
-
-    /// Opens a savepoint: a nested transaction that commits (`RELEASE`) or rolls back on its own.
-    /// Without a transaction open, it begins one first (in autocommit mode, the guard *is* that
-    /// transaction: committing it commits).
-    ///
-    /// Run statements on the guard (`&mut *savepoint` is the session). Dropping the guard
-    /// without [`Savepoint::commit`] rolls back to the savepoint, before the session's next
-    /// operation.
-    ///
-    /// # Errors
-    ///
-    /// As [`Session::begin`], and [`ErrorKind::Query`](crate::ErrorKind::Query) when SAVEPOINT fails.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe in effect: cancelled mid-flight, the session is poisoned and discards its
-    /// connection when it drops.
-    pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>> {
-        let level = self.open_savepoint().await?;
-        Ok(Savepoint::new(self, level))
     }
 
     /// Opens a savepoint (or, with no transaction open in autocommit mode, the transaction

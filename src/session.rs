@@ -40,10 +40,12 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// # Ok(()) }
 /// ```
 ///
-/// Errors dbscope raises inside a query (a checkout timeout, a closed bind …) reach sqlx's API as
-/// `sqlx::Error`: timeouts as `PoolTimedOut`, a closed bind as `PoolClosed`, the rest boxed in
-/// `Configuration`. `?` into [`dbscope::Error`](crate::Error) gives back the original error with
-/// its bind name.
+/// Errors keep their bind through sqlx's API. A driver's `Database` or `Io` error met in a
+/// statement stays that `sqlx::Error` variant (same message, code, kind, and
+/// `downcast_ref::<PgDatabaseError>()`), with the bind tucked inside; errors dbscope raises
+/// inside a query (a checkout timeout, a closed bind …) travel boxed in
+/// `sqlx::Error::Configuration`. `?` into [`dbscope::Error`](crate::Error) gives back either one
+/// with its bind named.
 ///
 /// # Drop behavior
 ///

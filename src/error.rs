@@ -111,8 +111,13 @@ pub enum ErrorKind {
     BindNotInScope,
     /// A bind was declared twice for one scope.
     DuplicateScopeBind,
-    /// The scope's session is in use by other code of the scope.
+    /// The scope's session is in use by other code of the scope (from a `try_` call, which
+    /// does not wait).
     SessionBusy,
+    /// Other code of the scope kept the scope's session past the bind's `acquire_timeout`: a
+    /// lease held higher up in the same code path, or a fetch stream still being read
+    /// ([`Error::waited`]).
+    SessionLocked,
     /// The scope ended while code still held its session ([`Error::waited`]).
     SessionHeld,
     /// An atomic block with `IfOpen::Fail` found a transaction open.
@@ -162,6 +167,7 @@ impl ErrorKind {
             | Self::ScopeEnded
             | Self::BindNotInScope
             | Self::SessionBusy
+            | Self::SessionLocked
             | Self::SessionHeld
             | Self::TransactionOpen
             | Self::CommitVetoed
@@ -180,7 +186,7 @@ enum Detail {
     None,
     /// `UnknownBind`: the known names; `BindNotInScope`: the declared ones.
     Binds(Vec<String>),
-    /// `Timeout`, `SessionHeld`: how long dbscope waited.
+    /// `Timeout`, `SessionLocked`, `SessionHeld`: how long dbscope waited.
     Waited(Duration),
     /// `Query`: what ran, and whether its outcome is unknown.
     Op(Op),
@@ -255,7 +261,7 @@ impl Error {
     }
 
     /// How long dbscope waited before giving up: the bind's `acquire_timeout` for
-    /// [`ErrorKind::Timeout`] and [`ErrorKind::SessionHeld`].
+    /// [`ErrorKind::Timeout`], [`ErrorKind::SessionLocked`] and [`ErrorKind::SessionHeld`].
     pub fn waited(&self) -> Option<Duration> {
         match self.0.detail {
             Detail::Waited(waited) => Some(waited),
@@ -674,11 +680,26 @@ impl Error {
             ErrorKind::SessionBusy,
             Some(bind),
             format!(
-                "bind `{bind}`: the scope's session is in use by other code of this scope; drop \
-                 that code's guard first (async code can also wait its turn with \
-                 `current_session`)"
+                "bind `{bind}`: the scope's session is in use by other code of this scope (a \
+                 lease, a statement, a fetch stream); let it finish first, or wait for it with \
+                 `lock()`"
             ),
         )
+    }
+
+    pub(crate) fn session_locked(bind: &str, waited: Duration) -> Self {
+        Self::new(
+            ErrorKind::SessionLocked,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the scope's session stayed taken for {waited:?} \
+                 (acquire_timeout): a lease (`ScopedSession::lock`) held higher up in this code \
+                 path, or a fetch stream still being read, waits for this code, which waits for \
+                 it. Drop the lease (or finish the stream) before calling code that uses the \
+                 same bind, or pass that code the lease"
+            ),
+        )
+        .with_detail(Detail::Waited(waited))
     }
 
     pub(crate) fn session_held(bind: &str, waited: Duration) -> Self {
@@ -686,11 +707,11 @@ impl Error {
             ErrorKind::SessionHeld,
             Some(bind),
             format!(
-                "bind `{bind}`: the scope ended while its session was still held after \
-                 {waited:?} (a ScopedSession guard kept past the scope's work, or an attached \
-                 task still running); nothing of it was committed, and it rolls back when that \
-                 code lets go. Drop guards before the scope's work returns, and await attached \
-                 tasks"
+                "bind `{bind}`: the scope ended while its session was still taken after \
+                 {waited:?} (a SessionLease kept past the scope's work, or an attached task \
+                 still running a statement); nothing of it was committed, and it rolls back \
+                 when that code lets go. Drop leases before the scope's work returns, and await \
+                 attached tasks"
             ),
         )
         .with_detail(Detail::Waited(waited))

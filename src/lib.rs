@@ -40,7 +40,7 @@ pub use load::{BIND_ENV_PREFIX, DATABASE_URL_ENV};
 pub use manager::{BindManager, BindManagerBuilder};
 pub use savepoint::Savepoint;
 pub use scope::{
-    Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, TransactionMode, atomic, atomic_for,
-    current_session, current_session_for, scope, try_current_session,
+    Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, SessionLease, TransactionMode, atomic,
+    atomic_for, current_session, current_session_for, scope, try_current_session,
 };
 pub use session::Session;

@@ -212,12 +212,16 @@ macro_rules! actix_suite {
                 session.close().await.unwrap();
             }
 
-            async fn insert(session: &mut Session<Db>, table: &str, id: i64) -> sqlx::Result<()> {
+            async fn insert(
+                session: &mut dbscope::ScopedSession<Db>,
+                table: &str,
+                id: i64,
+            ) -> sqlx::Result<()> {
                 let stmt = format!("INSERT INTO {table} (id, v) VALUES ({id}, 'row {id}')");
                 sqlx::query(sql(stmt)).execute(session).await.map(|_| ())
             }
 
-            async fn count(session: &mut Session<Db>, table: &str) -> i64 {
+            async fn count<'c>(session: impl sqlx::Executor<'c, Database = Db>, table: &str) -> i64 {
                 let stmt = format!("SELECT COUNT(*) FROM {table}");
                 sqlx::query_scalar(sql(stmt)).fetch_one(session).await.expect("count rows")
             }

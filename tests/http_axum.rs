@@ -47,7 +47,7 @@ macro_rules! http_suite {
             }
 
             async fn insert_row(
-                session: &mut dbscope::Session<Db>,
+                session: &mut dbscope::ScopedSession<Db>,
                 table: &str,
                 id: i64,
             ) -> Result<(), DbError> {
@@ -155,7 +155,7 @@ macro_rules! http_suite {
             async fn count(State(app): State<App>, mut db: Session) -> Result<String, DbError> {
                 let stmt = format!("SELECT COUNT(*) FROM {}", app.table);
                 let n: i64 = sqlx::query_scalar(sql(stmt)).fetch_one(&mut *db).await?;
-                Ok(format!("{n} in_transaction={}", db.in_transaction()))
+                Ok(format!("{n} in_transaction={}", db.in_transaction().await?))
             }
 
             struct Server {

@@ -143,7 +143,7 @@ async fn no_connection_until_the_first_statement<B: Suite>() {
     let before = bind.status().in_use;
     dbscope::scope(&manager, async {
         let session = current_session::<B::Db>("main").await?;
-        assert!(!session.is_connected());
+        assert!(!session.lock().await?.is_connected());
         assert_eq!(
             bind.status().in_use,
             before,
@@ -183,25 +183,32 @@ async fn concurrent_first_use_creates_one_session<B: Suite>() {
     finish::<B>(manager, db).await;
 }
 
-async fn a_held_session_makes_siblings_wait_or_refuses_them<B: Suite>() {
+async fn a_lease_makes_siblings_wait_or_refuses_them<B: Suite>() {
     let (db, manager) = setup::<B>().await;
     dbscope::scope(&manager, async {
         let order = Arc::new(Mutex::new(Vec::new()));
+        let handle = current_session::<B::Db>("main").await?;
+        let (leased, is_leased) = tokio::sync::oneshot::channel();
         let first = async {
-            let mut s = current_session::<B::Db>("main").await?;
-            log_to(&order, "first holds");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut lease = handle.lock().await?;
+            log_to(&order, "first leases");
+            leased.send(()).unwrap();
+            // Let the sibling run while the lease is held.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
             let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'a')", db.table);
-            sqlx::query(sql(stmt)).execute(&mut s).await?;
+            sqlx::query(sql(stmt)).execute(&mut lease).await?;
             log_to(&order, "first done");
             Ok::<_, AppError>(())
         };
         let second = async {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let busy = dbscope::try_current_session::<B::Db>("main").unwrap_err();
-            assert!(busy.to_string().contains("in use"), "{busy}");
-            let _s = current_session::<B::Db>("main").await?; // waits its turn
-            log_to(&order, "second holds");
+            is_leased.await.unwrap();
+            let mut other = current_session::<B::Db>("main").await?; // a handle: no wait
+            let busy = other.try_lock().unwrap_err();
+            assert_eq!(busy.kind(), dbscope::ErrorKind::SessionBusy, "{busy}");
+            sqlx::query("SELECT 1").execute(&mut other).await?; // waits for the lease
+            log_to(&order, "second ran");
             Ok::<_, AppError>(())
         };
         let (a, b) = tokio::join!(first, second);
@@ -209,13 +216,93 @@ async fn a_held_session_makes_siblings_wait_or_refuses_them<B: Suite>() {
         b?;
         assert_eq!(
             *order.lock().unwrap(),
-            ["first holds", "first done", "second holds"]
+            ["first leases", "first done", "second ran"]
         );
         Ok::<_, AppError>(())
     })
     .await
     .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
     finish::<B>(manager, db).await;
+}
+
+/// Three layers of code, each asking the scope for the session and writing while the layer
+/// above still has its handle: one session, one connection, all committed; no wait.
+async fn nested_handles_share_one_session_at_any_depth<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    async fn layer<B: Suite>(db: &TestDb, id: i64, depth: u32) -> Result<Vec<i64>, AppError> {
+        let mut handle = current_session::<B::Db>("main").await?;
+        let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+        sqlx::query(sql(stmt)).execute(&mut handle).await?;
+        let mut ids = match B::KIND {
+            Kind::Postgres | Kind::MySql => {
+                vec![fetch_i64(&mut handle, db.connection_id_query()).await?]
+            }
+            Kind::SqliteFile | Kind::SqliteMemory => Vec::new(),
+        };
+        if depth > 1 {
+            ids.extend(Box::pin(layer::<B>(db, id + 1, depth - 1)).await?);
+        }
+        Ok(ids)
+    }
+    let ids = dbscope::scope(&manager, async {
+        let mut outer = current_session::<B::Db>("main").await?;
+        sqlx::query("SELECT 1").execute(&mut outer).await?;
+        let deep = layer::<B>(&db, 1, 3).await?;
+        // Two siblings of a `join!`, each three layers deep.
+        let (a, b) = tokio::join!(layer::<B>(&db, 10, 3), layer::<B>(&db, 20, 3));
+        Ok::<_, AppError>([deep, a?, b?].concat())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 9);
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one backend connection for the whole scope: {ids:?}"
+    );
+    assert_eq!(
+        manager.bind::<B::Db>("main").unwrap().status().opened,
+        1 + u64::from(B::KIND == Kind::SqliteMemory)
+    );
+    finish::<B>(manager, db).await;
+}
+
+/// Code that needs the session while a lease higher up in its own path holds it gets a typed
+/// error within `acquire_timeout`, not a hang.
+async fn a_lease_held_higher_up_fails_nested_code_in_bounded_time<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let timeout = Duration::from_secs(1);
+    let manager = db.manager(|c| c.acquire_timeout(timeout));
+    dbscope::scope(&manager, async {
+        let handle = current_session::<B::Db>("main").await?;
+        let lease = handle.lock().await?;
+        let started = std::time::Instant::now();
+        let mut nested = current_session::<B::Db>("main").await?; // the handle comes at once
+        let err = sqlx::query("SELECT 1")
+            .execute(&mut nested)
+            .await
+            .map_err(dbscope::Error::from)
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(err.kind(), dbscope::ErrorKind::SessionLocked, "{err}");
+        assert_eq!(err.bind(), Some("main"));
+        assert_eq!(err.waited(), Some(timeout));
+        assert!(err.to_string().contains("lease"), "{err}");
+        assert!(
+            waited >= timeout.mul_f64(0.8) && waited <= timeout.mul_f64(1.2),
+            "failed after {waited:?}, for an acquire_timeout of {timeout:?}"
+        );
+        let err = nested.lock().await.unwrap_err();
+        assert_eq!(err.kind(), dbscope::ErrorKind::SessionLocked, "{err}");
+        drop(lease);
+        sqlx::query("SELECT 1").execute(&mut nested).await?; // free again
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_settled::<B>(&manager, &db).await;
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
 }
 
 async fn outside_a_scope_the_error_says_how_to_fix_it<B: Suite>() {
@@ -327,19 +414,20 @@ async fn cancelling_a_scope_at_any_await_leaves_nothing_open<B: Suite>() {
     finish::<B>(manager, db).await;
 }
 
-async fn a_guard_kept_past_the_scope_fails_it_instead_of_hanging<B: Suite>() {
+async fn a_lease_kept_past_the_scope_fails_it_instead_of_hanging<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
     let started = std::time::Instant::now();
     let err = dbscope::scope(&manager, async {
-        let mut session = current_session::<B::Db>("main").await?;
-        sqlx::query("SELECT 1").execute(&mut session).await?;
-        Ok::<_, AppError>(session) // the guard leaves the scope's work
+        let mut lease = current_session::<B::Db>("main").await?.lock().await?;
+        sqlx::query("SELECT 1").execute(&mut lease).await?;
+        Ok::<_, AppError>(lease) // the lease leaves the scope's work
     })
     .await
     .unwrap_err()
     .db();
-    assert!(err.to_string().contains("still held"), "{err}");
+    assert_eq!(err.kind(), dbscope::ErrorKind::SessionHeld, "{err}");
+    assert!(err.to_string().contains("still taken"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "waited the acquire_timeout only"
@@ -347,6 +435,28 @@ async fn a_guard_kept_past_the_scope_fails_it_instead_of_hanging<B: Suite>() {
     assert_settled::<B>(&manager, &db).await;
     manager.close(Duration::from_secs(5)).await.unwrap();
     db.finish().await;
+}
+
+/// A handle kept past the scope holds nothing: the scope ends at once, and the handle says
+/// the scope is over.
+async fn a_handle_kept_past_the_scope_is_told_it_ended<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let mut handle = dbscope::scope(&manager, async {
+        let mut handle = current_session::<B::Db>("main").await?;
+        let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'a')", db.table);
+        sqlx::query(sql(stmt)).execute(&mut handle).await?;
+        Ok::<_, AppError>(handle)
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    let err = sqlx::query("SELECT 1")
+        .execute(&mut handle)
+        .await
+        .map_err(dbscope::Error::from)
+        .unwrap_err();
+    assert_eq!(err.kind(), dbscope::ErrorKind::ScopeEnded, "{err}");
+    finish::<B>(manager, db).await;
 }
 
 async fn hooks_run_in_order_and_before_commit_can_use_the_session<B: Suite>() {
@@ -564,13 +674,19 @@ async fn early_commit_rollback_and_disconnect_inside_a_scope<B: Suite>() {
         insert::<B>(&db, 2).await?;
         current_session::<B::Db>("main").await?.rollback().await?;
         insert::<B>(&db, 3).await?;
-        let mut s = current_session::<B::Db>("main").await?;
+        let s = current_session::<B::Db>("main").await?;
         s.disconnect().await?; // rolls row 3 back, gives the connection back
-        assert!(!s.is_connected());
+        assert!(!s.lock().await?.is_connected());
         drop(s);
         assert_eq!(manager.bind::<B::Db>("main")?.status().in_use, 0);
         insert::<B>(&db, 4).await?; // a fresh checkout
-        assert!(current_session::<B::Db>("main").await?.is_connected());
+        assert!(
+            current_session::<B::Db>("main")
+                .await?
+                .lock()
+                .await?
+                .is_connected()
+        );
         Err::<(), _>(AppError::Refused)
     })
     .await;
@@ -590,7 +706,12 @@ async fn autocommit_scope_lands_writes_one_by_one<B: Suite>() {
         .autocommit()
         .run(async {
             insert::<B>(&db, 1).await?;
-            assert!(!current_session::<B::Db>("main").await?.in_transaction());
+            assert!(
+                !current_session::<B::Db>("main")
+                    .await?
+                    .in_transaction()
+                    .await?
+            );
             assert_eq!(
                 committed::<B>(&manager, &db).await,
                 1,
@@ -731,13 +852,16 @@ macro_rules! scope_tests {
             nested_code_shares_the_scope_session_and_ok_commits,
             no_connection_until_the_first_statement,
             concurrent_first_use_creates_one_session,
-            a_held_session_makes_siblings_wait_or_refuses_them,
+            a_lease_makes_siblings_wait_or_refuses_them,
+            nested_handles_share_one_session_at_any_depth,
+            a_lease_held_higher_up_fails_nested_code_in_bounded_time,
             outside_a_scope_the_error_says_how_to_fix_it,
             err_rolls_back,
             a_panic_rolls_back,
             a_cancelled_scope_rolls_back_and_leaves_no_transaction,
             cancelling_a_scope_at_any_await_leaves_nothing_open,
-            a_guard_kept_past_the_scope_fails_it_instead_of_hanging,
+            a_lease_kept_past_the_scope_fails_it_instead_of_hanging,
+            a_handle_kept_past_the_scope_is_told_it_ended,
             hooks_run_in_order_and_before_commit_can_use_the_session,
             a_vetoing_before_commit_hook_rolls_everything_back,
             atomic_savepoint_undoes_only_the_block,

@@ -245,18 +245,13 @@ impl<B> fmt::Debug for ResponseFuture<B> {
 
 core::extractor_types! {
     /// The request scope's session of the bind `K` names (a [`BindKey`]; `DefaultBind<Sqlite>`
-    /// for a single-database app), as an actix-web extractor. Derefs to
-    /// [`Session`](crate::Session): run queries on `&mut *db`.
+    /// for a single-database app), as an actix-web extractor: a
+    /// [handle](crate::ScopedSession) to it. Run queries on `&mut db`.
     ///
-    /// The extractor holds the session for the whole handler. Code the handler calls must take
-    /// the session from it (`&mut db`), or the handler must drop it first: asking the scope
-    /// again for the same bind meanwhile waits for the handler to finish, that is forever (see
-    /// [`ScopedSession`](crate::ScopedSession)). Hence **one `DbSession` per bind in a
-    /// handler's arguments**, and mind their order: actix polls a handler's extractors
-    /// together, in argument order, so another extractor that uses the same bind's session
-    /// (one that loads the current user, say) must come *before* the `DbSession` and give the
-    /// session back when done. The two then share the request's session and transaction; after
-    /// the `DbSession`, it would wait forever.
+    /// The extractor holds nothing between statements: code the handler calls, and other
+    /// extractors of the same handler (one that loads the current user, say), may ask the scope
+    /// for the same bind and get the same session and transaction, without waiting, in any
+    /// order.
     DbSession;
 
     /// Why a [`DbSession`] could not be extracted. Answers 500 (503 when the pool is exhausted

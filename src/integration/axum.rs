@@ -50,12 +50,12 @@ use super::tower::status;
 
 core::extractor_types! {
     /// The request scope's session of the bind `K` names (a [`BindKey`](crate::BindKey);
-    /// `DefaultBind<Sqlite>` for a single-database app). Derefs to
-    /// [`Session`](crate::Session): run queries on `&mut *db`.
+    /// `DefaultBind<Sqlite>` for a single-database app): a [handle](crate::ScopedSession) to
+    /// it. Run queries on `&mut db`.
     ///
-    /// The extractor holds the session for the whole handler: code the handler calls must take
-    /// the session from it (`&mut db`), not ask the scope again for the same bind, which would
-    /// wait for the handler to finish (see [`ScopedSession`](crate::ScopedSession)).
+    /// The extractor holds nothing between statements: code the handler calls may ask the
+    /// scope for the same bind ([`current_session`](crate::current_session)) and gets the same
+    /// session and transaction, without waiting.
     DbSession;
 
     /// Why a [`DbSession`] could not be extracted. Answers 500 (503 when the pool is exhausted

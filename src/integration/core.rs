@@ -354,7 +354,7 @@ macro_rules! extractor_types {
         pub struct DbSession<K: $crate::BindKey>(pub $crate::ScopedSession<K::Database>);
 
         impl<K: $crate::BindKey> DbSession<K> {
-            /// The scope's session guard inside.
+            /// The scope's session handle inside.
             pub fn into_inner(self) -> $crate::ScopedSession<K::Database> {
                 self.0
             }
@@ -379,6 +379,68 @@ macro_rules! extractor_types {
         impl<K: $crate::BindKey> std::ops::DerefMut for DbSession<K> {
             fn deref_mut(&mut self) -> &mut Self::Target {
                 &mut self.0
+            }
+        }
+
+        /// Statements run on `&mut db` as on the handle inside.
+        impl<'c, K: $crate::BindKey> sqlx::Executor<'c> for &'c mut DbSession<K> {
+            type Database = K::Database;
+
+            fn fetch_many<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> futures_core::stream::BoxStream<
+                'e,
+                sqlx::Result<
+                    sqlx::Either<
+                        <K::Database as sqlx::Database>::QueryResult,
+                        <K::Database as sqlx::Database>::Row,
+                    >,
+                >,
+            >
+            where
+                'c: 'e,
+                E: 'q + sqlx::Execute<'q, K::Database>,
+            {
+                (&mut self.0).fetch_many(query)
+            }
+
+            fn fetch_optional<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> futures_core::future::BoxFuture<
+                'e,
+                sqlx::Result<Option<<K::Database as sqlx::Database>::Row>>,
+            >
+            where
+                'c: 'e,
+                E: 'q + sqlx::Execute<'q, K::Database>,
+            {
+                (&mut self.0).fetch_optional(query)
+            }
+
+            fn prepare_with<'e>(
+                self,
+                sql: sqlx::SqlStr,
+                parameters: &'e [<K::Database as sqlx::Database>::TypeInfo],
+            ) -> futures_core::future::BoxFuture<
+                'e,
+                sqlx::Result<<K::Database as sqlx::Database>::Statement>,
+            >
+            where
+                'c: 'e,
+            {
+                (&mut self.0).prepare_with(sql, parameters)
+            }
+
+            fn describe<'e>(
+                self,
+                sql: sqlx::SqlStr,
+            ) -> futures_core::future::BoxFuture<'e, sqlx::Result<sqlx::Describe<K::Database>>>
+            where
+                'c: 'e,
+            {
+                (&mut self.0).describe(sql)
             }
         }
 

@@ -18,8 +18,8 @@ mod slot;
 
 pub use atomic::{Atomic, IfOpen, atomic, atomic_for};
 use hooks::Hooks;
-pub use slot::ScopedSession;
 use slot::{Ended, ErasedSlot, Slot};
+pub use slot::{ScopedSession, SessionLease};
 
 tokio::task_local! {
     static CURRENT: Scope;
@@ -57,7 +57,6 @@ pub enum TransactionMode {
 /// dbscope::scope(&manager, async {
 ///     let mut session = dbscope::current_session::<Sqlite>("default").await?;
 ///     sqlx::query("CREATE TABLE notes (body TEXT)").execute(&mut session).await?;
-///     drop(session); // let other code of the scope have it
 ///     add_note("one").await?; // same session, same transaction
 ///     add_note("two").await
 /// })
@@ -85,11 +84,10 @@ where
     manager.scope().run(work).await
 }
 
-/// The current scope's session on bind `name`: the same session to all code of the scope,
-/// created on first use, connected on its first statement.
-///
-/// Waits while other code of the scope holds the session (a `join!` sibling mid-query); see
-/// [`ScopedSession`] for the one way this waits forever.
+/// A handle to the current scope's session on bind `name`: the same session to all code of the
+/// scope, at any depth and in `join!` children, created on first use, connected on its first
+/// statement. Handles are cheap and never hold the session between statements (see
+/// [`ScopedSession`]), so asking again while holding one never waits.
 ///
 /// # Errors
 ///
@@ -99,9 +97,9 @@ where
 ///
 /// # Cancel safety
 ///
-/// Cancel safe: cancelled while waiting, nothing changes.
+/// Cancel safe: it waits for nothing.
 pub async fn current_session<DB: Backend>(name: &str) -> Result<ScopedSession<DB>> {
-    Scope::current_for(name)?.session(name).await
+    Scope::current_for(name)?.session(name)
 }
 
 /// As [`current_session`], for the bind a [`BindKey`] names.
@@ -117,14 +115,13 @@ pub async fn current_session_for<K: BindKey>() -> Result<ScopedSession<K::Databa
     current_session(K::NAME).await
 }
 
-/// As [`current_session`], but refuses with [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) instead of waiting when
-/// other code of the scope holds the session.
+/// As [`current_session`], for code that cannot await: the same handle.
 ///
 /// # Errors
 ///
-/// As [`current_session`], and [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy).
+/// As [`current_session`].
 pub fn try_current_session<DB: Backend>(name: &str) -> Result<ScopedSession<DB>> {
-    Scope::current_for(name)?.try_session(name)
+    Scope::current_for(name)?.session(name)
 }
 
 /// How to open a scope: its binds, transaction mode and hooks. From [`BindManager::scope`].
@@ -370,27 +367,13 @@ impl Scope {
         &self.inner.manager
     }
 
-    /// This scope's session on bind `name`; see [`current_session`].
+    /// A handle to this scope's session on bind `name`; see [`current_session`].
     ///
     /// # Errors
     ///
     /// As [`current_session`].
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe.
-    pub async fn session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
-        self.slot::<DB>(name)?.lock().await
-    }
-
-    /// This scope's session on bind `name`, or [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) when other code of the
-    /// scope holds it.
-    ///
-    /// # Errors
-    ///
-    /// As [`try_current_session`].
-    pub fn try_session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
-        self.slot::<DB>(name)?.try_lock()
+    pub fn session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
+        Ok(ScopedSession::new(self.slot::<DB>(name)?))
     }
 
     /// Runs `work` inside this scope, sharing its sessions, without ending the scope when

@@ -1,4 +1,5 @@
-//! One bind's session inside a scope, and the guard that lends it to code of the scope.
+//! One bind's session inside a scope, the cheap handles code of the scope reaches it through,
+//! and the leases that take it for a while.
 
 use std::any::Any;
 use std::fmt;
@@ -8,21 +9,22 @@ use std::time::Duration;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
 use sqlx::{Either, Execute, Executor, SqlStr};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::backend::Backend;
 use crate::{Error, Result, Session};
 
-/// A bind's session in a scope. The async mutex serializes the code of the scope that uses it
-/// (children of a `join!` take turns); `None` once the scope has ended.
+/// A bind's session in a scope. The async mutex serializes the operations of the scope's code
+/// on it (each statement, each fetch stream for its life, each lease); `None` once the scope
+/// has ended.
 pub(crate) struct Slot<DB: Backend> {
     name: Arc<str>,
-    /// How long the scope's end waits for code still holding the session: the bind's
-    /// `acquire_timeout`.
+    /// The longest any wait for the session lasts: the bind's `acquire_timeout`.
     patience: Duration,
     session: Arc<tokio::sync::Mutex<Option<Session<DB>>>>,
-    /// The level of an atomic block dropped while the session was lent out: rolled back to by
+    /// The level of an atomic block dropped while the session was taken: rolled back to by
     /// whoever takes the session next.
     dropped_level: Mutex<Option<u32>>,
 }
@@ -57,28 +59,34 @@ impl<DB: Backend> Slot<DB> {
         }
     }
 
-    /// Waits for the session (other code of the scope may hold it) and lends it.
-    pub(crate) async fn lock(&self) -> Result<ScopedSession<DB>> {
-        let guard = self.session.clone().lock_owned().await;
+    /// Takes the session for as long as the lease lives, waiting at most the bind's
+    /// `acquire_timeout` for code that has it.
+    pub(crate) async fn lock(&self) -> Result<SessionLease<DB>> {
+        let guard = match self.session.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => tokio::time::timeout(self.patience, self.session.clone().lock_owned())
+                .await
+                .map_err(|_| Error::session_locked(&self.name, self.patience))?,
+        };
         self.lend(guard)
     }
 
-    /// Lends the session if no other code of the scope holds it.
-    pub(crate) fn try_lock(&self) -> Result<ScopedSession<DB>> {
+    /// Takes the session if no other code of the scope has it.
+    pub(crate) fn try_lock(&self) -> Result<SessionLease<DB>> {
         match self.session.clone().try_lock_owned() {
             Ok(guard) => self.lend(guard),
             Err(_) => Err(Error::session_busy(&self.name)),
         }
     }
 
-    fn lend(&self, mut guard: OwnedMutexGuard<Option<Session<DB>>>) -> Result<ScopedSession<DB>> {
+    fn lend(&self, mut guard: OwnedMutexGuard<Option<Session<DB>>>) -> Result<SessionLease<DB>> {
         let Some(session) = guard.as_mut() else {
             return Err(Error::scope_ended(&self.name));
         };
         if let Some(level) = self.take_dropped_level() {
             session.savepoint_dropped(level);
         }
-        Ok(ScopedSession { guard })
+        Ok(SessionLease { guard })
     }
 
     /// Records that the transaction or savepoint at `level` must roll back: at once when the
@@ -152,48 +160,268 @@ async fn close_quietly<DB: Backend>(session: Session<DB>) {
     }
 }
 
-/// The scope's session of one bind, lent to the code holding this guard.
+/// A handle to the scope's session of one bind: what [`current_session`](crate::current_session)
+/// returns, to any number of callers at once.
 ///
-/// Derefs to [`Session`], and sqlx queries run on `&mut guard` directly. Other code of the
-/// scope asking for the same bind waits until this guard drops, so statements of one scope
-/// never interleave on the wire: hold the guard for a unit of work, not for the whole request.
+/// Cheap (`Clone` is an `Arc` clone), and never holds the session between operations: each
+/// statement run on `&mut handle` (and each fetch stream, for as long as it is read), each
+/// [`commit`](ScopedSession::commit) or [`rollback`](ScopedSession::rollback) takes the session
+/// for that operation only. So statements of one scope never interleave on the wire, and nested
+/// code (a handler, the service it calls, the repository that calls) asking for the same bind
+/// gets the same session without waiting for itself, in `join!` children too.
 ///
-/// Asking for the same bind again while holding its guard, in the same code path, waits
-/// forever: pass the guard (or `&mut Session`) down instead, or drop it first.
-/// [`try_current_session`](crate::try_current_session) refuses instead of waiting.
+/// ```
+/// use sqlx::Sqlite;
 ///
-/// Drop the guard before the scope's work returns: a guard still held when the scope ends (or
-/// an attached task still using the session) makes the scope wait up to the bind's
-/// `acquire_timeout`, then fail with [`ErrorKind::SessionHeld`](crate::ErrorKind::SessionHeld), committing nothing of that bind.
+/// async fn insert(body: &str) -> Result<(), dbscope::Error> {
+///     let mut db = dbscope::current_session::<Sqlite>("default").await?; // the same session
+///     sqlx::query("INSERT INTO notes (body) VALUES (?)").bind(body).execute(&mut db).await?;
+///     Ok(())
+/// }
 ///
-/// The scope, not the guard, ends the session: commit or roll back early through the guard
-/// if you need to ([`Session::commit`], [`Session::rollback`],
-/// [`Session::disconnect`]); the next statement begins a new transaction.
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dbscope::Error> {
+/// # let manager = dbscope::BindManager::new(dbscope::BindConfig::new("sqlite::memory:"))?;
+/// dbscope::scope(&manager, async {
+///     let mut db = dbscope::current_session::<Sqlite>("default").await?;
+///     sqlx::query("CREATE TABLE notes (body TEXT)").execute(&mut db).await?;
+///     insert("one").await?; // nested code, while `db` is alive: no wait
+///     tokio::try_join!(insert("two"), insert("three"))?; // siblings take turns
+///     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes").fetch_one(&mut db).await?;
+///     assert_eq!(n, 3);
+///     Ok::<_, dbscope::Error>(())
+/// })
+/// .await?; // one transaction, committed here
+/// # Ok(()) }
+/// ```
+///
+/// Work that must not let other code's statements in between (a read then a write that depends
+/// on it, the raw connection for `COPY`, a savepoint) takes a [lease](ScopedSession::lock).
+/// Every wait for the session is bounded by the bind's `acquire_timeout`: code that needs the
+/// session while a lease (or a fetch stream) higher up in its own path holds it fails with
+/// [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked) instead of hanging.
+///
+/// The scope, not the handle, ends the session: commit or roll back early through the handle
+/// if you need to; the next statement begins a new transaction. A handle used after its scope
+/// ended fails with [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded).
 pub struct ScopedSession<DB: Backend> {
-    guard: OwnedMutexGuard<Option<Session<DB>>>,
+    slot: Arc<Slot<DB>>,
 }
 
-impl<DB: Backend> Deref for ScopedSession<DB> {
-    type Target = Session<DB>;
+impl<DB: Backend> ScopedSession<DB> {
+    pub(crate) fn new(slot: Arc<Slot<DB>>) -> Self {
+        Self { slot }
+    }
 
-    fn deref(&self) -> &Session<DB> {
-        self.guard.as_ref().expect("a lent session is present")
+    /// The bind's name.
+    pub fn bind_name(&self) -> &str {
+        &self.slot.name
+    }
+
+    /// Takes the session for as long as the returned lease lives: other code of the scope
+    /// asking for it waits meanwhile (at most `acquire_timeout`). The lease derefs to
+    /// [`Session`] (savepoints, the raw connection, options), and sqlx queries run on
+    /// `&mut lease`. Keep it for one unit of work, and drop it before calling code that uses the
+    /// same bind.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked) when other code kept the
+    /// session past `acquire_timeout` (a lease higher up in this code path, a fetch stream
+    /// still being read); [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: cancelled while waiting, nothing is taken.
+    pub async fn lock(&self) -> Result<SessionLease<DB>> {
+        self.slot.lock().await
+    }
+
+    /// As [`lock`](ScopedSession::lock), but refuses with
+    /// [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) instead of waiting when other
+    /// code has the session.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy),
+    /// [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded).
+    pub fn try_lock(&self) -> Result<SessionLease<DB>> {
+        self.slot.try_lock()
+    }
+
+    /// Commits the session's open transaction now: [`Session::commit`] under a lease for the
+    /// commit's length.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](ScopedSession::lock) and [`Session::commit`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Session::commit`]: cancelled during COMMIT, the session is poisoned.
+    pub async fn commit(&self) -> Result<()> {
+        self.lock().await?.commit().await
+    }
+
+    /// Rolls back the session's open transaction now: [`Session::rollback`] under a lease.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](ScopedSession::lock) and [`Session::rollback`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Session::rollback`].
+    pub async fn rollback(&self) -> Result<()> {
+        self.lock().await?.rollback().await
+    }
+
+    /// Ends the session's work and gives its connection back; the next statement checks out a
+    /// fresh one: [`Session::disconnect`] under a lease.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](ScopedSession::lock) and [`Session::disconnect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Session::disconnect`].
+    pub async fn disconnect(&self) -> Result<()> {
+        self.lock().await?.disconnect().await
+    }
+
+    /// Whether a transaction is open on the session, waiting at most `acquire_timeout` for
+    /// code that has it.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](ScopedSession::lock).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn in_transaction(&self) -> Result<bool> {
+        Ok(self.lock().await?.in_transaction())
     }
 }
 
-impl<DB: Backend> DerefMut for ScopedSession<DB> {
-    fn deref_mut(&mut self) -> &mut Session<DB> {
-        self.guard.as_mut().expect("a lent session is present")
+impl<DB: Backend> Clone for ScopedSession<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            slot: self.slot.clone(),
+        }
     }
 }
 
 impl<DB: Backend> fmt::Debug for ScopedSession<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ScopedSession").field(&**self).finish()
+        f.debug_struct("ScopedSession")
+            .field("bind", &self.slot.name)
+            .finish_non_exhaustive()
     }
 }
 
+/// Each operation takes the session for itself: a statement until its result is in, a fetch
+/// stream until it ends or is dropped.
 impl<'c, DB: Backend> Executor<'c> for &'c mut ScopedSession<DB> {
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let slot = &*self.slot;
+        Box::pin(async_stream::stream! {
+            match slot.lock().await {
+                Ok(mut lease) => {
+                    let mut rows = (&mut *lease).fetch_many(query);
+                    while let Some(item) = rows.next().await {
+                        yield item;
+                    }
+                }
+                Err(e) => yield Err(e.into_sqlx()),
+            }
+        })
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let slot = &*self.slot;
+        Box::pin(async move {
+            let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
+            (&mut *lease).fetch_optional(query).await
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<DB::Statement>>
+    where
+        'c: 'e,
+    {
+        let slot = &*self.slot;
+        Box::pin(async move {
+            let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
+            (&mut *lease).prepare_with(sql, parameters).await
+        })
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<DB>>>
+    where
+        'c: 'e,
+    {
+        let slot = &*self.slot;
+        Box::pin(async move {
+            let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
+            (&mut *lease).describe(sql).await
+        })
+    }
+}
+
+/// The scope's session of one bind, taken by the code holding this lease, from
+/// [`ScopedSession::lock`].
+///
+/// Derefs to [`Session`], and sqlx queries run on `&mut lease`. Other code of the scope waits
+/// for the session until the lease drops (at most the bind's `acquire_timeout`, then it fails
+/// with [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked)): hold a lease for a unit
+/// of work that must not let other statements in, not for the whole request, and drop it
+/// before calling code that uses the same bind. A lease still held when the scope ends makes
+/// the scope wait up to `acquire_timeout`, then fail with
+/// [`ErrorKind::SessionHeld`](crate::ErrorKind::SessionHeld), committing nothing of that bind.
+pub struct SessionLease<DB: Backend> {
+    guard: OwnedMutexGuard<Option<Session<DB>>>,
+}
+
+impl<DB: Backend> Deref for SessionLease<DB> {
+    type Target = Session<DB>;
+
+    fn deref(&self) -> &Session<DB> {
+        self.guard.as_ref().expect("a leased session is present")
+    }
+}
+
+impl<DB: Backend> DerefMut for SessionLease<DB> {
+    fn deref_mut(&mut self) -> &mut Session<DB> {
+        self.guard.as_mut().expect("a leased session is present")
+    }
+}
+
+impl<DB: Backend> fmt::Debug for SessionLease<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SessionLease").field(&**self).finish()
+    }
+}
+
+impl<'c, DB: Backend> Executor<'c> for &'c mut SessionLease<DB> {
     type Database = DB;
 
     fn fetch_many<'e, 'q: 'e, E>(

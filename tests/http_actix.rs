@@ -21,7 +21,7 @@ use actix_web::http::StatusCode;
 use actix_web::{App, FromRequest, HttpRequest, HttpResponse, HttpServer, web};
 use common::{Kind, TestDb, eventually, sql};
 use dbscope::actix::{DbError, DbSession, ScopeMiddleware};
-use dbscope::{BindConfig, BindManager, Session};
+use dbscope::{BindConfig, BindManager};
 use futures_util::future::LocalBoxFuture;
 
 /// What a route without the middleware answers, word for word, as axum does

@@ -376,6 +376,49 @@ macro_rules! actix_suite {
                 Ok(())
             }
 
+            /// The server's id of the connection under the scope's session, or 0 on SQLite.
+            async fn connection_id(
+                session: &mut dbscope::ScopedSession<Db>,
+            ) -> Result<i64, DbError> {
+                let query = match KIND {
+                    Kind::Postgres => "SELECT CAST(pg_backend_pid() AS BIGINT)",
+                    Kind::MySql => "SELECT CAST(CONNECTION_ID() AS SIGNED)",
+                    Kind::SqliteFile | Kind::SqliteMemory => return Ok(0),
+                };
+                Ok(sqlx::query_scalar(query).fetch_one(session).await?)
+            }
+
+            /// A repository, a service and a handler's helper: each asks the scope for the
+            /// session and writes, while the layer above still has its handle.
+            async fn layer(table: &str, id: i64, depth: u32) -> Result<Vec<i64>, DbError> {
+                let mut session = dbscope::current_session_for::<Main>().await?;
+                insert(&mut session, table, id).await?;
+                let mut pids = vec![connection_id(&mut session).await?];
+                if depth > 1 {
+                    pids.extend(Box::pin(layer(table, id + 1, depth - 1)).await?);
+                }
+                Ok(pids)
+            }
+
+            /// The extractor's handle, three layers of helpers under it, then two siblings of a
+            /// `join!` three layers deep each: one session, one connection, every row committed.
+            async fn layered(
+                ctx: web::Data<Ctx>,
+                mut db: DbSession<Main>,
+                id: web::Path<i64>,
+            ) -> Result<HttpResponse, DbError> {
+                let id = id.into_inner();
+                insert(&mut db, &ctx.table, id).await?;
+                let mut pids = vec![connection_id(&mut db).await?];
+                pids.extend(layer(&ctx.table, id + 1, 3).await?);
+                let (a, b) =
+                    tokio::join!(layer(&ctx.table, id + 10, 3), layer(&ctx.table, id + 20, 3));
+                pids.extend(a?);
+                pids.extend(b?);
+                pids.dedup();
+                Ok(HttpResponse::Ok().body(format!("{}", pids.len())))
+            }
+
             async fn shared(
                 _audited: Audited,
                 ctx: web::Data<Ctx>,
@@ -445,6 +488,7 @@ macro_rules! actix_suite {
                     .route("/slow/{id}", web::post().to(slow))
                     .route("/shared/{id}/{status}", web::post().to(shared))
                     .route("/streamed/{id}", web::post().to(streamed))
+                    .route("/layered/{id}", web::post().to(layered))
                     .route("/probe/{id}", web::post().to(probe))
                     .service(
                         web::resource("/autocommit/probe/{id}")
@@ -627,6 +671,25 @@ macro_rules! actix_suite {
                 // One transaction: a 409 takes all three writes back.
                 assert_eq!(post(&server, "/shared/5/409").await.status(), 409);
                 assert_eq!(rows(&manager, &db).await, [1, 1001, 2001]);
+                finish(server, manager, db).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nested_helpers_asking_for_the_session_share_it_without_waiting() {
+                let (db, manager, ctx) = setup().await;
+                let server = serve(&manager, &ctx, ScopeMiddleware::new(&manager));
+                let response =
+                    tokio::time::timeout(Duration::from_secs(60), post(&server, "/layered/100"))
+                        .await
+                        .expect("the request answers instead of hanging");
+                assert_eq!(response.status(), 200);
+                assert_eq!(
+                    response.text().await.unwrap(),
+                    "1",
+                    "one backend connection for every layer"
+                );
+                let expected: Vec<i64> = [100, 101, 102, 103, 110, 111, 112, 120, 121, 122].into();
+                assert_eq!(rows(&manager, &db).await, expected);
                 finish(server, manager, db).await;
             }
 

@@ -130,6 +130,48 @@ macro_rules! http_suite {
                 Ok(n?.to_string())
             }
 
+            /// The server's id of the connection under the scope's session, or 0 on SQLite.
+            async fn connection_id(
+                session: &mut dbscope::ScopedSession<Db>,
+            ) -> Result<i64, DbError> {
+                let query = match KIND {
+                    Kind::Postgres => "SELECT CAST(pg_backend_pid() AS BIGINT)",
+                    Kind::MySql => "SELECT CAST(CONNECTION_ID() AS SIGNED)",
+                    Kind::SqliteFile | Kind::SqliteMemory => return Ok(0),
+                };
+                Ok(sqlx::query_scalar(query).fetch_one(session).await?)
+            }
+
+            /// A repository, a service and a handler's helper: each asks the scope for the
+            /// session and writes, while the layer above still has its handle.
+            async fn layer(table: &str, id: i64, depth: u32) -> Result<Vec<i64>, DbError> {
+                let mut session = current_session::<Db>("main").await?;
+                insert_row(&mut session, table, id).await?;
+                let mut pids = vec![connection_id(&mut session).await?];
+                if depth > 1 {
+                    pids.extend(Box::pin(layer(table, id + 1, depth - 1)).await?);
+                }
+                Ok(pids)
+            }
+
+            /// The extractor's handle, three layers of helpers under it, then two siblings of a
+            /// `join!` three layers deep each: one session, one connection, every row committed.
+            async fn layered(
+                State(app): State<App>,
+                Path(id): Path<i64>,
+                mut db: Session,
+            ) -> Result<String, DbError> {
+                insert_row(&mut db, &app.table, id).await?;
+                let mut pids = vec![connection_id(&mut db).await?];
+                pids.extend(layer(&app.table, id + 1, 3).await?);
+                let (a, b) =
+                    tokio::join!(layer(&app.table, id + 10, 3), layer(&app.table, id + 20, 3));
+                pids.extend(a?);
+                pids.extend(b?);
+                pids.dedup();
+                Ok(format!("{pids:?}"))
+            }
+
             /// A streamed body: it reads, from a fresh session, whether the request's row is
             /// committed by the time the body streams, and whether the scope is still there.
             async fn streamed(
@@ -203,6 +245,7 @@ macro_rules! http_suite {
                     .route("/items/{id}/panic", post(create_then_panic))
                     .route("/items/{id}/sleep", post(create_then_sleep))
                     .route("/items/{id}/children", post(children))
+                    .route("/items/{id}/layered", post(layered))
                     .route("/items/{id}/stream", post(streamed))
                     .route("/items/{id}/veto", post(create).route_layer(veto))
                     .route(
@@ -312,6 +355,29 @@ macro_rules! http_suite {
                     self.manager.close(Duration::from_secs(5)).await.unwrap();
                     self.db.finish().await;
                 }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nested_helpers_asking_for_the_session_share_it_without_waiting() {
+                let server = serve().await;
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    server.post("/items/100/layered"),
+                )
+                .await
+                .expect("the request answers instead of hanging");
+                assert_eq!(answer.0, 200, "{answer:?}");
+                // One connection id for every layer (0 on SQLite, which has no server).
+                let pids: Vec<i64> = answer
+                    .1
+                    .trim_matches(['[', ']'])
+                    .split(", ")
+                    .map(|p| p.parse().unwrap())
+                    .collect();
+                assert_eq!(pids.len(), 1, "one backend connection: {}", answer.1);
+                assert_eq!(server.committed().await, 1 + 3 + 3 + 3);
+                assert_eq!(server.manager.status()[0].discarded, 0);
+                server.finish().await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,22 @@ fn count<DB: Typed>(session: &mut BlockingSession<DB>, db: &TestDb) -> i64 {
     blocking_fetch_i64(session, sql(stmt)).expect("count rows")
 }
 
+fn scoped_insert<DB: Typed>(
+    session: &mut blocking::BlockingScopedSession<DB>,
+    db: &TestDb,
+    id: i64,
+) -> dbscope::Result<()> {
+    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+    session.execute(sqlx::query(sql(stmt))).map(|_| ())
+}
+
+fn scoped_count<DB: Typed>(session: &mut blocking::BlockingScopedSession<DB>, db: &TestDb) -> i64 {
+    let stmt = format!("SELECT COUNT(*) FROM {}", db.table);
+    session
+        .run(async |s| common::fetch_i64(s, sql(stmt)).await)
+        .expect("count rows")
+}
+
 /// Rows as a fresh blocking session on the same bind sees them.
 fn committed_rows<B: Suite>(manager: &BindManager, db: &TestDb) -> i64 {
     let mut session = manager.blocking_session::<B::Db>("main").unwrap();
@@ -792,15 +808,15 @@ fn a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session<B: Suite>() {
     create_table::<B>(&manager, &db);
     let add = |id: i64| -> dbscope::Result<()> {
         let mut session = blocking::current_session::<B::Db>("main")?;
-        insert(&mut session, &db, id)
+        scoped_insert(&mut session, &db, id)
     };
     blocking::scope(&manager, || {
         add(1)?;
         add(2)?;
         // Other code of the scope sees the scope's uncommitted work: one session.
         let mut session = blocking::current_session::<B::Db>("main")?;
-        assert!(session.in_transaction());
-        assert_eq!(count(&mut session, &db), 2);
+        assert!(session.in_transaction()?);
+        assert_eq!(scoped_count(&mut session, &db), 2);
         Ok::<_, Error>(())
     })
     .unwrap();
@@ -823,6 +839,123 @@ fn a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session<B: Suite>() {
     finish(db);
 }
 
+/// Three layers of blocking code, each asking for the session and writing while the layer
+/// above still has its handle: one session, all committed by the scope.
+fn nested_handles_share_one_blocking_session<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    fn layer<B: Suite>(db: &TestDb, id: i64, depth: u32) -> dbscope::Result<()> {
+        let mut session = blocking::current_session::<B::Db>("main")?;
+        scoped_insert(&mut session, db, id)?;
+        if depth > 1 {
+            layer::<B>(db, id + 1, depth - 1)?;
+        }
+        Ok(())
+    }
+    blocking::scope(&manager, || {
+        let mut outer = blocking::current_session::<B::Db>("main")?;
+        scoped_insert(&mut outer, &db, 10)?;
+        layer::<B>(&db, 1, 3)?;
+        assert_eq!(
+            scoped_count(&mut outer, &db),
+            4,
+            "the outer handle sees the nested writes"
+        );
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db), 4);
+    assert_eq!(blocking_status::<B>(&manager).discarded, 0);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
+/// What blocking scopes share with async ones: hooks (a before-commit hook using the scope's
+/// session, its veto), declared binds, autocommit mode.
+fn blocking_scopes_have_hooks_declared_binds_and_autocommit<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let log = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let (l1, l2, l3) = (log.clone(), log.clone(), log.clone());
+    let table = db.table.clone();
+    manager
+        .scope()
+        .bind("main")
+        .before_commit(move || {
+            let (log, table) = (l1.clone(), table.clone());
+            async move {
+                // Inside the scope: the hook writes through the scope's own session.
+                let mut session = dbscope::current_session::<B::Db>("main").await?;
+                let stmt = format!("INSERT INTO {table} (id, v) VALUES (99, 'hook')");
+                sqlx::query(sql(stmt)).execute(&mut session).await?;
+                log.lock().unwrap().push("before commit");
+                Ok(())
+            }
+        })
+        .after_commit(move || {
+            let log = l2.clone();
+            async move { log.lock().unwrap().push("after commit") }
+        })
+        .after_rollback(move || {
+            let log = l3.clone();
+            async move { log.lock().unwrap().push("after rollback") }
+        })
+        .run_blocking(|| {
+            let mut session = blocking::current_session::<B::Db>("main")?;
+            scoped_insert(&mut session, &db, 1)?;
+            let undeclared = blocking::current_session::<B::Db>("other").unwrap_err();
+            assert_eq!(
+                undeclared.kind(),
+                dbscope::ErrorKind::BindNotInScope,
+                "{undeclared}"
+            );
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    assert_eq!(*log.lock().unwrap(), ["before commit", "after commit"]);
+    assert_eq!(
+        committed_rows::<B>(&manager, &db),
+        2,
+        "the work's row and the hook's"
+    );
+
+    let vetoed = manager
+        .scope()
+        .before_commit(|| async { Err("refused".into()) })
+        .run_blocking(|| {
+            let mut session = blocking::current_session::<B::Db>("main")?;
+            scoped_insert(&mut session, &db, 2)
+        })
+        .unwrap_err();
+    assert!(vetoed.is_commit_vetoed(), "{vetoed}");
+    assert_eq!(
+        committed_rows::<B>(&manager, &db),
+        2,
+        "the veto rolled back"
+    );
+
+    // Autocommit: each write lands at once, whatever the outcome.
+    let failed = manager.scope().autocommit().run_blocking(|| {
+        let mut session = blocking::current_session::<B::Db>("main")?;
+        scoped_insert(&mut session, &db, 3)?;
+        assert!(!session.in_transaction()?);
+        assert_eq!(
+            committed_rows::<B>(&manager, &db),
+            3,
+            "landed before the scope ends"
+        );
+        Err::<(), _>(Error::from(sqlx::Error::RowNotFound))
+    });
+    assert!(failed.is_err());
+    assert_eq!(committed_rows::<B>(&manager, &db), 3);
+    assert_eq!(blocking_status::<B>(&manager).in_use, 0);
+    assert_no_open_transaction(&db);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 fn a_panic_inside_a_scope_rolls_back<B: Suite>() {
     let db = census(TestDb::new(B::KIND));
     let manager = db.manager(|c| c);
@@ -830,7 +963,7 @@ fn a_panic_inside_a_scope_rolls_back<B: Suite>() {
     let panicked = catch_unwind(AssertUnwindSafe(|| {
         blocking::scope(&manager, || {
             let mut session = blocking::current_session::<B::Db>("main")?;
-            insert(&mut session, &db, 1)?;
+            scoped_insert(&mut session, &db, 1)?;
             drop(session);
             if db.table.len() < usize::MAX {
                 panic!("the work panics mid-scope");
@@ -964,6 +1097,8 @@ macro_rules! blocking_suite_tests {
             threads_that_wait_past_the_acquire_timeout_get_timeout_errors,
             a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session,
             a_panic_inside_a_scope_rolls_back,
+            nested_handles_share_one_blocking_session,
+            blocking_scopes_have_hooks_declared_binds_and_autocommit,
             a_session_dropped_in_async_code_rolls_back_in_the_background,
         );
     };
@@ -1142,7 +1277,7 @@ fn a_blocking_call_inside_run_refuses_instead_of_waiting_on_itself() {
 // ----- scopes, beyond the suite -----
 
 #[test]
-fn current_session_outside_a_scope_or_while_lent_is_a_typed_error() {
+fn current_session_outside_a_scope_or_while_leased_is_a_typed_error() {
     let err = blocking::current_session::<sqlx::Sqlite>("default").unwrap_err();
     assert!(err.is_no_scope() && err.bind() == Some("default"), "{err}");
     assert!(
@@ -1150,16 +1285,27 @@ fn current_session_outside_a_scope_or_while_lent_is_a_typed_error() {
         "{err}"
     );
 
-    let manager = memory_manager();
+    let timeout = Duration::from_millis(500);
+    let manager =
+        BindManager::new(BindConfig::new("sqlite::memory:").acquire_timeout(timeout)).unwrap();
     blocking::scope(&manager, || {
-        let held = blocking::current_session::<sqlx::Sqlite>("default")?;
-        let err = blocking::current_session::<sqlx::Sqlite>("default").unwrap_err();
-        assert!(
-            err.kind() == dbscope::ErrorKind::SessionBusy && err.bind() == Some("default"),
-            "{err}"
-        );
-        drop(held);
-        blocking::current_session::<sqlx::Sqlite>("default").map(|_| ())
+        // Handles coexist: nested code gets the same session while the outer handle lives.
+        let mut outer = blocking::current_session::<sqlx::Sqlite>("default")?;
+        outer.execute(sqlx::query("CREATE TABLE t (x INT)"))?;
+        let mut nested = blocking::current_session::<sqlx::Sqlite>("default")?;
+        nested.execute(sqlx::query("INSERT INTO t VALUES (1)"))?;
+        let n: i64 = outer.fetch_one(sqlx::query_scalar("SELECT COUNT(*) FROM t"))?;
+        assert_eq!(n, 1, "one session, one transaction");
+
+        // The one way to hold the session across calls is `run`, whose code is async: a
+        // blocking call there is refused at once, so nothing can wait for itself.
+        let started = Instant::now();
+        let err = outer
+            .run(async |_| nested.execute(sqlx::query("SELECT 1")).map(|_| ()))
+            .unwrap_err();
+        assert!(err.is_blocking_in_async(), "{err}");
+        assert!(started.elapsed() < timeout, "refused, not waited for");
+        Ok::<_, Error>(())
     })
     .unwrap();
 

@@ -99,7 +99,7 @@ impl BindManager {
 
 impl BindManager {
     /// This manager's blocking faces, kept with it and opened on first blocking use.
-    fn blocking_faces(&self) -> Arc<BlockingFaces> {
+    pub(super) fn blocking_faces(&self) -> Arc<BlockingFaces> {
         self.faces(BlockingFaces::default)
     }
 }

@@ -43,6 +43,11 @@ impl Face {
     pub(crate) fn erased(&self) -> &Arc<dyn ErasedBind> {
         &self.twin
     }
+
+    /// The face as the manager keeps a bind.
+    pub(crate) fn into_open(self) -> OpenBind {
+        self.open
+    }
 }
 
 impl State {

@@ -1,26 +1,32 @@
-//! Blocking scopes: the same session per bind for all code a scope runs on its thread, committed
-//! or rolled back by the scope's outcome (the twin of the task-local [`crate::scope()`]).
+//! Blocking scopes: the async [`Scope`](crate::Scope) itself, on the binds' blocking faces, kept
+//! on a thread-local stack instead of a task-local. Hooks, declared binds, transaction modes,
+//! atomic blocks, the commit order and its partial-commit report, and handles that never wait
+//! for themselves are therefore the async scope's own.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::rc::Rc;
+use std::sync::Arc;
 
-use super::BlockingSession;
-use super::runtime::refuse_in_async;
+use sqlx::{Execute, Executor};
+
+use super::Fetch;
+use super::registry::BlockingFaces;
+use super::runtime::{Driver, refuse_in_async};
 use crate::backend::Backend;
-use crate::{BindKey, BindManager, Error, Result};
+use crate::bind::OpenBind;
+use crate::scope::SessionSource;
+use crate::{BindKey, BindManager, Error, Result, Scope, ScopeBuilder, ScopedSession, Session};
 
 thread_local! {
-    /// The scopes open on this thread, innermost last.
-    static SCOPES: RefCell<Vec<Rc<ThreadScope>>> = const { RefCell::new(Vec::new()) };
+    /// The scopes open on this thread, innermost last, each with the runtime that drives it.
+    static SCOPES: RefCell<Vec<(Scope, Arc<Driver>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `work` in a new blocking scope on `manager`'s binds: every call to [`current_session`]
-/// on this thread during `work` gets the scope's session of that bind, created on first use.
-/// `Ok` commits every session the work used, in the order of their first use; `Err`, or a panic,
-/// rolls them all back (and the panic goes on).
+/// on this thread during `work` gets a handle to the scope's session of that bind, created on
+/// first use. `Ok` commits every session the work used, in the order of their first use; `Err`,
+/// or a panic, rolls them all back (and the panic goes on). Short for
+/// `manager.scope().run_blocking(work)`.
 ///
 /// ```
 /// use dbscope::blocking;
@@ -37,8 +43,7 @@ thread_local! {
 /// blocking::scope(&manager, || {
 ///     let mut session = blocking::current_session::<Sqlite>("default")?;
 ///     session.execute(sqlx::query("CREATE TABLE notes (body TEXT)"))?;
-///     drop(session); // let other code of the scope have it
-///     add_note("one")?; // same session, same transaction
+///     add_note("one")?; // same session, same transaction, while `session` is alive
 ///     add_note("two")
 /// })?; // committed here
 /// # Ok(()) }
@@ -49,38 +54,124 @@ thread_local! {
 ///
 /// # Errors
 ///
-/// The work's own error (its sessions rolled back); or, when the work succeeded, the commit's:
-/// [`ErrorKind::PartialCommit`](crate::ErrorKind::PartialCommit) when some binds committed before one failed, else that bind's
-/// commit error ([`ErrorKind::Query`](crate::ErrorKind::Query), [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted), [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned), or
-/// [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) for a session whose guard the work returned instead of dropping);
-/// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code, the work not run.
+/// As [`ScopeBuilder::run_blocking`].
 pub fn scope<T, E>(manager: &BindManager, work: impl FnOnce() -> Result<T, E>) -> Result<T, E>
 where
     E: From<Error>,
 {
-    refuse_in_async(None)?;
-    let open = Open::push(manager);
-    let result = work();
-    match open.finish(result.is_ok()) {
-        Ok(()) => result,
-        Err(e) => Err(result.err().unwrap_or_else(|| e.into())),
+    manager.scope().run_blocking(work)
+}
+
+impl ScopeBuilder {
+    /// Runs blocking `work` in a new scope as this builder describes it (declared binds, mode,
+    /// hooks), on the binds' blocking faces: the twin of [`run`](ScopeBuilder::run) for code
+    /// without an async runtime. See [`scope`](crate::blocking::scope()).
+    ///
+    /// Hooks are the async scope's: they run on the blocking faces' runtime, and a
+    /// before-commit hook may use the scope's sessions through the async
+    /// [`current_session`](crate::current_session).
+    ///
+    /// # Errors
+    ///
+    /// The work's own error (its sessions rolled back); or, when the work succeeded, the
+    /// commit's: [`ErrorKind::CommitVetoed`](crate::ErrorKind::CommitVetoed),
+    /// [`ErrorKind::PartialCommit`](crate::ErrorKind::PartialCommit) when some binds committed
+    /// before one failed, else that bind's commit error; those of
+    /// [`validate`](ScopeBuilder::validate);
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code, the
+    /// work not run.
+    pub fn run_blocking<T, E>(self, work: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        refuse_in_async(None)?;
+        let faces = self.manager().blocking_faces();
+        let driver = faces.driver()?;
+        let scope = self.with_source(Arc::new(Faces(faces))).start()?;
+        let pushed = Pushed::push(scope, driver);
+        let result = work();
+        match pushed.finish(result.is_ok()) {
+            Ok(()) => result,
+            Err(e) => Err(result.err().unwrap_or_else(|| e.into())),
+        }
     }
 }
 
-/// The current blocking scope's session on bind `name`: the same session to all code the scope
-/// runs on this thread, created on first use, connected on its first statement.
+/// A scope's sessions from the binds' blocking faces.
+struct Faces(Arc<BlockingFaces>);
+
+impl fmt::Debug for Faces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlockingFaces")
+    }
+}
+
+impl SessionSource for Faces {
+    fn open(&self, manager: &BindManager, name: &str) -> Result<OpenBind> {
+        Ok(self.0.open(name, manager.entry(name)?)?.into_open())
+    }
+}
+
+/// A scope pushed on this thread's stack; popped when finished, or on unwind, rolling back.
+struct Pushed {
+    scope: Scope,
+    driver: Arc<Driver>,
+    finished: bool,
+}
+
+impl Pushed {
+    fn push(scope: Scope, driver: Arc<Driver>) -> Self {
+        SCOPES.with_borrow_mut(|scopes| scopes.push((scope.clone(), driver.clone())));
+        Self {
+            scope,
+            driver,
+            finished: false,
+        }
+    }
+
+    fn finish(mut self, commit: bool) -> Result<()> {
+        self.finished = true;
+        self.pop();
+        self.driver.run(self.scope.finish(commit))
+    }
+
+    fn pop(&self) {
+        let _ = SCOPES.try_with(|scopes| {
+            let mut scopes = scopes.borrow_mut();
+            if let Some(at) = scopes.iter().rposition(|(s, _)| s.same_scope(&self.scope)) {
+                scopes.remove(at);
+            }
+        });
+    }
+}
+
+impl Drop for Pushed {
+    /// The work panicked: roll back, then let the panic go on.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.pop();
+            let _ = self.driver.run(self.scope.finish(false));
+        }
+    }
+}
+
+/// The current blocking scope's session on bind `name`: a handle to the same session for all
+/// code the scope runs on this thread, at any depth, created on first use, connected on its
+/// first statement.
 ///
 /// # Errors
 ///
-/// [`ErrorKind::NoBlockingScope`](crate::ErrorKind::NoBlockingScope) outside any blocking scope on this thread (its predicate is
-/// [`Error::is_no_scope`]); [`ErrorKind::SessionBusy`](crate::ErrorKind::SessionBusy) while another guard of the same session is
-/// alive (on one thread, waiting for it would wait forever: pass the guard down instead);
-/// those of [`BindManager::blocking_bind`].
+/// [`ErrorKind::NoBlockingScope`](crate::ErrorKind::NoBlockingScope) outside any blocking scope
+/// on this thread (its predicate is [`Error::is_no_scope`]); those of
+/// [`current_session`](crate::current_session).
 pub fn current_session<DB: Backend>(name: &str) -> Result<BlockingScopedSession<DB>> {
-    let scope = SCOPES
+    let (scope, driver) = SCOPES
         .with_borrow(|scopes| scopes.last().cloned())
         .ok_or_else(|| Error::no_blocking_scope(Some(name)))?;
-    scope.session(name)
+    Ok(BlockingScopedSession {
+        handle: scope.session(name)?,
+        driver,
+    })
 }
 
 /// As [`current_session`], for the bind a [`BindKey`] names.
@@ -92,221 +183,160 @@ pub fn current_session_for<K: BindKey>() -> Result<BlockingScopedSession<K::Data
     current_session(K::NAME)
 }
 
-/// A blocking scope's session of one bind, lent to the code holding this guard; from
-/// [`current_session`].
+/// A handle to a blocking scope's session of one bind, from [`current_session`]: the blocking
+/// twin of [`ScopedSession`], as cheap and as shareable.
 ///
-/// Derefs to [`BlockingSession`]. The scope, not the guard, ends the session: dropping the guard
-/// gives the session back to the scope, transaction and all. Commit or roll back early through
-/// the guard if you need to; the next statement begins a new transaction.
+/// It holds nothing between calls: each call takes the session for itself only, so nested
+/// code asking for the same bind gets the same session without waiting. Work that must not
+/// let other code's statements in between runs in [`run`](BlockingScopedSession::run), which
+/// takes the session for the closure's length; the closure is async, and blocking calls in it
+/// are refused ([`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync)), so no code
+/// on the thread can wait for a session it holds itself. Another thread sharing a clone of the
+/// handle waits at most the bind's `acquire_timeout`
+/// ([`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked)).
 ///
-/// Tied to its thread (not `Send`), as the scope is.
+/// The scope, not the handle, ends the session; commit or roll back early through the handle
+/// if you need to.
 pub struct BlockingScopedSession<DB: Backend> {
-    session: Option<BlockingSession<DB>>,
-    slot: Rc<Slot<DB>>,
+    handle: ScopedSession<DB>,
+    driver: Arc<Driver>,
 }
 
-impl<DB: Backend> Deref for BlockingScopedSession<DB> {
-    type Target = BlockingSession<DB>;
+impl<DB: Backend> BlockingScopedSession<DB> {
+    /// Runs a statement and returns what the database reports; see
+    /// [`BlockingSession::execute`](super::BlockingSession::execute).
+    ///
+    /// # Errors
+    ///
+    /// As [`BlockingSession::execute`](super::BlockingSession::execute), and
+    /// [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked).
+    pub fn execute<'q, Q>(&mut self, query: Q) -> Result<DB::QueryResult>
+    where
+        Q: Execute<'q, DB> + 'q,
+    {
+        self.with_session(async |session| {
+            session.ready().await?;
+            Ok(session.execute(query).await?)
+        })
+    }
 
-    fn deref(&self) -> &BlockingSession<DB> {
-        self.session.as_ref().expect("a lent session is present")
+    /// Runs a query and returns its first row; see
+    /// [`BlockingSession::fetch_one`](super::BlockingSession::fetch_one).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](BlockingScopedSession::execute), and
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) with `sqlx::Error::RowNotFound` when there
+    /// is no row.
+    pub fn fetch_one<'q, Q: Fetch<'q, DB>>(&mut self, query: Q) -> Result<Q::Output> {
+        match self.fetch_optional(query)? {
+            Some(row) => Ok(row),
+            None => Err(Error::from(sqlx::Error::RowNotFound).or_bind(self.handle.bind_name())),
+        }
+    }
+
+    /// Runs a query and returns its first row, if any.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](BlockingScopedSession::execute).
+    pub fn fetch_optional<'q, Q: Fetch<'q, DB>>(&mut self, query: Q) -> Result<Option<Q::Output>> {
+        self.with_session(async |session| {
+            session.ready().await?;
+            Ok(query.fetch_optional(session).await?)
+        })
+    }
+
+    /// Runs a query and returns all its rows.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](BlockingScopedSession::execute).
+    pub fn fetch_all<'q, Q: Fetch<'q, DB>>(&mut self, query: Q) -> Result<Vec<Q::Output>> {
+        self.with_session(async |session| {
+            session.ready().await?;
+            Ok(query.fetch_all(session).await?)
+        })
+    }
+
+    /// Commits the session's open transaction now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::commit`], and [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked).
+    pub fn commit(&mut self) -> Result<()> {
+        self.with_session(async |session| session.commit().await)
+    }
+
+    /// Rolls back the session's open transaction now.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::rollback`], and
+    /// [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked).
+    pub fn rollback(&mut self) -> Result<()> {
+        self.with_session(async |session| session.rollback().await)
+    }
+
+    /// Whether a transaction is open on the session.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked),
+    /// [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded),
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync).
+    pub fn in_transaction(&mut self) -> Result<bool> {
+        self.with_session(async |session| Ok(session.in_transaction()))
+    }
+
+    /// Runs async code on the session, taken for the code's length (other code of the scope
+    /// waits meanwhile): for what the plain methods do not cover (a stream of rows, the raw
+    /// connection, a read then a write that must not let other statements in between). See
+    /// [`BlockingSession::run`](super::BlockingSession::run).
+    ///
+    /// # Errors
+    ///
+    /// The code's own error; [`ErrorKind::SessionLocked`](crate::ErrorKind::SessionLocked),
+    /// [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded) and
+    /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync), converted into `E`.
+    pub fn run<T, E>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Session<DB>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        refuse_in_async(Some(self.handle.bind_name()))?;
+        let handle = &self.handle;
+        self.driver.run(async move {
+            let mut lease = handle.lock().await?;
+            work(&mut lease).await
+        })
+    }
+
+    /// Runs `work` under a lease, naming the bind in errors sqlx left without one.
+    fn with_session<T>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut Session<DB>) -> Result<T>,
+    ) -> Result<T> {
+        let bind = self.handle.bind_name().to_owned();
+        self.run(work).map_err(|e| e.or_bind(&bind))
     }
 }
 
-impl<DB: Backend> DerefMut for BlockingScopedSession<DB> {
-    fn deref_mut(&mut self) -> &mut BlockingSession<DB> {
-        self.session.as_mut().expect("a lent session is present")
-    }
-}
-
-impl<DB: Backend> Drop for BlockingScopedSession<DB> {
-    fn drop(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        if self.slot.ended.get() {
-            drop(session); // the scope is over: this rolls back
-        } else {
-            *self.slot.session.borrow_mut() = Some(session);
+impl<DB: Backend> Clone for BlockingScopedSession<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            driver: self.driver.clone(),
         }
     }
 }
 
 impl<DB: Backend> fmt::Debug for BlockingScopedSession<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("BlockingScopedSession")
-            .field(&**self)
-            .finish()
-    }
-}
-
-/// A scope open on this thread: its manager, and its sessions in the order of first use (the
-/// order they commit in).
-struct ThreadScope {
-    manager: BindManager,
-    slots: RefCell<Vec<Rc<dyn ErasedSlot>>>,
-}
-
-impl ThreadScope {
-    fn session<DB: Backend>(&self, name: &str) -> Result<BlockingScopedSession<DB>> {
-        let slot = self.slot::<DB>(name)?;
-        let Some(session) = slot.session.borrow_mut().take() else {
-            return Err(Error::session_busy(name));
-        };
-        Ok(BlockingScopedSession {
-            session: Some(session),
-            slot,
-        })
-    }
-
-    fn slot<DB: Backend>(&self, name: &str) -> Result<Rc<Slot<DB>>> {
-        let existing = self
-            .slots
-            .borrow()
-            .iter()
-            .find(|slot| slot.name() == name)
-            .cloned();
-        if let Some(slot) = existing {
-            // Asked for as another type: the manager names the mismatch.
-            return slot.into_any().downcast::<Slot<DB>>().map_err(|_| {
-                match self.manager.bind::<DB>(name) {
-                    Err(e) => e,
-                    Ok(_) => unreachable!("a slot has its bind's type"),
-                }
-            });
-        }
-        let slot = Rc::new(Slot {
-            name: name.to_owned(),
-            session: RefCell::new(Some(self.manager.blocking_session::<DB>(name)?)),
-            ended: Cell::new(false),
-        });
-        self.slots.borrow_mut().push(slot.clone());
-        Ok(slot)
-    }
-
-    /// Ends every session: commits them in order, or rolls them all back.
-    fn end(&self, commit: bool) -> Result<()> {
-        let slots = std::mem::take(&mut *self.slots.borrow_mut());
-        if commit {
-            return commit_in_order(slots);
-        }
-        for slot in slots {
-            let _ = slot.end(false);
-        }
-        Ok(())
-    }
-}
-
-/// Commits each session in turn; after a failure, rolls back the rest and reports which binds
-/// committed (as the async scope does).
-fn commit_in_order(slots: Vec<Rc<dyn ErasedSlot>>) -> Result<()> {
-    let mut committed = Vec::new();
-    let mut slots = slots.into_iter();
-    while let Some(slot) = slots.next() {
-        let Err(source) = slot.end(true) else {
-            committed.push(slot.name().to_owned());
-            continue;
-        };
-        let rolled_back = slots
-            .as_slice()
-            .iter()
-            .map(|s| s.name().to_owned())
-            .collect();
-        for rest in slots {
-            let _ = rest.end(false);
-        }
-        return Err(Error::commit_failed(
-            committed,
-            slot.name(),
-            rolled_back,
-            source,
-        ));
-    }
-    Ok(())
-}
-
-/// One bind's session in a scope; `None` while lent to a guard.
-struct Slot<DB: Backend> {
-    name: String,
-    session: RefCell<Option<BlockingSession<DB>>>,
-    /// The scope has ended: a guard still out drops its session instead of giving it back.
-    ended: Cell<bool>,
-}
-
-trait ErasedSlot {
-    fn name(&self) -> &str;
-    fn into_any(self: Rc<Self>) -> Rc<dyn Any>;
-    /// Commits (or not), then closes the session; a commit failure is the error.
-    fn end(&self, commit: bool) -> Result<()>;
-}
-
-impl<DB: Backend> ErasedSlot for Slot<DB> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn into_any(self: Rc<Self>) -> Rc<dyn Any> {
-        self
-    }
-
-    fn end(&self, commit: bool) -> Result<()> {
-        self.ended.set(true);
-        let Some(mut session) = self.session.borrow_mut().take() else {
-            // Lent to a guard that outlived the work: it rolls back when the guard drops.
-            if commit {
-                return Err(Error::session_busy(&self.name));
-            }
-            return Ok(());
-        };
-        let outcome = if commit { session.commit() } else { Ok(()) };
-        if let Err(e) = session.close() {
-            tracing::warn!(bind = %self.name, error = %e, "closing a blocking scope's session failed; its connection was discarded");
-        }
-        outcome
-    }
-}
-
-/// A scope pushed on this thread's stack; popped when finished, or on unwind, rolling back.
-struct Open {
-    scope: Rc<ThreadScope>,
-    finished: bool,
-}
-
-impl Open {
-    fn push(manager: &BindManager) -> Self {
-        let scope = Rc::new(ThreadScope {
-            manager: manager.clone(),
-            slots: RefCell::default(),
-        });
-        SCOPES.with_borrow_mut(|scopes| scopes.push(scope.clone()));
-        Self {
-            scope,
-            finished: false,
-        }
-    }
-
-    fn finish(mut self, commit: bool) -> Result<()> {
-        self.finished = true;
-        self.pop();
-        self.scope.end(commit)
-    }
-
-    fn pop(&self) {
-        let _ = SCOPES.try_with(|scopes| {
-            let mut scopes = scopes.borrow_mut();
-            if let Some(at) = scopes.iter().rposition(|s| Rc::ptr_eq(s, &self.scope)) {
-                scopes.remove(at);
-            }
-        });
-    }
-}
-
-impl Drop for Open {
-    /// The work panicked: roll back, then let the panic go on.
-    fn drop(&mut self) {
-        if !self.finished {
-            self.pop();
-            let _ = self.scope.end(false);
-        }
+        f.debug_struct("BlockingScopedSession")
+            .field("bind", &self.handle.bind_name())
+            .finish_non_exhaustive()
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
+use crate::bind::OpenBind;
 use crate::error::BoxError;
 use crate::{BindKey, BindManager, Error, Result};
 
@@ -135,6 +136,14 @@ pub struct ScopeBuilder {
     mode: Option<TransactionMode>,
     binds: Vec<(String, Option<TransactionMode>)>,
     hooks: Hooks,
+    source: Option<Arc<dyn SessionSource>>,
+}
+
+/// Where a scope's sessions come from when not from the manager's binds themselves: another
+/// face of them, which a higher layer provides (the blocking one).
+pub(crate) trait SessionSource: fmt::Debug + Send + Sync {
+    /// This face of bind `name`; the scope checks its type.
+    fn open(&self, manager: &BindManager, name: &str) -> Result<OpenBind>;
 }
 
 impl BindManager {
@@ -145,6 +154,7 @@ impl BindManager {
             mode: None,
             binds: Vec::new(),
             hooks: Hooks::default(),
+            source: None,
         }
     }
 }
@@ -206,6 +216,17 @@ impl ScopeBuilder {
     {
         self.hooks.after_rollback(hook);
         self
+    }
+
+    /// Takes the scope's sessions from another face of the binds.
+    pub(crate) fn with_source(mut self, source: Arc<dyn SessionSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// The manager the scope opens sessions on.
+    pub(crate) fn manager(&self) -> &BindManager {
+        &self.manager
     }
 
     /// Checks the declared binds: each exists, none is declared twice.
@@ -280,6 +301,7 @@ impl ScopeBuilder {
                 }),
                 hooks: Mutex::new(self.hooks.clone()),
                 extensions: Mutex::new(Vec::new()),
+                source: self.source.clone(),
             }),
         })
     }
@@ -306,6 +328,8 @@ struct Inner {
     /// Data the layers above the scope keep per scope, one value per type (a web layer's
     /// status exceptions from nested layers): the scope holds it and never reads it.
     extensions: Mutex<Vec<Box<dyn Any + Send>>>,
+    /// Where the sessions come from; `None`: the manager's binds.
+    source: Option<Arc<dyn SessionSource>>,
 }
 
 struct State {
@@ -397,6 +421,11 @@ impl Scope {
         CURRENT.scope(self.clone(), work)
     }
 
+    /// Whether `other` is a handle on this same scope.
+    pub(crate) fn same_scope(&self, other: &Scope) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Runs synchronous `f` inside this scope (for a framework whose `call` does work before
     /// returning its future).
     #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
@@ -414,6 +443,7 @@ impl Scope {
             mode: Some(state.mode),
             binds: state.declared.clone().unwrap_or_default(),
             hooks: Hooks::default(),
+            source: self.inner.source.clone(),
         }
     }
 
@@ -544,7 +574,16 @@ impl Scope {
             };
         }
         let mode = state.mode_for(name)?;
-        let mut session = self.inner.manager.session::<DB>(name)?;
+        let mut session = match &self.inner.source {
+            None => self.inner.manager.session::<DB>(name)?,
+            Some(source) => {
+                self.inner.manager.bind::<DB>(name)?; // the name, type and closed checks
+                let face = source.open(&self.inner.manager, name)?;
+                face.typed::<DB>()
+                    .expect("a bind's other face has the bind's type")
+                    .session()
+            }
+        };
         let autocommit = mode == TransactionMode::Autocommit;
         if session.is_autocommit() != autocommit {
             session = session.autocommit(autocommit); // builds per-session options: only if needed

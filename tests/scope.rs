@@ -600,30 +600,66 @@ async fn atomic_policies_for_an_open_transaction<B: Suite>() {
     .await;
     assert_eq!(committed::<B>(&manager, &db).await, 3, "row 4 only");
 
-    // Join: the block's failure is the scope's to handle; the scope commits.
-    dbscope::scope(&manager, async {
+    // Join (the seed's "append"): the block ends the open transaction. `Ok` commits rows 5
+    // and 6 at the block's end, whatever the scope does next.
+    let _ = dbscope::scope(&manager, async {
         insert::<B>(&db, 5).await?;
+        dbscope::atomic::<B::Db>("main")
+            .if_open(IfOpen::Join)
+            .run(insert::<B>(&db, 6))
+            .await?;
+        Err::<(), _>(AppError::Refused)
+    })
+    .await;
+    assert_eq!(
+        committed::<B>(&manager, &db).await,
+        5,
+        "rows 5 and 6, committed by the joined block"
+    );
+
+    // Join, `Err`: rolls the open transaction back, earlier work included, even when the
+    // scope swallows the error and commits.
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 7).await?;
         let joined = dbscope::atomic::<B::Db>("main")
             .if_open(IfOpen::Join)
             .run(async {
-                insert::<B>(&db, 6).await?;
+                insert::<B>(&db, 8).await?;
                 Err::<(), _>(AppError::Refused)
             })
             .await;
         assert!(joined.is_err());
+        assert_eq!(visible::<B>(&db).await?, 5, "rows 7 and 8 rolled back");
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 5);
+
+    // LeaveOpen: the block's failure is the scope's to handle; the scope commits.
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 9).await?;
+        let left = dbscope::atomic::<B::Db>("main")
+            .if_open(IfOpen::LeaveOpen)
+            .run(async {
+                insert::<B>(&db, 10).await?;
+                Err::<(), _>(AppError::Refused)
+            })
+            .await;
+        assert!(left.is_err());
         Ok::<_, AppError>(())
     })
     .await
     .unwrap();
     assert_eq!(
         committed::<B>(&manager, &db).await,
-        5,
-        "rows 5 and 6 joined the scope's transaction"
+        7,
+        "rows 9 and 10 stayed in the scope's transaction"
     );
 
     // Fail: refuses, naming the bind.
     dbscope::scope(&manager, async {
-        insert::<B>(&db, 7).await?;
+        insert::<B>(&db, 11).await?;
         let refused = dbscope::atomic::<B::Db>("main")
             .if_open(IfOpen::Fail)
             .run(async { Ok::<_, AppError>(()) })
@@ -635,7 +671,7 @@ async fn atomic_policies_for_an_open_transaction<B: Suite>() {
     })
     .await
     .unwrap();
-    assert_eq!(committed::<B>(&manager, &db).await, 6);
+    assert_eq!(committed::<B>(&manager, &db).await, 8);
     finish::<B>(manager, db).await;
 }
 

@@ -10,21 +10,56 @@ use crate::backend::Backend;
 use crate::{BindKey, Error, Result};
 
 /// What an atomic block does when the scope's session already has a transaction open.
+///
+/// The policies of the library dbscope replaces, context-async-sqlalchemy ("the seed" below),
+/// given to its `atomic_db_session(connect, current_transaction)`, map one to one, with the
+/// same outcomes:
+///
+/// | seed's policy | `IfOpen` | the transaction already open | the block's end |
+/// |---|---|---|---|
+/// | `"commit"` (its default) | [`Commit`](IfOpen::Commit) | committed first | the block's own transaction: `Ok` commits, `Err` rolls back |
+/// | `"rollback"` | [`Rollback`](IfOpen::Rollback) | rolled back first | as for `Commit` |
+/// | `"append"` | [`Join`](IfOpen::Join) | the block runs in it | `Ok` commits it, `Err` rolls it back, the work before the block included |
+/// | `"raise"` | [`Fail`](IfOpen::Fail) | left as it is | the block does not run |
+/// | (none) | [`Savepoint`](IfOpen::Savepoint), the default | goes on | a savepoint: `Ok` releases it, `Err` rolls back to it |
+/// | (none) | [`LeaveOpen`](IfOpen::LeaveOpen) | the block runs in it | nothing: the transaction's opener ends it |
+///
+/// With no transaction open, every policy does the same: the block begins a transaction and
+/// ends it, `Ok` committing, `Err` rolling back.
+///
+/// **The default differs from the seed's, on purpose.** The seed's default, `"commit"`, commits
+/// whatever the request did before the block, so a helper that wraps its work in an atomic block
+/// makes its caller's half-done work permanent, and the request is no longer all or nothing.
+/// dbscope's default nests the block in a savepoint instead: the block still fails alone, and
+/// the scope's outcome still decides the rest. Port the seed's `atomic_db_session(connect)` as
+/// `.if_open(IfOpen::Commit)` where its early commit of the earlier work matters (with no
+/// transaction open, as in most of its examples, both do the same).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IfOpen {
     /// Nest: the block runs in a savepoint, released on `Ok`, rolled back to on `Err`; the
-    /// outer transaction goes on either way.
+    /// outer transaction goes on either way, ended by whoever opened it.
     #[default]
     Savepoint,
-    /// Commit the open transaction, then run the block in a transaction of its own.
+    /// Commit the open transaction, then run the block in a transaction of its own (the seed's
+    /// `"commit"`).
     Commit,
-    /// Roll the open transaction back, then run the block in a transaction of its own.
+    /// Roll the open transaction back, then run the block in a transaction of its own (the
+    /// seed's `"rollback"`).
     Rollback,
-    /// Run the block in the open transaction and leave its end to the scope (the seeds'
-    /// "append").
+    /// Run the block in the open transaction and end that transaction with the block (the
+    /// seed's `"append"`): `Ok` commits it, `Err` rolls it back, with everything it held
+    /// before the block. Inside an enclosing atomic block, that is the enclosing block's
+    /// transaction too: it ends here, and the enclosing block finds nothing left to end.
     Join,
-    /// Refuse with [`ErrorKind::TransactionOpen`](crate::ErrorKind::TransactionOpen).
+    /// Run the block in the open transaction and leave its end to whoever opened it (the scope,
+    /// or an enclosing block): neither `Ok` nor `Err` ends anything. An `Err` that the caller
+    /// swallows leaves the block's statements in that transaction, to be committed with it;
+    /// use [`Savepoint`](IfOpen::Savepoint) to undo the block alone. The seed has no such
+    /// policy.
+    LeaveOpen,
+    /// Refuse with [`ErrorKind::TransactionOpen`](crate::ErrorKind::TransactionOpen) (the
+    /// seed's `"raise"`); the open transaction is left as it is.
     Fail,
 }
 
@@ -33,7 +68,24 @@ pub enum IfOpen {
 ///
 /// The block's work uses the scope's session as any code of the scope does
 /// ([`current_session`](crate::current_session)); what the block adds is a transaction (or a
-/// savepoint) that ends with the block: `Ok` commits it, `Err` rolls it back.
+/// savepoint) that ends with the block: `Ok` commits it, `Err` rolls it back. [`IfOpen`] says
+/// what happens to a transaction already open.
+///
+/// # Other code of the scope while a block is open
+///
+/// A block has no session of its own: it opens its transaction or savepoint on the scope's
+/// session, and **every statement that session runs while the block is open is part of the
+/// block**, whichever code of the scope runs it. A `join!` sibling's statement, run between
+/// two of the block's, commits or rolls back with the block, as with the library dbscope
+/// replaces, where all code of a request shares one session. Work that must not be part of
+/// the block (concurrent work that commits or fails on its own) needs a session of its own:
+/// run it in a new scope, `Scope::current()?.new_scope().run(work)`
+/// ([`Scope::new_scope`](crate::Scope::new_scope)).
+///
+/// Blocks that overlap on one session without nesting (two `join!` siblings, each running a
+/// block) nest in the order they opened: if the one opened first ends first, it ends the
+/// other's savepoint with its own, keeping (`Ok`) or undoing (`Err`) the other's work whatever
+/// the other's outcome. Give each of them a new scope instead.
 #[must_use = "an atomic block does nothing until run"]
 pub struct Atomic<DB: Backend> {
     bind: String,
@@ -91,20 +143,22 @@ impl<DB: Backend> Atomic<DB> {
     }
 
     /// Runs `work` in the block's transaction or savepoint, which `Ok` commits (or releases)
-    /// and `Err` rolls back. Early commits inside the work are the work's business: if it
-    /// ended the block's transaction itself, there is nothing left to end.
+    /// and `Err` rolls back; under [`IfOpen::Join`] that is the transaction that was already
+    /// open, with its earlier work; under [`IfOpen::LeaveOpen`], with a transaction open, the
+    /// block ends nothing. Early commits inside the work are the work's business: if it ended
+    /// the block's transaction itself, there is nothing left to end.
     ///
     /// # Errors
     ///
     /// The work's error; those of [`current_session`](crate::current_session);
-    /// [`ErrorKind::TransactionOpen`](crate::ErrorKind::TransactionOpen) under [`IfOpen::Fail`]; the errors of BEGIN, SAVEPOINT,
-    /// COMMIT, RELEASE or ROLLBACK.
+    /// [`ErrorKind::TransactionOpen`](crate::ErrorKind::TransactionOpen) under [`IfOpen::Fail`];
+    /// the errors of BEGIN, SAVEPOINT, COMMIT, RELEASE or ROLLBACK.
     ///
     /// # Cancel safety
     ///
-    /// Cancelled while the work runs, the block's transaction or savepoint is rolled back
-    /// before the session's next use; cancelled during BEGIN or COMMIT, the session is
-    /// poisoned and the scope fails.
+    /// Cancelled while the work runs, the block's transaction or savepoint (under
+    /// [`IfOpen::Join`], the joined transaction) is rolled back before the session's next use;
+    /// cancelled during BEGIN or COMMIT, the session is poisoned and the scope fails.
     pub async fn run<F, T, E>(self, work: F) -> Result<T, E>
     where
         F: Future<Output = Result<T, E>>,
@@ -113,7 +167,7 @@ impl<DB: Backend> Atomic<DB> {
         let scope = Scope::current_for(&self.bind)?;
         let slot = scope.slot::<DB>(&self.bind)?;
         let Some(level) = self.open(&slot).await? else {
-            return work.await; // joined the open transaction
+            return work.await; // runs in the open transaction, which its opener ends
         };
         let mut guard = RollbackOnDrop {
             slot: Some(slot),
@@ -132,7 +186,8 @@ impl<DB: Backend> Atomic<DB> {
         result
     }
 
-    /// Opens the block's transaction or savepoint, per the policy; `None` joins the open one.
+    /// Opens the block's transaction or savepoint, per the policy, and returns the level the
+    /// block ends; `None` leaves the open transaction to its opener.
     async fn open(&self, slot: &Slot<DB>) -> Result<Option<u32>> {
         let mut session = slot.lock().await?;
         if !session.in_transaction() {
@@ -151,7 +206,10 @@ impl<DB: Backend> Atomic<DB> {
                 session.begin().await?;
                 Ok(Some(1))
             }
-            IfOpen::Join => Ok(None),
+            // The transaction itself, whatever savepoints are open inside it: the seed's
+            // "append" commits (or rolls back) the whole of it.
+            IfOpen::Join => Ok(Some(1)),
+            IfOpen::LeaveOpen => Ok(None),
             IfOpen::Fail => Err(Error::transaction_open(&self.bind)),
         }
     }

@@ -56,6 +56,86 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// mid-flight discards its connection at once: a connection in an unknown state is never
 /// reused.
 ///
+/// # Dropped streams and cancellation
+///
+/// Reading part of a stream and dropping it is not a cancellation. A stream from
+/// [`fetch`](sqlx::query::Query::fetch) or `fetch_many` on `&mut session` that has yielded at
+/// least one item (a row, or a statement's result) and is then dropped, **inside a
+/// transaction**, leaves the session usable: idle, in the same transaction, keeping its
+/// connection. `rows.next().await` then drop is ordinary code:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), dbscope::Error> {
+/// # let manager = dbscope::BindManager::new(dbscope::BindConfig::new("sqlite::memory:"))?;
+/// use futures_util::TryStreamExt;
+/// let mut session = manager.session::<sqlx::Sqlite>("default")?;
+/// sqlx::query("CREATE TABLE notes (body TEXT)").execute(&mut session).await?;
+/// sqlx::query("INSERT INTO notes VALUES ('a'), ('b')").execute(&mut session).await?;
+/// let first: Option<String> = sqlx::query_scalar("SELECT body FROM notes")
+///     .fetch(&mut session)
+///     .try_next()
+///     .await?; // the stream is dropped here, one row read
+/// assert!(first.is_some());
+/// sqlx::query("INSERT INTO notes VALUES ('c')").execute(&mut session).await?;
+/// session.commit().await?; // all three rows committed
+/// # Ok(()) }
+/// ```
+///
+/// Why this is safe: once an item has come back, the statement has run on the server, and what
+/// the rest of the stream holds can no longer change the session's bookkeeping unnoticed.
+///
+/// - **PostgreSQL**: sqlx 0.9 executes every portal with no row limit and a `Sync`, so the server
+///   runs the statement to its end whether or not the rows are read (an `INSERT`, `UPDATE` or
+///   `DELETE … RETURNING` runs to completion before its first row is sent). Before the
+///   connection's next statement, sqlx reads and discards the rest up to `ReadyForQuery`; an
+///   error among it (a failure after the rows read, such as a division by zero in row 5,000)
+///   comes back as the error of that next operation, which then has not run, and, as any
+///   failed statement, leaves the transaction aborted, so it cannot commit.
+/// - **MySQL/MariaDB**: the server sends the whole result (a write with `RETURNING` runs to its
+///   end as sqlx reads on), and sqlx reads and discards the rest of it before the next command;
+///   an error packet in it comes back as the error of that next operation, which then has not
+///   run.
+/// - **SQLite**: the worker thread stops stepping the statement the next time it hands over a
+///   row (it runs ahead of the reader by at most the row channel's size, 50 by default) and
+///   resets it before the next command: the rest is not run, and an error among the rows it had
+///   stepped ahead is dropped with them. A read loses nothing; a write with `RETURNING` made all
+///   its changes in its first step, before its first row.
+///
+/// So a [`commit`](Session::commit) never succeeds over an error left in a dropped stream; a
+/// [`rollback`](Session::rollback) (or a savepoint's) undoes the dropped statement with the rest
+/// and succeeds; `SAVEPOINT` and `RELEASE` report the error as the statement's. Until
+/// the session's next successful round trip, its connection is rolled back or pinged before it
+/// returns to the pool, so no other session ever receives these results.
+///
+/// What stays a cancellation, because its outcome is genuinely unknown, and poisons the session
+/// ([`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) from its next operation; the connection
+/// is discarded when the session drops or [disconnects](Session::disconnect), which rolls the
+/// transaction back on the server):
+///
+/// - a stream dropped **before its first item**: the statement may not have reached the server
+///   yet, may be running, or may have finished; a write may or may not happen (sqlx could even
+///   send it later, before the next statement);
+/// - a stream dropped before its end **outside a transaction** (autocommit mode, no
+///   [`begin`](Session::begin)): there the end of the statement is its commit, which may still
+///   fail after the rows (a deferred constraint, a serialization failure) and was never read;
+/// - a cancelled `BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE` or `ROLLBACK TO` (its effect
+///   on the transaction is unknown);
+/// - a cancelled statement future whose result was never handed back: `execute`, `fetch_one`,
+///   `fetch_optional`, and `fetch_all` of `sqlx::query`, even when sqlx had read part of the
+///   results inside it (a write whose outcome the caller never read). `fetch_all` of `query_as`,
+///   `query_scalar` and `Query::map` is sqlx collecting a `fetch` stream: cancelled after its
+///   first row, it counts as a dropped stream. (Through a scope's `ScopedSession`, which hands
+///   `execute` and `fetch_all` to sqlx's default, stream-based versions, they count as dropped
+///   streams too.)
+///
+/// One case to keep in mind: a query string of **several statements** (`raw_sql`, or SQLite's
+/// multi-statement queries) dropped part-way. PostgreSQL and MySQL run the statements after the
+/// one being read, and report an error in them from the next operation; SQLite runs the
+/// statements its worker reached before the drop (it steps ahead of the reader by up to the
+/// row channel's size), and drops an error among those with the unread rows. Read such a
+/// stream to its end, or run its writes on their own, if their outcome matters.
+///
 /// # Concurrency
 ///
 /// Every operation takes `&mut self`, so two tasks cannot interleave statements on one session:
@@ -85,6 +165,12 @@ struct TxState {
     aborted: bool,
     /// The raw connection was lent out: its state is unverified until our next round trip.
     lent: bool,
+    /// A read stream was dropped after its first item, inside the transaction: the rest of its
+    /// results are still on the wire. sqlx reads them before the connection's next round trip,
+    /// and an error among them comes back from that round trip; until one has succeeded, the
+    /// connection is rolled back or pinged before it returns to the pool, never handed on with
+    /// someone else's results.
+    unread: bool,
     /// How the open transaction ends, fixed when it began: later option changes apply to the
     /// next transaction, never to the way this one ends.
     end: EndSql,
@@ -121,9 +207,18 @@ impl TxState {
     /// anything else (I/O, protocol, a crashed worker) leaves it in an unknown state.
     fn settle<T>(&mut self, result: &sqlx::Result<T>, aborts_on_error: bool) {
         match result {
-            Ok(_) => self.wire = Wire::Idle,
+            Ok(_) => {
+                self.wire = Wire::Idle;
+                // sqlx read what a dropped stream left before this round trip could succeed.
+                self.unread = false;
+            }
             Err(e) => self.settle_err(e, aborts_on_error),
         }
+    }
+
+    /// Whether the connection must be checked (a round trip) before it returns to the pool.
+    fn unverified(&self) -> bool {
+        self.lent || self.unread
     }
 
     fn settle_err(&mut self, err: &sqlx::Error, aborts_on_error: bool) {
@@ -423,7 +518,7 @@ impl<DB: Backend> Session<DB> {
         if self.tx.wire == Wire::Idle && self.tx.depth > 0 {
             self.rollback_transaction().await?;
         }
-        if self.tx.wire == Wire::Idle && self.tx.lent {
+        if self.tx.wire == Wire::Idle && self.tx.unverified() {
             let result = self.conn_mut().raw().ping().await;
             self.tx.settle(&result, false);
             result.map_err(|e| Error::query(Some(self.bind.name()), Op::new("ping"), e))?;
@@ -528,11 +623,38 @@ impl<DB: Backend> Session<DB> {
 
     /// Runs a transaction-control statement; any failure leaves its effect unknown, so it
     /// poisons the session.
+    ///
+    /// What a dropped stream left unread is read first, so that an error in it is not taken
+    /// for this statement's failure: a rollback (`ROLLBACK`, `ROLLBACK TO`) undoes that
+    /// statement anyway and goes on; the others report the error without poisoning.
     async fn exec_or_poison(&mut self, sql: SqlStr, what: &'static str) -> Result<()> {
+        if let Err(e) = self.read_unread().await {
+            let undone = what.starts_with("ROLLBACK") && self.tx.wire == Wire::Idle;
+            if !undone {
+                return Err(Error::query(
+                    Some(self.bind.name()),
+                    Op::statement(false),
+                    e,
+                ));
+            }
+        }
         self.exec(sql).await.map_err(|e| {
             self.tx.wire = Wire::Broken;
             Error::query(Some(self.bind.name()), Op::new(what), e)
         })
+    }
+
+    /// Reads what a dropped stream left on the wire, if anything: sqlx reads it before any
+    /// round trip, and a ping is the smallest one. An error among it (a failure of the dropped
+    /// statement after the rows read) is that statement's, and settles as such.
+    async fn read_unread(&mut self) -> sqlx::Result<()> {
+        if !self.tx.unread {
+            return Ok(());
+        }
+        let (raw, mut op) = self.start_op(Op::statement(false), true);
+        let result = raw.ping().await;
+        op.settle(&result);
+        result
     }
 
     /// Runs one command, all its results drained, with in-flight tracking.
@@ -611,7 +733,7 @@ impl<DB: Backend> Session<DB> {
             conn.discard();
             return;
         }
-        if self.tx.depth == 0 && !self.tx.lent {
+        if self.tx.depth == 0 && !self.tx.unverified() {
             conn.give_back();
             return;
         }
@@ -675,9 +797,32 @@ impl InFlight<'_> {
 
 /// The stream of a statement run through a session: marks the session idle again when the
 /// statement's results are all read, or records how it failed.
+///
+/// Dropped before its end, the statement counts as cancelled (the session stays `Busy`:
+/// poisoned), except for a stream handed to the caller (`lenient`) that has yielded an item,
+/// inside a transaction: the statement has then run on the server, its first results were read,
+/// and sqlx reads the rest before the connection's next statement, so the session stays usable
+/// in the same transaction. See "Dropped streams" on [`Session`].
 struct Tracked<'e, S> {
     inner: S,
     op: InFlight<'e>,
+    /// The caller reads this stream item by item (`fetch`, `fetch_many`): the items it got are
+    /// results it has seen. Not so for the futures that collect a stream inside (`execute`,
+    /// `fetch_all`): cancelled, their caller has seen nothing.
+    lenient: bool,
+    /// An item (a row, or a statement's result) came back.
+    yielded: bool,
+}
+
+impl<'e, S> Tracked<'e, S> {
+    fn new(inner: S, op: InFlight<'e>, lenient: bool) -> Self {
+        Self {
+            inner,
+            op,
+            lenient,
+            yielded: false,
+        }
+    }
 }
 
 impl<T, S> Stream for Tracked<'_, S>
@@ -690,7 +835,10 @@ where
         let this = &mut *self;
         let item = ready!(this.inner.poll_next_unpin(cx));
         let item = match item {
-            Some(Ok(row)) => Some(Ok(row)),
+            Some(Ok(row)) => {
+                this.yielded = true;
+                Some(Ok(row))
+            }
             Some(Err(e)) => {
                 this.op.tx.settle_err(&e, this.op.aborts_on_error);
                 Some(Err(locate(this.op.bind, this.op.op, e)))
@@ -698,11 +846,22 @@ where
             None => {
                 if this.op.tx.wire == Wire::Busy {
                     this.op.tx.wire = Wire::Idle;
+                    this.op.tx.unread = false;
                 }
                 None
             }
         };
         Poll::Ready(item)
+    }
+}
+
+impl<S> Drop for Tracked<'_, S> {
+    fn drop(&mut self) {
+        let tx = &mut *self.op.tx;
+        if tx.wire == Wire::Busy && self.lenient && self.yielded && tx.depth > 0 {
+            tx.wire = Wire::Idle;
+            tx.unread = true;
+        }
     }
 }
 
@@ -720,12 +879,42 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         let start = async move {
             self.ready().await.map_err(Error::into_sqlx)?;
             let (raw, op) = self.start_statement(true);
-            Ok::<_, sqlx::Error>(Tracked {
-                inner: DB::fetch_many(raw, query),
-                op,
-            })
+            Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
         };
         Box::pin(futures_util::stream::once(start).try_flatten())
+    }
+
+    // `execute` and `fetch_all` collect the stream inside their future: cancelled part-way,
+    // their caller has seen no result, so they count as cancelled whatever sqlx had read.
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<DB::QueryResult>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(async move {
+            self.ready().await.map_err(Error::into_sqlx)?;
+            let (raw, op) = self.start_statement(true);
+            Tracked::new(DB::fetch_many(raw, query), op, false)
+                .try_filter_map(|step| std::future::ready(Ok(step.left())))
+                .try_collect()
+                .await
+        })
+    }
+
+    fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Vec<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(async move {
+            self.ready().await.map_err(Error::into_sqlx)?;
+            let (raw, op) = self.start_statement(true);
+            Tracked::new(DB::fetch_many(raw, query), op, false)
+                .try_filter_map(|step| std::future::ready(Ok(step.right())))
+                .try_collect()
+                .await
+        })
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>

@@ -447,21 +447,178 @@ async fn a_statement_cancelled_mid_flight_poisons_the_session_and_discards_the_c
     db.finish().await;
 }
 
-async fn a_stream_dropped_before_its_end_counts_as_cancelled<B: Suite>() {
+/// 10,000 rows `x` = 1..=10,000, made by the server (no table), as `{cte} SELECT x FROM c`.
+fn series_cte<B: Suite>() -> &'static str {
+    match B::KIND {
+        Kind::Postgres => "WITH c(x) AS (SELECT g FROM generate_series(1, 10000) AS g)",
+        // MariaDB stops a recursion at 1,000 iterations (`max_recursive_iterations`): 100 × 100.
+        Kind::MySql => {
+            "WITH RECURSIVE d(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM d WHERE x < 99), \
+             c(x) AS (SELECT a.x * 100 + b.x + 1 FROM d a, d b)"
+        }
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000)"
+        }
+    }
+}
+
+/// The 10,000 rows of [`series_cte`].
+fn series<B: Suite>() -> String {
+    format!("{} SELECT x FROM c", series_cte::<B>())
+}
+
+/// The 10,000 rows of [`series_cte`], the 5,000th failing on the server after the first rows
+/// have been sent.
+fn series_failing_midway<B: Suite>() -> String {
+    let select = match B::KIND {
+        Kind::Postgres => "SELECT 1 / (x - 5000) FROM c",
+        Kind::MySql => "SELECT x, (SELECT 1 UNION ALL SELECT 2 WHERE x = 5000) FROM c",
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            "SELECT CASE WHEN x = 5000 THEN abs(-9223372036854775808) ELSE x END FROM c"
+        }
+    };
+    format!("{} {select}", series_cte::<B>())
+}
+
+/// Reads the first row of `stmt` as a stream, then drops the stream.
+async fn read_one_row_then_drop<DB: Typed>(session: &mut Session<DB>, stmt: String) {
+    let mut rows = sqlx::query(sql(stmt)).fetch(session);
+    assert!(rows.try_next().await.unwrap().is_some(), "a first row");
+}
+
+async fn a_stream_dropped_after_its_first_row_leaves_the_session_usable<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let before = bind.status();
+    let mut session = bind.session();
+    insert(&mut session, &db, 1).await.unwrap();
+    read_one_row_then_drop(&mut session, series::<B>()).await;
+    assert!(session.in_transaction());
+    // The next statements read their own results, in the same transaction.
+    assert_eq!(
+        count(&mut session, &db).await,
+        1,
+        "the uncommitted row is visible"
+    );
+    insert(&mut session, &db, 2).await.unwrap();
+    let stmt = format!("SELECT v FROM {} WHERE id = 2", db.table);
+    assert_eq!(
+        fetch_string(&mut session, sql(stmt)).await.unwrap(),
+        "row 2"
+    );
+    if let Some(open) = db.open_transactions().await {
+        assert_eq!(open, 1, "still the one transaction on the server");
+    }
+    // A commit right after a dropped stream: sqlx reads the rest first.
+    read_one_row_then_drop(&mut session, series::<B>()).await;
+    session.commit().await.unwrap();
+    // And the session goes on: its next transaction, and a dropped stream as it ends.
+    insert(&mut session, &db, 3).await.unwrap();
+    session.commit().await.unwrap();
+    read_one_row_then_drop(&mut session, series::<B>()).await;
+    drop(session);
+    assert_pool_settles::<B>(&manager).await;
+    assert_no_open_transaction(&db).await;
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 3);
+    let status = bind.status();
+    assert_eq!(
+        (status.opened - before.opened, status.discarded),
+        (0, 0),
+        "the one connection was reused, never discarded: {status:?}"
+    );
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn a_write_returning_rows_dropped_after_its_first_row_has_run_whole<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let (cte, table) = (series_cte::<B>(), &db.table);
+    let write = match B::KIND {
+        Kind::MySql => {
+            format!("INSERT INTO {table} (id, v) {cte} SELECT x, 'r' FROM c RETURNING id")
+        }
+        _ => format!("{cte} INSERT INTO {table} (id, v) SELECT x, 'r' FROM c RETURNING id"),
+    };
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    read_one_row_then_drop(&mut session, write).await;
+    assert_eq!(count(&mut session, &db).await, 10_000, "every row written");
+    session.commit().await.unwrap();
+    drop(session);
+    assert_pool_settles::<B>(&manager).await;
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 10_000);
+    assert_eq!(manager.status()[0].discarded, 0);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn an_error_left_in_a_dropped_stream_fails_the_commit<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let server_runs_the_rest = matches!(B::KIND, Kind::Postgres | Kind::MySql);
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    read_one_row_then_drop(&mut session, series_failing_midway::<B>()).await;
+    let committed = session.commit().await;
+    if server_runs_the_rest {
+        // The server ran the rest; sqlx read its error before COMMIT, which reports it.
+        let err = committed.unwrap_err();
+        assert!(!err.is_poisoned(), "{err}");
+    } else {
+        // SQLite stopped stepping at the drop: the failing row never ran.
+        committed.unwrap();
+    }
+    // Either way the session goes on, on the same connection.
+    insert(&mut session, &db, 2).await.unwrap();
+    session.commit().await.unwrap();
+    // A rollback after such a drop undoes the dropped statement with the rest: no error.
+    insert(&mut session, &db, 3).await.unwrap();
+    read_one_row_then_drop(&mut session, series_failing_midway::<B>()).await;
+    session.rollback().await.unwrap();
+    insert(&mut session, &db, 4).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    assert_pool_settles::<B>(&manager).await;
+    assert_no_open_transaction(&db).await;
+    let expected = if server_runs_the_rest { 2 } else { 3 };
+    assert_eq!(committed_rows::<B>(&manager, &db).await, expected);
+    assert_eq!(manager.status()[0].discarded, 0);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn a_stream_dropped_before_its_first_row_counts_as_cancelled<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
     create_table::<B>(&manager, &db).await;
     let mut session = manager.session::<B::Db>("main").unwrap();
-    for id in 1..=3 {
-        insert(&mut session, &db, id).await.unwrap();
-    }
-    session.commit().await.unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
     {
-        let select = format!("SELECT id FROM {}", db.table);
-        let mut rows = sqlx::query(sql(select)).fetch(&mut session);
-        assert!(rows.try_next().await.unwrap().is_some());
+        let mut rows = sqlx::query(B::slow_query()).fetch(&mut session);
+        let first = tokio::time::timeout(Duration::from_millis(100), rows.try_next()).await;
+        assert!(first.is_err(), "the slow statement had not answered yet");
     }
     assert!(session.commit().await.unwrap_err().is_poisoned());
+    drop(session);
+    assert_eq!(manager.status()[0].discarded, 1);
+    assert_no_open_transaction(&db).await;
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+async fn outside_a_transaction_a_stream_dropped_before_its_end_counts_as_cancelled<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap().autocommit(true);
+    read_one_row_then_drop(&mut session, series::<B>()).await;
+    let err = insert(&mut session, &db, 1).await.unwrap_err();
+    assert!(dbscope::Error::from(err).is_poisoned());
     drop(session);
     assert_eq!(manager.status()[0].discarded, 1);
     manager.close(Duration::from_secs(5)).await.unwrap();
@@ -898,7 +1055,11 @@ macro_rules! behaviour_tests {
             cancelled_checkout_leaves_the_pool_healthy,
             cancellation_at_every_await_leaves_no_transaction_behind,
             a_statement_cancelled_mid_flight_poisons_the_session_and_discards_the_connection,
-            a_stream_dropped_before_its_end_counts_as_cancelled,
+            a_stream_dropped_after_its_first_row_leaves_the_session_usable,
+            a_write_returning_rows_dropped_after_its_first_row_has_run_whole,
+            an_error_left_in_a_dropped_stream_fails_the_commit,
+            a_stream_dropped_before_its_first_row_counts_as_cancelled,
+            outside_a_transaction_a_stream_dropped_before_its_end_counts_as_cancelled,
             close_waits_for_sessions_then_closes_every_connection,
             close_reports_the_binds_still_busy_at_its_deadline,
             a_closed_manager_refuses_new_sessions,

@@ -145,6 +145,58 @@ fn no_connection_before_first_statement<B: Suite>() {
     finish(db);
 }
 
+/// 10,000 rows `x` = 1..=10,000, made by the server (no table), as `{cte} SELECT x FROM c`.
+fn series_cte<B: Suite>() -> &'static str {
+    match B::KIND {
+        Kind::Postgres => "WITH c(x) AS (SELECT g FROM generate_series(1, 10000) AS g)",
+        // MariaDB stops a recursion at 1,000 iterations (`max_recursive_iterations`): 100 × 100.
+        Kind::MySql => {
+            "WITH RECURSIVE d(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM d WHERE x < 99), \
+             c(x) AS (SELECT a.x * 100 + b.x + 1 FROM d a, d b)"
+        }
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000)"
+        }
+    }
+}
+
+/// The 10,000 rows of [`series_cte`].
+fn series<B: Suite>() -> String {
+    format!("{} SELECT x FROM c", series_cte::<B>())
+}
+
+fn a_stream_dropped_after_its_first_row_leaves_the_session_usable<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let before = blocking_status::<B>(&manager);
+    let mut session = manager.blocking_session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).unwrap();
+    // The plain methods read every result; a stream read part-way is `run`'s business.
+    let first = session
+        .run(async |s| {
+            let mut rows = sqlx::query(sql(series::<B>())).fetch(s);
+            rows.try_next().await.map(|row| row.is_some())
+        })
+        .unwrap();
+    assert!(first, "a first row");
+    assert!(session.in_transaction());
+    insert(&mut session, &db, 2).unwrap();
+    assert_eq!(count(&mut session, &db), 2);
+    session.commit().unwrap();
+    drop(session);
+    assert_no_open_transaction(&db);
+    assert_eq!(committed_rows::<B>(&manager, &db), 2);
+    let status = blocking_status::<B>(&manager);
+    assert_eq!(
+        (status.opened - before.opened, status.discarded),
+        (0, 0),
+        "the one connection was reused, never discarded: {status:?}"
+    );
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 fn commit_is_visible_to_another_session<B: Suite>() {
     let db = census(TestDb::new(B::KIND));
     let manager = db.manager(|c| c);
@@ -1100,6 +1152,7 @@ macro_rules! blocking_suite_tests {
             nested_handles_share_one_blocking_session,
             blocking_scopes_have_hooks_declared_binds_and_autocommit,
             a_session_dropped_in_async_code_rolls_back_in_the_background,
+            a_stream_dropped_after_its_first_row_leaves_the_session_usable,
         );
     };
 }

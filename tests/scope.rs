@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{Kind, Suite, TestDb, eventually, fetch_i64, sql};
 use dbscope::{BindManager, IfOpen, Scope, current_session};
+use futures_util::TryStreamExt;
 
 /// The error type of the scopes' work in these tests.
 #[derive(Debug)]
@@ -130,6 +131,54 @@ async fn nested_code_shares_the_scope_session_and_ok_commits<B: Suite>() {
         .unwrap();
     assert_eq!(seen, 1);
     assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
+
+/// 10,000 rows `x` = 1..=10,000, made by the server (no table), as `{cte} SELECT x FROM c`.
+fn series_cte<B: Suite>() -> &'static str {
+    match B::KIND {
+        Kind::Postgres => "WITH c(x) AS (SELECT g FROM generate_series(1, 10000) AS g)",
+        // MariaDB stops a recursion at 1,000 iterations (`max_recursive_iterations`): 100 × 100.
+        Kind::MySql => {
+            "WITH RECURSIVE d(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM d WHERE x < 99), \
+             c(x) AS (SELECT a.x * 100 + b.x + 1 FROM d a, d b)"
+        }
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000)"
+        }
+    }
+}
+
+/// The 10,000 rows of [`series_cte`].
+fn series<B: Suite>() -> String {
+    format!("{} SELECT x FROM c", series_cte::<B>())
+}
+
+async fn a_stream_dropped_after_its_first_row_leaves_the_scope_usable<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let before = bind.status();
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        {
+            let mut session = current_session::<B::Db>("main").await?;
+            let mut rows = sqlx::query(sql(series::<B>())).fetch(&mut session);
+            assert!(rows.try_next().await?.is_some(), "a first row");
+        }
+        // The rest of the request goes on in the same transaction.
+        insert::<B>(&db, 2).await?;
+        assert_eq!(visible::<B>(&db).await?, 2);
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 2);
+    let status = bind.status();
+    assert_eq!(
+        (status.opened - before.opened, status.discarded),
+        (0, 0),
+        "the one connection was reused, never discarded: {status:?}"
+    );
     finish::<B>(manager, db).await;
 }
 
@@ -909,6 +958,7 @@ macro_rules! scope_tests {
             new_scopes_for_concurrent_work_end_on_their_own_outcome,
             a_task_outliving_its_scope_is_told_so,
             declared_binds_are_checked,
+            a_stream_dropped_after_its_first_row_leaves_the_scope_usable,
         );
     };
 }

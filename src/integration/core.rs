@@ -405,6 +405,34 @@ macro_rules! extractor_types {
                 (&mut self.0).fetch_many(query)
             }
 
+            fn execute<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> futures_core::future::BoxFuture<
+                'e,
+                sqlx::Result<<K::Database as sqlx::Database>::QueryResult>,
+            >
+            where
+                'c: 'e,
+                E: 'q + sqlx::Execute<'q, K::Database>,
+            {
+                (&mut self.0).execute(query)
+            }
+
+            fn fetch_all<'e, 'q: 'e, E>(
+                self,
+                query: E,
+            ) -> futures_core::future::BoxFuture<
+                'e,
+                sqlx::Result<Vec<<K::Database as sqlx::Database>::Row>>,
+            >
+            where
+                'c: 'e,
+                E: 'q + sqlx::Execute<'q, K::Database>,
+            {
+                (&mut self.0).fetch_all(query)
+            }
+
             fn fetch_optional<'e, 'q: 'e, E>(
                 self,
                 query: E,

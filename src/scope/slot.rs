@@ -322,7 +322,8 @@ impl<DB: Backend> fmt::Debug for ScopedSession<DB> {
 }
 
 /// Each operation takes the session for itself: a statement until its result is in, a fetch
-/// stream until it ends or is dropped.
+/// stream until it ends or is dropped. `execute` and `fetch_all` are the session's own, so
+/// cancelled part-way they count as cancelled, as on a [`Session`].
 impl<'c, DB: Backend> Executor<'c> for &'c mut ScopedSession<DB> {
     type Database = DB;
 
@@ -345,6 +346,30 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut ScopedSession<DB> {
                 }
                 Err(e) => yield Err(e.into_sqlx()),
             }
+        })
+    }
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<DB::QueryResult>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let slot = &*self.slot;
+        Box::pin(async move {
+            let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
+            (&mut *lease).execute(query).await
+        })
+    }
+
+    fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Vec<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let slot = &*self.slot;
+        Box::pin(async move {
+            let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
+            (&mut *lease).fetch_all(query).await
         })
     }
 
@@ -433,6 +458,22 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut SessionLease<DB> {
         E: 'q + Execute<'q, DB>,
     {
         (&mut **self).fetch_many(query)
+    }
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<DB::QueryResult>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        (&mut **self).execute(query)
+    }
+
+    fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Vec<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        (&mut **self).fetch_all(query)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>

@@ -1,0 +1,1 @@
+//! The harness the benchmarks share.

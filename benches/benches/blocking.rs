@@ -46,14 +46,14 @@ use std::str::FromStr;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use dbscope::BindManager;
 use dbscope::blocking::BlockingBind;
-use dbscope::{BindConfig, BindManager};
 use dbscope_benches::server::{self, check_session_transaction};
-use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE};
+use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE, bench_manager};
 use dbscope_benches::settings::{URL_ENV, at_least_one};
 use dbscope_benches::{
     Backends, BlockingAdmin, BoxError, Failure, Ids, Rounds, Settings, cpu, exit_code, per_round,
-    setup_problem, verdict,
+    print_teardown, setup_problem, verdict,
 };
 use postgres::{Client, NoTls, Statement};
 use r2d2_postgres::PostgresConnectionManager;
@@ -193,12 +193,7 @@ impl Setup {
         let options = server::connect_options(&settings.url)?;
         let admin = BlockingAdmin::open(&options, Backends::Others, TABLE)?;
 
-        let manager = BindManager::builder()
-            .bind(
-                "bench",
-                BindConfig::new(settings.url.as_str()).max_connections(CONNECTIONS),
-            )
-            .build()?;
+        let manager = bench_manager(settings)?;
         let bind = manager.blocking_bind::<Postgres>("bench")?;
         let r2d2_defaults = r2d2::Pool::builder()
             .max_size(CONNECTIONS)
@@ -250,12 +245,7 @@ impl Setup {
     /// Closes every pool, then checks that no connection was left inside a transaction and that
     /// the server committed a transaction per session counted.
     fn close(self, sessions: u64) -> Result<(), BoxError> {
-        println!("\nteardown");
-        let status = self.bind.status();
-        println!(
-            "  dbscope blocking bind: opened {} connections, discarded {}, checkout timeouts {}",
-            status.opened, status.discarded, status.timeouts
-        );
+        print_teardown("dbscope blocking bind", &[self.bind.status()]);
         drop(self.contenders); // r2d2 closes its connections as its pools drop
         self.manager.close_blocking(Duration::from_secs(5))?;
         self.admin.final_checks(sessions, "sessions")

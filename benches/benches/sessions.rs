@@ -41,12 +41,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbscope::{Bind, BindConfig, BindManager};
+use dbscope::{Bind, BindManager};
 use dbscope_benches::server::{self, check_session_transaction};
-use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE};
+use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE, bench_manager};
 use dbscope_benches::{
     Admin, Backends, BoxError, Failure, Ids, Rounds, Settings, cpu, exit_code, per_round,
-    setup_problem, verdict,
+    print_teardown, setup_problem, verdict,
 };
 use deadpool::managed::{self, Metrics, RecycleResult};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -190,12 +190,7 @@ impl Setup {
         let options = server::connect_options(&settings.url)?;
         let admin = Admin::open(&options, Backends::Others, TABLE).await?;
 
-        let manager = BindManager::builder()
-            .bind(
-                "bench",
-                BindConfig::new(settings.url.as_str()).max_connections(CONNECTIONS),
-            )
-            .build()?;
+        let manager = bench_manager(settings)?;
         let bind = manager.bind::<Postgres>("bench")?;
         let sqlx_defaults = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
@@ -248,12 +243,7 @@ impl Setup {
     /// Closes every pool, then checks that no connection was left inside a transaction and that
     /// the server committed a transaction per session counted.
     async fn close(self, sessions: u64) -> Result<(), BoxError> {
-        println!("\nteardown");
-        let status = self.bind.status();
-        println!(
-            "  dbscope bind: opened {} connections, discarded {}, checkout timeouts {}",
-            status.opened, status.discarded, status.timeouts
-        );
+        print_teardown("dbscope bind", &[self.bind.status()]);
         for contender in &self.contenders {
             match &**contender {
                 Contender::Dbscope(_) => {}

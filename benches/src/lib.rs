@@ -45,6 +45,17 @@ pub fn setup_problem(message: impl fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The teardown's heading, and what each of the benchmark's dbscope binds (named `label`) did.
+pub fn print_teardown(label: &str, binds: &[dbscope::BindStatus]) {
+    println!("\nteardown");
+    for bind in binds {
+        println!(
+            "  {label}: opened {} connections, discarded {}, checkout timeouts {}",
+            bind.opened, bind.discarded, bind.timeouts
+        );
+    }
+}
+
 /// `PASS` or `MISS`, for a goal.
 pub fn verdict(met: bool) -> &'static str {
     if met { "PASS" } else { "MISS" }

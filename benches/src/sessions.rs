@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use dbscope::{BindConfig, BindManager};
+
 use crate::{Failure, Measured, Settings, Summary, Table, cpu};
 
 /// Connections per pool.
@@ -19,6 +21,16 @@ pub const TABLE: Table = Table {
            ON CONFLICT (id) DO NOTHING",
     rows: 1000,
 };
+
+/// The dbscope contender's manager: one bind, `bench`, of [`CONNECTIONS`] connections.
+pub fn bench_manager(settings: &Settings) -> Result<BindManager, dbscope::Error> {
+    BindManager::builder()
+        .bind(
+            "bench",
+            BindConfig::new(settings.url.as_str()).max_connections(CONNECTIONS),
+        )
+        .build()
+}
 
 /// What one measurement counted.
 #[derive(Clone, Copy, Debug)]

@@ -15,6 +15,7 @@ use hyper::body::Body as _;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HOST, HeaderValue};
 use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -59,8 +60,8 @@ impl Conn {
     }
 }
 
-/// What the load client counted.
-#[derive(Default)]
+/// What the load client counted; it prints it for the parent as one line of JSON.
+#[derive(Default, Serialize, Deserialize)]
 pub(crate) struct Tally {
     /// 2xx answers with the expected body.
     pub(crate) ok: u64,
@@ -86,51 +87,6 @@ impl Tally {
         if let Some(what) = other.first_problem {
             self.problem(what);
         }
-    }
-
-    /// One line for the parent: `key=value` pairs, the first problem last (it may hold spaces).
-    fn to_line(&self) -> String {
-        let mut line = format!(
-            "ok={} non_2xx={} errors={} elapsed_us={} cpu_us={}",
-            self.ok,
-            self.non_2xx,
-            self.errors,
-            self.elapsed.as_micros(),
-            self.cpu.map_or(-1, |cpu| cpu.as_micros() as i64)
-        );
-        if let Some(what) = &self.first_problem {
-            let _ = write!(line, " first_problem={}", what.replace('\n', " "));
-        }
-        line
-    }
-
-    pub(crate) fn from_line(line: &str) -> Result<Self, String> {
-        let (fields, first_problem) = match line.split_once(" first_problem=") {
-            Some((fields, what)) => (fields, Some(what.to_owned())),
-            None => (line, None),
-        };
-        let mut tally = Tally {
-            first_problem,
-            ..Tally::default()
-        };
-        for field in fields.split_whitespace() {
-            let (key, value) = field
-                .split_once('=')
-                .ok_or_else(|| format!("bad field {field:?}"))?;
-            let number: i64 = value
-                .parse()
-                .map_err(|_| format!("bad value in {field:?}"))?;
-            let count = u64::try_from(number).ok();
-            match key {
-                "ok" => tally.ok = count.unwrap_or(0),
-                "non_2xx" => tally.non_2xx = count.unwrap_or(0),
-                "errors" => tally.errors = count.unwrap_or(0),
-                "elapsed_us" => tally.elapsed = Duration::from_micros(count.unwrap_or(0)),
-                "cpu_us" => tally.cpu = count.map(Duration::from_micros),
-                _ => return Err(format!("unknown field {field:?}")),
-            }
-        }
-        Ok(tally)
     }
 }
 
@@ -164,7 +120,13 @@ pub(crate) fn client_main(args: Vec<String>) -> ExitCode {
     };
     let mut tally = runtime.block_on(load(addr, duration, connections));
     tally.cpu = cpu::process_cpu_time();
-    println!("{}", tally.to_line());
+    match serde_json::to_string(&tally) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("load client: cannot write the tally: {e}");
+            return ExitCode::from(2);
+        }
+    }
     ExitCode::SUCCESS
 }
 

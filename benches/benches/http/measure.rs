@@ -96,5 +96,5 @@ async fn run_client(
             output.status
         ));
     }
-    Tally::from_line(stdout.trim()).map_err(|e| format!("load client said {stdout:?}: {e}"))
+    serde_json::from_str(stdout.trim()).map_err(|e| format!("load client said {stdout:?}: {e}"))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use dbscope::{BindConfig, BindManager, DEFAULT_BIND};
 use dbscope_benches::server::connect_options;
-use dbscope_benches::{Admin, Backends, BoxError};
+use dbscope_benches::{Admin, Backends, BoxError, print_teardown};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::net::TcpListener;
 
@@ -138,14 +138,7 @@ impl Setup {
     /// Stops the servers, closes every pool, then checks that no connection was left inside a
     /// transaction and that the server committed a transaction per request counted.
     pub(crate) async fn close(self, requests: u64) -> Result<(), BoxError> {
-        println!("\nteardown");
-        let status = self.pools.manager.status();
-        for bind in &status {
-            println!(
-                "  dbscope bind: opened {} connections, discarded {}, checkout timeouts {}",
-                bind.opened, bind.discarded, bind.timeouts
-            );
-        }
+        print_teardown("dbscope bind", &self.pools.manager.status());
         for contender in &self.contenders {
             contender.server.abort();
         }

@@ -49,7 +49,7 @@ use dbscope_benches::{
     print_teardown, setup_problem, verdict,
 };
 use deadpool::managed::{self, Metrics, RecycleResult};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, Executor, PgConnection, Postgres};
 use tokio::task::JoinSet;
 
@@ -192,13 +192,7 @@ impl Setup {
 
         let manager = bench_manager(settings)?;
         let bind = manager.bind::<Postgres>("bench")?;
-        let sqlx_defaults = PgPoolOptions::new()
-            .max_connections(CONNECTIONS)
-            .connect_lazy_with(options.clone());
-        let sqlx_no_test = PgPoolOptions::new()
-            .max_connections(CONNECTIONS)
-            .test_before_acquire(false)
-            .connect_lazy_with(options.clone());
+        let (sqlx_defaults, sqlx_no_test) = server::sqlx_pools(CONNECTIONS, &options);
         let hand_written = managed::Pool::builder(PgManager { options })
             .max_size(CONNECTIONS as usize)
             .build()?;

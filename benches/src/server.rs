@@ -5,7 +5,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 
 use crate::BoxError;
@@ -38,6 +38,20 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, BoxError> {
     Ok(PgConnectOptions::from_str(url)
         .map_err(|e| format!("{URL_ENV} is not a valid PostgreSQL URL: {e}"))?
         .disable_statement_logging())
+}
+
+/// The two sqlx pools the async benchmarks compare with, of at most `size` connections, not
+/// connected yet: `PgPoolOptions::new()` (its defaults, which ping a connection before handing it
+/// out and when it comes back), and the same with `test_before_acquire(false)`.
+pub fn sqlx_pools(size: u32, options: &PgConnectOptions) -> (PgPool, PgPool) {
+    let defaults = PgPoolOptions::new()
+        .max_connections(size)
+        .connect_lazy_with(options.clone());
+    let no_test = PgPoolOptions::new()
+        .max_connections(size)
+        .test_before_acquire(false)
+        .connect_lazy_with(options.clone());
+    (defaults, no_test)
 }
 
 /// The admin connection, and the database's commit count when it opened.

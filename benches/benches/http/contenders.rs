@@ -1,4 +1,5 @@
-//! The contenders: which way of serving the endpoint each is, its name, and its router.
+//! The contenders: which way of serving the endpoint each is, its name, whether its select runs in
+//! a transaction block, and where it serves (its router is built in `routes.rs`).
 
 use std::net::SocketAddr;
 

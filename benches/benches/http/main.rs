@@ -79,10 +79,11 @@
 //! # The files
 //!
 //! `main.rs` (this one) starts the server side or, as the child process, the load client, and
-//! runs the rounds; [`settings`] reads the environment; [`contenders`] names the contenders and
-//! builds their routers from the handlers of [`routes`]; [`setup`] prepares the database, serves
-//! every contender and holds the checks; [`client`] is the load client; [`measure`] runs it
-//! against one contender and reads what the request cost ([`costs`]); [`report`] prints it all.
+//! runs the rounds; [`settings`] reads the environment; [`contenders`] names the contenders;
+//! [`routes`] holds the handlers and each contender's router; [`setup`] prepares the database,
+//! serves every contender and holds the checks; [`client`] is the load client; [`measure`] runs
+//! it against one contender and reads what the requests cost ([`costs`]); [`report`] prints it
+//! all. The rounds, medians, `/proc` readings and server checks come from the crate's harness.
 
 mod client;
 mod contenders;

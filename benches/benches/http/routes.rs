@@ -1,5 +1,6 @@
-//! The endpoint, `GET /rows/{id}`, as each contender's handler serves it, and the probe route
-//! of the same handler that also says whether its select ran in a transaction block.
+//! The endpoint, `GET /rows/{id}`, as each contender's handler serves it; the probe route of the
+//! same handler, which also says whether its select ran in a transaction block; and each
+//! contender's router of the two.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use axum::serve::ListenerExt;
 use dbscope::{BindConfig, BindManager, DEFAULT_BIND};
-use dbscope_benches::server::connect_options;
+use dbscope_benches::server::{connect_options, sqlx_pools};
 use dbscope_benches::{Admin, Backends, BoxError, print_teardown};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::net::TcpListener;
 
 use crate::client::Conn;
@@ -58,13 +58,7 @@ impl Setup {
             )
             .build()?;
         let options = options.application_name(APP_NAME);
-        let sqlx_defaults = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .connect_lazy_with(options.clone());
-        let sqlx_no_test = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
+        let (sqlx_defaults, sqlx_no_test) = sqlx_pools(POOL_SIZE, &options);
         let pools = Pools {
             manager,
             sqlx_defaults,

@@ -1,0 +1,227 @@
+//! The warm-up and the interleaved rounds: which contender runs next and for how long, and what
+//! the runs counted; the ids the contenders read; a measurement's failure.
+//!
+//! Every contender is warmed up once (opening its pool's connections); then each round runs
+//! every contender for the round's time, in an order that rotates from round to round, so drift
+//! on the machine (PostgreSQL shares it) spreads over all of them.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::{Settings, Summary};
+
+/// How long each contender runs in the warm-up.
+pub const WARM_UP: Duration = Duration::from_secs(1);
+
+/// What a measurement counted.
+pub trait Measured: Copy {
+    /// Units of work done: sessions, requests.
+    fn count(&self) -> u64;
+    /// Units of work per second.
+    fn per_second(&self) -> f64;
+}
+
+/// One measurement to take.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The contender's index.
+    pub contender: usize,
+    /// How long to run it.
+    pub duration: Duration,
+    warm_up: bool,
+}
+
+impl Step {
+    /// Whether this is the contender's warm-up (which the report leaves out).
+    pub fn is_warm_up(&self) -> bool {
+        self.warm_up
+    }
+}
+
+/// The plan of the measurements, and their results: `runs[contender][round]`.
+#[derive(Debug)]
+pub struct Rounds<R> {
+    contenders: usize,
+    rounds: usize,
+    round_time: Duration,
+    /// Steps handed out so far.
+    taken: usize,
+    runs: Vec<Vec<R>>,
+    total: u64,
+}
+
+impl<R: Measured> Rounds<R> {
+    /// The plan for `contenders` contenders.
+    pub fn new(contenders: usize, settings: &Settings) -> Self {
+        Self {
+            contenders,
+            rounds: settings.rounds,
+            round_time: settings.round_time,
+            taken: 0,
+            runs: vec![Vec::with_capacity(settings.rounds); contenders],
+            total: 0,
+        }
+    }
+
+    /// The next measurement, or `None` when all are taken; prints the heading of the warm-up and
+    /// of each round as it begins.
+    pub fn next_step(&mut self) -> Option<Step> {
+        let (n, taken) = (self.contenders, self.taken);
+        if n == 0 || taken >= n * (self.rounds + 1) {
+            return None;
+        }
+        self.taken += 1;
+        if taken < n {
+            if taken == 0 {
+                println!("warm-up ({:.1} s each)", WARM_UP.as_secs_f64());
+            }
+            return Some(Step {
+                contender: taken,
+                duration: WARM_UP,
+                warm_up: true,
+            });
+        }
+        let (round, slot) = ((taken - n) / n, (taken - n) % n);
+        if slot == 0 {
+            println!("round {}/{}", round + 1, self.rounds);
+        }
+        Some(Step {
+            contender: (round + slot) % n,
+            duration: self.round_time,
+            warm_up: false,
+        })
+    }
+
+    /// Keeps what `step` counted (a warm-up only adds to the total).
+    pub fn record(&mut self, step: Step, run: R) {
+        self.total += run.count();
+        if !step.warm_up {
+            self.runs[step.contender].push(run);
+        }
+    }
+
+    /// Units of work done in all, warm-up included.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// What each contender's rounds counted: `runs[contender][round]`.
+    pub fn runs(&self) -> &[Vec<R>] {
+        &self.runs
+    }
+}
+
+/// What went wrong in a measurement.
+#[derive(Debug)]
+pub struct Failure {
+    contender: &'static str,
+    count: u64,
+    /// What `count` counts: `error(s)`, `problem(s)`.
+    what: &'static str,
+    first: String,
+}
+
+impl Failure {
+    /// `errors` errors, the first of them `first`.
+    pub fn errors(contender: &'static str, errors: u64, first: impl Into<String>) -> Self {
+        Self {
+            contender,
+            count: errors,
+            what: "error(s)",
+            first: first.into(),
+        }
+    }
+
+    /// `problems` problems (failed requests, wrong answers, failed checks), the first `first`.
+    pub fn problems(contender: &'static str, problems: u64, first: impl Into<String>) -> Self {
+        Self {
+            what: "problem(s)",
+            ..Self::errors(contender, problems, first)
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} {}; first: {}",
+            self.contender, self.count, self.what, self.first
+        )
+    }
+}
+
+/// A cheap xorshift over the ids `1..=rows`, one stream per seed (a task, a thread, a
+/// connection).
+#[derive(Debug)]
+pub struct Ids {
+    state: u64,
+    rows: u64,
+}
+
+impl Ids {
+    /// The stream of `seed` over `1..=rows`.
+    pub fn new(seed: u64, rows: i32) -> Self {
+        Self {
+            state: 0x9E37_79B9_7F4A_7C15 ^ (seed + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            rows: u64::try_from(rows).expect("a positive row count"),
+        }
+    }
+
+    /// The next id.
+    pub fn next_id(&mut self) -> i32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        (self.state % self.rows) as i32 + 1
+    }
+}
+
+/// `ours / other` of the per-second figures, round by round: each round runs the contenders
+/// close together in time, so it shows how much of a gap is noise.
+pub fn per_round<R: Measured>(runs: &[Vec<R>], ours: usize, other: usize) -> Summary {
+    Summary::of(
+        runs[ours]
+            .iter()
+            .zip(&runs[other])
+            .map(|(o, t)| o.per_second() / t.per_second()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Measured, Rounds};
+    use crate::Settings;
+
+    #[derive(Clone, Copy)]
+    struct One;
+
+    impl Measured for One {
+        fn count(&self) -> u64 {
+            1
+        }
+        fn per_second(&self) -> f64 {
+            1.0
+        }
+    }
+
+    #[test]
+    fn warms_up_each_contender_then_rotates_the_order_every_round() {
+        let settings = Settings {
+            url: String::new(),
+            rounds: 3,
+            round_time: Duration::from_secs(2),
+        };
+        let mut rounds = Rounds::<One>::new(3, &settings);
+        let mut order = Vec::new();
+        while let Some(step) = rounds.next_step() {
+            order.push(step.contender);
+            rounds.record(step, One);
+        }
+        assert_eq!(order, [0, 1, 2, 0, 1, 2, 1, 2, 0, 2, 0, 1]);
+        assert_eq!(rounds.total(), 12);
+        assert!(rounds.runs().iter().all(|runs| runs.len() == 3));
+    }
+}

@@ -1008,6 +1008,70 @@ fn blocking_scopes_have_hooks_declared_binds_and_autocommit<B: Suite>() {
     finish(db);
 }
 
+/// Atomic blocks in blocking scopes: a savepoint undone alone, a panic inside the block rolling
+/// it back, and the policies for an open transaction.
+fn blocking_atomic_blocks_commit_or_roll_back_on_their_own<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let add = |id: i64| -> dbscope::Result<()> {
+        let mut session = blocking::current_session::<B::Db>("main")?;
+        scoped_insert(&mut session, &db, id)
+    };
+    blocking::scope(&manager, || {
+        add(1)?;
+        // A failing block inside the scope's transaction: its savepoint rolls back alone.
+        let failed = blocking::atomic::<B::Db>("main").run(|| {
+            add(2)?;
+            Err::<(), _>(Error::from(sqlx::Error::RowNotFound))
+        });
+        assert!(failed.is_err());
+        // A panicking block rolls back too, before the session's next use.
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            blocking::atomic::<B::Db>("main").run(|| {
+                add(3)?;
+                if db.table.len() < usize::MAX {
+                    panic!("the block panics");
+                }
+                Ok::<_, Error>(())
+            })
+        }));
+        assert!(panicked.is_err());
+        blocking::atomic::<B::Db>("main").run(|| add(4))?;
+        let mut session = blocking::current_session::<B::Db>("main")?;
+        assert_eq!(scoped_count(&mut session, &db), 2, "rows 1 and 4");
+        // `Commit`: the open transaction commits first, then the block runs in its own.
+        blocking::atomic::<B::Db>("main")
+            .if_open(dbscope::IfOpen::Commit)
+            .run(|| add(5))?;
+        assert_eq!(
+            committed_rows::<B>(&manager, &db),
+            3,
+            "committed by the block"
+        );
+        add(6)?;
+        // `Fail`: refused while a transaction is open.
+        let refused = blocking::atomic::<B::Db>("main")
+            .if_open(dbscope::IfOpen::Fail)
+            .run(|| add(7))
+            .unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            dbscope::ErrorKind::TransactionOpen,
+            "{refused}"
+        );
+        Err::<(), _>(Error::from(sqlx::Error::RowNotFound)) // the scope rolls back row 6
+    })
+    .unwrap_err();
+    assert_eq!(committed_rows::<B>(&manager, &db), 3, "rows 1, 4 and 5");
+    let outside = blocking::atomic::<B::Db>("main").run(|| Ok::<_, Error>(()));
+    assert!(outside.unwrap_err().is_no_scope());
+    assert_eq!(blocking_status::<B>(&manager).in_use, 0);
+    assert_no_open_transaction(&db);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 fn a_panic_inside_a_scope_rolls_back<B: Suite>() {
     let db = census(TestDb::new(B::KIND));
     let manager = db.manager(|c| c);
@@ -1151,6 +1215,7 @@ macro_rules! blocking_suite_tests {
             a_panic_inside_a_scope_rolls_back,
             nested_handles_share_one_blocking_session,
             blocking_scopes_have_hooks_declared_binds_and_autocommit,
+            blocking_atomic_blocks_commit_or_roll_back_on_their_own,
             a_session_dropped_in_async_code_rolls_back_in_the_background,
             a_stream_dropped_after_its_first_row_leaves_the_session_usable,
         );

@@ -73,5 +73,8 @@ mod session;
 pub use bind::BlockingBind;
 pub use fetch::Fetch;
 pub use savepoint::BlockingSavepoint;
-pub use scope::{BlockingScopedSession, current_session, current_session_for, scope};
+pub use scope::{
+    BlockingAtomic, BlockingScopedSession, atomic, atomic_for, current_session,
+    current_session_for, scope,
+};
 pub use session::BlockingSession;

@@ -15,7 +15,10 @@ use super::runtime::{Driver, refuse_in_async};
 use crate::backend::Backend;
 use crate::bind::OpenBind;
 use crate::scope::SessionSource;
-use crate::{BindKey, BindManager, Error, Result, Scope, ScopeBuilder, ScopedSession, Session};
+use crate::{
+    Atomic, BindKey, BindManager, Error, IfOpen, Result, Scope, ScopeBuilder, ScopedSession,
+    Session,
+};
 
 thread_local! {
     /// The scopes open on this thread, innermost last, each with the runtime that drives it.
@@ -338,5 +341,80 @@ impl<DB: Backend> fmt::Debug for BlockingScopedSession<DB> {
         f.debug_struct("BlockingScopedSession")
             .field("bind", &self.handle.bind_name())
             .finish_non_exhaustive()
+    }
+}
+
+/// An atomic block on the current blocking scope's session of bind `name`: the twin of
+/// [`atomic`](crate::atomic()), with the same policies ([`IfOpen`]) and the same rule for other
+/// statements on the session while it is open (they are part of it).
+///
+/// ```
+/// use dbscope::blocking;
+/// use sqlx::Sqlite;
+///
+/// # fn main() -> Result<(), dbscope::Error> {
+/// # let manager = dbscope::BindManager::new(dbscope::BindConfig::new("sqlite::memory:"))?;
+/// blocking::scope(&manager, || {
+///     let mut s = blocking::current_session::<Sqlite>("default")?;
+///     s.execute(sqlx::query("CREATE TABLE notes (body TEXT)"))?;
+///     s.execute(sqlx::query("INSERT INTO notes VALUES ('kept')"))?;
+///     // A savepoint inside the scope's transaction: undone alone when it fails.
+///     let failed: Result<(), dbscope::Error> = blocking::atomic::<Sqlite>("default").run(|| {
+///         let mut s = blocking::current_session::<Sqlite>("default")?;
+///         s.execute(sqlx::query("INSERT INTO notes VALUES ('draft')"))?;
+///         Err(sqlx::Error::RowNotFound.into()) // any error: the insert is rolled back
+///     });
+///     assert!(failed.is_err());
+///     let n: i64 = s.fetch_one(sqlx::query_scalar("SELECT COUNT(*) FROM notes"))?;
+///     assert_eq!(n, 1);
+///     Ok::<_, dbscope::Error>(())
+/// })?;
+/// # Ok(()) }
+/// ```
+pub fn atomic<DB: Backend>(name: &str) -> BlockingAtomic<DB> {
+    BlockingAtomic(crate::atomic(name))
+}
+
+/// As [`atomic`], for the bind a [`BindKey`] names.
+pub fn atomic_for<K: BindKey>() -> BlockingAtomic<K::Database> {
+    atomic(K::NAME)
+}
+
+/// An atomic block for blocking code, from [`atomic`].
+#[must_use = "an atomic block does nothing until run"]
+pub struct BlockingAtomic<DB: Backend>(Atomic<DB>);
+
+impl<DB: Backend> BlockingAtomic<DB> {
+    /// What to do when a transaction is already open (default: [`IfOpen::Savepoint`]).
+    pub fn if_open(self, policy: IfOpen) -> Self {
+        Self(self.0.if_open(policy))
+    }
+
+    /// Runs `work` in the block's transaction or savepoint, which `Ok` commits (or releases)
+    /// and `Err` or a panic rolls back; see [`Atomic::run`].
+    ///
+    /// # Errors
+    ///
+    /// The work's error; those of [`Atomic::run`];
+    /// [`ErrorKind::NoBlockingScope`](crate::ErrorKind::NoBlockingScope) outside a blocking
+    /// scope; [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
+    pub fn run<T, E>(self, work: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error>,
+    {
+        refuse_in_async(None)?;
+        let (scope, driver) = SCOPES
+            .with_borrow(|scopes| scopes.last().cloned())
+            .ok_or_else(|| Error::no_blocking_scope(None))?;
+        let block = driver.run(self.0.enter(&scope))?;
+        let result = work();
+        driver.run(block.end(result.is_ok()))?;
+        result
+    }
+}
+
+impl<DB: Backend> fmt::Debug for BlockingAtomic<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BlockingAtomic").field(&self.0).finish()
     }
 }

@@ -165,25 +165,24 @@ impl<DB: Backend> Atomic<DB> {
         E: From<Error>,
     {
         let scope = Scope::current_for(&self.bind)?;
-        let slot = scope.slot::<DB>(&self.bind)?;
-        let Some(level) = self.open(&slot).await? else {
-            return work.await; // runs in the open transaction, which its opener ends
-        };
-        let mut guard = RollbackOnDrop {
-            slot: Some(slot),
-            level,
-        };
+        let block = self.enter(&scope).await?;
         let result = work.await;
-        let slot = guard.slot.take().expect("the guard holds its slot");
-        let mut session = slot.lock().await?;
-        if session.depth() < level {
-            return result; // the work ended the block's transaction itself
-        }
-        match &result {
-            Ok(_) => session.release_savepoint(level).await?,
-            Err(_) => session.rollback_savepoint(level).await?,
-        }
+        block.end(result.is_ok()).await?;
         result
+    }
+
+    /// Opens the block on `scope`'s session: the first half of [`run`](Atomic::run), for
+    /// scopes whose work is not a future (the blocking ones).
+    pub(crate) async fn enter(&self, scope: &Scope) -> Result<Block<DB>> {
+        let slot = scope.slot::<DB>(&self.bind)?;
+        let level = self.open(&slot).await?;
+        Ok(Block {
+            // `None`: the block runs in the open transaction, which its opener ends.
+            guard: level.map(|level| RollbackOnDrop {
+                slot: Some(slot),
+                level,
+            }),
+        })
     }
 
     /// Opens the block's transaction or savepoint, per the policy, and returns the level the
@@ -211,6 +210,33 @@ impl<DB: Backend> Atomic<DB> {
             IfOpen::Join => Ok(Some(1)),
             IfOpen::LeaveOpen => Ok(None),
             IfOpen::Fail => Err(Error::transaction_open(&self.bind)),
+        }
+    }
+}
+
+/// An open atomic block: [`end`](Block::end) commits or rolls it back; dropped unended (its
+/// work cancelled or panicking), it rolls back before the session's next use.
+pub(crate) struct Block<DB: Backend> {
+    guard: Option<RollbackOnDrop<DB>>,
+}
+
+impl<DB: Backend> Block<DB> {
+    /// Ends the block by its work's outcome: releases (or commits) it on `ok`, rolls it back
+    /// otherwise; nothing when the work already ended the block's transaction itself.
+    pub(crate) async fn end(mut self, ok: bool) -> Result<()> {
+        let Some(mut guard) = self.guard.take() else {
+            return Ok(());
+        };
+        let slot = guard.slot.take().expect("the guard holds its slot");
+        let level = guard.level;
+        let mut session = slot.lock().await?;
+        if session.depth() < level {
+            return Ok(()); // the work ended the block's transaction itself
+        }
+        if ok {
+            session.release_savepoint(level).await
+        } else {
+            session.rollback_savepoint(level).await
         }
     }
 }

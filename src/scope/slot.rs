@@ -4,7 +4,8 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
@@ -24,9 +25,9 @@ pub(crate) struct Slot<DB: Backend> {
     /// The longest any wait for the session lasts: the bind's `acquire_timeout`.
     patience: Duration,
     session: Arc<tokio::sync::Mutex<Option<Session<DB>>>>,
-    /// The level of an atomic block dropped while the session was taken: rolled back to by
-    /// whoever takes the session next.
-    dropped_level: Mutex<Option<u32>>,
+    /// The level of an atomic block dropped while the session was taken (0: none; levels start
+    /// at 1): rolled back to by whoever takes the session next.
+    dropped_level: AtomicU32,
 }
 
 /// How a slot ended with its scope.
@@ -55,7 +56,7 @@ impl<DB: Backend> Slot<DB> {
             name,
             patience: session.bind().acquire_timeout(),
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
-            dropped_level: Mutex::new(None),
+            dropped_level: AtomicU32::new(0),
         }
     }
 
@@ -98,18 +99,19 @@ impl<DB: Backend> Slot<DB> {
             session.savepoint_dropped(level);
             return;
         }
-        let mut dropped = self
+        // The outermost level wins: rolling back to it undoes the inner ones too.
+        let _ = self
             .dropped_level
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *dropped = Some(dropped.map_or(level, |d| d.min(level)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |dropped| {
+                Some(if dropped == 0 { level } else { dropped.min(level) })
+            });
     }
 
     fn take_dropped_level(&self) -> Option<u32> {
-        self.dropped_level
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        match self.dropped_level.swap(0, Ordering::AcqRel) {
+            0 => None,
+            level => Some(level),
+        }
     }
 }
 

@@ -103,7 +103,11 @@ impl<DB: Backend> Slot<DB> {
         let _ = self
             .dropped_level
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |dropped| {
-                Some(if dropped == 0 { level } else { dropped.min(level) })
+                Some(if dropped == 0 {
+                    level
+                } else {
+                    dropped.min(level)
+                })
             });
     }
 

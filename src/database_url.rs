@@ -43,7 +43,14 @@ impl DatabaseUrl {
     /// (`password`, `sslpassword` …), `pass` or `pwd`. Where the text is ambiguous, more is
     /// masked rather than less; `scrub` then removes any copy of a secret left elsewhere.
     pub fn redacted(&self) -> String {
-        self.scrub(&mask(&self.0))
+        let masked = mask(&self.0);
+        // The scheme is never a secret: a password equal to it (`postgres`) leaves it readable.
+        match masked.split_once(':') {
+            Some((scheme, rest)) if self.scheme().is_some() => {
+                format!("{scheme}:{}", self.scrub(rest))
+            }
+            _ => self.scrub(&masked),
+        }
     }
 
     /// `text` (a driver's message about this URL, say) with every secret of this URL in it
@@ -79,9 +86,24 @@ fn split_user_info(raw: &str) -> Option<(&str, &str, &str)> {
     }
 }
 
+/// `user`, `password` and the rest of a URL without `://` that has user info: the text before
+/// the first `:`, up to the last `@`, and after it.
+fn schemeless_user_info(raw: &str) -> Option<(&str, &str, &str)> {
+    if raw.contains("://") {
+        return None;
+    }
+    let at = raw.rfind('@')?;
+    let (user, password) = raw[..at].split_once(':')?;
+    Some((user, password, &raw[at + 1..]))
+}
+
 /// The URL with the password and secret query values replaced by `***`.
 fn mask(raw: &str) -> String {
     let Some((scheme, user_info, rest)) = split_user_info(raw) else {
+        // No `scheme://`: `sqlite:file.db`, or `user:password@host/db` with the scheme left out.
+        if let Some((user, _password, host)) = schemeless_user_info(raw) {
+            return format!("{user}:{MASK}@{}", mask_query(host));
+        }
         return mask_query(raw);
     };
     let mut out = format!("{scheme}://");
@@ -165,6 +187,9 @@ fn is_param_name(key: &str) -> bool {
 /// any `?` or `&` in the text, to miss none).
 fn secrets(raw: &str) -> Vec<String> {
     let mut found = Vec::new();
+    if let Some((_, password, _)) = schemeless_user_info(raw) {
+        found.push(password.to_owned());
+    }
     if let Some((_, user_info, rest)) = split_user_info(raw) {
         if let Some((_, password)) = user_info.split_once(':') {
             found.push(password.to_owned());

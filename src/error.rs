@@ -315,12 +315,19 @@ impl Error {
 
     /// Running the whole unit of work again is safe and may succeed: nothing of it committed,
     /// and the failure was transient: no connection in time, a server that could not be
-    /// reached, a serialization failure or deadlock the server rolled back, or a connection
+    /// reached (not one that refused the credentials), a serialization failure or deadlock the
+    /// server rolled back, or a connection
     /// lost inside a transaction. Not for a connection lost during COMMIT or under an
     /// autocommit statement (the write may have landed), nor for a partial commit.
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
-            ErrorKind::Timeout | ErrorKind::Connect => true,
+            ErrorKind::Timeout => true,
+            // Unreachable or refusing (I/O, TLS): transient. The server's own answer (a wrong
+            // password, no such database) or a bad option will say the same again.
+            ErrorKind::Connect => !matches!(
+                self.sqlx_source(),
+                Some(sqlx::Error::Database(_) | sqlx::Error::Configuration(_))
+            ),
             ErrorKind::Query => {
                 let outcome_unknown =
                     matches!(&self.0.detail, Detail::Op(op) if op.outcome_unknown);
@@ -988,6 +995,16 @@ mod tests {
             assert_eq!((back.kind(), back.to_string()), (kind, message));
             assert_eq!(back.bind(), Some("main"));
         }
+    }
+
+    #[test]
+    fn only_transient_connect_failures_are_retryable() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let unreachable = Error::connect("main", "postgres://db/app", sqlx::Error::Io(refused));
+        assert!(unreachable.is_connect() && unreachable.is_retryable());
+        let bad_option = sqlx::Error::Configuration("sslmode".into());
+        let misconfigured = Error::connect("main", "postgres://db/app", bad_option);
+        assert!(!misconfigured.is_retryable());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! No password ever prints: a generated corpus of well-formed and malformed URLs (unencoded
 //! reserved characters in the password, passwords in the query string, `sslpassword`, bad
-//! ports, URLs cut short) goes through every printed form a URL reaches: `DatabaseUrl`'s
+//! ports, URLs cut short, the scheme left out) goes through every printed form a URL reaches: `DatabaseUrl`'s
 //! `Display` and `Debug`, a config's `Debug`, a bind's `Debug`, and every error a manager's
 //! build returns (`Display`, `Debug`, and each `source()` in the chain).
 //!
@@ -203,7 +203,14 @@ fn case() -> impl Strategy<Value = Case> {
                 url: url[..*cut.get(&ends)].to_owned(),
             }
         });
-    prop_oneof![4 => full, 2 => in_query, 1 => both, 1 => opaque, 2 => cut]
+    // The scheme left out: `user:password@host/db`.
+    let schemeless =
+        (user(), password(PASSWORD_CHARS), host(), path()).prop_map(|(user, pw, host, path)| {
+            Case {
+                url: format!("{user}x:k{pw}@{host}{path}"), // `x://…` would read as a scheme
+            }
+        });
+    prop_oneof![4 => full, 2 => in_query, 1 => both, 1 => opaque, 2 => cut, 1 => schemeless]
 }
 
 /// Every printed form of an error: `Display`, `Debug`, and each source's, down the chain.
@@ -306,6 +313,11 @@ fn named_shapes_are_masked() {
         ("postgres://u:Zq8X", "postgres://u:***"),
         ("postgres://u:Zq8X/db", "postgres://u:***"),
         ("postgres://app@db:5432/prod", "postgres://app@db:5432/prod"),
+        ("admin:Zq8X@db/prod", "admin:***@db/prod"),
+        (
+            "postgres://postgres:postgres@db/prod",
+            "postgres://***:***@db/prod",
+        ),
         ("sqlite::memory:", "sqlite::memory:"),
     ] {
         assert_eq!(DatabaseUrl::new(raw).to_string(), shown, "{raw}");

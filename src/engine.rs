@@ -149,14 +149,19 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) async fn checkout(&self) -> Result<Conn<DB>> {
         self.start_upkeep();
         let shared = &*self.0;
-        if let Some(keeper) = &shared.keeper {
-            shared.hold_database(keeper).await?;
-        }
-        match tokio::time::timeout(shared.acquire_timeout, shared.deadpool.get()).await {
-            Ok(Ok(obj)) => Ok(Conn(obj)),
-            Ok(Err(PoolError::Closed)) => Err(Error::closed(&shared.bind)),
-            Ok(Err(PoolError::Backend(source))) => Err(shared.connect_error(source)),
-            Ok(Err(other)) => unreachable!(
+        // One deadline for all of it: the SQLite keeper's first connection included.
+        let get = async {
+            if let Some(keeper) = &shared.keeper {
+                shared.hold_database(keeper).await?;
+            }
+            Ok(shared.deadpool.get().await)
+        };
+        match tokio::time::timeout(shared.acquire_timeout, get).await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ok(obj))) => Ok(Conn(obj)),
+            Ok(Ok(Err(PoolError::Closed))) => Err(Error::closed(&shared.bind)),
+            Ok(Ok(Err(PoolError::Backend(source)))) => Err(shared.connect_error(source)),
+            Ok(Ok(Err(other))) => unreachable!(
                 "deadpool reports only Closed and Backend without its own timeouts or hooks: {other}"
             ),
             Err(_elapsed) => {

@@ -689,6 +689,16 @@ impl<DB: Backend> Session<DB> {
         self.start_op(Op::statement(autocommit), may_abort)
     }
 
+    /// Whether the session can end without a round trip: no transaction open, nothing in
+    /// flight, nothing to roll back or verify. Dropping it then gives its connection back clean.
+    pub(crate) fn ends_without_round_trip(&self) -> bool {
+        let tx = &self.tx;
+        tx.depth == 0
+            && tx.wire == Wire::Idle
+            && !tx.unverified()
+            && tx.pending_rollback_to.is_none()
+    }
+
     pub(crate) fn savepoint_dropped(&mut self, level: u32) {
         let pending = self.tx.pending_rollback_to.map_or(level, |p| p.min(level));
         self.tx.pending_rollback_to = Some(pending);
@@ -865,6 +875,46 @@ impl<S> Drop for Tracked<'_, S> {
     }
 }
 
+/// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
+/// own boxed future (one allocation per statement, not two).
+impl<DB: Backend> Session<DB> {
+    pub(crate) async fn run_execute<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        self.ready().await.map_err(Error::into_sqlx)?;
+        let (raw, op) = self.start_statement(true);
+        Tracked::new(DB::fetch_many(raw, query), op, false)
+            .try_filter_map(|step| std::future::ready(Ok(step.left())))
+            .try_collect()
+            .await
+    }
+
+    pub(crate) async fn run_fetch_all<'q, E>(&mut self, query: E) -> sqlx::Result<Vec<DB::Row>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        self.ready().await.map_err(Error::into_sqlx)?;
+        let (raw, op) = self.start_statement(true);
+        Tracked::new(DB::fetch_many(raw, query), op, false)
+            .try_filter_map(|step| std::future::ready(Ok(step.right())))
+            .try_collect()
+            .await
+    }
+
+    pub(crate) async fn run_fetch_optional<'q, E>(
+        &mut self,
+        query: E,
+    ) -> sqlx::Result<Option<DB::Row>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        self.ready().await.map_err(Error::into_sqlx)?;
+        let (raw, op) = self.start_statement(true);
+        op.finish(DB::fetch_optional(raw, query).await)
+    }
+}
+
 impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     type Database = DB;
 
@@ -892,14 +942,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        Box::pin(async move {
-            self.ready().await.map_err(Error::into_sqlx)?;
-            let (raw, op) = self.start_statement(true);
-            Tracked::new(DB::fetch_many(raw, query), op, false)
-                .try_filter_map(|step| std::future::ready(Ok(step.left())))
-                .try_collect()
-                .await
-        })
+        Box::pin(self.run_execute(query))
     }
 
     fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Vec<DB::Row>>>
@@ -907,14 +950,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        Box::pin(async move {
-            self.ready().await.map_err(Error::into_sqlx)?;
-            let (raw, op) = self.start_statement(true);
-            Tracked::new(DB::fetch_many(raw, query), op, false)
-                .try_filter_map(|step| std::future::ready(Ok(step.right())))
-                .try_collect()
-                .await
-        })
+        Box::pin(self.run_fetch_all(query))
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>
@@ -922,11 +958,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        Box::pin(async move {
-            self.ready().await.map_err(Error::into_sqlx)?;
-            let (raw, op) = self.start_statement(true);
-            op.finish(DB::fetch_optional(raw, query).await)
-        })
+        Box::pin(self.run_fetch_optional(query))
     }
 
     fn prepare_with<'e>(

@@ -55,6 +55,10 @@ impl Hooks {
 
     /// Runs the before-commit hooks in order; the first error vetoes the commit and stops the
     /// rest.
+    pub(crate) fn has_before_commit(&self) -> bool {
+        !self.before_commit.is_empty()
+    }
+
     pub(crate) async fn run_before_commit(&self) -> Result<(), BoxError> {
         for hook in &self.before_commit {
             hook().await?;

@@ -534,7 +534,10 @@ impl Scope {
     pub(crate) async fn finish(&self, commit: bool) -> Result<()> {
         let hooks = self.hooks().clone();
         let mut outcome = Ok(());
-        if commit && let Err(veto) = self.attach(hooks.run_before_commit()).await {
+        if commit
+            && hooks.has_before_commit()
+            && let Err(veto) = self.attach(hooks.run_before_commit()).await
+        {
             outcome = Err(Error::commit_vetoed(veto));
         }
         let slots = {
@@ -612,7 +615,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// committed.
 async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
     for (i, slot) in slots.iter().enumerate() {
-        let source = match slot.clone().end(true).await {
+        let source = match slot.clone().finish(true).await {
             Ended::Committed | Ended::RolledBack => continue,
             Ended::CommitFailed(source) | Ended::StillHeld(source) => source,
         };
@@ -635,7 +638,7 @@ async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
 
 async fn roll_back_all(slots: Vec<Arc<dyn ErasedSlot>>) {
     for slot in slots {
-        slot.end(false).await;
+        slot.finish(false).await;
     }
 }
 

@@ -48,6 +48,19 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     /// Takes the session out, commits or rolls it back, and gives its connection back.
     fn end(self: Arc<Self>, commit: bool) -> BoxFuture<'static, Ended>;
+    /// [`end`](ErasedSlot::end) without awaiting, when that needs no round trip (no
+    /// transaction open, the session free); `None` otherwise.
+    fn end_now(&self, commit: bool) -> Option<Ended>;
+}
+
+impl dyn ErasedSlot {
+    /// Ends the slot: at once when no round trip is needed, else through the boxed future.
+    pub(crate) async fn finish(self: Arc<Self>, commit: bool) -> Ended {
+        match self.end_now(commit) {
+            Some(ended) => ended,
+            None => self.end(commit).await,
+        }
+    }
 }
 
 impl<DB: Backend> Slot<DB> {
@@ -149,12 +162,32 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
                 return Ended::CommitFailed(e);
             }
             close_quietly(session).await;
-            if commit {
-                Ended::Committed
-            } else {
-                Ended::RolledBack
-            }
+            ended(commit)
         })
+    }
+
+    fn end_now(&self, commit: bool) -> Option<Ended> {
+        let mut guard = self.session.try_lock().ok()?;
+        if self.dropped_level.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        match guard.as_ref() {
+            None => Some(Ended::RolledBack),
+            Some(session) if session.ends_without_round_trip() => {
+                drop(guard.take()); // gives its connection back clean
+                Some(ended(commit))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// What a slot reports when it ended as asked.
+fn ended(commit: bool) -> Ended {
+    if commit {
+        Ended::Committed
+    } else {
+        Ended::RolledBack
     }
 }
 
@@ -363,7 +396,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut ScopedSession<DB> {
         let slot = &*self.slot;
         Box::pin(async move {
             let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
-            (&mut *lease).execute(query).await
+            lease.run_execute(query).await
         })
     }
 
@@ -375,7 +408,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut ScopedSession<DB> {
         let slot = &*self.slot;
         Box::pin(async move {
             let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
-            (&mut *lease).fetch_all(query).await
+            lease.run_fetch_all(query).await
         })
     }
 
@@ -387,7 +420,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut ScopedSession<DB> {
         let slot = &*self.slot;
         Box::pin(async move {
             let mut lease = slot.lock().await.map_err(Error::into_sqlx)?;
-            (&mut *lease).fetch_optional(query).await
+            lease.run_fetch_optional(query).await
         })
     }
 

@@ -20,9 +20,9 @@
 //!   trips, as dbscope.
 //!
 //! Every pool is built once and warmed up (1 s each, opening its connections); then each round
-//! runs every contender for a fixed time, in an order that rotates from round to round, so drift
-//! on the machine (PostgreSQL shares it) spreads over all of them. The report gives each
-//! contender's median sessions/s (min–max) and the process's CPU time per session, and the
+//! runs every contender for a fixed time, forwards and backwards in turn (see the harness's
+//! `rounds`), so drift on the machine (PostgreSQL shares it) spreads over all of them. The
+//! report gives each contender's median sessions/s (min–max) and the process's CPU time per session, and the
 //! ratios dbscope / other, of the medians and round by round. The goal (reported, not enforced)
 //! is dbscope ≥ 1.0× r2d2 as documented (defaults).
 //!

@@ -14,9 +14,9 @@
 //!   without a ping, `BEGIN` and `COMMIT` sent as plain simple queries, as dbscope sends them.
 //!
 //! Every pool is created once and warmed up (1 s each, opening its connections); then each round
-//! runs every contender for a fixed time, in an order that rotates from round to round, so drift
-//! on the machine (PostgreSQL shares it) spreads over all of them. The report gives each
-//! contender's median sessions/s (and min–max) and the benchmark process's CPU time per session,
+//! runs every contender for a fixed time, forwards and backwards in turn (see the harness's
+//! `rounds`), so drift on the machine (PostgreSQL shares it) spreads over all of them. The
+//! report gives each contender's median sessions/s (and min–max) and the benchmark process's CPU time per session,
 //! the ratios (of the medians, and round by round), and whether dbscope meets its goals: at
 //! least 1.3× the best `PgPool` configuration, and within 5 % of the hand-written loop.
 //!

@@ -62,9 +62,10 @@
 //! # Rounds, report, checks
 //!
 //! Each contender is warmed up for 1 s (opening its pool's connections); then each round runs
-//! every contender for `BENCH_SECS`, in an order that rotates from round to round. The report
-//! gives each contender's median requests/s (min–max) and costs, the ratios (of the medians,
-//! round by round, and by CPU time per request), and the goals: the dbscope layer at least 1.3×
+//! every contender for `BENCH_SECS`, forwards in even rounds and backwards in odd ones, so that
+//! neighbours in the list (the layer and the session handler, say) always run back to back. The
+//! report gives each contender's median requests/s (min–max) and costs, the ratios (of the
+//! medians, round by round, and by CPU time per request), and the goals: the dbscope layer at least 1.3×
 //! axum-sqlx-tx and within 5 % of the hand-written dbscope session handler (the layer costs
 //! nothing); in autocommit mode, at least 0.9× the bare select on a `PgPool`. Against sqlx, each
 //! goal is given for its defaults (the goal as set) and for `test_before_acquire(false)`.

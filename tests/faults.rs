@@ -1,6 +1,7 @@
 //! Faults under load, on a throwaway PostgreSQL cluster of the test's own (tests/common/cluster.rs,
-//! never the shared server): 8 tasks write in transactional sessions while the server restarts,
-//! or while an admin kills their backends at random.
+//! never the shared server): 8 tasks write in transactional sessions while the server restarts
+//! (stopped then started, `pg_ctl restart -m fast`, crashed then recovered), or while an admin
+//! kills their backends at random.
 //!
 //! Every insert carries a unique id, and every attempt's end is recorded: committed (`commit()`
 //! returned `Ok`), outcome unknown (an error that says the write may have landed: a connection
@@ -118,6 +119,22 @@ impl Log {
             }
         }
         per_writer
+    }
+
+    /// Errors that returned after `since`, by what failed (`bind `main`: BEGIN failed` …).
+    fn errors_by_message_since(&self, since: Option<Instant>) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for a in self.0.lock().unwrap().iter() {
+            if let Some(f) = a
+                .error
+                .as_ref()
+                .filter(|_| since.is_none_or(|s| a.done > s))
+            {
+                let what = f.message.split(';').next().unwrap_or_default().to_owned();
+                *counts.entry(what).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// How long after `since` the first commit returned, and the last writer's first commit.
@@ -498,6 +515,7 @@ async fn server_restarts_under_eight_writers_body() {
     rig.until_each_commits(20, Some(back), "commits after the start")
         .await;
     let (first_start, last_writer_start) = rig.log.recovery_after(back);
+    let errors_after_start = rig.log.errors_by_message_since(Some(back));
 
     // 2. `pg_ctl restart -m fast` while they write: sessions terminated mid-flight, the server
     //    back at once.
@@ -505,6 +523,20 @@ async fn server_restarts_under_eight_writers_body() {
     rig.until_each_commits(20, Some(back), "commits after the restart")
         .await;
     let (first_restart, last_writer_restart) = rig.log.recovery_after(back);
+    let errors_after_restart = rig.log.errors_by_message_since(Some(back));
+
+    // 3. A crash (every server process killed at once), then a start that runs crash recovery:
+    //    what was committed must survive it.
+    rig.cluster.crash().await;
+    let down = Instant::now();
+    rig.until("every writer to fail against the crashed server", || {
+        rig.log.errors_since(down).iter().all(|&e| e >= 2)
+    })
+    .await;
+    let back = rig.cluster.start_again().await;
+    rig.until_each_commits(20, Some(back), "commits after crash recovery")
+        .await;
+    let (first_crash, last_writer_crash) = rig.log.recovery_after(back);
 
     let report = rig.finish().await;
     report.print("server restarted under 8 writers");
@@ -516,6 +548,12 @@ async fn server_restarts_under_eight_writers_body() {
         "restart -m fast: first commit {first_restart:?} after pg_ctl restart returned (every \
          writer within {last_writer_restart:?})"
     );
+    println!(
+        "crash + start: first commit {first_crash:?} after pg_ctl start returned (every writer \
+         within {last_writer_crash:?})"
+    );
+    println!("errors after pg_ctl start returned: {errors_after_start:?}");
+    println!("errors after pg_ctl restart returned: {errors_after_restart:?}");
     report.assert_sound();
     assert!(
         first_start <= RECOVERY_BOUND,
@@ -524,6 +562,10 @@ async fn server_restarts_under_eight_writers_body() {
     assert!(
         first_restart <= RECOVERY_BOUND,
         "the first commit after the restart took {first_restart:?}"
+    );
+    assert!(
+        first_crash <= RECOVERY_BOUND,
+        "the first commit after crash recovery took {first_crash:?}"
     );
 }
 
@@ -610,9 +652,11 @@ async fn backends_killed_at_random_under_eight_writers_body() {
     rig.until_each_commits(10, Some(last_kill), "commits after the last kill")
         .await;
 
+    let by_message = rig.log.errors_by_message_since(None);
     let report = rig.finish().await;
     report.print("backends killed at random under 8 writers");
     println!("kills: {landed} (seed {seed}), by the victim's state: {states:?}");
+    println!("errors by what failed: {by_message:?}");
     report.assert_sound();
 }
 

@@ -150,7 +150,8 @@ async fn hang_ups(addr: SocketAddr, app: &App, ids: std::ops::Range<u64>) -> Vec
         .await
 }
 
-/// Waits until the pool and the server are settled: nothing in use, nothing open.
+/// Waits until the pool and the server are settled: nothing in use, nothing open, and the
+/// server holding exactly the connections the pool has (a discarded one's backend gone).
 async fn settled(db: &TestDb, manager: &BindManager) {
     eventually("no connection in use", || {
         let status = manager.status().remove(0);
@@ -161,6 +162,25 @@ async fn settled(db: &TestDb, manager: &BindManager) {
         db.open_transactions().await == Some(0)
     })
     .await;
+    eventually("the server's connections are the pool's", || async {
+        let pooled = manager.status()[0].connections as i64;
+        db.server_connections().await == Some(pooled)
+    })
+    .await;
+}
+
+/// Opens the pool to its full size, so that the two readings of memory see as many connections
+/// (each holds buffers and a statement cache) whatever the churn left.
+async fn fill_pool(manager: &BindManager) {
+    let mut held = Vec::new();
+    for _ in 0..POOL {
+        let mut session = manager.session::<sqlx::Postgres>("default").unwrap();
+        session.begin().await.expect("a connection of the pool");
+        held.push(session);
+    }
+    for session in held {
+        session.close().await.unwrap();
+    }
 }
 
 async fn client_disconnects_mid_request_leak_nothing_body() {
@@ -190,6 +210,7 @@ async fn client_disconnects_mid_request_leak_nothing_body() {
     let failures = hang_ups(addr, &app, 0..DISCONNECT_WARM_UP).await;
     assert!(failures.is_empty(), "warm-up: {failures:?}");
     settled(&db, &manager).await;
+    fill_pool(&manager).await;
     let before = rss();
     let opened_before = manager.status()[0].opened;
 
@@ -208,6 +229,7 @@ async fn client_disconnects_mid_request_leak_nothing_body() {
         &failures[..failures.len().min(5)]
     );
     settled(&db, &manager).await;
+    fill_pool(&manager).await;
     let after = rss();
 
     let status = manager.status().remove(0);
@@ -223,11 +245,13 @@ async fn client_disconnects_mid_request_leak_nothing_body() {
     println!(
         "{DISCONNECTS} client disconnects mid-request in {elapsed:.1?} ({CONCURRENCY} at a time): \
          in use {}, idle in transaction {:?}, rows committed {committed}, connections opened {} \
-         (discarded {}), resident memory {:.1} MiB -> {:.1} MiB ({:+.1}%)",
+         (discarded {}), on the server {:?} (pooled {}), resident memory {:.1} MiB -> {:.1} MiB ({:+.1}%)",
         status.in_use,
         db.open_transactions().await,
         status.opened - opened_before,
         status.discarded,
+        db.server_connections().await,
+        status.connections,
         mib(before),
         mib(after),
         (after as f64 / before as f64 - 1.0) * 100.0

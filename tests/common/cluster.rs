@@ -425,7 +425,9 @@ fn is_alive(pid: u32) -> bool {
         return false;
     };
     // `pid (comm) state …`; comm may hold spaces and parentheses, the state follows the last `)`.
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
     !matches!(state, Some('Z' | 'X') | None)
 }
 

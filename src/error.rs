@@ -322,12 +322,14 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,
-            // Unreachable or refusing (I/O, TLS): transient. The server's own answer (a wrong
-            // password, no such database) or a bad option will say the same again.
-            ErrorKind::Connect => !matches!(
-                self.sqlx_source(),
-                Some(sqlx::Error::Database(_) | sqlx::Error::Configuration(_))
-            ),
+            // Unreachable or refusing (I/O, TLS): transient, as is a server shutting down or
+            // starting up (SQLSTATE 57P03 …). Its other answers (a wrong password, no such
+            // database) or a bad option will say the same again.
+            ErrorKind::Connect => match self.sqlx_source() {
+                Some(sqlx::Error::Database(db)) => is_connection_lost_code(db.code().as_deref()),
+                Some(sqlx::Error::Configuration(_)) => false,
+                _ => true,
+            },
             ErrorKind::Query => {
                 let outcome_unknown =
                     matches!(&self.0.detail, Detail::Op(op) if op.outcome_unknown);
@@ -336,6 +338,13 @@ impl Error {
             }
             _ => false,
         }
+    }
+
+    /// The connection was lost under an operation that may have taken effect all the same (a
+    /// COMMIT, or a statement outside a transaction): whether it did is unknown, and only the
+    /// database can tell (look for the row before writing it again).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(&self.0.detail, Detail::Op(op) if op.outcome_unknown) && self.is_connection_lost()
     }
 
     /// No bind has the name asked for.
@@ -598,10 +607,16 @@ impl Error {
 
     /// A statement or transaction command (`op.what`) failed on `bind`.
     pub(crate) fn query(bind: Option<&str>, op: Op, source: sqlx::Error) -> Self {
-        let message = match bind {
+        let mut message = match bind {
             Some(bind) => format!("bind `{bind}`: {} failed", op.what),
             None => format!("{} failed", op.what),
         };
+        if op.outcome_unknown && is_connection_lost(&source) {
+            message.push_str(
+                "; the connection was lost before the server answered, so whether it took \
+                 effect is unknown: check the database before doing it again",
+            );
+        }
         Self::new(ErrorKind::Query, bind, message)
             .with_source(source)
             .with_detail(Detail::Op(op))
@@ -980,6 +995,15 @@ mod tests {
             !autocommit.is_retryable(),
             "an autocommit write may have landed"
         );
+        assert!(err.is_outcome_unknown() && autocommit.is_outcome_unknown());
+        assert!(
+            err.to_string()
+                .contains("whether it took effect is unknown")
+        );
+        let begin = Error::query(Some("main"), Op::new("BEGIN"), sqlx::Error::WorkerCrashed);
+        assert!(!begin.is_outcome_unknown() && !begin.to_string().contains("unknown"));
+        let refused = Error::query(Some("main"), Op::commit(), sqlx::Error::RowNotFound);
+        assert!(!refused.is_outcome_unknown(), "an answered COMMIT is known");
     }
 
     #[test]
@@ -1005,6 +1029,46 @@ mod tests {
         let bad_option = sqlx::Error::Configuration("sslmode".into());
         let misconfigured = Error::connect("main", "postgres://db/app", bad_option);
         assert!(!misconfigured.is_retryable());
+        let starting_up = Error::connect("main", "postgres://db/app", server_says("57P03"));
+        assert!(
+            starting_up.is_retryable(),
+            "the server is starting up: try again"
+        );
+        let wrong_password = Error::connect("main", "postgres://db/app", server_says("28P01"));
+        assert!(!wrong_password.is_retryable());
+    }
+
+    /// A database error with `code`, as a server would answer.
+    fn server_says(code: &'static str) -> sqlx::Error {
+        #[derive(Debug)]
+        struct Answer(&'static str);
+        impl fmt::Display for Answer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "the server said {}", self.0)
+            }
+        }
+        impl std::error::Error for Answer {}
+        impl sqlx::error::DatabaseError for Answer {
+            fn message(&self) -> &str {
+                "the server said no"
+            }
+            fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(self.0.into())
+            }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+        sqlx::Error::Database(Box::new(Answer(code)))
     }
 
     #[test]

@@ -157,12 +157,15 @@ impl Log {
     }
 }
 
-/// An error the commit's caller can read as "the write may have landed": the connection was
-/// lost and dbscope says running it again is not safe. dbscope has no predicate of its own for
-/// this; [`dbscope::Error::is_retryable`] documents it as the case of "a connection lost during
-/// COMMIT or under an autocommit statement (the write may have landed)".
+/// An error the commit's caller reads as "the write may have landed", which must also say so.
 fn outcome_unknown(e: &dbscope::Error) -> bool {
-    e.is_connection_lost() && !e.is_retryable()
+    let unknown = e.is_outcome_unknown();
+    assert_eq!(
+        unknown,
+        e.to_string().contains("whether it took effect is unknown"),
+        "the message says what the predicate says: {e}"
+    );
+    unknown
 }
 
 /// The error's message and its cause's, as a log line would show them.

@@ -89,8 +89,8 @@ impl Driver {
             return;
         }
         let bind = session.bind().name().to_owned();
-        let outcome =
-            self.run(async { tokio::time::timeout(CLEANUP_TIMEOUT, session.close()).await });
+        let outcome = self
+            .run(async { tokio::time::timeout(CLEANUP_TIMEOUT, session.close_recovering()).await });
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -19,6 +19,7 @@ use sqlx::Connection;
 
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::PoolConfig;
+use crate::error::is_connection_lost;
 use crate::{DatabaseUrl, Error, Result};
 
 mod checkout;
@@ -26,6 +27,14 @@ mod conn_manager;
 mod recovery;
 
 use conn_manager::{ConnManager, PooledConn};
+
+/// The connection is dead: the network or the server closed it (an I/O error, a crashed
+/// SQLite worker, or the goodbye a server sends as it closes one). Unlike a protocol error (the
+/// driver lost track of the conversation, as a cut-off MySQL read can leave it), this says
+/// something about the bind's other connections: what killed this one may have killed them.
+pub(crate) fn is_dead(err: &sqlx::Error) -> bool {
+    is_connection_lost(err) && !matches!(err, sqlx::Error::Protocol(_))
+}
 
 /// A point-in-time view of a bind's pool.
 #[derive(Clone, Debug, PartialEq, Eq)]

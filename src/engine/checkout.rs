@@ -1,14 +1,14 @@
 //! deadpool's `get`, owned by the checkout that awaits it, so that a connection still being
-//! opened when the checkout is cancelled is not thrown away.
+//! opened (or pinged) when the checkout is cancelled is not thrown away.
 //!
-//! Under short client deadlines, most cancelled checkouts are cut off while their connection
+//! Under short client deadlines, many cancelled checkouts are cut off while their connection
 //! is being opened (TCP, TLS, authentication: the slow part). Dropping the half-open connection
-//! there means the pool never fills: every deadline pays for a connect and keeps nothing. So a
-//! checkout dropped in that phase hands its `get` to a background task, which lets the connect
-//! finish (within the checkout's own deadline) and returns the connection to the pool, unused
-//! and clean. The `get` keeps its slot meanwhile, so `max_connections` holds. A checkout
-//! dropped while it waits for a slot, or while a pooled connection is being pinged, ends there
-//! as before: nothing is left to finish.
+//! there means the pool never fills: every deadline pays for a connect and keeps nothing. The
+//! same goes for a pooled connection cut off in its health-check ping. So a checkout dropped in
+//! either phase hands its `get` to a background task, which lets it finish (within the
+//! checkout's own deadline) and returns the connection to the pool, unused and clean. The
+//! `get` keeps its slot meanwhile, so `max_connections` holds. A checkout dropped while it
+//! waits for a slot ends there, as before: nothing is left to finish.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -24,14 +24,15 @@ use super::conn_manager::ConnManager;
 use crate::backend::Backend;
 
 tokio::task_local! {
-    /// Set by [`mark_creating`] when the `get` that polls it starts opening a connection.
-    static CREATING: Cell<bool>;
+    /// Set by [`mark_worth_finishing`] when the `get` that polls it starts opening or pinging a
+    /// connection.
+    static WORTH_FINISHING: Cell<bool>;
 }
 
-/// Called as a connection starts opening: marks the checkout that asked for it, if any (the
-/// in-memory SQLite keeper opens its connection outside any checkout).
-pub(super) fn mark_creating() {
-    let _ = CREATING.try_with(|creating| creating.set(true));
+/// Called as a connection starts opening, or a pooled one being pinged: marks the checkout
+/// that asked, if any (the in-memory SQLite keeper opens its connection outside any checkout).
+pub(super) fn mark_worth_finishing() {
+    let _ = WORTH_FINISHING.try_with(|worth| worth.set(true));
 }
 
 type Object<DB> = managed::Object<ConnManager<DB>>;
@@ -58,7 +59,7 @@ pub(super) fn get<DB: Backend>(
     let pool = pool.clone();
     let get = async move { pool.get().await };
     Get {
-        pending: Some(Box::pin(CREATING.scope(Cell::new(false), get))),
+        pending: Some(Box::pin(WORTH_FINISHING.scope(Cell::new(false), get))),
         deadline,
     }
 }
@@ -91,8 +92,8 @@ where
         let Some(mut pending) = self.pending.take() else {
             return;
         };
-        let creating = pending.as_mut().take_value().is_some_and(Cell::into_inner);
-        if !creating {
+        let worth_finishing = pending.as_mut().take_value().is_some_and(Cell::into_inner);
+        if !worth_finishing {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -101,7 +102,7 @@ where
         let deadline = self.deadline;
         runtime.spawn(async move {
             if let Ok(Ok(object)) = tokio::time::timeout_at(deadline, pending).await {
-                // Opened for a checkout that went away: nothing ran on it.
+                // Opened or checked for a checkout that went away: nothing ran on it.
                 Conn(object).give_back();
             }
         });

@@ -8,10 +8,9 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use sqlx::{ConnectOptions, Connection};
 
 use super::checkout;
-use super::{Counters, bump};
+use super::{Counters, bump, is_dead};
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::HealthCheck;
-use crate::error::is_connection_lost;
 
 /// A pooled sqlx connection and what the pool needs to know about it.
 pub(super) struct PooledConn<DB: Backend> {
@@ -74,9 +73,10 @@ impl<DB: Backend> ConnManager<DB> {
             .is_some_and(|max| conn.idle_since.elapsed() >= max)
     }
 
-    /// Pings a connection about to be handed out; a failure (or a checkout cancelled meanwhile)
-    /// throws it away, and counts it.
+    /// Pings a connection about to be handed out; a failure throws it away, and counts it.
     async fn check(&self, conn: &mut PooledConn<DB>) -> RecycleResult<sqlx::Error> {
+        // A checkout cancelled from here on lets the ping finish in the background.
+        checkout::mark_worth_finishing();
         let deaths = self.deaths.load(Ordering::Relaxed);
         let cut_off = CountOnDrop(Some(&self.counters.discarded));
         let result = conn.raw.ping().await;
@@ -88,7 +88,7 @@ impl<DB: Backend> ConnManager<DB> {
             }
             Err(e) => {
                 bump(&self.counters.discarded);
-                if is_connection_lost(&e) {
+                if is_dead(&e) {
                     self.saw_dead();
                 }
                 tracing::debug!(bind = %self.bind, error = %e, "ping failed; opening another connection");
@@ -103,7 +103,8 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<PooledConn<DB>, sqlx::Error> {
-        checkout::mark_creating();
+        // A checkout cancelled from here on lets the connect finish in the background.
+        checkout::mark_worth_finishing();
         let alive_at = self.deaths.load(Ordering::Relaxed);
         let raw = self
             .options
@@ -143,8 +144,9 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
     }
 }
 
-/// Bumps a counter when dropped armed: a ping cut off by a cancelled checkout leaves its
-/// connection in an unknown state, and deadpool throws it away.
+/// Bumps a counter when dropped armed: a ping cut off (its checkout cancelled, and the time to
+/// finish it in the background up) leaves its connection in an unknown state, and deadpool
+/// throws it away.
 struct CountOnDrop<'a>(Option<&'a AtomicU64>);
 
 impl CountOnDrop<'_> {

@@ -26,9 +26,8 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, Column, Connection, Row, SqlSafeStr, SqlStr};
 
-use super::{Conn, bump};
+use super::{Conn, bump, is_dead};
 use crate::backend::{Backend, Dialect};
-use crate::error::is_connection_lost;
 
 /// How long recovering a cut-off connection may take, all steps together, before it is
 /// discarded instead.
@@ -58,7 +57,7 @@ impl<DB: Backend> Conn<DB> {
         match tokio::time::timeout(RECOVERY_TIMEOUT, restore::<DB>(conn.raw(), dialect)).await {
             Ok(Ok(true)) => held.recovered(),
             Ok(Ok(false)) => tracing::debug!("a cut-off connection was still in a transaction"),
-            Ok(Err(e)) if is_connection_lost(&e) => held.lost(),
+            Ok(Err(e)) if is_dead(&e) => held.lost(),
             Ok(Err(e)) => tracing::debug!(error = %e, "recovering a cut-off connection failed"),
             Err(_elapsed) => tracing::debug!("recovering a cut-off connection timed out"),
         }

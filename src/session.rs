@@ -11,7 +11,7 @@ use sqlx::{Connection, Either, Execute, Executor, SqlStr};
 
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
-use crate::engine::Conn;
+use crate::engine::{Conn, is_dead};
 use crate::error::{Op, is_connection_lost, is_connection_lost_code, locate};
 use crate::{Bind, BindKey, BindManager, Error, Result};
 
@@ -234,8 +234,11 @@ enum Wire {
     /// An operation was cut off or failed with an effect unknown: the connection is recovered
     /// in the background (or discarded) when the session lets it go, never reused as it is.
     Broken,
-    /// The connection died (the server or the network closed it): it is discarded.
+    /// The connection died (the server or the network closed it): it is discarded, and the
+    /// bind's older idle connections become suspect.
     Lost,
+    /// The driver lost track of the protocol: the connection is discarded.
+    Garbled,
 }
 
 impl TxState {
@@ -258,8 +261,12 @@ impl TxState {
     }
 
     fn settle_err(&mut self, err: &sqlx::Error, aborts_on_error: bool) {
-        if is_connection_lost(err) {
+        if is_dead(err) {
             self.wire = Wire::Lost;
+            return;
+        }
+        if is_connection_lost(err) {
+            self.wire = Wire::Garbled;
             return;
         }
         if !is_answered(err) {
@@ -587,7 +594,7 @@ impl<DB: Backend> Session<DB> {
             Wire::Idle => return Ok(()),
             // Still busy with an operation whose future was dropped: it was cancelled.
             Wire::Busy => self.tx.wire = Wire::Broken,
-            Wire::Broken | Wire::Lost => {}
+            Wire::Broken | Wire::Lost | Wire::Garbled => {}
         }
         Err(Error::poisoned(self.bind.name()))
     }
@@ -831,6 +838,7 @@ impl<DB: Backend> Session<DB> {
                 tracing::debug!(bind = %self.bind.name(), "discarding a dead connection");
                 return conn.discard_dead();
             }
+            Wire::Garbled => return conn.discard(),
             Wire::Busy | Wire::Broken => {
                 tracing::debug!(bind = %self.bind.name(), "recovering a connection cut off mid-operation");
                 return conn.recover();
@@ -873,7 +881,7 @@ async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'s
     };
     match tokio::time::timeout(CLEANUP_TIMEOUT, work).await {
         Ok(Ok(())) => guard.0.take().map_or((), Conn::give_back),
-        Ok(Err(e)) if is_connection_lost(&e) => guard.0.take().map_or((), Conn::discard_dead),
+        Ok(Err(e)) if is_dead(&e) => guard.0.take().map_or((), Conn::discard_dead),
         _ => {} // the guard discards it
     }
 }

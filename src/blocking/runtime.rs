@@ -94,7 +94,7 @@ impl Driver {
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::debug!(bind = %bind, error = %e, "a dropped blocking session's rollback failed; its connection was discarded");
+                tracing::debug!(bind = %bind, error = %e, "a dropped blocking session's rollback failed; its connection was recovered or discarded");
             }
             Err(_elapsed) => {
                 tracing::debug!(bind = %bind, "a dropped blocking session's rollback timed out; its connection was discarded");

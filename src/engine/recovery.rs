@@ -16,6 +16,8 @@
 //!    transaction block; MySQL/MariaDB: `@@autocommit = 1 AND @@completion_type = 0`, so the
 //!    ROLLBACK answered just before ended the transaction and chained none, and this statement
 //!    opened none; SQLite: a `BEGIN`, which fails inside a transaction, then its `ROLLBACK`).
+//!    On PostgreSQL and SQLite the check runs first too, and a connection already out of any
+//!    transaction skips steps 2 and 3.
 //!
 //! Only then does the connection go back to the pool, clean; any failure, or the time running
 //! out, discards it, and the server rolls back what it had open.
@@ -92,11 +94,28 @@ impl<DB: Backend> Drop for Recovering<DB> {
 /// Drains, rolls back and checks; `Ok(false)` when the server says a transaction is open.
 async fn restore<DB: Backend>(raw: &mut DB::Connection, dialect: Dialect) -> sqlx::Result<bool> {
     raw.ping().await?;
+    // PostgreSQL's and SQLite's checks hold whatever ran before them, so a connection already
+    // out of any transaction (cut outside one, or in a COMMIT the server finished) needs no
+    // ROLLBACK, nor PostgreSQL's warning for one; MySQL's holds only right after a ROLLBACK.
+    if dialect != Dialect::MySql {
+        match is_idle::<DB>(raw, dialect).await {
+            Ok(true) => return Ok(true),
+            // Not idle, or PostgreSQL refusing statements in an aborted transaction.
+            Ok(false) | Err(sqlx::Error::Database(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     match run::<DB>(raw, SqlStr::from_static("ROLLBACK")).await {
         // SQLite answers a ROLLBACK outside a transaction with an error; the check says more.
         Ok(_) | Err(sqlx::Error::Database(_)) => {}
         Err(e) => return Err(e),
     }
+    is_idle::<DB>(raw, dialect).await
+}
+
+/// Whether the server says no transaction is open on the connection (for MySQL, right after a
+/// ROLLBACK).
+async fn is_idle<DB: Backend>(raw: &mut DB::Connection, dialect: Dialect) -> sqlx::Result<bool> {
     match dialect {
         Dialect::Postgres | Dialect::MySql => {
             let (name, sql) = idle_check(dialect);

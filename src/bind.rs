@@ -2,6 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +103,7 @@ fn open_as<DB: Backend>(
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::unsupported(name, &what))?;
     let name: Arc<str> = Arc::from(name);
-    let pool = Pool::<DB>::new(name.clone(), url, options, &config.pool);
+    let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool);
     Ok(OpenBind::new(Shared {
         name,
         config: config.clone(),
@@ -135,14 +136,24 @@ impl<DB: Backend> Bind<DB> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: a connection being opened when the future is dropped is closed.
+    /// Cancel safe: a connection being opened when the future is dropped finishes opening in
+    /// the background (within `acquire_timeout`) and is pooled.
     pub async fn connect(&self) -> Result<()> {
         self.shared.connect_now().await
     }
 
     /// Checks a connection out of the bind's pool, within `acquire_timeout`.
-    pub(crate) async fn checkout(&self) -> Result<Conn<DB>> {
-        self.shared.pool.checkout().await
+    pub(crate) fn checkout(&self) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
+        self.shared.pool.checkout()
+    }
+
+    /// Checks a connection out of the bind's pool within `budget`, what is left of an
+    /// `acquire_timeout` partly spent already.
+    pub(crate) fn checkout_within(
+        &self,
+        budget: Duration,
+    ) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
+        self.shared.pool.checkout_within(budget)
     }
 
     /// The bind's name, shared.

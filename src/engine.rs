@@ -4,17 +4,37 @@
 //! held it gives it back clean ([`Conn::give_back`]: no transaction open, no operation cut off
 //! mid-flight). Whatever path forgets, panics or is cancelled therefore leaves a dirty
 //! connection, which `recycle` refuses: the safe outcome is the default one.
+//!
+//! Two kinds of connection that would otherwise be thrown away come back: one whose session was
+//! cut off mid-operation ([`recovery`]), and one still being opened when its checkout was
+//! cancelled ([`checkout`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult};
-use sqlx::{ConnectOptions, Connection};
+use deadpool::managed::{self, PoolError};
+use sqlx::Connection;
 
-use crate::backend::{Backend, Options};
-use crate::config::{HealthCheck, PoolConfig};
+use crate::backend::{Backend, Dialect, Options};
+use crate::config::PoolConfig;
+use crate::error::is_connection_lost;
 use crate::{DatabaseUrl, Error, Result};
+
+mod checkout;
+mod conn_manager;
+mod recovery;
+
+use conn_manager::{ConnManager, PooledConn};
+
+/// The connection is dead: the network or the server closed it (an I/O error, a crashed
+/// SQLite worker, or the goodbye a server sends as it closes one). Unlike a protocol error (the
+/// driver lost track of the conversation, as a cut-off MySQL read can leave it), this says
+/// something about the bind's other connections: what killed this one may have killed them.
+pub(crate) fn is_dead(err: &sqlx::Error) -> bool {
+    is_connection_lost(err) && !matches!(err, sqlx::Error::Protocol(_))
+}
 
 /// A point-in-time view of a bind's pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,13 +52,22 @@ pub struct BindStatus {
     pub idle: usize,
     /// Connections held by sessions.
     pub in_use: usize,
-    /// Sessions waiting for a connection.
+    /// Sessions waiting for a connection (and connects finishing in the background for
+    /// checkouts that were cancelled while their connection was being opened).
     pub waiting: usize,
     /// Connections opened since the bind was built (for an in-memory SQLite bind, including the
-    /// one it holds aside to keep the database alive).
+    /// one it holds aside to keep the database alive), a connection finished in the background
+    /// for a cancelled checkout included.
     pub opened: u64,
-    /// Connections thrown away because their state was unknown or a check failed.
+    /// Connections thrown away: found dead, failing a health check or a ping (a ping cut off by
+    /// a cancelled checkout included), or left in an unknown state that recovery could not
+    /// clear. Connections closed at the end of their life (`idle_timeout`, `max_lifetime`, the
+    /// manager's close) are not counted.
     pub discarded: u64,
+    /// Connections of sessions cut off mid-operation (cancelled, or broken off by an error
+    /// whose effect was unknown) that background recovery drained, rolled back, checked with
+    /// the server and returned to the pool, instead of discarding them.
+    pub recovered: u64,
     /// Checkouts that ran out of `acquire_timeout`.
     pub timeouts: u64,
     /// Failed attempts to open a connection.
@@ -73,19 +102,12 @@ struct Keeper<DB: Backend> {
     conn: tokio::sync::Mutex<Option<PooledConn<DB>>>,
 }
 
-/// A pooled sqlx connection and what the pool needs to know about it.
-struct PooledConn<DB: Backend> {
-    raw: DB::Connection,
-    /// Set when its session gives it back clean: no transaction, nothing in flight.
-    clean: bool,
-    idle_since: Instant,
-}
-
 /// Counters a pool keeps for its status snapshot.
 #[derive(Debug, Default)]
 struct Counters {
     created: AtomicU64,
     discarded: AtomicU64,
+    recovered: AtomicU64,
     timeouts: AtomicU64,
     connect_errors: AtomicU64,
 }
@@ -100,16 +122,10 @@ impl<DB: Backend> Pool<DB> {
         bind: Arc<str>,
         url: &DatabaseUrl,
         options: Options<DB>,
+        dialect: Dialect,
         config: &PoolConfig,
     ) -> Self {
-        let manager = ConnManager {
-            bind: bind.clone(),
-            options,
-            health_check: config.health_check,
-            idle_timeout: config.idle_timeout,
-            max_lifetime: config.max_lifetime,
-            counters: Counters::default(),
-        };
+        let manager = ConnManager::new(bind.clone(), options, dialect, config);
         // deadpool's build fails only for timeouts without a runtime; the pool applies its own
         // deadline around checkout and sets none of deadpool's.
         let deadpool = managed::Pool::builder(manager)
@@ -134,8 +150,9 @@ impl<DB: Backend> Pool<DB> {
     /// A second pool on the same database, with the same connect options (a second parse of
     /// `sqlite::memory:` would name another database) and a life of its own.
     pub(crate) fn twin(&self, config: &PoolConfig) -> Self {
-        let options = self.0.deadpool.manager().options.clone();
-        Self::new(self.0.bind.clone(), &self.0.url, options, config)
+        let manager = self.0.deadpool.manager();
+        let (options, dialect) = (manager.options.clone(), manager.dialect);
+        Self::new(self.0.bind.clone(), &self.0.url, options, dialect, config)
     }
 
     /// How long a checkout may wait.
@@ -145,18 +162,26 @@ impl<DB: Backend> Pool<DB> {
 
     /// Checks a connection out within `acquire_timeout`, creation and health check included.
     ///
-    /// Cancel safe: deadpool returns a slot or half-made connection when its future is dropped.
-    pub(crate) async fn checkout(&self) -> Result<Conn<DB>> {
+    /// Cancel safe: dropped while waiting, it gives up its place; while a connection is being
+    /// opened for it, the connect finishes in the background and the connection is pooled.
+    pub(crate) fn checkout(&self) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
+        self.checkout_within(self.0.acquire_timeout)
+    }
+
+    /// [`checkout`](Pool::checkout) with what is left of an `acquire_timeout` already partly
+    /// spent; a timeout still reports `acquire_timeout`.
+    pub(crate) async fn checkout_within(&self, budget: Duration) -> Result<Conn<DB>> {
         self.start_upkeep();
         let shared = &*self.0;
+        let deadline = tokio::time::Instant::now() + budget;
         // One deadline for all of it: the SQLite keeper's first connection included.
         let get = async {
             if let Some(keeper) = &shared.keeper {
                 shared.hold_database(keeper).await?;
             }
-            Ok(shared.deadpool.get().await)
+            Ok(checkout::get(&shared.deadpool, deadline).await)
         };
-        match tokio::time::timeout(shared.acquire_timeout, get).await {
+        match tokio::time::timeout_at(deadline, get).await {
             Ok(Err(e)) => Err(e),
             Ok(Ok(Ok(obj))) => Ok(Conn(obj)),
             Ok(Ok(Err(PoolError::Closed))) => Err(Error::closed(&shared.bind)),
@@ -187,6 +212,7 @@ impl<DB: Backend> Pool<DB> {
             waiting: status.waiting,
             opened: load(&counters.created),
             discarded: load(&counters.discarded),
+            recovered: load(&counters.recovered),
             timeouts: load(&counters.timeouts),
             connect_errors: load(&counters.connect_errors),
             closed: shared.deadpool.is_closed(),
@@ -360,10 +386,41 @@ impl<DB: Backend> Conn<DB> {
     /// connections whose state is unknown, where the server must see the socket close and roll
     /// back.
     pub(crate) fn discard(self) {
-        if let Some(pool) = managed::Object::pool(&self.0) {
-            bump(&pool.manager().counters.discarded);
+        if let Some(manager) = self.manager() {
+            bump(&manager.counters.discarded);
         }
         drop(managed::Object::take(self.0));
+    }
+
+    /// [`discard`](Conn::discard) for a connection found dead (the server or the network closed
+    /// it): the bind's other connections last seen alive before now are pinged before reuse,
+    /// since whatever killed this one (a restart, a failover) likely killed them too.
+    pub(crate) fn discard_dead(self) {
+        if let Some(manager) = self.manager() {
+            manager.saw_dead();
+        }
+        self.discard();
+    }
+
+    /// The bind's connection manager, while its pool lives.
+    fn manager(&self) -> Option<ManagerRef<DB>> {
+        managed::Object::pool(&self.0).map(ManagerRef)
+    }
+
+    /// The dialect of the connection's bind, while its pool lives.
+    fn dialect(&self) -> Option<Dialect> {
+        self.manager().map(|m| m.dialect)
+    }
+}
+
+/// A connection's pool, seen as its manager.
+struct ManagerRef<DB: Backend>(managed::Pool<ConnManager<DB>>);
+
+impl<DB: Backend> std::ops::Deref for ManagerRef<DB> {
+    type Target = ConnManager<DB>;
+
+    fn deref(&self) -> &ConnManager<DB> {
+        self.0.manager()
     }
 }
 
@@ -374,72 +431,5 @@ fn close_gracefully<DB: Backend>(conn: PooledConn<DB>) {
         handle.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
         });
-    }
-}
-
-/// Opens, checks and expires the connections of one bind, for deadpool.
-struct ConnManager<DB: Backend> {
-    bind: Arc<str>,
-    options: Options<DB>,
-    health_check: HealthCheck,
-    idle_timeout: Option<Duration>,
-    max_lifetime: Option<Duration>,
-    counters: Counters,
-}
-
-impl<DB: Backend> ConnManager<DB> {
-    /// Past its lifetime: close it, whatever `min_connections` says (a fresh one replaces it).
-    fn is_expired(&self, metrics: &Metrics) -> bool {
-        self.max_lifetime.is_some_and(|max| metrics.age() >= max)
-    }
-
-    /// Idle for longer than `idle_timeout`.
-    fn is_idle_too_long(&self, conn: &PooledConn<DB>) -> bool {
-        self.idle_timeout
-            .is_some_and(|max| conn.idle_since.elapsed() >= max)
-    }
-}
-
-impl<DB: Backend> managed::Manager for ConnManager<DB> {
-    type Type = PooledConn<DB>;
-    type Error = sqlx::Error;
-
-    async fn create(&self) -> Result<PooledConn<DB>, sqlx::Error> {
-        let raw = self
-            .options
-            .connect()
-            .await
-            .inspect_err(|_| bump(&self.counters.connect_errors))?;
-        bump(&self.counters.created);
-        tracing::debug!(bind = %self.bind, "opened a connection");
-        Ok(PooledConn {
-            raw,
-            clean: false,
-            idle_since: Instant::now(),
-        })
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut PooledConn<DB>,
-        metrics: &Metrics,
-    ) -> RecycleResult<sqlx::Error> {
-        if !conn.clean {
-            // Unreachable through sessions (they discard dirty connections themselves); kept as
-            // the last line of defence against reusing one.
-            bump(&self.counters.discarded);
-            return Err(RecycleError::message("connection was not released clean"));
-        }
-        if self.is_expired(metrics) || self.is_idle_too_long(conn) {
-            return Err(RecycleError::message("connection expired"));
-        }
-        if self.health_check.should_ping(conn.idle_since.elapsed()) {
-            conn.raw.ping().await.map_err(|e| {
-                tracing::debug!(bind = %self.bind, error = %e, "ping failed; opening another connection");
-                RecycleError::Backend(e)
-            })?;
-        }
-        conn.clean = false;
-        Ok(())
     }
 }

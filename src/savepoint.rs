@@ -51,8 +51,8 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe in effect: cancelled mid-flight, the session is poisoned and discards its
-    /// connection when it drops.
+    /// Cancel safe in effect: cancelled mid-flight, the session is poisoned, and its connection
+    /// is recovered or discarded when it drops.
     pub async fn savepoint(&mut self) -> Result<Savepoint<'_, DB>> {
         let level = self.open_savepoint().await?;
         Ok(Savepoint::new(self, level))
@@ -78,8 +78,8 @@ impl<'s, DB: Backend> Savepoint<'s, DB> {
     ///
     /// # Cancel safety
     ///
-    /// Cancelled mid-flight, the outcome is unknown: the session is poisoned and discards its
-    /// connection when it drops.
+    /// Cancelled mid-flight, the outcome is unknown: the session is poisoned, and its connection
+    /// is recovered or discarded when it drops.
     pub async fn commit(mut self) -> Result<()> {
         self.done = true;
         self.session.release_savepoint(self.level).await

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use futures_core::future::BoxFuture;
@@ -11,8 +11,8 @@ use sqlx::{Connection, Either, Execute, Executor, SqlStr};
 
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
-use crate::engine::Conn;
-use crate::error::{Op, is_connection_lost_code, locate};
+use crate::engine::{Conn, is_dead};
+use crate::error::{Op, is_connection_lost, is_connection_lost_code, locate};
 use crate::{Bind, BindKey, BindManager, Error, Result};
 
 /// How long a dropped session's connection may take to roll back before it is discarded.
@@ -52,9 +52,42 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dropping a session with a transaction open rolls it back: in the background when a tokio
 /// runtime is there, after which the connection returns to the pool clean; if the rollback
 /// fails, takes longer than 5 s, or there is no runtime, the connection is discarded (closing
-/// it makes the server roll back). A session whose last operation was cancelled or broke
-/// mid-flight discards its connection at once: a connection in an unknown state is never
-/// reused.
+/// it makes the server roll back).
+///
+/// A session whose last operation was cancelled or broke off mid-flight (a poisoned session)
+/// leaves its connection in an unknown state, which is never reused as it is. It goes to a
+/// background task on the current tokio runtime that, within 2 s, lets the driver read what is
+/// still in flight, rolls back, and asks the server whether a transaction is still open; only
+/// when the server's own answer says none is the connection returned to the pool (counted in
+/// [`BindStatus::recovered`](crate::BindStatus::recovered)). If a step fails or the time runs
+/// out, or there is no runtime, the connection is discarded, and the server rolls back. A
+/// cancelled COMMIT stays unknown to the session all the same: its next operation fails with
+/// [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned). A connection found dead is discarded.
+///
+/// # Dead connections
+///
+/// A pooled connection can die while it sits idle: a server restart or failover, a killed
+/// backend, a firewall dropping idle connections. A session finds out on its first operation:
+///
+/// - **Transactional sessions** (the default) begin with BEGIN, before anything of yours has
+///   run. When the BEGIN on a connection checked out for it fails because the connection is
+///   dead (an I/O error or a closed connection, or the goodbye a server sends as it closes
+///   one: SQLSTATE class 08, 57P, MariaDB's 70100; never any other database error), the
+///   session discards it and begins once more on another connection, within what is left of
+///   `acquire_timeout`. You see no error. This holds for [`begin`](Session::begin) and
+///   savepoints too.
+/// - Once a bind has found one dead connection, each of its idle connections last known alive
+///   before then is pinged on its next checkout, whatever `health_check` says, and replaced if
+///   the ping fails: a restart that killed all of them costs one absorbed BEGIN and a ping each.
+/// - **Autocommit sessions** are not retried: their first statement is the first thing on the
+///   wire, and a connection can die under a statement the server has run, and committed. It
+///   fails with [`ErrorKind::Query`](crate::ErrorKind::Query), `is_connection_lost()` true and
+///   `is_retryable()` false. What protects them is the ping of suspect connections above, from
+///   the first dead connection seen on the bind (by any session), and
+///   [`HealthCheck::Always`](crate::HealthCheck::Always), which pings every checkout.
+/// - Inside a transaction, a lost connection is reported: the server rolled the transaction
+///   back; [`is_retryable`](crate::Error::is_retryable) says whether running the whole unit of
+///   work again is safe.
 ///
 /// # Dropped streams and cancellation
 ///
@@ -109,9 +142,9 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// returns to the pool, so no other session ever receives these results.
 ///
 /// What stays a cancellation, because its outcome is genuinely unknown, and poisons the session
-/// ([`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) from its next operation; the connection
-/// is discarded when the session drops or [disconnects](Session::disconnect), which rolls the
-/// transaction back on the server):
+/// ([`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) from its next operation; when the session
+/// drops or [disconnects](Session::disconnect), its transaction is rolled back and its
+/// connection recovered or discarded, as "Drop behavior" says):
 ///
 /// - a stream dropped **before its first item**: the statement may not have reached the server
 ///   yet, may be running, or may have finished; a write may or may not happen (sqlx could even
@@ -198,8 +231,14 @@ enum Wire {
     Idle,
     /// An operation started and has not finished; if it never does, it was cancelled.
     Busy,
-    /// An operation broke the connection or was cut off: the connection must be discarded.
+    /// An operation was cut off or failed with an effect unknown: the connection is recovered
+    /// in the background (or discarded) when the session lets it go, never reused as it is.
     Broken,
+    /// The connection died (the server or the network closed it): it is discarded, and the
+    /// bind's older idle connections become suspect.
+    Lost,
+    /// The driver lost track of the protocol: the connection is discarded.
+    Garbled,
 }
 
 impl TxState {
@@ -222,6 +261,14 @@ impl TxState {
     }
 
     fn settle_err(&mut self, err: &sqlx::Error, aborts_on_error: bool) {
+        if is_dead(err) {
+            self.wire = Wire::Lost;
+            return;
+        }
+        if is_connection_lost(err) {
+            self.wire = Wire::Garbled;
+            return;
+        }
         if !is_answered(err) {
             self.wire = Wire::Broken;
             return;
@@ -355,16 +402,15 @@ impl<DB: Backend> Session<DB> {
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Closed`](crate::ErrorKind::Closed) from the checkout;
     /// [`ErrorKind::Query`](crate::ErrorKind::Query) when BEGIN fails; [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
+    /// A connection checked out for this BEGIN and found dead by it is replaced once, as
+    /// described under "Dead connections" on [`Session`].
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: cancelled during checkout, nothing changes; during BEGIN, the session is
-    /// poisoned and its connection discarded when it drops.
+    /// poisoned and its connection recovered in the background (or discarded) when it drops.
     pub async fn begin(&mut self) -> Result<()> {
-        self.attach().await?;
-        if self.tx.depth == 0 {
-            self.begin_transaction().await?;
-        }
-        Ok(())
+        self.attach_and_begin().await.map(drop)
     }
 
     /// Commits the open transaction, if any. The session keeps its connection; its next
@@ -378,8 +424,9 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: cancelled during COMMIT, the outcome is unknown; the session is poisoned
-    /// and its connection discarded when it drops, never reused.
+    /// Not cancel safe: cancelled during COMMIT, the outcome is unknown; the session is poisoned,
+    /// and its connection is recovered (once the server has answered the COMMIT, whichever way)
+    /// or discarded when it drops, never reused as it is.
     pub async fn commit(&mut self) -> Result<()> {
         self.check_usable()?;
         if self.conn.is_none() {
@@ -413,13 +460,14 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when ROLLBACK fails (the connection is then discarded when the session
-    /// drops); [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when ROLLBACK fails (the connection is then
+    /// recovered or discarded when the session drops); [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned)
+    /// after a cancelled operation.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe in effect: cancelled during ROLLBACK, the session is poisoned and its
-    /// connection discarded when it drops, which rolls back on the server.
+    /// Cancel safe in effect: cancelled during ROLLBACK, the session is poisoned, and its
+    /// transaction is rolled back when it drops (its connection recovered or discarded).
     pub async fn rollback(&mut self) -> Result<()> {
         self.check_usable()?;
         if self.conn.is_none() || self.tx.depth == 0 {
@@ -432,12 +480,8 @@ impl<DB: Backend> Session<DB> {
     /// Opens a savepoint (or, with no transaction open in autocommit mode, the transaction
     /// itself) and returns the level that ends it.
     pub(crate) async fn open_savepoint(&mut self) -> Result<u32> {
-        self.attach().await?;
-        if self.tx.depth == 0 {
-            self.begin_transaction().await?;
-            if self.options().autocommit {
-                return Ok(1);
-            }
+        if self.attach_and_begin().await? && self.options().autocommit {
+            return Ok(1);
         }
         let level = self.tx.depth + 1;
         self.exec_or_poison(dialect::savepoint(level), "SAVEPOINT")
@@ -479,7 +523,8 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the rollback fails; the connection is discarded then.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the rollback fails; the connection is
+    /// then recovered in the background, or discarded.
     ///
     /// # Cancel safety
     ///
@@ -491,22 +536,37 @@ impl<DB: Backend> Session<DB> {
     /// Ends the session's work and gives its connection back, like [`close`](Session::close),
     /// but keeps the session: its next statement checks out a fresh connection.
     ///
-    /// This is also how a [poisoned](crate::ErrorKind::Poisoned) session starts over: its connection is
-    /// discarded and the session is usable again.
+    /// This is also how a [poisoned](crate::ErrorKind::Poisoned) session starts over: its
+    /// connection goes to background recovery (see "Drop behavior") and the session is usable
+    /// again at once.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the rollback fails; the connection is discarded then, and the
-    /// session is usable again all the same.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when the rollback fails; the connection is
+    /// then recovered in the background, or discarded, and the session is usable again all the
+    /// same.
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: cancelled mid-rollback, the session is poisoned and discards its connection
-    /// when it drops or is disconnected again.
+    /// Cancel safe: cancelled mid-rollback, the session is poisoned, and its connection is
+    /// recovered or discarded when it drops or is disconnected again.
     pub async fn disconnect(&mut self) -> Result<()> {
         let result = self.settle_before_release().await;
         self.let_go();
         self.tx = TxState::default();
+        result
+    }
+
+    /// [`close`](Session::close), recovering a cut-off connection here rather than in the
+    /// background: for blocking sessions, whose drop returns once the connection is settled.
+    pub(crate) async fn close_recovering(mut self) -> Result<()> {
+        let result = self.settle_before_release().await;
+        if matches!(self.tx.wire, Wire::Busy | Wire::Broken)
+            && let Some(conn) = self.conn.take()
+        {
+            conn.recover_now().await;
+        }
+        self.let_go();
         result
     }
 
@@ -530,10 +590,12 @@ impl<DB: Backend> Session<DB> {
     // ----- the state machine behind the public methods -----
 
     fn check_usable(&mut self) -> Result<()> {
-        if self.tx.wire == Wire::Idle {
-            return Ok(());
+        match self.tx.wire {
+            Wire::Idle => return Ok(()),
+            // Still busy with an operation whose future was dropped: it was cancelled.
+            Wire::Busy => self.tx.wire = Wire::Broken,
+            Wire::Broken | Wire::Lost | Wire::Garbled => {}
         }
-        self.tx.wire = Wire::Broken;
         Err(Error::poisoned(self.bind.name()))
     }
 
@@ -557,11 +619,50 @@ impl<DB: Backend> Session<DB> {
         {
             return Ok(()); // the hot path: mid-transaction
         }
-        self.attach().await?;
-        if self.tx.depth == 0 && !self.options().autocommit {
-            self.begin_transaction().await?;
+        if self.options().autocommit {
+            // No BEGIN to try a connection with: a dead one fails the statement itself, which
+            // may have run, so it is reported, never retried (see "Dead connections").
+            return self.attach().await;
         }
-        Ok(())
+        self.attach_and_begin().await.map(drop)
+    }
+
+    /// Checks a connection out if the session has none, then begins a transaction unless one
+    /// is open; `true` when it began one.
+    ///
+    /// A connection checked out here whose BEGIN fails because it is dead (the server closed
+    /// it while it sat in the pool) is discarded, and BEGIN runs once more on another,
+    /// within what is left of `acquire_timeout`: nothing of the caller's has run yet. The
+    /// discard marks the bind's older idle connections suspect, so the retry's checkout pings
+    /// them first and gets a live one.
+    async fn attach_and_begin(&mut self) -> Result<bool> {
+        let started = Instant::now();
+        let fresh = self.conn.is_none();
+        self.attach().await?;
+        if self.tx.depth > 0 {
+            return Ok(false);
+        }
+        match self.begin_transaction().await {
+            Err(e) if fresh && e.is_connection_lost() => {
+                tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at BEGIN; beginning on another");
+                let budget = self
+                    .bind
+                    .acquire_timeout()
+                    .saturating_sub(started.elapsed());
+                // Boxed: the rare path keeps the common one's future small.
+                Box::pin(self.begin_on_another(budget)).await?;
+            }
+            other => other?,
+        }
+        Ok(true)
+    }
+
+    /// Discards the dead connection BEGIN met, and begins on another within `budget`.
+    async fn begin_on_another(&mut self, budget: Duration) -> Result<()> {
+        self.let_go();
+        self.tx = TxState::default();
+        self.conn = Some(self.bind.checkout_within(budget).await?);
+        self.begin_transaction().await
     }
 
     async fn begin_transaction(&mut self) -> Result<()> {
@@ -590,11 +691,10 @@ impl<DB: Backend> Session<DB> {
     async fn rollback_after_failed_commit(&mut self) {
         match self.exec(SqlStr::from_static(self.tx.end.rollback)).await {
             // "No transaction in progress" is an answer too: either way nothing is open now.
-            Ok(()) | Err(sqlx::Error::Database(_)) => {
-                self.tx.wire = Wire::Idle;
-                self.end_transaction();
-            }
-            Err(_) => self.tx.wire = Wire::Broken,
+            Ok(()) => self.end_transaction(),
+            Err(e) if is_answered(&e) => self.end_transaction(),
+            // Broken or lost, as `exec` settled it.
+            Err(_) => {}
         }
     }
 
@@ -639,7 +739,11 @@ impl<DB: Backend> Session<DB> {
             }
         }
         self.exec(sql).await.map_err(|e| {
-            self.tx.wire = Wire::Broken;
+            // Even an answered failure leaves the statement's effect in doubt; a lost
+            // connection stays lost.
+            if self.tx.wire == Wire::Idle {
+                self.tx.wire = Wire::Broken;
+            }
             Error::query(Some(self.bind.name()), Op::new(what), e)
         })
     }
@@ -733,15 +837,23 @@ impl<DB: Backend> Drop for Session<DB> {
 
 impl<DB: Backend> Session<DB> {
     /// Gives the connection up without awaiting: back to the pool when it is clean, rolled back
-    /// in the background when a transaction is open, discarded when its state is unknown.
+    /// in the background when a transaction is open, recovered in the background (or
+    /// discarded) when it was cut off mid-operation, discarded when it is dead.
     fn let_go(&mut self) {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        if self.tx.wire != Wire::Idle {
-            tracing::debug!(bind = %self.bind.name(), "discarding a connection cut off mid-operation");
-            conn.discard();
-            return;
+        match self.tx.wire {
+            Wire::Lost => {
+                tracing::debug!(bind = %self.bind.name(), "discarding a dead connection");
+                return conn.discard_dead();
+            }
+            Wire::Garbled => return conn.discard(),
+            Wire::Busy | Wire::Broken => {
+                tracing::debug!(bind = %self.bind.name(), "recovering a connection cut off mid-operation");
+                return conn.recover();
+            }
+            Wire::Idle => {}
         }
         if self.tx.depth == 0 && !self.tx.unverified() {
             conn.give_back();
@@ -777,10 +889,10 @@ async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'s
             None => conn.raw().ping().await,
         }
     };
-    if let Ok(Ok(())) = tokio::time::timeout(CLEANUP_TIMEOUT, work).await
-        && let Some(conn) = guard.0.take()
-    {
-        conn.give_back();
+    match tokio::time::timeout(CLEANUP_TIMEOUT, work).await {
+        Ok(Ok(())) => guard.0.take().map_or((), Conn::give_back),
+        Ok(Err(e)) if is_dead(&e) => guard.0.take().map_or((), Conn::discard_dead),
+        _ => {} // the guard discards it
     }
 }
 

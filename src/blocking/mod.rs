@@ -7,7 +7,7 @@
 //! A [`BlockingSession`] is an async [`Session`](crate::Session) driven to completion call by
 //! call, so it behaves the same: no connection before the first statement, a transaction begun
 //! by it, commit, rollback, savepoints, read-only and isolation options, rollback on drop with
-//! the connection back clean, broken connections discarded.
+//! the connection back clean, cut-off connections recovered, dead ones discarded.
 //!
 //! ```
 //! use dbscope::{BindConfig, BindManager, blocking};

@@ -89,12 +89,12 @@ impl Driver {
             return;
         }
         let bind = session.bind().name().to_owned();
-        let outcome =
-            self.run(async { tokio::time::timeout(CLEANUP_TIMEOUT, session.close()).await });
+        let outcome = self
+            .run(async { tokio::time::timeout(CLEANUP_TIMEOUT, session.close_recovering()).await });
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::debug!(bind = %bind, error = %e, "a dropped blocking session's rollback failed; its connection was discarded");
+                tracing::debug!(bind = %bind, error = %e, "a dropped blocking session's rollback failed; its connection was recovered or discarded");
             }
             Err(_elapsed) => {
                 tracing::debug!(bind = %bind, "a dropped blocking session's rollback timed out; its connection was discarded");

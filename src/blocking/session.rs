@@ -40,10 +40,13 @@ const LIVE: &str = "a blocking session holds its session until it ends";
 ///
 /// Dropping a session with a transaction open rolls it back before the drop returns (within
 /// 5 s), and the connection goes back to the pool clean; if the rollback fails or times out,
-/// the connection is discarded (the server rolls back). Dropped where blocking is refused (in
-/// async code), the rollback runs in the background instead, as for an async session. Dropped
-/// late in its thread's exit (kept in a thread-local that outlives the runtime's own), it
-/// discards its connection instead, and the server rolls back.
+/// the connection is discarded (the server rolls back). A session whose last operation was cut
+/// off mid-flight (in [`run`](BlockingSession::run), or by a panic) has its connection
+/// recovered before the drop returns, as an async session's is in the background (within 2 s:
+/// drained, rolled back, checked with the server; otherwise discarded). Dropped where blocking
+/// is refused (in async code), the rollback or recovery runs in the background instead, as for
+/// an async session. Dropped late in its thread's exit (kept in a thread-local that outlives
+/// the runtime's own), it discards its connection instead, and the server rolls back.
 ///
 /// # Calls from async code
 ///
@@ -155,7 +158,7 @@ impl<DB: Backend> BlockingSession<DB> {
     pub fn close(mut self) -> Result<()> {
         refuse_in_async(Some(self.bind.name()))?;
         let session = self.session.take().expect(LIVE);
-        self.bind.driver.run(session.close())
+        self.bind.driver.run(session.close_recovering())
     }
 
     /// Runs a statement (any sqlx query: `query`, `query_as`, `raw_sql`, the `query!` macros …)

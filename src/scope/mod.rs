@@ -74,9 +74,10 @@ pub enum TransactionMode {
 /// # Cancel safety
 ///
 /// Cancelling rolls back: the scope's sessions drop, which rolls back their transactions in the
-/// background and returns the connections clean; a commit cut off mid-flight discards its
-/// connection. Nothing is committed by a cancelled scope, except binds whose COMMIT already
-/// completed.
+/// background and returns the connections clean; a commit cut off mid-flight leaves its
+/// outcome to the server, and its connection is recovered in the background or discarded.
+/// Nothing is committed by a cancelled scope, except binds whose COMMIT already reached the
+/// server.
 pub async fn scope<F, T, E>(manager: &BindManager, work: F) -> Result<T, E>
 where
     F: Future<Output = Result<T, E>>,

@@ -195,7 +195,7 @@ fn ended(commit: bool) -> Ended {
 async fn close_quietly<DB: Backend>(session: Session<DB>) {
     let bind = session.bind().clone();
     if let Err(e) = session.close().await {
-        tracing::warn!(bind = %bind.name(), error = %e, "closing a scope's session failed; its connection was discarded");
+        tracing::warn!(bind = %bind.name(), error = %e, "closing a scope's session failed; its connection was recovered or discarded");
     }
 }
 

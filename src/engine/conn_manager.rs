@@ -1,0 +1,164 @@
+//! What deadpool calls to open, check and expire the connections of one bind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use sqlx::{ConnectOptions, Connection};
+
+use super::checkout;
+use super::{Counters, bump, is_dead};
+use crate::backend::{Backend, Dialect, Options};
+use crate::config::HealthCheck;
+
+/// A pooled sqlx connection and what the pool needs to know about it.
+pub(super) struct PooledConn<DB: Backend> {
+    pub(super) raw: DB::Connection,
+    /// Set when its session gives it back clean: no transaction, nothing in flight.
+    pub(super) clean: bool,
+    pub(super) idle_since: Instant,
+    /// The bind's [death count](ConnManager::deaths) when this connection was last known
+    /// alive (opened, or answered a ping).
+    alive_at: u64,
+}
+
+/// Opens, checks and expires the connections of one bind, for deadpool.
+pub(super) struct ConnManager<DB: Backend> {
+    pub(super) bind: Arc<str>,
+    pub(super) options: Options<DB>,
+    pub(super) dialect: Dialect,
+    pub(super) health_check: HealthCheck,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) max_lifetime: Option<Duration>,
+    pub(super) counters: Counters,
+    /// Dead connections seen on this bind so far. A server restart (or a firewall's purge) kills
+    /// every connection at once, so when one is found dead, the others last known alive before
+    /// that are suspect: each is pinged on its next checkout, whatever `health_check` says.
+    deaths: AtomicU64,
+}
+
+impl<DB: Backend> ConnManager<DB> {
+    pub(super) fn new(
+        bind: Arc<str>,
+        options: Options<DB>,
+        dialect: Dialect,
+        pool: &crate::config::PoolConfig,
+    ) -> Self {
+        Self {
+            bind,
+            options,
+            dialect,
+            health_check: pool.health_check,
+            idle_timeout: pool.idle_timeout,
+            max_lifetime: pool.max_lifetime,
+            counters: Counters::default(),
+            deaths: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a connection found dead: the connections last seen alive before now are suspect.
+    pub(super) fn saw_dead(&self) {
+        self.deaths.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Past its lifetime: close it, whatever `min_connections` says (a fresh one replaces it).
+    pub(super) fn is_expired(&self, metrics: &Metrics) -> bool {
+        self.max_lifetime.is_some_and(|max| metrics.age() >= max)
+    }
+
+    /// Idle for longer than `idle_timeout`.
+    pub(super) fn is_idle_too_long(&self, conn: &PooledConn<DB>) -> bool {
+        self.idle_timeout
+            .is_some_and(|max| conn.idle_since.elapsed() >= max)
+    }
+
+    /// Pings a connection about to be handed out; a failure throws it away, and counts it.
+    async fn check(&self, conn: &mut PooledConn<DB>) -> RecycleResult<sqlx::Error> {
+        // A checkout cancelled from here on lets the ping finish in the background.
+        checkout::mark_worth_finishing();
+        let deaths = self.deaths.load(Ordering::Relaxed);
+        let cut_off = CountOnDrop(Some(&self.counters.discarded));
+        let result = conn.raw.ping().await;
+        cut_off.disarm();
+        match result {
+            Ok(()) => {
+                conn.alive_at = deaths;
+                Ok(())
+            }
+            Err(e) => {
+                bump(&self.counters.discarded);
+                if is_dead(&e) {
+                    self.saw_dead();
+                }
+                tracing::debug!(bind = %self.bind, error = %e, "ping failed; opening another connection");
+                Err(RecycleError::Backend(e))
+            }
+        }
+    }
+}
+
+impl<DB: Backend> managed::Manager for ConnManager<DB> {
+    type Type = PooledConn<DB>;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PooledConn<DB>, sqlx::Error> {
+        // A checkout cancelled from here on lets the connect finish in the background.
+        checkout::mark_worth_finishing();
+        let alive_at = self.deaths.load(Ordering::Relaxed);
+        let raw = self
+            .options
+            .connect()
+            .await
+            .inspect_err(|_| bump(&self.counters.connect_errors))?;
+        bump(&self.counters.created);
+        tracing::debug!(bind = %self.bind, "opened a connection");
+        Ok(PooledConn {
+            raw,
+            clean: false,
+            idle_since: Instant::now(),
+            alive_at,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PooledConn<DB>,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        if !conn.clean {
+            // Unreachable through sessions (they discard dirty connections themselves); kept as
+            // the last line of defence against reusing one.
+            bump(&self.counters.discarded);
+            return Err(RecycleError::message("connection was not released clean"));
+        }
+        if self.is_expired(metrics) || self.is_idle_too_long(conn) {
+            return Err(RecycleError::message("connection expired"));
+        }
+        let suspect = conn.alive_at < self.deaths.load(Ordering::Relaxed);
+        if suspect || self.health_check.should_ping(conn.idle_since.elapsed()) {
+            self.check(conn).await?;
+        }
+        conn.clean = false;
+        Ok(())
+    }
+}
+
+/// Bumps a counter when dropped armed: a ping cut off (its checkout cancelled, and the time to
+/// finish it in the background up) leaves its connection in an unknown state, and deadpool
+/// throws it away.
+struct CountOnDrop<'a>(Option<&'a AtomicU64>);
+
+impl CountOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CountOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            bump(counter);
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! How statements run on a session: sqlx's `Executor` for `&mut Session`, and the tracking of
+//! each operation in flight that keeps the session's state true when one fails or is cut off.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::{Either, Execute, Executor, SqlStr};
+
+use super::{Session, TxState, Wire};
+use crate::Error;
+use crate::backend::Backend;
+use crate::error::{Op, locate};
+
+/// An operation in flight on a session's connection: settles the session's state when it ends,
+/// and tags a driver error with the session's bind before it leaves through sqlx's API.
+pub(super) struct InFlight<'s> {
+    pub(super) tx: &'s mut TxState,
+    pub(super) aborts_on_error: bool,
+    pub(super) bind: &'s str,
+    pub(super) op: Op,
+}
+
+impl InFlight<'_> {
+    pub(super) fn settle<T>(&mut self, result: &sqlx::Result<T>) {
+        self.tx.settle(result, self.aborts_on_error);
+    }
+
+    /// Settles, and names the bind in the error a statement leaves sqlx with.
+    pub(super) fn finish<T>(mut self, result: sqlx::Result<T>) -> sqlx::Result<T> {
+        self.settle(&result);
+        result.map_err(|e| locate(self.bind, self.op, e))
+    }
+}
+
+/// The stream of a statement run through a session: marks the session idle again when the
+/// statement's results are all read, or records how it failed.
+///
+/// Dropped before its end, the statement counts as cancelled (the session stays `Busy`:
+/// poisoned), except for a stream handed to the caller (`lenient`) that has yielded an item,
+/// inside a transaction: the statement has then run on the server, its first results were read,
+/// and sqlx reads the rest before the connection's next statement, so the session stays usable
+/// in the same transaction. See "Dropped streams" on [`Session`].
+struct Tracked<'e, S> {
+    inner: S,
+    op: InFlight<'e>,
+    /// The caller reads this stream item by item (`fetch`, `fetch_many`): the items it got are
+    /// results it has seen. Not so for the futures that collect a stream inside (`execute`,
+    /// `fetch_all`): cancelled, their caller has seen nothing.
+    lenient: bool,
+    /// An item (a row, or a statement's result) came back.
+    yielded: bool,
+}
+
+impl<'e, S> Tracked<'e, S> {
+    fn new(inner: S, op: InFlight<'e>, lenient: bool) -> Self {
+        Self {
+            inner,
+            op,
+            lenient,
+            yielded: false,
+        }
+    }
+}
+
+impl<T, S> Stream for Tracked<'_, S>
+where
+    S: Stream<Item = sqlx::Result<T>> + Unpin,
+{
+    type Item = sqlx::Result<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = ready!(this.inner.poll_next_unpin(cx));
+        let item = match item {
+            Some(Ok(row)) => {
+                this.yielded = true;
+                Some(Ok(row))
+            }
+            Some(Err(e)) => {
+                this.op.tx.settle_err(&e, this.op.aborts_on_error);
+                Some(Err(locate(this.op.bind, this.op.op, e)))
+            }
+            None => {
+                if this.op.tx.wire == Wire::Busy {
+                    this.op.tx.wire = Wire::Idle;
+                    this.op.tx.unread = false;
+                }
+                None
+            }
+        };
+        Poll::Ready(item)
+    }
+}
+
+impl<S> Drop for Tracked<'_, S> {
+    fn drop(&mut self) {
+        let tx = &mut *self.op.tx;
+        if tx.wire == Wire::Busy && self.lenient && self.yielded && tx.depth > 0 {
+            tx.wire = Wire::Idle;
+            tx.unread = true;
+        }
+    }
+}
+
+/// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
+/// own boxed future (one allocation per statement, not two).
+impl<DB: Backend> Session<DB> {
+    pub(crate) async fn run_execute<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        self.ready().await.map_err(Error::into_sqlx)?;
+        let (raw, op) = self.start_statement(true);
+        Tracked::new(DB::fetch_many(raw, query), op, false)
+            .try_filter_map(|step| std::future::ready(Ok(step.left())))
+            .try_collect()
+            .await
+    }
+
+    pub(crate) async fn run_fetch_all<'q, E>(&mut self, query: E) -> sqlx::Result<Vec<DB::Row>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        self.ready().await.map_err(Error::into_sqlx)?;
+        let (raw, op) = self.start_statement(true);
+        Tracked::new(DB::fetch_many(raw, query), op, false)
+            .try_filter_map(|step| std::future::ready(Ok(step.right())))
+            .try_collect()
+            .await
+    }
+
+    pub(crate) async fn run_fetch_optional<'q, E>(
+        &mut self,
+        query: E,
+    ) -> sqlx::Result<Option<DB::Row>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        self.ready().await.map_err(Error::into_sqlx)?;
+        let (raw, op) = self.start_statement(true);
+        op.finish(DB::fetch_optional(raw, query).await)
+    }
+}
+
+impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let start = async move {
+            self.ready().await.map_err(Error::into_sqlx)?;
+            let (raw, op) = self.start_statement(true);
+            Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
+        };
+        Box::pin(futures_util::stream::once(start).try_flatten())
+    }
+
+    // `execute` and `fetch_all` collect the stream inside their future: cancelled part-way,
+    // their caller has seen no result, so they count as cancelled whatever sqlx had read.
+
+    fn execute<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<DB::QueryResult>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(self.run_execute(query))
+    }
+
+    fn fetch_all<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Vec<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(self.run_fetch_all(query))
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, sqlx::Result<Option<DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        Box::pin(self.run_fetch_optional(query))
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [DB::TypeInfo],
+    ) -> BoxFuture<'e, sqlx::Result<DB::Statement>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            self.attach().await.map_err(Error::into_sqlx)?;
+            let (raw, op) = self.start_statement(false);
+            op.finish(DB::prepare_with(raw, sql, parameters).await)
+        })
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, sqlx::Result<sqlx::Describe<DB>>>
+    where
+        'c: 'e,
+    {
+        Box::pin(async move {
+            self.attach().await.map_err(Error::into_sqlx)?;
+            let (raw, op) = self.start_statement(false);
+            op.finish(DB::describe(raw, sql).await)
+        })
+    }
+}

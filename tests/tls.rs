@@ -97,6 +97,21 @@ fn mysql_mode(mode: TlsMode) -> &'static str {
     }
 }
 
+/// `url` without its TLS settings (the suites' URLs say `disable`).
+fn base_url(url: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("server url");
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(key, _)| !key.to_ascii_lowercase().starts_with("ssl"))
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
+    parsed.to_string()
+}
+
 /// `url` with `query` appended to its query.
 fn with_query(url: &str, query: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
@@ -197,9 +212,17 @@ async fn verify_full_with_the_ci_ca_is_encrypted(server: Server) {
     db.finish().await;
 }
 
+async fn a_url_without_tls_settings_prefers_tls(server: Server) {
+    let db = server.db().await;
+    let manager = build(on_url(db.config(), &base_url(&db.url))).unwrap();
+    assert_encrypted(&manager, server, "the driver's default, prefer").await;
+    drop(manager);
+    db.finish().await;
+}
+
 async fn require_from_the_url_is_encrypted(server: Server) {
     let db = server.db().await;
-    let url = with_query(&db.url, &server.url_mode(TlsMode::Require));
+    let url = with_query(&base_url(&db.url), &server.url_mode(TlsMode::Require));
     let manager = build(on_url(db.config(), &url)).unwrap();
     assert_encrypted(&manager, server, "the URL's require").await;
     drop(manager);
@@ -216,7 +239,8 @@ async fn disable_is_plain(server: Server) {
 
 async fn the_config_wins_over_the_url(server: Server) {
     let db = server.db().await;
-    let plain_url = with_query(&db.url, &server.url_mode(TlsMode::Disable));
+    let base = base_url(&db.url);
+    let plain_url = with_query(&base, &server.url_mode(TlsMode::Disable));
     let config = on_url(db.config(), &plain_url)
         .tls_mode(TlsMode::VerifyFull)
         .tls_root_cert(ca());
@@ -230,14 +254,14 @@ async fn the_config_wins_over_the_url(server: Server) {
     drop(manager);
 
     let wrong_ca_url = with_query(
-        &with_query(&db.url, &server.url_mode(TlsMode::VerifyFull)),
+        &with_query(&base, &server.url_mode(TlsMode::VerifyFull)),
         &server.url_root_cert(&other_ca()),
     );
     let manager = build(on_url(db.config(), &wrong_ca_url).tls_root_cert(ca())).unwrap();
     assert_encrypted(&manager, server, "the URL's CA under the config's").await;
     drop(manager);
 
-    let required_url = with_query(&db.url, &server.url_mode(TlsMode::Require));
+    let required_url = with_query(&base, &server.url_mode(TlsMode::Require));
     let manager = build(on_url(db.config(), &required_url).tls_mode(TlsMode::Disable)).unwrap();
     assert_plain(
         &manager,
@@ -393,7 +417,7 @@ async fn postgres_client_certificate(cert: &Path, key: &Path) {
     drop(manager);
 
     let in_url = with_query(
-        &url,
+        &base_url(&url),
         &format!("sslcert={}&sslkey={}", cert.display(), key.display()),
     );
     let manager = build(on_url(verified.clone(), &in_url)).unwrap();
@@ -794,6 +818,7 @@ macro_rules! tests_on {
 tests_on!(
     postgres, crate::Server::Postgres:
     verify_full_with_the_ci_ca_is_encrypted,
+    a_url_without_tls_settings_prefers_tls,
     require_from_the_url_is_encrypted,
     disable_is_plain,
     the_config_wins_over_the_url,
@@ -809,6 +834,7 @@ tests_on!(
 tests_on!(
     mysql, crate::Server::MySql:
     verify_full_with_the_ci_ca_is_encrypted,
+    a_url_without_tls_settings_prefers_tls,
     require_from_the_url_is_encrypted,
     disable_is_plain,
     the_config_wins_over_the_url,

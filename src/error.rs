@@ -334,16 +334,18 @@ impl Error {
 
     /// Running the whole unit of work again is safe and may succeed: nothing of it committed,
     /// and the failure was transient: no connection in time, a server that could not be
-    /// reached (not one that refused the credentials), a serialization failure or deadlock the
+    /// reached (not one that refused the credentials or failed a TLS check), a serialization
+    /// failure or deadlock the
     /// server rolled back, or a connection
     /// lost inside a transaction. Not for a connection lost during COMMIT or under an
     /// autocommit statement (the write may have landed), nor for a partial commit.
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,
-            // Unreachable or refusing (I/O, TLS): transient, as is a server shutting down or
+            // Unreachable or refusing (I/O): transient, as is a server shutting down or
             // starting up (SQLSTATE 57P03 …). Its other answers (a wrong password, no such
-            // database) or a bad option will say the same again.
+            // database) or a bad option will say the same again, and so will a failed TLS check
+            // (ErrorKind::Tls, not retryable).
             ErrorKind::Connect => match self.sqlx_source() {
                 Some(sqlx::Error::Database(db)) => is_connection_lost_code(db.code().as_deref()),
                 Some(sqlx::Error::Configuration(_)) => false,

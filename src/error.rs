@@ -335,10 +335,9 @@ impl Error {
     /// Running the whole unit of work again is safe and may succeed: nothing of it committed,
     /// and the failure was transient: no connection in time, a server that could not be
     /// reached (not one that refused the credentials or failed a TLS check), a serialization
-    /// failure or deadlock the
-    /// server rolled back, or a connection
-    /// lost inside a transaction. Not for a connection lost during COMMIT or under an
-    /// autocommit statement (the write may have landed), nor for a partial commit.
+    /// failure or deadlock the server rolled back, or a connection lost inside a transaction.
+    /// Not for a connection lost during COMMIT or under an autocommit statement (the write may
+    /// have landed), nor for a partial commit.
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,

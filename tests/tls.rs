@@ -7,13 +7,15 @@
 //! unrelated CA are in `DBSCOPE_TEST_TLS_DIR` (by default `/var/lib/dbscope-ci-tls`, where
 //! `bash .ci/run` makes them); without them every test fails, saying so. A server under another
 //! name than its certificate's is reached through a TCP relay on 127.0.0.2; a server without TLS
-//! is a throwaway PostgreSQL cluster this file starts on a port of its own, and drops.
+//! is a throwaway PostgreSQL cluster (tests/common/cluster.rs), never the shared one.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 mod common;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Kind, PG_DEFAULT, PG_ENV, TestDb, server_url, sql};
 use dbscope::{BindConfig, BindManager, Config, DatabaseUrl, Error, ErrorKind, TlsCheck, TlsMode};
@@ -473,169 +475,40 @@ async fn mysql_client_certificate(cert: &Path, key: &Path) {
 
 // ----- a server without TLS -----
 
-/// A PostgreSQL cluster of this test's own, with `ssl = off`, on a free port; stopped and removed
-/// on drop. The shared server is never touched.
-struct PlainPostgres {
-    dir: PathBuf,
-    port: u16,
-    server: std::process::Child,
-}
-
-impl PlainPostgres {
-    async fn start() -> Self {
-        let cluster = tokio::task::spawn_blocking(Self::spawn)
-            .await
-            .expect("spawn the cluster");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match sqlx::PgConnection::connect(&cluster.url("sslmode=disable")).await {
-                Ok(conn) => {
-                    conn.close().await.ok();
-                    return cluster;
-                }
-                Err(e) if Instant::now() > deadline => panic!(
-                    "the throwaway cluster in {} did not answer within 60 s: {e}\n{}",
-                    cluster.dir.display(),
-                    std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default()
-                ),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    fn url(&self, query: &str) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres?{query}",
-            self.port
-        )
-    }
-
-    fn spawn() -> Self {
-        use std::os::unix::process::CommandExt;
-        let bin = postgres_bin_dir();
-        let dir = std::env::temp_dir().join(format!("dbscope-tls-plain-pg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // PostgreSQL refuses to run as root; as root, run it as the `postgres` user.
-        let as_postgres = |program: PathBuf| {
-            let mut command = std::process::Command::new(program);
-            if let Some((uid, gid)) = postgres_ids_if_root() {
-                command.uid(uid).gid(gid);
-            }
-            command
-        };
-        let initdb = as_postgres(bin.join("initdb"))
-            .arg("-D")
-            .arg(&dir)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-            .output()
-            .expect("run initdb");
-        assert!(
-            initdb.status.success(),
-            "initdb {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&initdb.stderr)
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let log = std::fs::File::create(dir.join("server.log")).expect("server log");
-        let server = as_postgres(bin.join("postgres"))
-            .arg("-D")
-            .arg(&dir)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=off"])
-            .args(["-c", "fsync=off", "-c", "max_connections=10"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the throwaway cluster");
-        Self { dir, port, server }
-    }
-}
-
-impl Drop for PlainPostgres {
-    fn drop(&mut self) {
-        // SIGINT: PostgreSQL's fast shutdown; SIGKILL only if it does not end in time.
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &self.server.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.server.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The newest installed PostgreSQL's programs (Debian keeps them in /usr/lib/postgresql/N/bin).
-fn postgres_bin_dir() -> PathBuf {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).expect(
-        "no PostgreSQL server programs in /usr/lib/postgresql/*/bin (`bash .ci/run` installs them)",
-    )
-}
-
-/// The `postgres` user's uid and gid, when this process runs as root.
-fn postgres_ids_if_root() -> Option<(u32, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self").ok()?.uid() != 0 {
-        return None;
-    }
-    let id = |flag: &str| -> u32 {
-        let out = std::process::Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("run id");
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("the postgres user exists (the server package makes it)")
-    };
-    Some((id("-u"), id("-g")))
-}
-
+/// A throwaway PostgreSQL cluster (`initdb`'s defaults: `ssl = off`), never the shared server.
 async fn require_refuses_a_server_without_tls(server: Server) {
     assert_eq!(
         server,
         Server::Postgres,
         "the throwaway cluster is PostgreSQL"
     );
-    let cluster = PlainPostgres::start().await;
-    let err = connect_err(BindConfig::new(cluster.url("sslmode=require"))).await;
+    let cluster = cluster::Cluster::start().await;
+    let url = |query: &str| format!("{}?{query}", cluster.url());
+    let mut conn = sqlx::PgConnection::connect(&url("sslmode=disable"))
+        .await
+        .expect("the throwaway cluster answers");
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ssl, "off", "the cluster offers no TLS");
+    conn.close().await.ok();
+
+    let err = connect_err(BindConfig::new(url("sslmode=require"))).await;
     assert_tls_failure(&err, TlsCheck::NotSupportedByServer, "does not support TLS");
-    let err = connect_err(
-        BindConfig::new(cluster.url(""))
-            .tls_mode(TlsMode::VerifyFull)
-            .tls_root_cert(ca()),
-    )
-    .await;
+    let verify = BindConfig::new(cluster.url())
+        .tls_mode(TlsMode::VerifyFull)
+        .tls_root_cert(ca());
+    let err = connect_err(verify).await;
     assert_eq!(
         err.tls_check(),
         Some(TlsCheck::NotSupportedByServer),
         "{err:?}"
     );
 
-    let manager = build(BindConfig::new(cluster.url("sslmode=prefer"))).unwrap();
+    let manager = build(BindConfig::new(url("sslmode=prefer"))).unwrap();
     assert_plain(&manager, Server::Postgres, "prefer on a server without TLS").await;
     drop(manager);
-    drop(cluster);
 }
 
 // ----- the config's front doors -----

@@ -131,7 +131,8 @@ impl<DB: Backend> Bind<DB> {
     /// # Errors
     ///
     /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when the server cannot be reached or
-    /// refuses the credentials; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes
+    /// refuses the credentials; [`ErrorKind::Tls`](crate::ErrorKind::Tls) when a TLS check fails
+    /// (see [`Error::tls_check`](crate::Error::tls_check)); [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes
     /// longer than `acquire_timeout`; [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     ///
     /// # Cancel safety

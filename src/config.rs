@@ -1,11 +1,16 @@
 //! Bind configuration: plain serde structs, each field with its default.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::DatabaseUrl;
+
+mod tls;
+
+pub use tls::{TlsConfig, TlsMode};
 
 /// The name a single, unnamed bind gets, and the bind `DATABASE_URL` configures.
 pub const DEFAULT_BIND: &str = "default";
@@ -120,6 +125,27 @@ impl BindConfig {
     /// Sets [`ConnectConfig::application_name`].
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.connect.application_name = Some(name.into());
+        self
+    }
+
+    /// Sets [`TlsConfig::mode`]: whether connections are encrypted, and what is verified.
+    pub fn tls_mode(mut self, mode: TlsMode) -> Self {
+        self.connect.tls.mode = Some(mode);
+        self
+    }
+
+    /// Sets [`TlsConfig::root_cert`]: the PEM file of the CA certificates the server's may be
+    /// signed by.
+    pub fn tls_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.connect.tls.root_cert = Some(path.into());
+        self
+    }
+
+    /// Sets [`TlsConfig::client_cert`] and [`TlsConfig::client_key`]: the certificate this
+    /// bind's connections present to the server, and its private key (PEM files).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.connect.tls.client_cert = Some(cert.into());
+        self.connect.tls.client_key = Some(key.into());
         self
     }
 
@@ -243,6 +269,9 @@ pub struct ConnectConfig {
     pub application_name: Option<String>,
     /// SQLite pragmas and file options.
     pub sqlite: SqliteConfig,
+    /// TLS: mode, CA and client certificate (PostgreSQL and MySQL/MariaDB). Default: the URL's
+    /// settings, else the driver's (`prefer`).
+    pub tls: TlsConfig,
 }
 
 /// SQLite pragmas and file options.

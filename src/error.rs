@@ -11,8 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 mod located;
+mod tls;
 
 pub(crate) use located::{Op, locate};
+pub use tls::TlsCheck;
 
 /// `Result` with dbscope's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,7 +63,8 @@ pub enum ErrorKind {
     InvalidUrl,
     /// The URL's scheme names no database dbscope knows.
     UnknownScheme,
-    /// The URL names a database whose driver was not compiled in.
+    /// The config needs a cargo feature that was not compiled in: the URL's database driver,
+    /// the `any` engine, or TLS.
     DriverNotEnabled,
     /// A bind has options but no URL.
     MissingUrl,
@@ -92,6 +95,10 @@ pub enum ErrorKind {
     Closed,
     /// A new connection could not be opened.
     Connect,
+    /// A new connection's TLS handshake failed, or the server offers no TLS and the bind's mode
+    /// requires it: [`Error::tls_check`] says which check failed; rustls's or the driver's error
+    /// is the source.
+    Tls,
     /// A statement or a transaction command (BEGIN, COMMIT …) failed; the driver's error is the
     /// source ([`Error::as_database_error`] when the server answered).
     Query,
@@ -159,6 +166,7 @@ impl ErrorKind {
             | Self::Timeout
             | Self::Closed
             | Self::Connect
+            | Self::Tls
             | Self::Query
             | Self::Poisoned
             | Self::TransactionAborted
@@ -197,6 +205,8 @@ enum Detail {
     },
     /// `CloseTimedOut`: each bind with connections still out, and how many.
     Busy(Vec<(String, usize)>),
+    /// `Tls`: the check that failed.
+    Tls(TlsCheck),
 }
 
 impl Error {
@@ -278,6 +288,15 @@ impl Error {
         }
     }
 
+    /// For [`ErrorKind::Tls`], the check the handshake failed: the server's certificate not
+    /// trusted, not valid for the host name, expired, or no TLS offered by the server.
+    pub fn tls_check(&self) -> Option<TlsCheck> {
+        match self.0.detail {
+            Detail::Tls(check) => Some(check),
+            _ => None,
+        }
+    }
+
     /// The error the database returned, if it is one (a constraint violation, a syntax error …).
     pub fn as_database_error(&self) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
         match self.sqlx_source()? {
@@ -315,16 +334,17 @@ impl Error {
 
     /// Running the whole unit of work again is safe and may succeed: nothing of it committed,
     /// and the failure was transient: no connection in time, a server that could not be
-    /// reached (not one that refused the credentials), a serialization failure or deadlock the
-    /// server rolled back, or a connection
-    /// lost inside a transaction. Not for a connection lost during COMMIT or under an
-    /// autocommit statement (the write may have landed), nor for a partial commit.
+    /// reached (not one that refused the credentials or failed a TLS check), a serialization
+    /// failure or deadlock the server rolled back, or a connection lost inside a transaction.
+    /// Not for a connection lost during COMMIT or under an autocommit statement (the write may
+    /// have landed), nor for a partial commit.
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,
-            // Unreachable or refusing (I/O, TLS): transient, as is a server shutting down or
+            // Unreachable or refusing (I/O): transient, as is a server shutting down or
             // starting up (SQLSTATE 57P03 …). Its other answers (a wrong password, no such
-            // database) or a bad option will say the same again.
+            // database) or a bad option will say the same again, and so will a failed TLS check
+            // (ErrorKind::Tls, not retryable).
             ErrorKind::Connect => match self.sqlx_source() {
                 Some(sqlx::Error::Database(db)) => is_connection_lost_code(db.code().as_deref()),
                 Some(sqlx::Error::Configuration(_)) => false,
@@ -362,9 +382,16 @@ impl Error {
         self.0.kind.is_config()
     }
 
-    /// A new connection could not be opened.
+    /// A new connection could not be opened ([`ErrorKind::Connect`], or [`ErrorKind::Tls`] when
+    /// its TLS handshake failed).
     pub fn is_connect(&self) -> bool {
-        self.0.kind == ErrorKind::Connect
+        matches!(self.0.kind, ErrorKind::Connect | ErrorKind::Tls)
+    }
+
+    /// A new connection's TLS handshake failed ([`Error::tls_check`] says which check). Not
+    /// retryable: the same certificates fail the same way until a config changes.
+    pub fn is_tls(&self) -> bool {
+        self.0.kind == ErrorKind::Tls
     }
 
     /// The session is unusable after an operation was cancelled or broke mid-flight.
@@ -459,12 +486,21 @@ impl Error {
     }
 
     pub(crate) fn driver_not_enabled(bind: &str, driver: &str, feature: &str) -> Self {
+        Self::not_compiled_in(bind, &format!("the {driver} driver"), feature)
+    }
+
+    /// `setting` (such as "`sslmode=require` in the URL") asks for TLS.
+    pub(crate) fn tls_not_enabled(bind: &str, setting: &str) -> Self {
+        Self::not_compiled_in(bind, &format!("TLS, which {setting} asks for,"), "tls")
+    }
+
+    fn not_compiled_in(bind: &str, what: &str, feature: &str) -> Self {
         Self::new(
             ErrorKind::DriverNotEnabled,
             Some(bind),
             format!(
-                "bind `{bind}`: the {driver} driver is not compiled in; enable dbscope's \
-                 `{feature}` cargo feature"
+                "bind `{bind}`: {what} is not compiled in; enable dbscope's `{feature}` cargo \
+                 feature"
             ),
         )
     }
@@ -546,6 +582,43 @@ impl Error {
         .with_source(source)
     }
 
+    /// A TLS file (`what`: "CA certificate", …) named by `setting` that cannot be used:
+    /// `problem` says why, `source` is the I/O error if reading it failed.
+    pub(crate) fn tls_file(
+        bind: &str,
+        what: &str,
+        setting: &str,
+        path: &Path,
+        problem: &str,
+        source: Option<std::io::Error>,
+    ) -> Self {
+        let err = Self::new(
+            ErrorKind::Config,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the {what} file `{}` ({setting}) {problem}; check the path, or \
+                 remove the setting",
+                path.display()
+            ),
+        );
+        match source {
+            Some(source) => err.with_source(source),
+            None => err,
+        }
+    }
+
+    /// One of a client certificate and its key is set (`set`), the other (`unset`) is not.
+    pub(crate) fn tls_client_pair(bind: &str, set: &str, unset: &str) -> Self {
+        Self::new(
+            ErrorKind::Config,
+            Some(bind),
+            format!(
+                "bind `{bind}`: {set} is set but {unset} is not; a client certificate and its \
+                 key go together: set both, or neither"
+            ),
+        )
+    }
+
     pub(crate) fn unknown_bind(bind: &str, known: Vec<String>) -> Self {
         Self::new(
             ErrorKind::UnknownBind,
@@ -593,7 +666,12 @@ impl Error {
         )
     }
 
+    /// A failed connect: [`ErrorKind::Tls`] when its TLS handshake failed, else
+    /// [`ErrorKind::Connect`].
     pub(crate) fn connect(bind: &str, redacted_url: &str, source: sqlx::Error) -> Self {
+        if let Some(check) = tls::failed_check(&source) {
+            return Self::tls(bind, redacted_url, check, source);
+        }
         Self::new(
             ErrorKind::Connect,
             Some(bind),
@@ -603,6 +681,19 @@ impl Error {
             ),
         )
         .with_source(source)
+    }
+
+    fn tls(bind: &str, redacted_url: &str, check: TlsCheck, source: sqlx::Error) -> Self {
+        Self::new(
+            ErrorKind::Tls,
+            Some(bind),
+            format!(
+                "bind `{bind}`: TLS with `{redacted_url}` failed: {}",
+                tls::advice(check)
+            ),
+        )
+        .with_source(source)
+        .with_detail(Detail::Tls(check))
     }
 
     /// A statement or transaction command (`op.what`) failed on `bind`.

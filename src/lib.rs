@@ -25,11 +25,11 @@ pub use bind::Bind;
 pub use bind_key::{BindKey, DefaultBind};
 pub use config::{
     BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, HealthCheck, IsolationLevel,
-    JournalMode, PoolConfig, SessionConfig, SqliteConfig,
+    JournalMode, PoolConfig, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
 };
 pub use database_url::DatabaseUrl;
 pub use engine::BindStatus;
-pub use error::{BoxError, Error, ErrorKind, Result};
+pub use error::{BoxError, Error, ErrorKind, Result, TlsCheck};
 #[cfg(feature = "actix")]
 pub use integration::actix;
 #[cfg(feature = "axum")]

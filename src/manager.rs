@@ -233,7 +233,7 @@ impl BindManager {
     ///
     /// # Errors
     ///
-    /// The first bind that fails, by name: [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Timeout`](crate::ErrorKind::Timeout),
+    /// The first bind that fails, by name: [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Tls`](crate::ErrorKind::Tls), [`ErrorKind::Timeout`](crate::ErrorKind::Timeout),
     /// [`ErrorKind::Closed`](crate::ErrorKind::Closed).
     ///
     /// # Cancel safety

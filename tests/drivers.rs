@@ -1,8 +1,8 @@
 //! A URL whose driver is not compiled in gets an error naming the cargo feature to enable.
 //!
 //! Meaningful in a build that leaves drivers out, as CI's
-//! `cargo test --no-default-features --features sqlite --test drivers`; with every feature on,
-//! the same tests check that those binds build.
+//! `cargo test --no-default-features --features sqlite --test drivers` (and `--features postgres`,
+//! which leaves out TLS); with every feature on, the same tests check that those binds build.
 
 use dbscope::{BindConfig, BindManager, Engine, Error, ErrorKind};
 
@@ -67,4 +67,14 @@ fn an_any_engine_needs_the_any_feature() {
     }
     let config = BindConfig::new("sqlite::memory:").engine(Engine::Any);
     assert_needs_feature(build(config), cfg!(feature = "any"), "any");
+}
+
+#[test]
+fn tls_settings_need_the_tls_feature() {
+    let url = "postgres://app@localhost/db?sslmode=verify-full";
+    if !cfg!(feature = "postgres") {
+        // The driver's own refusal comes first.
+        return assert_needs_feature(build(BindConfig::new(url)), false, "postgres");
+    }
+    assert_needs_feature(build(BindConfig::new(url)), cfg!(feature = "tls"), "tls");
 }

@@ -11,6 +11,7 @@ use crate::{DatabaseUrl, Error, Result};
 
 pub(crate) mod dialect;
 pub(crate) use dialect::{Dialect, TxSql};
+mod tls;
 
 #[cfg(feature = "any")]
 mod any;
@@ -146,7 +147,7 @@ const SCHEMES: &[SchemeEntry] = &[
 ];
 
 /// The bind's URL and the database it names, once checked: a scheme dbscope knows, whose driver
-/// (and the `Any` driver, for `engine = "any"`) is compiled in.
+/// (and the `Any` driver, for `engine = "any"`) is compiled in, and TLS settings it can honour.
 pub(crate) fn resolve<'c>(
     bind: &str,
     config: &'c BindConfig,
@@ -168,6 +169,7 @@ pub(crate) fn resolve<'c>(
     if config.engine == Engine::Any && !cfg!(feature = "any") {
         return Err(Error::driver_not_enabled(bind, "Any", "any"));
     }
+    tls::check(bind, url, entry.dialect, config)?;
     Ok((url, entry.dialect))
 }
 

@@ -2,10 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::{MySql, MySqlConnectOptions};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlSslMode};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
-use crate::config::BindConfig;
+use crate::config::{BindConfig, TlsConfig, TlsMode};
 use crate::{DatabaseUrl, Result};
 
 impl Sealed for MySql {}
@@ -27,8 +27,37 @@ impl Backend for MySql {
                 "application_name is a PostgreSQL option; this MySQL bind ignores it"
             );
         }
+        let options = with_tls(options, &config.connect.tls);
         Ok(log_settings(options, config.echo))
     }
 
     delegate_executor!();
+}
+
+/// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).
+fn with_tls(mut options: MySqlConnectOptions, tls: &TlsConfig) -> MySqlConnectOptions {
+    if let Some(mode) = tls.mode {
+        options = options.ssl_mode(ssl_mode(mode));
+    }
+    if let Some(path) = &tls.root_cert {
+        options = options.ssl_ca(path);
+    }
+    if let Some(path) = &tls.client_cert {
+        options = options.ssl_client_cert(path);
+    }
+    if let Some(path) = &tls.client_key {
+        options = options.ssl_client_key(path);
+    }
+    options
+}
+
+/// libpq's names to MySQL's: `verify-full` is `VERIFY_IDENTITY`.
+fn ssl_mode(mode: TlsMode) -> MySqlSslMode {
+    match mode {
+        TlsMode::Disable => MySqlSslMode::Disabled,
+        TlsMode::Prefer => MySqlSslMode::Preferred,
+        TlsMode::Require => MySqlSslMode::Required,
+        TlsMode::VerifyCa => MySqlSslMode::VerifyCa,
+        TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+    }
 }

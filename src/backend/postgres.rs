@@ -2,10 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgSslMode, Postgres};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
-use crate::config::BindConfig;
+use crate::config::{BindConfig, TlsConfig, TlsMode};
 use crate::{DatabaseUrl, Result};
 
 impl Sealed for Postgres {}
@@ -24,8 +24,36 @@ impl Backend for Postgres {
         if let Some(name) = &config.connect.application_name {
             options = options.application_name(name);
         }
+        let options = with_tls(options, &config.connect.tls);
         Ok(log_settings(options, config.echo))
     }
 
     delegate_executor!();
+}
+
+/// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).
+fn with_tls(mut options: PgConnectOptions, tls: &TlsConfig) -> PgConnectOptions {
+    if let Some(mode) = tls.mode {
+        options = options.ssl_mode(ssl_mode(mode));
+    }
+    if let Some(path) = &tls.root_cert {
+        options = options.ssl_root_cert(path);
+    }
+    if let Some(path) = &tls.client_cert {
+        options = options.ssl_client_cert(path);
+    }
+    if let Some(path) = &tls.client_key {
+        options = options.ssl_client_key(path);
+    }
+    options
+}
+
+fn ssl_mode(mode: TlsMode) -> PgSslMode {
+    match mode {
+        TlsMode::Disable => PgSslMode::Disable,
+        TlsMode::Prefer => PgSslMode::Prefer,
+        TlsMode::Require => PgSslMode::Require,
+        TlsMode::VerifyCa => PgSslMode::VerifyCa,
+        TlsMode::VerifyFull => PgSslMode::VerifyFull,
+    }
 }

@@ -44,7 +44,8 @@ impl<DB: Backend> BlockingBind<DB> {
     /// # Errors
     ///
     /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when the server cannot be reached or refuses the
-    /// credentials; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes longer than
+    /// credentials; [`ErrorKind::Tls`](crate::ErrorKind::Tls) when a TLS check fails;
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when that takes longer than
     /// `acquire_timeout`; [`ErrorKind::Closed`](crate::ErrorKind::Closed);
     /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn connect(&self) -> Result<()> {

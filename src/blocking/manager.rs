@@ -72,7 +72,7 @@ impl BindManager {
     /// # Errors
     ///
     /// The first bind that fails, by name: [`ErrorKind::Connect`](crate::ErrorKind::Connect),
-    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Closed`](crate::ErrorKind::Closed);
+    /// [`ErrorKind::Tls`](crate::ErrorKind::Tls), [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Closed`](crate::ErrorKind::Closed);
     /// [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) from async code.
     pub fn connect_blocking(&self) -> Result<()> {
         refuse_in_async(None)?;

@@ -21,9 +21,12 @@ use sqlx::{AssertSqlSafe, Connection};
 pub const PG_ENV: &str = "DBSCOPE_TEST_PG_URL";
 pub const MYSQL_ENV: &str = "DBSCOPE_TEST_MYSQL_URL";
 /// The PostgreSQL server the tests use when [`PG_ENV`] is unset (the one `.ci/run` sets up).
-pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-/// The MariaDB server the tests use when [`MYSQL_ENV`] is unset (the one `.ci/run` sets up).
-pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+/// Plain, as `.ci/run`'s URL is: the server also offers TLS, which a build with the `tls` feature
+/// would otherwise take (`prefer`); tests/tls.rs asks for TLS in its binds' config.
+pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable";
+/// The MariaDB server the tests use when [`MYSQL_ENV`] is unset (the one `.ci/run` sets up);
+/// plain, as [`PG_DEFAULT`].
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

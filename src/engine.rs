@@ -179,6 +179,11 @@ impl<DB: Backend> Pool<DB> {
             if let Some(keeper) = &shared.keeper {
                 shared.hold_database(keeper).await?;
             }
+            if shared.deadpool.status().available > 0 {
+                // An idle connection to take: deadpool hands it over at once (a ping at most),
+                // with nothing half-done to finish if this checkout is cut off.
+                return Ok(shared.deadpool.get().await);
+            }
             Ok(checkout::get(&shared.deadpool, deadline).await)
         };
         match tokio::time::timeout_at(deadline, get).await {

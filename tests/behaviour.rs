@@ -10,29 +10,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Kind, Suite, TestDb, Typed, cancel_after, eventually, fetch_all_pairs, fetch_i64,
-    fetch_optional_string, fetch_string, sql,
+    Kind, Suite, TestDb, Typed, cancel_after, create_table, eventually, fetch_all_pairs, fetch_i64,
+    fetch_optional_string, fetch_string, insert, sql,
 };
 use dbscope::{BindManager, HealthCheck, IsolationLevel, Session};
 use futures_util::TryStreamExt;
-
-async fn create_table<B: Suite>(manager: &BindManager, db: &TestDb) {
-    let mut session = manager.session::<B::Db>("main").unwrap();
-    let ddl = format!(
-        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
-        db.table
-    );
-    sqlx::query(sql(ddl))
-        .execute(&mut session)
-        .await
-        .expect("create table");
-    session.commit().await.expect("commit create table");
-}
-
-async fn insert<DB: Typed>(session: &mut Session<DB>, db: &TestDb, id: i64) -> sqlx::Result<()> {
-    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
-    sqlx::query(sql(stmt)).execute(session).await.map(|_| ())
-}
 
 async fn count<DB: Typed>(session: &mut Session<DB>, db: &TestDb) -> i64 {
     let stmt = format!("SELECT COUNT(*) FROM {}", db.table);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Kind, Suite, TestDb, Typed, eventually, fetch_all_pairs, sql};
+use common::{Kind, Suite, TestDb, Typed, create_table, eventually, fetch_all_pairs, insert, sql};
 use dbscope::blocking::BlockingSession;
 use dbscope::{BindConfig, BindManager, BindStatus, HealthCheck, Session};
 use sqlx::Connection;
@@ -23,24 +23,6 @@ use sqlx::Connection;
 fn patient(mut config: BindConfig) -> BindConfig {
     config.connect.sqlite.busy_timeout = Some(Duration::from_secs(120));
     config
-}
-
-async fn create_table<B: Suite>(manager: &BindManager, db: &TestDb) {
-    let mut session = manager.session::<B::Db>("main").unwrap();
-    let ddl = format!(
-        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
-        db.table
-    );
-    sqlx::query(sql(ddl))
-        .execute(&mut session)
-        .await
-        .expect("create table");
-    session.commit().await.expect("commit create table");
-}
-
-async fn insert<DB: Typed>(session: &mut Session<DB>, db: &TestDb, id: i64) -> sqlx::Result<()> {
-    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
-    sqlx::query(sql(stmt)).execute(session).await.map(|_| ())
 }
 
 /// The ids of the rows committed, as a fresh session sees them.
@@ -523,12 +505,16 @@ impl SlowServer {
     }
 }
 
-async fn a_checkout_cancelled_while_connecting_pools_its_connection<B: Suite>() {
+/// A bind of `max_connections` behind a [`SlowServer`], and a checkout on it cancelled while
+/// its connection is still being opened.
+async fn cut_off_while_connecting<B: Suite>(
+    max_connections: u32,
+) -> (TestDb, SlowServer, BindManager, dbscope::Bind<B::Db>) {
     let db = TestDb::new(B::KIND).await;
     let slow = SlowServer::start(&db).await;
     let url = slow.url(&db);
     let manager = db.manager(|c| {
-        let mut c = c.max_connections(2);
+        let mut c = c.max_connections(max_connections);
         c.url = Some(url.as_str().into());
         c
     });
@@ -540,6 +526,11 @@ async fn a_checkout_cancelled_while_connecting_pools_its_connection<B: Suite>() 
         "the connect cannot finish before the server lets it"
     );
     drop(session);
+    (db, slow, manager, bind)
+}
+
+async fn a_checkout_cancelled_while_connecting_pools_its_connection<B: Suite>() {
+    let (db, slow, manager, bind) = cut_off_while_connecting::<B>(2).await;
     eventually("the proxy holds the connection", || async {
         slow.accepted() == 1
     })
@@ -563,22 +554,7 @@ async fn a_checkout_cancelled_while_connecting_pools_its_connection<B: Suite>() 
 }
 
 async fn a_connect_finishing_in_the_background_keeps_its_slot<B: Suite>() {
-    let db = TestDb::new(B::KIND).await;
-    let slow = SlowServer::start(&db).await;
-    let url = slow.url(&db);
-    let manager = db.manager(|c| {
-        let mut c = c.max_connections(1);
-        c.url = Some(url.as_str().into());
-        c
-    });
-    let bind = manager.bind::<B::Db>("main").unwrap();
-    let mut cancelled = bind.session();
-    let begin = tokio::time::timeout(Duration::from_millis(50), cancelled.begin()).await;
-    assert!(
-        begin.is_err(),
-        "the connect cannot finish before the server lets it"
-    );
-    drop(cancelled);
+    let (db, slow, manager, bind) = cut_off_while_connecting::<B>(1).await;
 
     // The one slot is the background connect's: this session waits for its connection
     // rather than opening a second one.

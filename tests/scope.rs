@@ -11,7 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Kind, Suite, TestDb, eventually, fetch_i64, sql};
+use common::{Kind, Suite, TestDb, create_table, eventually, fetch_i64, sql};
 use dbscope::{BindManager, IfOpen, Scope, current_session};
 use futures_util::TryStreamExt;
 
@@ -54,17 +54,7 @@ fn log_to(log: &Log, entry: &'static str) {
 async fn setup<B: Suite>() -> (TestDb, BindManager) {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
-    let mut session = manager.session::<B::Db>("main").unwrap();
-    let ddl = format!(
-        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
-        db.table
-    );
-    sqlx::query(sql(ddl))
-        .execute(&mut session)
-        .await
-        .expect("create table");
-    session.commit().await.expect("commit create table");
-    session.close().await.unwrap();
+    create_table::<B>(&manager, &db).await;
     (db, manager)
 }
 

@@ -55,6 +55,30 @@ fn unique_tag() -> String {
     )
 }
 
+/// Creates the test's table (`id BIGINT PRIMARY KEY, v VARCHAR(50)`) on bind `main`, committed.
+pub async fn create_table<B: Suite>(manager: &BindManager, db: &TestDb) {
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let ddl = format!(
+        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
+        db.table
+    );
+    sqlx::query(sql(ddl))
+        .execute(&mut session)
+        .await
+        .expect("create table");
+    session.commit().await.expect("commit create table");
+}
+
+/// Inserts row `id` (`v = 'row {id}'`) into the test's table, in `session`.
+pub async fn insert<DB: Typed>(
+    session: &mut dbscope::Session<DB>,
+    db: &TestDb,
+    id: i64,
+) -> sqlx::Result<()> {
+    let stmt = format!("INSERT INTO {} (id, v) VALUES ({id}, 'row {id}')", db.table);
+    sqlx::query(sql(stmt)).execute(session).await.map(|_| ())
+}
+
 /// Wraps SQL built at run time (table names); the tests build it from their own tags only.
 pub fn sql(text: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(text)

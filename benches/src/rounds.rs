@@ -7,6 +7,13 @@
 //! ratio between neighbours is taken under the same conditions, and over two rounds every
 //! contender's mean position is the same, so drift on the machine (PostgreSQL shares it) spreads
 //! over all of them.
+//!
+//! A round can be cut into slices (`BENCH_SLICES`): the round's time per contender is then
+//! spent in that many passes over the contenders, each pass in the other direction from the
+//! last (0 1 2, 2 1 0, 0 1 2 for three slices), and a contender's slices add up to its run of the
+//! round. Drift that lasts a few seconds (a checkpoint, another job, where the scheduler put the
+//! server's threads) then falls on every contender of the round alike, instead of on the one
+//! that happened to run through it.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,6 +29,27 @@ pub trait Measured: Copy {
     fn count(&self) -> u64;
     /// Units of work per second.
     fn per_second(&self) -> f64;
+    /// Both runs as one: the work of both over the time of both (a round's slices).
+    fn merge(&self, other: &Self) -> Self;
+}
+
+/// The seconds a run took: its count over its rate.
+pub fn seconds<R: Measured>(run: &R) -> f64 {
+    if run.per_second() > 0.0 {
+        run.count() as f64 / run.per_second()
+    } else {
+        0.0
+    }
+}
+
+/// `a` and `b` weighted by the work of their runs (a per-unit cost of two slices).
+pub fn weighted<R: Measured>(a: (&R, f64), b: (&R, f64)) -> f64 {
+    let (wa, wb) = (a.0.count() as f64, b.0.count() as f64);
+    if wa + wb == 0.0 {
+        (a.1 + b.1) / 2.0
+    } else {
+        (a.1 * wa + b.1 * wb) / (wa + wb)
+    }
 }
 
 /// One measurement to take.
@@ -46,10 +74,13 @@ impl Step {
 pub struct Rounds<R> {
     contenders: usize,
     rounds: usize,
+    slices: usize,
     round_time: Duration,
     /// Steps handed out so far.
     taken: usize,
     runs: Vec<Vec<R>>,
+    /// Per contender, how many slices of the current round it has run, and their runs merged.
+    partial: Vec<(usize, Option<R>)>,
     total: u64,
 }
 
@@ -59,9 +90,11 @@ impl<R: Measured> Rounds<R> {
         Self {
             contenders,
             rounds: settings.rounds,
+            slices: settings.slices.max(1),
             round_time: settings.round_time,
             taken: 0,
             runs: vec![Vec::with_capacity(settings.rounds); contenders],
+            partial: vec![(0, None); contenders],
             total: 0,
         }
     }
@@ -70,7 +103,7 @@ impl<R: Measured> Rounds<R> {
     /// of each round as it begins.
     pub fn next_step(&mut self) -> Option<Step> {
         let (n, taken) = (self.contenders, self.taken);
-        if n == 0 || taken >= n * (self.rounds + 1) {
+        if n == 0 || taken >= n * (self.rounds * self.slices + 1) {
             return None;
         }
         self.taken += 1;
@@ -84,23 +117,39 @@ impl<R: Measured> Rounds<R> {
                 warm_up: true,
             });
         }
-        let (round, slot) = ((taken - n) / n, (taken - n) % n);
-        if slot == 0 {
-            println!("round {}/{}", round + 1, self.rounds);
+        // Passes over the contenders, one per slice of each round, alternating direction.
+        let (pass, slot) = ((taken - n) / n, (taken - n) % n);
+        if slot == 0 && pass % self.slices == 0 {
+            println!("round {}/{}", pass / self.slices + 1, self.rounds);
         }
-        let contender = if round % 2 == 0 { slot } else { n - 1 - slot };
+        let contender = if pass % 2 == 0 { slot } else { n - 1 - slot };
         Some(Step {
             contender,
-            duration: self.round_time,
+            duration: self.round_time / self.slices as u32,
             warm_up: false,
         })
     }
 
-    /// Keeps what `step` counted (a warm-up only adds to the total).
-    pub fn record(&mut self, step: Step, run: R) {
+    /// Keeps what `step` counted (a warm-up only adds to the total); returns the contender's
+    /// run of the round once its last slice is in.
+    pub fn record(&mut self, step: Step, run: R) -> Option<R> {
         self.total += run.count();
-        if !step.warm_up {
-            self.runs[step.contender].push(run);
+        if step.warm_up {
+            return None;
+        }
+        let (slices, earlier) = &mut self.partial[step.contender];
+        let merged = match earlier.take() {
+            Some(earlier) => earlier.merge(&run),
+            None => run,
+        };
+        *slices += 1;
+        if *slices == self.slices {
+            *slices = 0;
+            self.runs[step.contender].push(merged);
+            Some(merged)
+        } else {
+            *earlier = Some(merged);
+            None
         }
     }
 
@@ -209,6 +258,9 @@ mod tests {
         fn per_second(&self) -> f64 {
             1.0
         }
+        fn merge(&self, _: &Self) -> Self {
+            One
+        }
     }
 
     #[test]
@@ -216,6 +268,7 @@ mod tests {
         let settings = Settings {
             url: String::new(),
             rounds: 3,
+            slices: 1,
             round_time: Duration::from_secs(2),
         };
         let mut rounds = Rounds::<One>::new(3, &settings);
@@ -227,5 +280,52 @@ mod tests {
         assert_eq!(order, [0, 1, 2, 0, 1, 2, 2, 1, 0, 0, 1, 2]);
         assert_eq!(rounds.total(), 12);
         assert!(rounds.runs().iter().all(|runs| runs.len() == 3));
+    }
+
+    /// Counts its units; merging adds them up.
+    #[derive(Clone, Copy)]
+    struct Units(u64);
+
+    impl Measured for Units {
+        fn count(&self) -> u64 {
+            self.0
+        }
+        fn per_second(&self) -> f64 {
+            self.0 as f64
+        }
+        fn merge(&self, other: &Self) -> Self {
+            Units(self.0 + other.0)
+        }
+    }
+
+    #[test]
+    fn slices_a_round_into_passes_of_alternating_direction_and_merges_them() {
+        let settings = Settings {
+            url: String::new(),
+            rounds: 2,
+            slices: 3,
+            round_time: Duration::from_secs(3),
+        };
+        let mut rounds = Rounds::<Units>::new(2, &settings);
+        let (mut order, mut finished) = (Vec::new(), Vec::new());
+        let mut units = 0;
+        while let Some(step) = rounds.next_step() {
+            order.push(step.contender);
+            if !step.is_warm_up() {
+                assert_eq!(step.duration, Duration::from_secs(1));
+            }
+            units += 1;
+            if let Some(run) = rounds.record(step, Units(units)) {
+                finished.push((step.contender, run.0));
+            }
+        }
+        // Warm-up, then round 1 (three passes), then round 2 (three more).
+        assert_eq!(order, [0, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0]);
+        // Round 1: contender 0 ran steps 3, 6, 7; contender 1 steps 4, 5, 8.
+        assert_eq!(finished[..2], [(0, 3 + 6 + 7), (1, 4 + 5 + 8)]);
+        assert_eq!(finished.len(), 4);
+        assert_eq!(rounds.runs()[0].len(), 2);
+        assert_eq!(rounds.runs()[0][0].0, 16);
+        assert_eq!(rounds.total(), (1..=14).sum::<u64>());
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dbscope::{BindConfig, BindManager};
 
-use crate::{Failure, Measured, Settings, Summary, Table, cpu};
+use crate::{Failure, Measured, Settings, Summary, Table, cpu, rounds};
 
 /// Connections per pool.
 pub const CONNECTIONS: u32 = 8;
@@ -48,6 +48,23 @@ impl Measured for Run {
 
     fn per_second(&self) -> f64 {
         self.per_second
+    }
+
+    fn merge(&self, other: &Self) -> Self {
+        let sessions = self.sessions + other.sessions;
+        let secs = rounds::seconds(self) + rounds::seconds(other);
+        Run {
+            sessions,
+            per_second: if secs > 0.0 {
+                sessions as f64 / secs
+            } else {
+                0.0
+            },
+            cpu_us: self
+                .cpu_us
+                .zip(other.cpu_us)
+                .map(|(a, b)| rounds::weighted((self, a), (other, b))),
+        }
     }
 }
 

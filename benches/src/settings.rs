@@ -9,6 +9,8 @@ pub const URL_ENV: &str = "DBSCOPE_TEST_PG_URL";
 pub const ROUNDS_ENV: &str = "BENCH_ROUNDS";
 /// Seconds per contender per round.
 pub const SECS_ENV: &str = "BENCH_SECS";
+/// How many slices a round's time per contender is cut into (see [`crate::Rounds`]).
+pub const SLICES_ENV: &str = "BENCH_SLICES";
 
 /// The settings every benchmark takes.
 #[derive(Debug)]
@@ -19,6 +21,8 @@ pub struct Settings {
     pub rounds: usize,
     /// From [`SECS_ENV`].
     pub round_time: Duration,
+    /// From [`SLICES_ENV`], default 1 (a benchmark may choose another default).
+    pub slices: usize,
 }
 
 impl Settings {
@@ -44,6 +48,7 @@ impl Settings {
             url,
             rounds,
             round_time,
+            slices: at_least_one(SLICES_ENV, 1)?,
         })
     }
 }
@@ -51,8 +56,12 @@ impl Settings {
 impl Settings {
     /// For a report's heading: `5 round(s) of 2.0 s per contender, 2 CPU(s)`.
     pub fn rounds_text(&self) -> String {
+        let slices = match self.slices {
+            1 => String::new(),
+            n => format!(" in {n} interleaved slices"),
+        };
         format!(
-            "{} round(s) of {:.1} s per contender, {} CPU(s)",
+            "{} round(s) of {:.1} s per contender{slices}, {} CPU(s)",
             self.rounds,
             self.round_time.as_secs_f64(),
             std::thread::available_parallelism().map_or(0, usize::from),

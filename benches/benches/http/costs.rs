@@ -40,17 +40,22 @@ impl Costs {
         self.machine - self.ours()
     }
 
+    /// Costs built field by field by `of`, given how to read the field from a `Costs`: the
+    /// medians of several measurements, the weighted mean of two.
+    pub(crate) fn each_field(of: impl Fn(fn(&Costs) -> f64) -> f64) -> Costs {
+        Costs {
+            server: of(|c| c.server),
+            client: of(|c| c.client),
+            postgres: of(|c| c.postgres),
+            machine: of(|c| c.machine),
+            busy: of(|c| c.busy),
+            loopback: of(|c| c.loopback),
+        }
+    }
+
     /// The medians, field by field.
     pub(crate) fn median(all: &[Costs]) -> Costs {
-        let median = |field: fn(&Costs) -> f64| Summary::of(all.iter().map(field)).median;
-        Costs {
-            server: median(|c| c.server),
-            client: median(|c| c.client),
-            postgres: median(|c| c.postgres),
-            machine: median(|c| c.machine),
-            busy: median(|c| c.busy),
-            loopback: median(|c| c.loopback),
-        }
+        Costs::each_field(|field| Summary::of(all.iter().map(field)).median)
     }
 }
 

@@ -62,8 +62,10 @@
 //! # Rounds, report, checks
 //!
 //! Each contender is warmed up for 1 s (opening its pool's connections); then each round runs
-//! every contender for `BENCH_SECS`, forwards in even rounds and backwards in odd ones, so that
-//! neighbours in the list (the layer and the session handler, say) always run back to back. The
+//! every contender for `BENCH_SECS`, in `BENCH_SLICES` (default 3) passes over the contenders,
+//! forwards and backwards in turn, so that neighbours in the list (the layer and the session
+//! handler, say) always run back to back, and each round's figures are taken over the same few
+//! seconds of the machine's drift for every contender. The
 //! report gives each contender's median requests/s (min–max) and costs, the ratios (of the
 //! medians, round by round, and by CPU time per request), and the goals: the dbscope layer at least 1.3×
 //! axum-sqlx-tx and within 5 % of the hand-written dbscope session handler (the layer costs
@@ -192,8 +194,12 @@ async fn bench(setup: &mut Setup, settings: &Settings) -> Result<u64, Failure> {
             settings.connections,
         )
         .await?;
-        report::print_run(name, &run);
-        rounds.record(step, run);
+        if step.is_warm_up() {
+            report::print_run(name, &run);
+        }
+        if let Some(round) = rounds.record(step, run) {
+            report::print_run(name, &round);
+        }
         if !step.is_warm_up() {
             setup
                 .check_no_open_transaction()

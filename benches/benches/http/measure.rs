@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use dbscope_benches::rounds::{seconds, weighted};
 use dbscope_benches::{Admin, Failure, Measured};
 
 use crate::CLIENT_FLAG;
@@ -28,6 +29,23 @@ impl Measured for Run {
 
     fn per_second(&self) -> f64 {
         self.per_second
+    }
+
+    fn merge(&self, other: &Self) -> Self {
+        let requests = self.requests + other.requests;
+        let secs = seconds(self) + seconds(other);
+        Run {
+            requests,
+            per_second: if secs > 0.0 {
+                requests as f64 / secs
+            } else {
+                0.0
+            },
+            // Per request, weighed by the requests of each slice.
+            costs: self.costs.zip(other.costs).map(|(a, b)| {
+                Costs::each_field(|field| weighted((self, field(&a)), (other, field(&b))))
+            }),
+        }
     }
 }
 

@@ -169,7 +169,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(ScopeService {
             service,
-            config: Arc::new(self.config.clone()),
+            config: self.config.clone(),
         }))
     }
 }

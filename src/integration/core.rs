@@ -177,7 +177,9 @@ macro_rules! layer_type {
         $(#[$doc])*
         #[derive(Clone, Debug)]
         pub struct $name {
-            config: $crate::integration::core::LayerConfig,
+            // Shared with every service the layer makes: a router that applies its layers per
+            // request (an axum `Router` still waiting for its state, say) copies nothing.
+            config: std::sync::Arc<$crate::integration::core::LayerConfig>,
         }
 
         impl $name {
@@ -186,7 +188,9 @@ macro_rules! layer_type {
             )]
             pub fn new(manager: &$crate::BindManager) -> Self {
                 Self {
-                    config: $crate::integration::core::LayerConfig::new(manager),
+                    config: std::sync::Arc::new($crate::integration::core::LayerConfig::new(
+                        manager,
+                    )),
                 }
             }
 
@@ -201,19 +205,21 @@ macro_rules! layer_type {
             /// binds, so that a wrong route configuration fails at start-up.
             pub fn with_scope(scope: $crate::ScopeBuilder) -> $crate::Result<Self> {
                 let config = $crate::integration::core::LayerConfig::with_scope(scope)?;
-                Ok(Self { config })
+                Ok(Self {
+                    config: std::sync::Arc::new(config),
+                })
             }
 
             /// Commits on `status` too, though it is 400 or above (a `404` of a lookup that also
             /// logged something, say).
             pub fn commit_on(mut self, status: $status) -> Self {
-                self.config.commit_on(status.as_u16());
+                std::sync::Arc::make_mut(&mut self.config).commit_on(status.as_u16());
                 self
             }
 
             /// Rolls back on `status` too, though it is below 400.
             pub fn rollback_on(mut self, status: $status) -> Self {
-                self.config.rollback_on(status.as_u16());
+                std::sync::Arc::make_mut(&mut self.config).rollback_on(status.as_u16());
                 self
             }
         }

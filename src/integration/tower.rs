@@ -80,7 +80,7 @@ impl<S> Layer<S> for ScopeLayer {
     fn layer(&self, inner: S) -> ScopeService<S> {
         ScopeService {
             inner,
-            config: Arc::new(self.config.clone()),
+            config: self.config.clone(),
         }
     }
 }

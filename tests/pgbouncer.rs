@@ -310,6 +310,10 @@ fn settings_that_cannot_work_behind_a_transaction_pooler_are_refused() {
 }
 
 #[test]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment's Jail dictates the closure's error type"
+)]
 fn the_switch_loads_from_toml_and_the_environment() {
     figment::Jail::expect_with(|jail| {
         jail.clear_env();

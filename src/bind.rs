@@ -73,6 +73,7 @@ pub(crate) trait ErasedBind: Send + Sync {
 /// opens no connection.
 pub(crate) fn open(name: &str, config: &BindConfig) -> Result<OpenBind> {
     let (url, dialect) = backend::resolve(name, config)?;
+    check_pooler(name, config, dialect)?;
     // Every arm `resolve` can lead to is compiled in; the last one stands for the rest.
     #[allow(unreachable_patterns)]
     match (config.engine, dialect) {
@@ -90,6 +91,32 @@ pub(crate) fn open(name: &str, config: &BindConfig) -> Result<OpenBind> {
             unreachable!("resolve refuses drivers not compiled in: {engine:?} {dialect:?}")
         }
     }
+}
+
+/// Refuses what cannot work behind the bind's connection pooler (`connect.pooler`).
+fn check_pooler(name: &str, config: &BindConfig, dialect: Dialect) -> Result<()> {
+    if !config.connect.pooler.pools_transactions() {
+        return Ok(());
+    }
+    let refused = if dialect != Dialect::Postgres || config.engine != Engine::Native {
+        "`connect.pooler = \"pgbouncer_transaction\"` is for PostgreSQL binds on the native \
+         engine; remove it from this bind"
+    } else if config.session.autocommit {
+        "autocommit sessions cannot work behind PgBouncer in transaction pooling mode (a \
+         statement's parse and its execution may reach two different server connections); set \
+         `session.autocommit = false`, or point the bind at a session-mode pool"
+    } else if config
+        .connect
+        .statement_cache_capacity
+        .is_some_and(|n| n > 0)
+    {
+        "a statement cache cannot work behind PgBouncer in transaction pooling mode (its named \
+         statements live on one server connection, and the next transaction may get another); \
+         remove `connect.statement_cache_capacity` or set it to 0"
+    } else {
+        return Ok(());
+    };
+    Err(Error::unsupported(name, refused))
 }
 
 fn open_as<DB: Backend>(
@@ -164,6 +191,12 @@ impl<DB: Backend> Bind<DB> {
 
     pub(crate) fn dialect(&self) -> Dialect {
         self.shared.dialect
+    }
+
+    /// Whether server connections change hands between transactions (a transaction pooler):
+    /// statements must then be unnamed, and sessions transactional.
+    pub(crate) fn pools_transactions(&self) -> bool {
+        self.shared.config.connect.pooler.pools_transactions()
     }
 
     /// The session options the bind's config sets.

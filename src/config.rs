@@ -149,6 +149,13 @@ impl BindConfig {
         self
     }
 
+    /// Sets [`ConnectConfig::pooler`]: `Pooler::PgbouncerTransaction` for a bind behind
+    /// PgBouncer in transaction pooling mode.
+    pub fn pooler(mut self, pooler: Pooler) -> Self {
+        self.connect.pooler = pooler;
+        self
+    }
+
     /// Sets [`SessionConfig::isolation`].
     pub fn isolation(mut self, level: IsolationLevel) -> Self {
         self.session.isolation = Some(level);
@@ -272,6 +279,36 @@ pub struct ConnectConfig {
     /// TLS: mode, CA and client certificate (PostgreSQL and MySQL/MariaDB). Default: the URL's
     /// settings, else the driver's (`prefer`).
     pub tls: TlsConfig,
+    /// The connection pooler between this bind and its server, if one shares server
+    /// connections among clients (`pooler = "pgbouncer_transaction"` in TOML). Default:
+    /// [`Pooler::None`].
+    pub pooler: Pooler,
+}
+
+/// A connection pooler in front of a bind's server: what the bind must not rely on across
+/// transactions. See "Behind PgBouncer" in the README.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Pooler {
+    /// None, or one that gives each client connection a server connection of its own for as
+    /// long as it is open (PgBouncer's session mode): the driver's defaults hold.
+    #[default]
+    None,
+    /// PgBouncer in transaction pooling mode (PostgreSQL binds only): a client connection has
+    /// a server connection only from BEGIN to COMMIT or ROLLBACK, and the next transaction may
+    /// get another. The bind then prepares no named statements (every statement is parsed
+    /// anew, unnamed, inside its transaction: one more round trip per statement with
+    /// parameters), keeps no statement cache, and refuses autocommit sessions, whose parse and
+    /// execute could land on two different server connections.
+    PgbouncerTransaction,
+}
+
+impl Pooler {
+    /// Whether server connections change hands between a client's transactions.
+    pub(crate) fn pools_transactions(self) -> bool {
+        self == Self::PgbouncerTransaction
+    }
 }
 
 /// SQLite pragmas and file options.

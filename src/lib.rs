@@ -25,7 +25,7 @@ pub use bind::Bind;
 pub use bind_key::{BindKey, DefaultBind};
 pub use config::{
     BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, HealthCheck, IsolationLevel,
-    JournalMode, PoolConfig, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
+    JournalMode, PoolConfig, Pooler, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
 };
 pub use database_url::DatabaseUrl;
 pub use engine::BindStatus;

@@ -18,6 +18,11 @@ use executor::InFlight;
 /// How long a dropped session's connection may take to roll back before it is discarded.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why an autocommit statement is refused on a bind behind a transaction pooler.
+const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behind PgBouncer in \
+     transaction pooling mode (its parse and its execution may reach two different server \
+     connections); run it in a transaction (drop `.autocommit(true)`, or call `begin()` first)";
+
 /// A unit of work on one bind: lazily connected, transactional, never leaking a transaction.
 ///
 /// A session checks out no connection until its first statement, then pins that connection
@@ -620,6 +625,12 @@ impl<DB: Backend> Session<DB> {
             return Ok(()); // the hot path: mid-transaction
         }
         if self.options().autocommit {
+            if self.tx.depth == 0 && self.bind.pools_transactions() {
+                return Err(Error::unsupported(
+                    self.bind.name(),
+                    AUTOCOMMIT_BEHIND_POOLER,
+                ));
+            }
             // No BEGIN to try a connection with: a dead one fails the statement itself, which
             // may have run, so it is reported, never retried (see "Dead connections").
             return self.attach().await;

@@ -21,6 +21,12 @@ impl Backend for Postgres {
         if let Some(capacity) = config.connect.statement_cache_capacity {
             options = options.statement_cache_capacity(capacity);
         }
+        if config.connect.pooler.pools_transactions() {
+            // Behind a transaction pooler a cached statement would be looked for on whichever
+            // server connection the next transaction gets (`bind::check_pooler` refuses a
+            // capacity above 0 there).
+            options = options.statement_cache_capacity(0);
+        }
         if let Some(name) = &config.connect.application_name {
             options = options.application_name(name);
         }

@@ -108,12 +108,49 @@ impl<S> Drop for Tracked<'_, S> {
 
 /// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
 /// own boxed future (one allocation per statement, not two).
+/// A statement run as given, or unnamed (`persistent() == false`) on a bind behind a
+/// transaction pooler: sqlx then parses it into the unnamed statement, which lives only until
+/// the transaction's next statement, instead of a named one that would stay on a server
+/// connection the pooler hands to another client next.
+struct Statement<E> {
+    inner: E,
+    unnamed: bool,
+}
+
+impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for Statement<E> {
+    fn sql(self) -> SqlStr {
+        self.inner.sql()
+    }
+
+    fn statement(&self) -> Option<&DB::Statement> {
+        self.inner.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<<DB as sqlx::Database>::Arguments>, sqlx::error::BoxDynError> {
+        self.inner.take_arguments()
+    }
+
+    fn persistent(&self) -> bool {
+        !self.unnamed && self.inner.persistent()
+    }
+}
+
 impl<DB: Backend> Session<DB> {
+    fn statement<E>(&self, query: E) -> Statement<E> {
+        Statement {
+            inner: query,
+            unnamed: self.bind.pools_transactions(),
+        }
+    }
+
     pub(crate) async fn run_execute<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
     where
         E: 'q + Execute<'q, DB>,
     {
         self.ready().await.map_err(Error::into_sqlx)?;
+        let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
         Tracked::new(DB::fetch_many(raw, query), op, false)
             .try_filter_map(|step| std::future::ready(Ok(step.left())))
@@ -126,6 +163,7 @@ impl<DB: Backend> Session<DB> {
         E: 'q + Execute<'q, DB>,
     {
         self.ready().await.map_err(Error::into_sqlx)?;
+        let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
         Tracked::new(DB::fetch_many(raw, query), op, false)
             .try_filter_map(|step| std::future::ready(Ok(step.right())))
@@ -141,6 +179,7 @@ impl<DB: Backend> Session<DB> {
         E: 'q + Execute<'q, DB>,
     {
         self.ready().await.map_err(Error::into_sqlx)?;
+        let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
         op.finish(DB::fetch_optional(raw, query).await)
     }
@@ -159,6 +198,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         let start = async move {
             self.ready().await.map_err(Error::into_sqlx)?;
+            let query = self.statement(query);
             let (raw, op) = self.start_statement(true);
             Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
         };

@@ -677,5 +677,25 @@ async fn embedded_migrations_and_binds_without_any() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::MigrationSource);
     assert!(err.to_string().contains("/nonexistent/dbscope"), "{err}");
-    let _ = Path::new("");
+}
+
+/// `migrations` and `migrate_after` come from a config file like any other setting.
+#[test]
+fn migration_settings_load_from_toml() {
+    let path = std::env::temp_dir().join(format!("dbscope_m_cfg_{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[binds.main]\nurl = \"sqlite::memory:\"\nmigrations = \"migrations/main\"\n\
+         migrate_after = [\"accounts\"]\n[binds.accounts]\nurl = \"sqlite::memory:\"\n",
+    )
+    .unwrap();
+    let config = dbscope::Config::from_file(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    let main = &config.binds["main"];
+    assert_eq!(
+        main.migrations.as_deref(),
+        Some(Path::new("migrations/main"))
+    );
+    assert_eq!(main.migrate_after, ["accounts"]);
+    assert!(config.binds["accounts"].migrations.is_none());
 }

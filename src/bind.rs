@@ -59,6 +59,8 @@ impl OpenBind {
 /// The operations the manager runs on every bind, whatever its database type.
 pub(crate) trait ErasedBind: Send + Sync {
     fn backend(&self) -> &'static str;
+    /// The bind's config, as it was built.
+    fn config(&self) -> &BindConfig;
     fn status(&self) -> BindStatus;
     fn is_closed(&self) -> bool;
     fn connect(self: Arc<Self>) -> BoxFuture<'static, Result<()>>;
@@ -212,6 +214,11 @@ impl<DB: Backend> Bind<DB> {
     pub(crate) fn acquire_timeout(&self) -> Duration {
         self.shared.pool.acquire_timeout()
     }
+
+    /// A connection of this bind's own, outside its pool (see `Pool::connect_unpooled`).
+    pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
+        self.shared.pool.connect_unpooled().await
+    }
 }
 
 impl<DB: Backend> Shared<DB> {
@@ -224,6 +231,10 @@ impl<DB: Backend> Shared<DB> {
 impl<DB: Backend> ErasedBind for Shared<DB> {
     fn backend(&self) -> &'static str {
         <DB as sqlx::Database>::NAME
+    }
+
+    fn config(&self) -> &BindConfig {
+        &self.config
     }
 
     fn status(&self) -> BindStatus {

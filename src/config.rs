@@ -63,6 +63,14 @@ pub struct BindConfig {
     pub connect: ConnectConfig,
     /// How this bind's sessions begin their transactions.
     pub session: SessionConfig,
+    /// A directory of migrations in sqlx's format (`<VERSION>_<DESCRIPTION>.sql`, or
+    /// `.up.sql` and `.down.sql` pairs), read when migrations run, relative to the working
+    /// directory. Used by the `migrate` feature; migrations embedded with `sqlx::migrate!` are
+    /// handed in code instead. Default: none.
+    pub migrations: Option<PathBuf>,
+    /// Binds whose migrations must run before this bind's (`migrate_after = ["accounts"]`).
+    /// Default: none (binds migrate in name order).
+    pub migrate_after: Vec<String>,
 }
 
 impl BindConfig {
@@ -171,6 +179,18 @@ impl BindConfig {
     /// Sets [`SessionConfig::autocommit`].
     pub fn autocommit(mut self, on: bool) -> Self {
         self.session.autocommit = on;
+        self
+    }
+
+    /// Sets [`BindConfig::migrations`]: the directory this bind's migrations are read from.
+    pub fn migrations(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.migrations = Some(dir.into());
+        self
+    }
+
+    /// Sets [`BindConfig::migrate_after`]: the binds migrated before this one.
+    pub fn migrate_after<S: Into<String>>(mut self, binds: impl IntoIterator<Item = S>) -> Self {
+        self.migrate_after = binds.into_iter().map(Into::into).collect();
         self
     }
 }

@@ -201,6 +201,29 @@ impl<DB: Backend> Pool<DB> {
         }
     }
 
+    /// Opens a connection outside the pool, with the pool's connect options, within
+    /// `acquire_timeout`: for work that must leave nothing on a pooled connection (a
+    /// migration's advisory lock). For in-memory SQLite the keeper holds the database first, so
+    /// that closing this connection does not take the database with it.
+    pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
+        let shared = &*self.0;
+        if shared.deadpool.is_closed() {
+            return Err(Error::closed(&shared.bind));
+        }
+        let connect = async {
+            if let Some(keeper) = &shared.keeper {
+                shared.hold_database(keeper).await?;
+            }
+            let options = &shared.deadpool.manager().options;
+            sqlx::ConnectOptions::connect(options)
+                .await
+                .map_err(|source| shared.connect_error(source))
+        };
+        tokio::time::timeout(shared.acquire_timeout, connect)
+            .await
+            .unwrap_or_else(|_elapsed| Err(Error::timeout(&shared.bind, shared.acquire_timeout)))
+    }
+
     /// A snapshot of the pool.
     pub(crate) fn status(&self) -> BindStatus {
         let shared = &*self.0;

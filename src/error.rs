@@ -141,6 +141,24 @@ pub enum ErrorKind {
     BlockingInAsync,
     /// The runtime that drives blocking binds could not start.
     BlockingRuntime,
+    /// A bind's migrations could not be read: a missing or unreadable directory, a file name
+    /// sqlx's format does not accept, a version asked for that is not among them, or no down
+    /// migration for a version to revert.
+    MigrationSource,
+    /// `migrate_after` makes a cycle ([`Error::known_binds`] lists it).
+    MigrationOrder,
+    /// A migration was changed after it was applied: its checksum differs from the one recorded
+    /// in `_sqlx_migrations` ([`Error::migration_version`], [`Error::migration_file`]).
+    MigrationEdited,
+    /// The database records a migration applied that the bind's migrations no longer have
+    /// ([`Error::migration_version`]).
+    MigrationMissing,
+    /// A migration failed part-way on a backend without transactional DDL (MySQL/MariaDB) and
+    /// is marked unfinished ([`Error::migration_version`]).
+    MigrationDirty,
+    /// A migration failed; the driver's error is the source ([`Error::migration_version`],
+    /// [`Error::migration_file`]).
+    MigrationFailed,
 }
 
 impl ErrorKind {
@@ -160,7 +178,9 @@ impl ErrorKind {
             | Self::MinExceedsMax
             | Self::Unsupported
             | Self::ConfigFile
-            | Self::Config => true,
+            | Self::Config
+            | Self::MigrationSource
+            | Self::MigrationOrder => true,
             Self::UnknownBind
             | Self::BackendMismatch
             | Self::Timeout
@@ -182,7 +202,11 @@ impl ErrorKind {
             | Self::PartialCommit
             | Self::CloseTimedOut
             | Self::BlockingInAsync
-            | Self::BlockingRuntime => false,
+            | Self::BlockingRuntime
+            | Self::MigrationEdited
+            | Self::MigrationMissing
+            | Self::MigrationDirty
+            | Self::MigrationFailed => false,
         }
     }
 }
@@ -207,6 +231,11 @@ enum Detail {
     Busy(Vec<(String, usize)>),
     /// `Tls`: the check that failed.
     Tls(TlsCheck),
+    /// The migration errors: which migration, and its file when it has one.
+    Migration {
+        version: i64,
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 impl Error {
@@ -293,6 +322,25 @@ impl Error {
     pub fn tls_check(&self) -> Option<TlsCheck> {
         match self.0.detail {
             Detail::Tls(check) => Some(check),
+            _ => None,
+        }
+    }
+
+    /// For the migration errors ([`ErrorKind::MigrationEdited`], [`ErrorKind::MigrationFailed`],
+    /// [`ErrorKind::MigrationDirty`], [`ErrorKind::MigrationMissing`]), the version of the
+    /// migration at fault.
+    pub fn migration_version(&self) -> Option<i64> {
+        match self.0.detail {
+            Detail::Migration { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+
+    /// For [`ErrorKind::MigrationEdited`] and [`ErrorKind::MigrationFailed`], the file of the
+    /// migration at fault, when it was read from a directory (not embedded).
+    pub fn migration_file(&self) -> Option<&Path> {
+        match &self.0.detail {
+            Detail::Migration { file, .. } => file.as_deref(),
             _ => None,
         }
     }
@@ -933,6 +981,112 @@ impl Error {
         .with_source(source)
     }
 
+    /// `what` could not be read (a directory, a file name, a version): `problem` says why and
+    /// how to fix it.
+    pub(crate) fn migration_source(bind: &str, problem: &str, source: Option<BoxError>) -> Self {
+        let err = Self::new(
+            ErrorKind::MigrationSource,
+            Some(bind),
+            format!("bind `{bind}`: {problem}"),
+        );
+        match source {
+            Some(source) => err.with_source(source),
+            None => err,
+        }
+    }
+
+    /// `cycle`: the binds of a `migrate_after` cycle, the first repeated at the end.
+    pub(crate) fn migration_order(cycle: Vec<String>) -> Self {
+        let path = cycle
+            .iter()
+            .map(|b| format!("`{b}`"))
+            .collect::<Vec<_>>()
+            .join(" after ");
+        Self::new(
+            ErrorKind::MigrationOrder,
+            cycle.first().map(String::as_str),
+            format!(
+                "`migrate_after` makes a cycle: {path}; remove one of these entries so that \
+                 some bind migrates first"
+            ),
+        )
+        .with_detail(Detail::Binds(cycle))
+    }
+
+    pub(crate) fn migration_edited(
+        bind: &str,
+        version: i64,
+        description: &str,
+        file: Option<std::path::PathBuf>,
+    ) -> Self {
+        let place = file_or_embedded(file.as_deref());
+        Self::new(
+            ErrorKind::MigrationEdited,
+            Some(bind),
+            format!(
+                "bind `{bind}`: migration {version} ({description}, {place}) was edited after \
+                 it was applied: its checksum differs from the one in _sqlx_migrations. Restore \
+                 its applied text and put the change in a new migration; nothing was applied"
+            ),
+        )
+        .with_detail(Detail::Migration { version, file })
+    }
+
+    pub(crate) fn migration_missing(bind: &str, version: i64) -> Self {
+        Self::new(
+            ErrorKind::MigrationMissing,
+            Some(bind),
+            format!(
+                "bind `{bind}`: migration {version} is recorded as applied in _sqlx_migrations \
+                 but is not among the bind's migrations; restore its file (or point the bind at \
+                 the right migrations); nothing was applied"
+            ),
+        )
+        .with_detail(Detail::Migration {
+            version,
+            file: None,
+        })
+    }
+
+    pub(crate) fn migration_dirty(bind: &str, version: i64) -> Self {
+        Self::new(
+            ErrorKind::MigrationDirty,
+            Some(bind),
+            format!(
+                "bind `{bind}`: migration {version} failed part-way earlier and is marked \
+                 unfinished in _sqlx_migrations (this backend cannot roll DDL back); undo what \
+                 it did by hand, delete its row (version = {version}), then migrate again"
+            ),
+        )
+        .with_detail(Detail::Migration {
+            version,
+            file: None,
+        })
+    }
+
+    /// Migration `version` (`what`: "applying", "reverting") failed with `source`.
+    pub(crate) fn migration_failed(
+        bind: &str,
+        what: &str,
+        version: i64,
+        description: &str,
+        file: Option<std::path::PathBuf>,
+        source: BoxError,
+    ) -> Self {
+        let place = file_or_embedded(file.as_deref());
+        Self::new(
+            ErrorKind::MigrationFailed,
+            Some(bind),
+            format!(
+                "bind `{bind}`: {what} migration {version} ({description}, {place}) failed; \
+                 fix it and run again. Migrations before it stay applied (each bind migrates on \
+                 its own: nothing is atomic across binds)"
+            ),
+        )
+        .with_source(source)
+        .with_detail(Detail::Migration { version, file })
+    }
+
     /// The same error, about `bind` when it named none (an error that crossed sqlx's API
     /// without one).
     pub(crate) fn or_bind(mut self, bind: &str) -> Self {
@@ -977,6 +1131,13 @@ fn list(binds: &[String]) -> String {
         .map(|b| format!("`{b}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn file_or_embedded(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!("file `{}`", path.display()),
+        None => "embedded".to_owned(),
+    }
 }
 
 fn bind_prefix(bind: Option<&str>) -> String {

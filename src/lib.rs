@@ -16,6 +16,8 @@ mod error;
 mod integration;
 mod load;
 mod manager;
+#[cfg(feature = "migrate")]
+mod migrate;
 mod savepoint;
 mod scope;
 mod session;
@@ -38,6 +40,11 @@ pub use integration::axum;
 pub use integration::tower;
 pub use load::{BIND_ENV_PREFIX, DATABASE_URL_ENV};
 pub use manager::{BindManager, BindManagerBuilder};
+#[cfg(feature = "migrate")]
+pub use migrate::{
+    BindMigrations, BindOutcome, BindReport, Direction, MigrateEvent, MigrateReport, MigrationInfo,
+    MigrationSource, MigrationState, MigrationStatus, Migrations,
+};
 pub use savepoint::Savepoint;
 pub use scope::{
     Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, SessionLease, TransactionMode, atomic,

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("bind", 4),
     ("bind_key", 4),
     ("manager", 5),
+    ("migrate", 6),
     ("session", 6),
     ("savepoint", 6),
     ("scope", 7),

@@ -1,0 +1,197 @@
+//! The dedicated connection a bind migrates on, and its lock.
+//!
+//! It is opened for one run, outside the bind's pool, and closed after it; after a failure it
+//! is dropped without a goodbye, so the server ends the session and frees whatever lock it
+//! held. A lock can therefore never be stranded on a pooled connection, which a migrator that
+//! borrows one from the pool and fails between lock and unlock does (sqlx's `Migrator::run`
+//! returns early without unlocking: lakekeeper #1790).
+
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use sqlx::Connection;
+use sqlx::migrate::{Migrate, MigrateError};
+
+use crate::{BindManager, Error, Result};
+
+/// A connection migrations run on: sqlx's [`Migrate`] plus a lock that says when it must wait.
+pub(crate) trait MigrationConn: Send {
+    /// The connection, for sqlx's migration steps.
+    fn migrate(&mut self) -> &mut (dyn Migrate + Send);
+
+    /// Takes the migration lock of the database (the one sqlx's migrator takes, so that
+    /// sqlx-cli and dbscope exclude each other), calling `waiting` first if another holds it.
+    fn lock<'a>(
+        &'a mut self,
+        waiting: &'a (dyn Fn() + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), MigrateError>>;
+
+    /// Releases the lock.
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>>;
+
+    /// Closes the connection politely.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// How long a polite close may take before the connection is dropped instead.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
+async fn close_within<C: Connection>(conn: C) {
+    let _ = tokio::time::timeout(CLOSE_LIMIT, conn.close()).await;
+}
+
+/// Seconds of one `GET_LOCK` wait on MySQL/MariaDB, repeated until the lock is had.
+#[cfg(feature = "mysql")]
+const MYSQL_LOCK_ROUND: i64 = 5;
+
+/// sqlx's lock id for a database: its name's CRC-32 times a constant (sqlx-postgres and
+/// sqlx-mysql `generate_lock_id`), so that the try below and sqlx's lock are the same lock.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn lock_id(database: &str) -> i64 {
+    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
+}
+
+/// Opens the dedicated connection of bind `name`.
+pub(crate) async fn open(manager: &BindManager, name: &str) -> Result<Box<dyn MigrationConn>> {
+    let entry = manager.entry(name)?;
+    if entry.erased.is_closed() {
+        return Err(Error::closed(name));
+    }
+    // One arm per driver compiled in, as `bind::open` picks them.
+    #[cfg(feature = "any")]
+    if let Some(bind) = entry.typed::<sqlx::Any>() {
+        return Ok(Box::new(bind.connect_unpooled().await?));
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(bind) = entry.typed::<sqlx::Postgres>() {
+        return Ok(Box::new(bind.connect_unpooled().await?));
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(bind) = entry.typed::<sqlx::MySql>() {
+        return Ok(Box::new(bind.connect_unpooled().await?));
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(bind) = entry.typed::<sqlx::Sqlite>() {
+        let url = entry.erased.config().url.as_ref();
+        let lock_file = url.and_then(|u| sqlite::lock_file(u.expose()));
+        let conn = bind.connect_unpooled().await?;
+        return Ok(Box::new(sqlite::SqliteMigrationConn::new(conn, lock_file)));
+    }
+    unreachable!("bind `{name}` is of a backend compiled in")
+}
+
+#[cfg(feature = "postgres")]
+impl MigrationConn for sqlx::PgConnection {
+    fn migrate(&mut self) -> &mut (dyn Migrate + Send) {
+        self
+    }
+
+    fn lock<'a>(
+        &'a mut self,
+        waiting: &'a (dyn Fn() + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), MigrateError>> {
+        Box::pin(async move {
+            let database: String = sqlx::query_scalar("SELECT current_database()")
+                .fetch_one(&mut *self)
+                .await?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(lock_id(&database))
+                .fetch_one(&mut *self)
+                .await?;
+            if got {
+                return Ok(());
+            }
+            waiting();
+            Migrate::lock(self).await
+        })
+    }
+
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Migrate::unlock(self)
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(close_within(*self))
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl MigrationConn for sqlx::MySqlConnection {
+    fn migrate(&mut self) -> &mut (dyn Migrate + Send) {
+        self
+    }
+
+    fn lock<'a>(
+        &'a mut self,
+        waiting: &'a (dyn Fn() + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), MigrateError>> {
+        Box::pin(async move {
+            let database: String = sqlx::query_scalar("SELECT DATABASE()")
+                .fetch_one(&mut *self)
+                .await?;
+            // sqlx-mysql names the lock with the id in hex. Its own lock, `GET_LOCK(name, -1)`,
+            // waits forever on MySQL but returns NULL at once on MariaDB (10.11 does), and sqlx
+            // ignores the answer: two migrators would both go ahead. This one waits in rounds
+            // of a timeout both accept, until the server says it holds the lock.
+            let name = format!("{:x}", lock_id(&database));
+            let mut told = false;
+            loop {
+                let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
+                    .bind(&name)
+                    .bind(if told { MYSQL_LOCK_ROUND } else { 0 })
+                    .fetch_one(&mut *self)
+                    .await?;
+                match got {
+                    Some(1) => return Ok(()),
+                    Some(_) if !told => {
+                        waiting();
+                        told = true;
+                    }
+                    Some(_) => {}
+                    None => {
+                        let e = std::io::Error::other(format!(
+                            "GET_LOCK('{name}') failed on the server"
+                        ));
+                        return Err(MigrateError::Execute(sqlx::Error::Io(e)));
+                    }
+                }
+            }
+        })
+    }
+
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Migrate::unlock(self)
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(close_within(*self))
+    }
+}
+
+/// An `Any` connection takes sqlx's lock as it is: which backend it is on is known only at run
+/// time, so it cannot try first, and waits without saying so.
+#[cfg(feature = "any")]
+impl MigrationConn for sqlx::AnyConnection {
+    fn migrate(&mut self) -> &mut (dyn Migrate + Send) {
+        self
+    }
+
+    fn lock<'a>(
+        &'a mut self,
+        _waiting: &'a (dyn Fn() + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), MigrateError>> {
+        Migrate::lock(self)
+    }
+
+    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
+        Migrate::unlock(self)
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(close_within(*self))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite;

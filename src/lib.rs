@@ -16,6 +16,7 @@ mod error;
 mod integration;
 mod load;
 mod manager;
+mod observe;
 mod savepoint;
 mod scope;
 mod session;

@@ -11,6 +11,7 @@ use futures_core::future::BoxFuture;
 use crate::backend::{self, Backend, Dialect, TxSql};
 use crate::config::{BindConfig, Engine, SessionConfig};
 use crate::engine::{BindStatus, Conn, Pool};
+use crate::observe::Observer;
 use crate::{DatabaseUrl, Error, Result};
 
 /// One named database: its engine (a pool of sqlx connections) and its session defaults.
@@ -132,7 +133,8 @@ fn open_as<DB: Backend>(
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::unsupported(name, &what))?;
     let name: Arc<str> = Arc::from(name);
-    let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool);
+    let observer = Arc::new(Observer::new(&name, &name, url, dialect, config));
+    let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool, observer);
     Ok(OpenBind::new(Shared {
         name,
         config: config.clone(),
@@ -219,6 +221,11 @@ impl<DB: Backend> Bind<DB> {
     pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
         self.shared.pool.connect_unpooled().await
     }
+
+    /// The bind's metric handles and span attributes.
+    pub(crate) fn observer(&self) -> &Observer {
+        self.shared.pool.observer()
+    }
 }
 
 impl<DB: Backend> Shared<DB> {
@@ -254,12 +261,21 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
     }
 
     fn twin(&self) -> OpenBind {
+        // Its own pool name: the two pools' gauges must not overwrite each other.
+        let pool_name = format!("{}/blocking", self.name);
+        let observer = Observer::new(
+            &self.name,
+            &pool_name,
+            &self.url,
+            self.dialect,
+            &self.config,
+        );
         OpenBind::new(Shared {
             name: self.name.clone(),
             config: self.config.clone(),
             url: self.url.clone(),
             dialect: self.dialect,
-            pool: self.pool.twin(&self.config.pool),
+            pool: self.pool.twin(&self.config.pool, Arc::new(observer)),
             tx_sql: self.tx_sql.clone(),
         })
     }

@@ -57,6 +57,9 @@ pub struct BindConfig {
     /// Log every statement of this bind through `tracing` at INFO (target `sqlx::query`).
     /// Default: `false` (statements slower than 1 s are still logged at WARN).
     pub echo: bool,
+    /// Record each statement's SQL on its tracing span (`db.query.text`). Off by default: a
+    /// query's text may carry data (literals) that traces should not.
+    pub trace_query_text: bool,
     /// Pool sizing, timeouts and health checks.
     pub pool: PoolConfig,
     /// Options applied when a connection opens.
@@ -121,6 +124,12 @@ impl BindConfig {
     /// Sets [`BindConfig::echo`].
     pub fn echo(mut self, on: bool) -> Self {
         self.echo = on;
+        self
+    }
+
+    /// Sets [`BindConfig::trace_query_text`].
+    pub fn trace_query_text(mut self, on: bool) -> Self {
+        self.trace_query_text = on;
         self
     }
 

@@ -20,6 +20,7 @@ use sqlx::Connection;
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::PoolConfig;
 use crate::error::is_connection_lost;
+use crate::observe::{Discard, Observer, Stopwatch};
 use crate::{DatabaseUrl, Error, Result};
 
 mod checkout;
@@ -124,8 +125,9 @@ impl<DB: Backend> Pool<DB> {
         options: Options<DB>,
         dialect: Dialect,
         config: &PoolConfig,
+        observer: Arc<Observer>,
     ) -> Self {
-        let manager = ConnManager::new(bind.clone(), options, dialect, config);
+        let manager = ConnManager::new(bind.clone(), options, dialect, config, observer);
         // deadpool's build fails only for timeouts without a runtime; the pool applies its own
         // deadline around checkout and sets none of deadpool's.
         let deadpool = managed::Pool::builder(manager)
@@ -149,10 +151,22 @@ impl<DB: Backend> Pool<DB> {
 
     /// A second pool on the same database, with the same connect options (a second parse of
     /// `sqlite::memory:` would name another database) and a life of its own.
-    pub(crate) fn twin(&self, config: &PoolConfig) -> Self {
+    pub(crate) fn twin(&self, config: &PoolConfig, observer: Arc<Observer>) -> Self {
         let manager = self.0.deadpool.manager();
         let (options, dialect) = (manager.options.clone(), manager.dialect);
-        Self::new(self.0.bind.clone(), &self.0.url, options, dialect, config)
+        Self::new(
+            self.0.bind.clone(),
+            &self.0.url,
+            options,
+            dialect,
+            config,
+            observer,
+        )
+    }
+
+    /// The pool's metric handles and span attributes.
+    pub(crate) fn observer(&self) -> &Observer {
+        &self.0.deadpool.manager().observer
     }
 
     /// How long a checkout may wait.
@@ -173,6 +187,7 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) async fn checkout_within(&self, budget: Duration) -> Result<Conn<DB>> {
         self.start_upkeep();
         let shared = &*self.0;
+        let watch = Stopwatch::start();
         let deadline = tokio::time::Instant::now() + budget;
         // One deadline for all of it: the SQLite keeper's first connection included.
         let get = async {
@@ -184,11 +199,16 @@ impl<DB: Backend> Pool<DB> {
                 // with nothing half-done to finish if this checkout is cut off.
                 return Ok(shared.deadpool.get().await);
             }
+            let _pending = shared.metrics().pending();
             Ok(checkout::get(&shared.deadpool, deadline).await)
         };
         match tokio::time::timeout_at(deadline, get).await {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Ok(obj))) => Ok(Conn(obj)),
+            Ok(Ok(Ok(obj))) => {
+                shared.metrics().waited(watch);
+                publish(&shared.deadpool);
+                Ok(Conn(obj))
+            }
             Ok(Ok(Err(PoolError::Closed))) => Err(Error::closed(&shared.bind)),
             Ok(Ok(Err(PoolError::Backend(source)))) => Err(shared.connect_error(source)),
             Ok(Ok(Err(other))) => unreachable!(
@@ -196,6 +216,7 @@ impl<DB: Backend> Pool<DB> {
             ),
             Err(_elapsed) => {
                 bump(&shared.counters().timeouts);
+                shared.metrics().timed_out();
                 Err(Error::timeout(&shared.bind, shared.acquire_timeout))
             }
         }
@@ -320,6 +341,7 @@ impl<DB: Backend> Pool<DB> {
         for conn in removed.removed {
             close_gracefully(conn);
         }
+        publish(&shared.deadpool);
         let missing = shared
             .min_connections
             .saturating_sub(shared.deadpool.status().size);
@@ -347,6 +369,10 @@ impl<DB: Backend> Clone for Pool<DB> {
 impl<DB: Backend> Shared<DB> {
     fn counters(&self) -> &Counters {
         &self.deadpool.manager().counters
+    }
+
+    fn metrics(&self) -> &crate::observe::PoolMetrics {
+        &self.deadpool.manager().observer.metrics
     }
 
     fn connect_error(&self, source: sqlx::Error) -> Error {
@@ -404,8 +430,13 @@ impl<DB: Backend> Conn<DB> {
     pub(crate) fn give_back(mut self) {
         self.0.clean = true;
         self.0.idle_since = Instant::now();
+        let since = self.checked_out_at();
         match managed::Object::pool(&self.0) {
-            Some(pool) if !pool.is_closed() => drop(self),
+            Some(pool) if !pool.is_closed() => {
+                drop(self);
+                pool.manager().observer.metrics.used_since(since);
+                publish(&pool);
+            }
             _ => close_gracefully(managed::Object::take(self.0)),
         }
     }
@@ -414,10 +445,26 @@ impl<DB: Backend> Conn<DB> {
     /// connections whose state is unknown, where the server must see the socket close and roll
     /// back.
     pub(crate) fn discard(self) {
-        if let Some(manager) = self.manager() {
-            bump(&manager.counters.discarded);
-        }
+        self.discard_because(Discard::UnknownState);
+    }
+
+    fn discard_because(self, reason: Discard) {
+        let since = self.checked_out_at();
+        let pool = managed::Object::pool(&self.0);
         drop(managed::Object::take(self.0));
+        if let Some(pool) = pool {
+            let manager = pool.manager();
+            bump(&manager.counters.discarded);
+            manager.observer.metrics.discarded(reason);
+            manager.observer.metrics.used_since(since);
+            publish(&pool);
+        }
+    }
+
+    /// When the connection was handed out: deadpool's last recycle, or its creation.
+    fn checked_out_at(&self) -> Instant {
+        let metrics = managed::Object::metrics(&self.0);
+        metrics.recycled.unwrap_or(metrics.created)
     }
 
     /// [`discard`](Conn::discard) for a connection found dead (the server or the network closed
@@ -427,7 +474,7 @@ impl<DB: Backend> Conn<DB> {
         if let Some(manager) = self.manager() {
             manager.saw_dead();
         }
-        self.discard();
+        self.discard_because(Discard::Dead);
     }
 
     /// The bind's connection manager, while its pool lives.
@@ -450,6 +497,15 @@ impl<DB: Backend> std::ops::Deref for ManagerRef<DB> {
     fn deref(&self) -> &ConnManager<DB> {
         self.0.manager()
     }
+}
+
+/// Publishes the pool's idle and used connections (the status is read only when a metrics
+/// recorder can see it: with the `metrics` feature).
+fn publish<DB: Backend>(pool: &managed::Pool<ConnManager<DB>>) {
+    pool.manager().observer.metrics.connections(|| {
+        let status = pool.status();
+        (status.available, status.size - status.available)
+    });
 }
 
 /// Closes a healthy connection politely (a Terminate message), in the background when a runtime

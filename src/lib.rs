@@ -18,6 +18,7 @@ mod load;
 mod manager;
 #[cfg(feature = "migrate")]
 mod migrate;
+mod observe;
 mod savepoint;
 mod scope;
 mod session;

@@ -1,3 +1,4 @@
+use crate::observe::ScopeMetrics;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +53,8 @@ struct Inner {
     /// The binds' other faces, opened by a higher layer on first use (the blocking one): the
     /// manager reports and closes them with its binds, knowing them only through [`Faces`].
     faces: OnceLock<(Arc<dyn Faces>, Arc<dyn Any + Send + Sync>)>,
+    /// `dbscope.scopes`, by outcome.
+    scope_metrics: ScopeMetrics,
 }
 
 /// Other pools a higher layer opens on the manager's binds (the blocking faces), which the
@@ -109,6 +112,7 @@ impl BindManagerBuilder {
             inner: Arc::new(Inner {
                 binds,
                 faces: OnceLock::new(),
+                scope_metrics: ScopeMetrics::new(),
             }),
         })
     }
@@ -283,6 +287,11 @@ impl BindManager {
             }
             tokio::time::sleep(CLOSE_POLL).await;
         }
+    }
+
+    /// The counters of the scopes' outcomes.
+    pub(crate) fn scope_metrics(&self) -> &ScopeMetrics {
+        &self.inner.scope_metrics
     }
 
     /// The faces a higher layer keeps on this manager's binds, made by `init` on first use.

@@ -13,7 +13,7 @@ use crate::{Bind, BindKey, BindManager, Error, Result};
 
 mod executor;
 
-use executor::InFlight;
+use executor::{InFlight, Statement};
 
 /// How long a dropped session's connection may take to roll back before it is discarded.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -184,6 +184,9 @@ pub struct Session<DB: Backend> {
     tx: TxState,
     /// Session-level options, when they differ from the bind's defaults.
     custom: Option<Custom>,
+    /// The session's `db.session` span, parent of its statements' (disabled when no subscriber
+    /// wants it).
+    span: tracing::Span,
 }
 
 struct Custom {
@@ -328,11 +331,13 @@ impl BindManager {
 
 impl<DB: Backend> Session<DB> {
     pub(crate) fn new(bind: Bind<DB>) -> Self {
+        let span = bind.observer().session_span();
         Self {
             bind,
             conn: None,
             tx: TxState::default(),
             custom: None,
+            span,
         }
     }
 
@@ -448,10 +453,12 @@ impl<DB: Backend> Session<DB> {
         match self.exec(SqlStr::from_static(self.tx.end.commit)).await {
             Ok(()) => {
                 self.end_transaction();
+                self.bind.observer().metrics.transaction(true);
                 Ok(())
             }
             Err(e) => {
                 if self.tx.wire == Wire::Idle {
+                    self.bind.observer().metrics.transaction(false);
                     // The server refused the commit (a deferred constraint, a serialization
                     // failure, SQLITE_BUSY); make sure nothing stays open before reporting.
                     self.rollback_after_failed_commit().await;
@@ -696,6 +703,7 @@ impl<DB: Backend> Session<DB> {
         self.exec_or_poison(SqlStr::from_static(sql), "ROLLBACK")
             .await?;
         self.end_transaction();
+        self.bind.observer().metrics.transaction(false);
         Ok(())
     }
 
@@ -785,23 +793,41 @@ impl<DB: Backend> Session<DB> {
     /// `Busy`: poisoned. `may_abort`: a failure of this operation aborts a PostgreSQL
     /// transaction (a statement, not a prepare).
     fn start_op(&mut self, op: Op, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
+        self.start(op, may_abort, false)
+    }
+
+    /// [`start_op`](Self::start_op) for a statement sqlx runs through the session: timed for
+    /// `db.client.operation.duration`, in a `db.statement` span.
+    fn start_statement(&mut self, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
+        let autocommit = self.tx.depth == 0;
+        self.start(Op::statement(autocommit), may_abort, true)
+    }
+
+    fn start(
+        &mut self,
+        op: Op,
+        may_abort: bool,
+        statement: bool,
+    ) -> (&mut DB::Connection, InFlight<'_>) {
         let aborts_on_error = may_abort && self.bind.dialect().aborts_on_error();
-        let Self { bind, conn, tx, .. } = self;
+        let Self {
+            bind,
+            conn,
+            tx,
+            span,
+            ..
+        } = self;
         tx.wire = Wire::Busy;
+        let statement = statement.then(|| Statement::new(bind.observer(), span));
         let raw = conn.as_mut().expect("the session is attached").raw();
         let op = InFlight {
             tx,
             aborts_on_error,
             bind: bind.name(),
             op,
+            statement,
         };
         (raw, op)
-    }
-
-    /// [`start_op`](Self::start_op) for a statement sqlx runs through the session.
-    fn start_statement(&mut self, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
-        let autocommit = self.tx.depth == 0;
-        self.start_op(Op::statement(autocommit), may_abort)
     }
 
     /// Whether the session can end without a round trip: no transaction open, nothing in
@@ -871,6 +897,10 @@ impl<DB: Backend> Session<DB> {
             return;
         }
         let rollback = (self.tx.depth > 0).then_some(self.tx.end.rollback);
+        if rollback.is_some() {
+            // Rolled back in the background, or by the server when that fails.
+            self.bind.observer().metrics.transaction(false);
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback));

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("config", 1),
     ("load", 1),
     ("backend", 2),
+    ("observe", 2),
     ("engine", 3),
     ("bind", 4),
     ("bind_key", 4),
@@ -27,7 +28,11 @@ const LAYERS: &[(&str, u32)] = &[
 ];
 
 /// Edges allowed inside a layer: (from, to).
-const SAME_LAYER_EDGES: &[(&str, &str)] = &[("load", "config"), ("savepoint", "session")];
+const SAME_LAYER_EDGES: &[(&str, &str)] = &[
+    ("load", "config"),
+    ("savepoint", "session"),
+    ("observe", "backend"),
+];
 
 fn layer(module: &str) -> u32 {
     LAYERS

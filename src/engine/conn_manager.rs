@@ -11,6 +11,7 @@ use super::checkout;
 use super::{Counters, bump, is_dead};
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::HealthCheck;
+use crate::observe::{Discard, Observer, Stopwatch};
 
 /// A pooled sqlx connection and what the pool needs to know about it.
 pub(super) struct PooledConn<DB: Backend> {
@@ -32,6 +33,7 @@ pub(super) struct ConnManager<DB: Backend> {
     pub(super) idle_timeout: Option<Duration>,
     pub(super) max_lifetime: Option<Duration>,
     pub(super) counters: Counters,
+    pub(super) observer: Arc<Observer>,
     /// Dead connections seen on this bind so far. A server restart (or a firewall's purge) kills
     /// every connection at once, so when one is found dead, the others last known alive before
     /// that are suspect: each is pinged on its next checkout, whatever `health_check` says.
@@ -44,6 +46,7 @@ impl<DB: Backend> ConnManager<DB> {
         options: Options<DB>,
         dialect: Dialect,
         pool: &crate::config::PoolConfig,
+        observer: Arc<Observer>,
     ) -> Self {
         Self {
             bind,
@@ -53,6 +56,7 @@ impl<DB: Backend> ConnManager<DB> {
             idle_timeout: pool.idle_timeout,
             max_lifetime: pool.max_lifetime,
             counters: Counters::default(),
+            observer,
             deaths: AtomicU64::new(0),
         }
     }
@@ -78,7 +82,7 @@ impl<DB: Backend> ConnManager<DB> {
         // A checkout cancelled from here on lets the ping finish in the background.
         checkout::mark_worth_finishing();
         let deaths = self.deaths.load(Ordering::Relaxed);
-        let cut_off = CountOnDrop(Some(&self.counters.discarded));
+        let cut_off = CountOnDrop(Some((&self.counters.discarded, &self.observer)));
         let result = conn.raw.ping().await;
         cut_off.disarm();
         match result {
@@ -88,6 +92,7 @@ impl<DB: Backend> ConnManager<DB> {
             }
             Err(e) => {
                 bump(&self.counters.discarded);
+                self.observer.metrics.discarded(Discard::FailedPing);
                 if is_dead(&e) {
                     self.saw_dead();
                 }
@@ -106,12 +111,14 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         // A checkout cancelled from here on lets the connect finish in the background.
         checkout::mark_worth_finishing();
         let alive_at = self.deaths.load(Ordering::Relaxed);
+        let watch = Stopwatch::start();
         let raw = self
             .options
             .connect()
             .await
             .inspect_err(|_| bump(&self.counters.connect_errors))?;
         bump(&self.counters.created);
+        self.observer.metrics.created(watch);
         tracing::debug!(bind = %self.bind, "opened a connection");
         Ok(PooledConn {
             raw,
@@ -130,6 +137,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
             // Unreachable through sessions (they discard dirty connections themselves); kept as
             // the last line of defence against reusing one.
             bump(&self.counters.discarded);
+            self.observer.metrics.discarded(Discard::UnknownState);
             return Err(RecycleError::message("connection was not released clean"));
         }
         if self.is_expired(metrics) || self.is_idle_too_long(conn) {
@@ -147,7 +155,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
 /// Bumps a counter when dropped armed: a ping cut off (its checkout cancelled, and the time to
 /// finish it in the background up) leaves its connection in an unknown state, and deadpool
 /// throws it away.
-struct CountOnDrop<'a>(Option<&'a AtomicU64>);
+struct CountOnDrop<'a>(Option<(&'a AtomicU64, &'a Observer)>);
 
 impl CountOnDrop<'_> {
     fn disarm(mut self) {
@@ -157,8 +165,9 @@ impl CountOnDrop<'_> {
 
 impl Drop for CountOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(counter) = self.0 {
+        if let Some((counter, observer)) = self.0 {
             bump(counter);
+            observer.metrics.discarded(Discard::FailedPing);
         }
     }
 }

@@ -74,6 +74,7 @@ impl<DB: Backend> Recovering<DB> {
         let conn = self.0.take().expect("held until the end");
         if let Some(manager) = conn.manager() {
             bump(&manager.counters.recovered);
+            manager.observer.metrics.recovered();
         }
         conn.give_back();
     }

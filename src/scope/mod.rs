@@ -556,7 +556,10 @@ impl Scope {
         } else {
             roll_back_all(slots).await;
         }
-        hooks.run_after(commit && outcome.is_ok()).await;
+        let partial = outcome.as_ref().is_err_and(Error::is_partial_commit);
+        let committed = commit && outcome.is_ok();
+        self.inner.manager.scope_metrics().ended(committed, partial);
+        hooks.run_after(committed).await;
         outcome
     }
 

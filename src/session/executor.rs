@@ -9,11 +9,13 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::{Either, Execute, Executor, SqlStr};
+use tracing::Instrument;
 
 use super::{Session, TxState, Wire};
 use crate::Error;
 use crate::backend::Backend;
 use crate::error::{Op, locate};
+use crate::observe::{Observer, Stopwatch, Traced, error_type};
 
 /// An operation in flight on a session's connection: settles the session's state when it ends,
 /// and tags a driver error with the session's bind before it leaves through sqlx's API.
@@ -22,11 +24,64 @@ pub(super) struct InFlight<'s> {
     pub(super) aborts_on_error: bool,
     pub(super) bind: &'s str,
     pub(super) op: Op,
+    /// A statement's span and timing; `None` for the session's own commands.
+    pub(super) statement: Option<Statement<'s>>,
+}
+
+/// A statement run through a session: its `db.statement` span, and its duration, recorded in
+/// `db.client.operation.duration` when it ends (read to its end, failed, or dropped).
+pub(super) struct Statement<'s> {
+    observer: &'s Observer,
+    span: tracing::Span,
+    watch: Stopwatch,
+    failed: bool,
+}
+
+impl<'s> Statement<'s> {
+    pub(super) fn new(observer: &'s Observer, session: &tracing::Span) -> Self {
+        Self {
+            observer,
+            span: observer.statement_span(session),
+            watch: Stopwatch::start(),
+            failed: false,
+        }
+    }
+}
+
+impl Drop for Statement<'_> {
+    fn drop(&mut self) {
+        self.observer.metrics.operation(self.watch, self.failed);
+    }
 }
 
 impl InFlight<'_> {
     pub(super) fn settle<T>(&mut self, result: &sqlx::Result<T>) {
+        if let Err(e) = result {
+            self.failed(e);
+        }
         self.tx.settle(result, self.aborts_on_error);
+    }
+
+    /// Records a failure on the statement's span and metric.
+    fn failed(&mut self, err: &sqlx::Error) {
+        if let Some(statement) = &mut self.statement {
+            statement.failed = true;
+            error_type(&statement.span, err);
+        }
+    }
+
+    /// The query, set to write its operation name (and text, if the bind asks) into the
+    /// statement's span when the driver takes its SQL.
+    fn trace<E>(&self, query: E) -> Traced<E> {
+        match &self.statement {
+            Some(s) => Traced::new(query, &s.span, s.observer.query_text()),
+            None => Traced::new(query, &tracing::Span::none(), false),
+        }
+    }
+
+    /// The statement's span, to enter while the driver works on it.
+    fn span(&self) -> Option<&tracing::Span> {
+        self.statement.as_ref().map(|s| &s.span)
     }
 
     /// Settles, and names the bind in the error a statement leaves sqlx with.
@@ -74,13 +129,17 @@ where
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let item = ready!(this.inner.poll_next_unpin(cx));
+        let item = {
+            let _entered = this.op.span().map(tracing::Span::enter);
+            ready!(this.inner.poll_next_unpin(cx))
+        };
         let item = match item {
             Some(Ok(row)) => {
                 this.yielded = true;
                 Some(Ok(row))
             }
             Some(Err(e)) => {
+                this.op.failed(&e);
                 this.op.tx.settle_err(&e, this.op.aborts_on_error);
                 Some(Err(locate(this.op.bind, this.op.op, e)))
             }
@@ -106,18 +165,16 @@ impl<S> Drop for Tracked<'_, S> {
     }
 }
 
-/// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
-/// own boxed future (one allocation per statement, not two).
 /// A statement run as given, or unnamed (`persistent() == false`) on a bind behind a
 /// transaction pooler: sqlx then parses it into the unnamed statement, which lives only until
 /// the transaction's next statement, instead of a named one that would stay on a server
 /// connection the pooler hands to another client next.
-struct Statement<E> {
+struct PoolerSafe<E> {
     inner: E,
     unnamed: bool,
 }
 
-impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for Statement<E> {
+impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for PoolerSafe<E> {
     fn sql(self) -> SqlStr {
         self.inner.sql()
     }
@@ -137,9 +194,11 @@ impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for Statement<E> {
     }
 }
 
+/// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
+/// own boxed future (one allocation per statement, not two).
 impl<DB: Backend> Session<DB> {
-    fn statement<E>(&self, query: E) -> Statement<E> {
-        Statement {
+    fn statement<E>(&self, query: E) -> PoolerSafe<E> {
+        PoolerSafe {
             inner: query,
             unnamed: self.bind.pools_transactions(),
         }
@@ -152,6 +211,7 @@ impl<DB: Backend> Session<DB> {
         self.ready().await.map_err(Error::into_sqlx)?;
         let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
+        let query = op.trace(query);
         Tracked::new(DB::fetch_many(raw, query), op, false)
             .try_filter_map(|step| std::future::ready(Ok(step.left())))
             .try_collect()
@@ -165,6 +225,7 @@ impl<DB: Backend> Session<DB> {
         self.ready().await.map_err(Error::into_sqlx)?;
         let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
+        let query = op.trace(query);
         Tracked::new(DB::fetch_many(raw, query), op, false)
             .try_filter_map(|step| std::future::ready(Ok(step.right())))
             .try_collect()
@@ -181,7 +242,9 @@ impl<DB: Backend> Session<DB> {
         self.ready().await.map_err(Error::into_sqlx)?;
         let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
-        op.finish(DB::fetch_optional(raw, query).await)
+        let query = op.trace(query);
+        let span = op.span().cloned().unwrap_or_else(tracing::Span::none);
+        op.finish(DB::fetch_optional(raw, query).instrument(span).await)
     }
 }
 
@@ -200,6 +263,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
             self.ready().await.map_err(Error::into_sqlx)?;
             let query = self.statement(query);
             let (raw, op) = self.start_statement(true);
+            let query = op.trace(query);
             Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
         };
         Box::pin(futures_util::stream::once(start).try_flatten())

@@ -24,7 +24,10 @@ use crate::{DatabaseUrl, Error, Result};
 
 mod checkout;
 mod conn_manager;
+mod pin;
 mod recovery;
+
+pub(crate) use pin::{PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, PinCounts};
 
 use conn_manager::{ConnManager, PooledConn};
 
@@ -95,6 +98,8 @@ struct Shared<DB: Backend> {
     /// For in-memory SQLite: a connection held aside from the pool while the bind is open, so
     /// that discarding or expiring pooled connections never takes the database with them.
     keeper: Option<Keeper<DB>>,
+    /// Set once the pool is [pinned](Pool::pin): every checkout gets this connection in turn.
+    pin: std::sync::OnceLock<Arc<pin::Pin<DB>>>,
 }
 
 struct Keeper<DB: Backend> {
@@ -144,6 +149,7 @@ impl<DB: Backend> Pool<DB> {
                 held: AtomicBool::new(false),
                 conn: tokio::sync::Mutex::new(None),
             }),
+            pin: std::sync::OnceLock::new(),
         }))
     }
 
@@ -152,7 +158,41 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) fn twin(&self, config: &PoolConfig) -> Self {
         let manager = self.0.deadpool.manager();
         let (options, dialect) = (manager.options.clone(), manager.dialect);
-        Self::new(self.0.bind.clone(), &self.0.url, options, dialect, config)
+        let twin = Self::new(self.0.bind.clone(), &self.0.url, options, dialect, config);
+        // A pinned bind's blocking face runs on the same pinned connection.
+        if let Some(pin) = self.0.pin.get() {
+            let _ = twin.0.pin.set(pin.clone());
+        }
+        twin
+    }
+
+    /// Pins the pool: checks a connection out, begins the outer transaction on it, and from now
+    /// on hands that connection, in turn, to every checkout. See [`pin`](self::pin).
+    /// `setup` runs inside the outer transaction, first (a test's fixtures).
+    pub(crate) async fn pin(&self, setup: Vec<String>) -> Result<()> {
+        let conn = self.checkout().await?;
+        let Held::Pooled(object) = conn.0 else {
+            return Err(Error::test_isolation(&self.0.bind, "the bind was pinned twice"));
+        };
+        let dialect = self.0.deadpool.manager().dialect;
+        let pinned = pin::Pin::begin(self.0.bind.clone(), dialect, object, setup).await?;
+        self.0
+            .pin
+            .set(Arc::new(pinned))
+            .map_err(|_| Error::test_isolation(&self.0.bind, "the bind was pinned twice"))
+    }
+
+    /// Ends the pin: checks the outer transaction was never committed, rolls it back and
+    /// returns the connection; waits up to `acquire_timeout` for the session holding it. `None`
+    /// when the pool was never pinned.
+    pub(crate) async fn unpin(&self) -> Option<Result<PinCounts>> {
+        let pin = self.0.pin.get()?;
+        Some(pin.end(self.0.acquire_timeout).await)
+    }
+
+    /// How the sessions on the pinned connection have ended so far; `None` when not pinned.
+    pub(crate) fn pin_counts(&self) -> Option<PinCounts> {
+        self.0.pin.get().map(|pin| pin.counts())
     }
 
     /// How long a checkout may wait.
@@ -171,9 +211,12 @@ impl<DB: Backend> Pool<DB> {
     /// [`checkout`](Pool::checkout) with what is left of an `acquire_timeout` already partly
     /// spent; a timeout still reports `acquire_timeout`.
     pub(crate) async fn checkout_within(&self, budget: Duration) -> Result<Conn<DB>> {
-        self.start_upkeep();
         let shared = &*self.0;
         let deadline = tokio::time::Instant::now() + budget;
+        if let Some(pin) = shared.pin.get() {
+            return pin.checkout(deadline, shared.acquire_timeout).await;
+        }
+        self.start_upkeep();
         // One deadline for all of it: the SQLite keeper's first connection included.
         let get = async {
             if let Some(keeper) = &shared.keeper {
@@ -188,7 +231,7 @@ impl<DB: Backend> Pool<DB> {
         };
         match tokio::time::timeout_at(deadline, get).await {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Ok(obj))) => Ok(Conn(obj)),
+            Ok(Ok(Ok(obj))) => Ok(Conn(Held::Pooled(obj))),
             Ok(Ok(Err(PoolError::Closed))) => Err(Error::closed(&shared.bind)),
             Ok(Ok(Err(PoolError::Backend(source)))) => Err(shared.connect_error(source)),
             Ok(Ok(Err(other))) => unreachable!(
@@ -367,54 +410,92 @@ fn upkeep_period(pool: &PoolConfig) -> Option<Duration> {
     Some(period.clamp(Duration::from_millis(50), Duration::from_secs(30)))
 }
 
-/// A connection checked out of a bind's pool, dirty until [given back](Conn::give_back).
-pub(crate) struct Conn<DB: Backend>(managed::Object<ConnManager<DB>>);
+/// A connection checked out of a bind's pool, dirty until [given back](Conn::give_back); or,
+/// on a pinned pool, its turn on the pinned connection.
+pub(crate) struct Conn<DB: Backend>(Held<DB>);
+
+enum Held<DB: Backend> {
+    Pooled(managed::Object<ConnManager<DB>>),
+    Pinned(pin::PinGuard<DB>),
+}
 
 impl<DB: Backend> Conn<DB> {
     /// The sqlx connection.
     pub(crate) fn raw(&mut self) -> &mut DB::Connection {
-        &mut self.0.raw
+        match &mut self.0 {
+            Held::Pooled(obj) => &mut obj.raw,
+            Held::Pinned(pin) => pin.raw(),
+        }
+    }
+
+    /// Whether this is a pinned connection, inside a test's outer transaction: its sessions
+    /// begin and end savepoints ([`PIN_BEGIN`] …) instead of transactions.
+    pub(crate) fn is_pinned(&self) -> bool {
+        matches!(self.0, Held::Pinned(_))
+    }
+
+    /// Counts how a session's transaction ended on a pinned connection; nothing otherwise.
+    pub(crate) fn ended(&self, committed: bool) {
+        if let Held::Pinned(pin) = &self.0 {
+            pin.ended(committed);
+        }
     }
 
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
-    /// closed, to the server with a polite goodbye.
-    pub(crate) fn give_back(mut self) {
-        self.0.clean = true;
-        self.0.idle_since = Instant::now();
-        match managed::Object::pool(&self.0) {
-            Some(pool) if !pool.is_closed() => drop(self),
-            _ => close_gracefully(managed::Object::take(self.0)),
+    /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
+    pub(crate) fn give_back(self) {
+        let mut obj = match self.0 {
+            Held::Pooled(obj) => obj,
+            Held::Pinned(pin) => return drop(pin),
+        };
+        obj.clean = true;
+        obj.idle_since = Instant::now();
+        match managed::Object::pool(&obj) {
+            Some(pool) if !pool.is_closed() => drop(obj),
+            _ => close_gracefully(managed::Object::take(obj)),
         }
     }
 
     /// Takes the connection out of the pool for good and closes it without a goodbye: for
     /// connections whose state is unknown, where the server must see the socket close and roll
-    /// back.
+    /// back. A pinned one cannot go: the pin breaks instead.
     pub(crate) fn discard(self) {
         if let Some(manager) = self.manager() {
             bump(&manager.counters.discarded);
         }
-        drop(managed::Object::take(self.0));
+        match self.0 {
+            Held::Pooled(obj) => drop(managed::Object::take(obj)),
+            Held::Pinned(pin) => pin.break_with("a session left the connection in an unknown state"),
+        }
     }
 
     /// [`discard`](Conn::discard) for a connection found dead (the server or the network closed
     /// it): the bind's other connections last seen alive before now are pinged before reuse,
     /// since whatever killed this one (a restart, a failover) likely killed them too.
     pub(crate) fn discard_dead(self) {
+        if let Held::Pinned(pin) = self.0 {
+            return pin.break_with("the connection was lost (the server or the network closed it)");
+        }
         if let Some(manager) = self.manager() {
             manager.saw_dead();
         }
         self.discard();
     }
 
-    /// The bind's connection manager, while its pool lives.
+    /// The bind's connection manager, while its pool lives (never for a pinned connection).
     fn manager(&self) -> Option<ManagerRef<DB>> {
-        managed::Object::pool(&self.0).map(ManagerRef)
+        match &self.0 {
+            Held::Pooled(obj) => managed::Object::pool(obj).map(ManagerRef),
+            Held::Pinned(_) => None,
+        }
     }
 
     /// The dialect of the connection's bind, while its pool lives.
     fn dialect(&self) -> Option<Dialect> {
-        self.manager().map(|m| m.dialect)
+        match &self.0 {
+            Held::Pooled(_) => self.manager().map(|m| m.dialect),
+            Held::Pinned(pin) => Some(pin.dialect()),
+        }
     }
 }
 

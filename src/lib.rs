@@ -19,6 +19,8 @@ mod manager;
 mod savepoint;
 mod scope;
 mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::Backend;
 pub use bind::Bind;
@@ -44,3 +46,7 @@ pub use scope::{
     atomic_for, current_session, current_session_for, scope, try_current_session,
 };
 pub use session::Session;
+/// Runs an `async fn(t: TestContext)` as a test on per-test copies of the app's binds: see
+/// [`testing`].
+#[cfg(feature = "testing")]
+pub use dbscope_macros::test;

@@ -172,7 +172,10 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) async fn pin(&self, setup: Vec<String>) -> Result<()> {
         let conn = self.checkout().await?;
         let Held::Pooled(object) = conn.0 else {
-            return Err(Error::test_isolation(&self.0.bind, "the bind was pinned twice"));
+            return Err(Error::test_isolation(
+                &self.0.bind,
+                "the bind was pinned twice",
+            ));
         };
         let dialect = self.0.deadpool.manager().dialect;
         let pinned = pin::Pin::begin(self.0.bind.clone(), dialect, object, setup).await?;
@@ -465,7 +468,9 @@ impl<DB: Backend> Conn<DB> {
         }
         match self.0 {
             Held::Pooled(obj) => drop(managed::Object::take(obj)),
-            Held::Pinned(pin) => pin.break_with("a session left the connection in an unknown state"),
+            Held::Pinned(pin) => {
+                pin.break_with("a session left the connection in an unknown state")
+            }
         }
     }
 

@@ -30,6 +30,10 @@ pub use config::{
     JournalMode, PoolConfig, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
 };
 pub use database_url::DatabaseUrl;
+/// Runs an `async fn(t: TestContext)` as a test on per-test copies of the app's binds: see
+/// [`testing`].
+#[cfg(feature = "testing")]
+pub use dbscope_macros::test;
 pub use engine::BindStatus;
 pub use error::{BoxError, Error, ErrorKind, Result, TlsCheck};
 #[cfg(feature = "actix")]
@@ -46,7 +50,3 @@ pub use scope::{
     atomic_for, current_session, current_session_for, scope, try_current_session,
 };
 pub use session::Session;
-/// Runs an `async fn(t: TestContext)` as a test on per-test copies of the app's binds: see
-/// [`testing`].
-#[cfg(feature = "testing")]
-pub use dbscope_macros::test;

@@ -43,7 +43,10 @@ fn expand(args: Punctuated<Meta, Token![,]>, item: ItemFn) -> syn::Result<TokenS
         steps.extend(builder_steps(arg)?);
     }
     let ItemFn {
-        attrs, vis, sig, block,
+        attrs,
+        vis,
+        sig,
+        block,
     } = item;
     let name = &sig.ident;
     let inputs = &sig.inputs;
@@ -90,7 +93,9 @@ fn builder_steps(arg: Meta) -> syn::Result<Vec<TokenStream2>> {
         }
         ("migrations", Meta::List(list)) => per_bind(list, |bind, value| {
             let path = string(value)?;
-            Ok(vec![quote!(.migrations(#bind, concat!(env!("CARGO_MANIFEST_DIR"), "/", #path)))])
+            Ok(vec![
+                quote!(.migrations(#bind, concat!(env!("CARGO_MANIFEST_DIR"), "/", #path))),
+            ])
         }),
         ("fixtures", Meta::List(list)) => per_bind(list, |bind, value| {
             let paths: Vec<LitStr> = match value {

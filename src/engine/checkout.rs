@@ -19,8 +19,8 @@ use deadpool::managed::{self, PoolError};
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 
-use super::{Conn, Held};
 use super::conn_manager::ConnManager;
+use super::{Conn, Held};
 use crate::backend::Backend;
 
 tokio::task_local! {

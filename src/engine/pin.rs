@@ -97,9 +97,7 @@ impl<DB: Backend> Pin<DB> {
             DB::fetch_many(&mut conn.raw, script)
                 .try_for_each(|_| std::future::ready(Ok(())))
                 .await
-                .map_err(|e| {
-                    Error::test_database(Some(&bind), "a fixture failed".to_owned(), e)
-                })?;
+                .map_err(|e| Error::test_database(Some(&bind), "a fixture failed".to_owned(), e))?;
         }
         Ok(Self {
             bind,
@@ -171,14 +169,13 @@ impl<DB: Backend> Pin<DB> {
     }
 
     /// `Ok` when the outer transaction is still the one the pin began.
-    async fn check_isolation(
-        &self,
-        raw: &mut DB::Connection,
-    ) -> std::result::Result<(), String> {
+    async fn check_isolation(&self, raw: &mut DB::Connection) -> std::result::Result<(), String> {
         if self.dialect == Dialect::MySql && !mysql_in_transaction::<DB>(raw).await {
-            return Err("it was committed: MySQL and MariaDB commit implicitly before and after \
+            return Err(
+                "it was committed: MySQL and MariaDB commit implicitly before and after \
                         DDL (CREATE, ALTER, DROP, TRUNCATE …), LOCK TABLES and other statements"
-                .into());
+                    .into(),
+            );
         }
         run::<DB>(raw, GUARD_CHECK).await.map_err(|e| {
             format!(

@@ -150,7 +150,11 @@ impl TestContext {
         let server = tokio::spawn(async move {
             let _ = ::axum::serve(listener, router).await;
         });
-        self.inner.servers.lock().expect("not poisoned").push(server);
+        self.inner
+            .servers
+            .lock()
+            .expect("not poisoned")
+            .push(server);
         Ok(format!("http://{addr}"))
     }
 

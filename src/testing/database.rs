@@ -131,7 +131,9 @@ impl<'a> ServerDb<'a> {
         }
         let mut conn = self.connect(&made.url).await?;
         for sql in fixtures {
-            let ran = sqlx::raw_sql(AssertSqlSafe(sql.clone())).execute(&mut conn).await;
+            let ran = sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&mut conn)
+                .await;
             if let Err(e) = ran {
                 conn.close().await.ok();
                 return Err(self.failed("a fixture failed", e));
@@ -144,21 +146,36 @@ impl<'a> ServerDb<'a> {
     /// The PostgreSQL template for `migrations`, built once per migration set and server: under
     /// an advisory lock, marked a template only once fully migrated (a half-built one, left by
     /// a crash, is dropped and built again).
-    async fn template(&self, admin: &mut sqlx::AnyConnection, migrations: &Loaded<'_>) -> Result<String> {
+    async fn template(
+        &self,
+        admin: &mut sqlx::AnyConnection,
+        migrations: &Loaded<'_>,
+    ) -> Result<String> {
         static READY: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
         let digest = migrations.digest();
         let name = format!("{TEMPLATE_PREFIX}{digest:016x}");
         let key = (self.url.to_owned(), name.clone());
-        if READY.lock().expect("not poisoned").get_or_insert_default().contains(&key) {
+        if READY
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .contains(&key)
+        {
             return Ok(name);
         }
         // The lock's key: the digest's bits, as PostgreSQL's bigint.
         let lock = i64::from_ne_bytes(digest.to_ne_bytes());
-        self.exec(admin, &format!("SELECT pg_advisory_lock({lock})")).await?;
+        self.exec(admin, &format!("SELECT pg_advisory_lock({lock})"))
+            .await?;
         let built = self.build_template(admin, &name, migrations).await;
-        self.exec(admin, &format!("SELECT pg_advisory_unlock({lock})")).await?;
+        self.exec(admin, &format!("SELECT pg_advisory_unlock({lock})"))
+            .await?;
         built?;
-        READY.lock().expect("not poisoned").get_or_insert_default().insert(key);
+        READY
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .insert(key);
         Ok(name)
     }
 
@@ -181,13 +198,17 @@ impl<'a> ServerDb<'a> {
             }
             None => {}
         }
-        self.exec(admin, &format!("CREATE DATABASE \"{name}\"")).await?;
+        self.exec(admin, &format!("CREATE DATABASE \"{name}\""))
+            .await?;
         let mut conn = self.connect(&with_database(self.url, name)?).await?;
         let migrated = self.run_migrations(&mut conn, migrations).await;
         conn.close().await.ok();
         migrated?;
-        self.exec(admin, &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"))
-            .await
+        self.exec(
+            admin,
+            &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"),
+        )
+        .await
     }
 
     /// Drops the test databases of processes that are gone, once per process and server.
@@ -202,11 +223,18 @@ impl<'a> ServerDb<'a> {
             return;
         }
         let list = match self.dialect {
-            Dialect::Postgres => "SELECT datname FROM pg_database WHERE datname LIKE 'dbscope\\_test\\_%'",
-            _ => "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
-                  WHERE schema_name LIKE 'dbscope\\_test\\_%'",
+            Dialect::Postgres => {
+                "SELECT datname FROM pg_database WHERE datname LIKE 'dbscope\\_test\\_%'"
+            }
+            _ => {
+                "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+                  WHERE schema_name LIKE 'dbscope\\_test\\_%'"
+            }
         };
-        let Ok(names) = sqlx::query_scalar::<_, String>(list).fetch_all(&mut *admin).await else {
+        let Ok(names) = sqlx::query_scalar::<_, String>(list)
+            .fetch_all(&mut *admin)
+            .await
+        else {
             return;
         };
         for name in names.into_iter().filter(|n| is_orphan(n)) {
@@ -219,8 +247,12 @@ impl<'a> ServerDb<'a> {
                 path: None,
             };
             match made.drop_on(admin).await {
-                Ok(()) => tracing::info!(database = %made.name, "dropped a test database left by a process that is gone"),
-                Err(e) => tracing::warn!(database = %made.name, error = %e, "could not drop a leftover test database"),
+                Ok(()) => {
+                    tracing::info!(database = %made.name, "dropped a test database left by a process that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(database = %made.name, error = %e, "could not drop a leftover test database")
+                }
             }
         }
     }
@@ -242,7 +274,11 @@ impl<'a> ServerDb<'a> {
         });
     }
 
-    async fn run_migrations(&self, conn: &mut sqlx::AnyConnection, migrations: &Loaded<'_>) -> Result<()> {
+    async fn run_migrations(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        migrations: &Loaded<'_>,
+    ) -> Result<()> {
         migrations
             .migrator()
             .run(conn)
@@ -339,9 +375,8 @@ fn is_orphan(name: &str) -> bool {
 
 /// `url` with its database replaced by `name`.
 fn with_database(url: &str, name: &str) -> Result<String> {
-    let mut parsed = url::Url::parse(url).map_err(|e| {
-        Error::test_database(None, "cannot parse a bind's URL".to_owned(), e)
-    })?;
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| Error::test_database(None, "cannot parse a bind's URL".to_owned(), e))?;
     parsed.set_path(&format!("/{name}"));
     Ok(parsed.into())
 }

@@ -106,7 +106,11 @@ impl TestDbBuilder {
 
     /// The migrations of bind `bind`: a [`sqlx::migrate::Migrator`] (`sqlx::migrate!()`) or the
     /// path of a directory of sqlx migrations.
-    pub fn migrations(mut self, bind: impl Into<String>, migrations: impl Into<Migrations>) -> Self {
+    pub fn migrations(
+        mut self,
+        bind: impl Into<String>,
+        migrations: impl Into<Migrations>,
+    ) -> Self {
         self.migrations.insert(bind.into(), migrations.into());
         self
     }
@@ -190,7 +194,11 @@ impl TestDbBuilder {
             copies.push(BindCopy {
                 name: name.clone(),
                 mode,
-                fixtures: if mode == Mode::Transaction { fixtures } else { Vec::new() },
+                fixtures: if mode == Mode::Transaction {
+                    fixtures
+                } else {
+                    Vec::new()
+                },
             });
             test_config.binds.insert(name, bind);
         }

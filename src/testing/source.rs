@@ -46,10 +46,13 @@ impl Migrations {
     pub(super) async fn load(&self, bind: &str) -> Result<Loaded<'_>> {
         match self {
             Self::Migrator(m) => Ok(Loaded::Given(m)),
-            Self::Dir(path) => Migrator::new(path.clone()).await.map(Loaded::Read).map_err(|e| {
-                let what = format!("cannot read the migrations in `{}`", path.display());
-                Error::test_database(Some(bind), what, e)
-            }),
+            Self::Dir(path) => Migrator::new(path.clone())
+                .await
+                .map(Loaded::Read)
+                .map_err(|e| {
+                    let what = format!("cannot read the migrations in `{}`", path.display());
+                    Error::test_database(Some(bind), what, e)
+                }),
         }
     }
 }
@@ -89,7 +92,10 @@ pub(super) enum Fixture {
 }
 
 /// The SQL of a bind's fixtures, files read.
-pub(super) async fn read_fixtures(bind: &str, fixtures: Option<&Vec<Fixture>>) -> Result<Vec<String>> {
+pub(super) async fn read_fixtures(
+    bind: &str,
+    fixtures: Option<&Vec<Fixture>>,
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for fixture in fixtures.into_iter().flatten() {
         match fixture {

@@ -20,6 +20,8 @@ pub(super) struct BindCopy {
     pub(super) mode: Mode,
     /// Transaction mode: the fixtures, run inside the test transaction.
     pub(super) fixtures: Vec<String>,
+    /// Database mode: the test's database (its name; on SQLite, its file's path).
+    pub(super) database: Option<String>,
 }
 
 /// A running test's binds, from [`TestDbBuilder::start`](super::TestDbBuilder::start): hand
@@ -73,6 +75,12 @@ impl TestContext {
     /// The manager of the test's binds: hand it to the app.
     pub fn manager(&self) -> &BindManager {
         &self.inner.manager
+    }
+
+    /// Database mode: the name of bind `bind`'s test database (on SQLite, its file's path);
+    /// `None` in transaction mode.
+    pub fn database(&self, bind: &str) -> Option<&str> {
+        self.copy(bind)?.database.as_deref()
     }
 
     /// The mode of bind `bind`, if the test has it.

@@ -224,18 +224,22 @@ impl<'a> ServerDb<'a> {
         }
         let list = match self.dialect {
             Dialect::Postgres => {
-                "SELECT datname FROM pg_database WHERE datname LIKE 'dbscope\\_test\\_%'"
+                "SELECT CAST(datname AS TEXT) FROM pg_database WHERE datname LIKE 'dbscope\\_test\\_%'"
             }
             _ => {
                 "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
                   WHERE schema_name LIKE 'dbscope\\_test\\_%'"
             }
         };
-        let Ok(names) = sqlx::query_scalar::<_, String>(list)
+        let names = match sqlx::query_scalar::<_, String>(list)
             .fetch_all(&mut *admin)
             .await
-        else {
-            return;
+        {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(bind = self.bind, error = %e, "could not list leftover test databases");
+                return;
+            }
         };
         for name in names.into_iter().filter(|n| is_orphan(n)) {
             let made = MadeDb {
@@ -314,6 +318,14 @@ impl MadeDb {
     /// The URL the test's bind uses.
     pub(super) fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The database's name (on SQLite, its file's path).
+    pub(super) fn name(&self) -> String {
+        match &self.path {
+            Some(path) => path.display().to_string(),
+            None => self.name.clone(),
+        }
     }
 
     /// Where the database is, password hidden, for a test that keeps it.

@@ -179,6 +179,7 @@ impl TestDbBuilder {
             };
             let fixtures = source::read_fixtures(&name, self.fixtures.get(&name)).await?;
             let server = ServerDb::new(&name, url.expose(), dialect);
+            let mut database = None;
             match mode {
                 Mode::Transaction => {
                     if let Some(migrator) = &migrations {
@@ -188,6 +189,7 @@ impl TestDbBuilder {
                 Mode::Database => {
                     let made = server.create(migrations.as_ref(), &fixtures).await?;
                     bind.url = Some(made.url().into());
+                    database = Some(made.name());
                     cleanup.add(made);
                 }
             }
@@ -199,6 +201,7 @@ impl TestDbBuilder {
                 } else {
                     Vec::new()
                 },
+                database,
             });
             test_config.binds.insert(name, bind);
         }

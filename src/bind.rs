@@ -10,7 +10,7 @@ use futures_core::future::BoxFuture;
 
 use crate::backend::{self, Backend, Dialect, TxSql};
 use crate::config::{BindConfig, Engine, SessionConfig};
-use crate::engine::{BindStatus, Conn, Pool};
+use crate::engine::{BindStatus, Conn, PinCounts, Pool};
 use crate::observe::Observer;
 use crate::{DatabaseUrl, Error, Result};
 
@@ -70,6 +70,13 @@ pub(crate) trait ErasedBind: Send + Sync {
     /// A second engine on the same database, with the same connect options and a pool of its
     /// own: the bind's blocking face.
     fn twin(&self) -> OpenBind;
+    /// Pins the bind's pool to one connection inside an outer transaction, `setup` run in it
+    /// first (the `testing` feature's transaction mode; see `engine::pin`).
+    fn pin(self: Arc<Self>, setup: Vec<String>) -> BoxFuture<'static, Result<()>>;
+    /// Ends the pin, rolling everything back; `None` when the bind was not pinned.
+    fn unpin(self: Arc<Self>) -> BoxFuture<'static, Option<Result<PinCounts>>>;
+    /// How the sessions on the pinned connection have ended so far.
+    fn pin_counts(&self) -> Option<PinCounts>;
 }
 
 /// Builds the bind `name` from `config`: picks its database type by URL scheme and engine;
@@ -258,6 +265,18 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
 
     fn close(&self) {
         self.pool.close();
+    }
+
+    fn pin(self: Arc<Self>, setup: Vec<String>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move { self.pool.pin(setup).await })
+    }
+
+    fn unpin(self: Arc<Self>) -> BoxFuture<'static, Option<Result<PinCounts>>> {
+        Box::pin(async move { self.pool.unpin().await })
+    }
+
+    fn pin_counts(&self) -> Option<PinCounts> {
+        self.pool.pin_counts()
     }
 
     fn twin(&self) -> OpenBind {

@@ -25,7 +25,10 @@ use crate::{DatabaseUrl, Error, Result};
 
 mod checkout;
 mod conn_manager;
+mod pin;
 mod recovery;
+
+pub(crate) use pin::{PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, PinCounts};
 
 use conn_manager::{ConnManager, PooledConn};
 
@@ -96,6 +99,8 @@ struct Shared<DB: Backend> {
     /// For in-memory SQLite: a connection held aside from the pool while the bind is open, so
     /// that discarding or expiring pooled connections never takes the database with them.
     keeper: Option<Keeper<DB>>,
+    /// Set once the pool is [pinned](Pool::pin): every checkout gets this connection in turn.
+    pin: std::sync::OnceLock<Arc<pin::Pin<DB>>>,
 }
 
 struct Keeper<DB: Backend> {
@@ -146,6 +151,7 @@ impl<DB: Backend> Pool<DB> {
                 held: AtomicBool::new(false),
                 conn: tokio::sync::Mutex::new(None),
             }),
+            pin: std::sync::OnceLock::new(),
         }))
     }
 
@@ -154,19 +160,56 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) fn twin(&self, config: &PoolConfig, observer: Arc<Observer>) -> Self {
         let manager = self.0.deadpool.manager();
         let (options, dialect) = (manager.options.clone(), manager.dialect);
-        Self::new(
+        let twin = Self::new(
             self.0.bind.clone(),
             &self.0.url,
             options,
             dialect,
             config,
             observer,
-        )
+        );
+        // A pinned bind's blocking face runs on the same pinned connection.
+        if let Some(pin) = self.0.pin.get() {
+            let _ = twin.0.pin.set(pin.clone());
+        }
+        twin
     }
 
     /// The pool's metric handles and span attributes.
     pub(crate) fn observer(&self) -> &Observer {
         &self.0.deadpool.manager().observer
+    }
+
+    /// Pins the pool: checks a connection out, begins the outer transaction on it, and from now
+    /// on hands that connection, in turn, to every checkout. See [`pin`](self::pin).
+    /// `setup` runs inside the outer transaction, first (a test's fixtures).
+    pub(crate) async fn pin(&self, setup: Vec<String>) -> Result<()> {
+        let conn = self.checkout().await?;
+        let Held::Pooled(object) = conn.0 else {
+            return Err(Error::test_isolation(
+                &self.0.bind,
+                "the bind was pinned twice",
+            ));
+        };
+        let dialect = self.0.deadpool.manager().dialect;
+        let pinned = pin::Pin::begin(self.0.bind.clone(), dialect, object, setup).await?;
+        self.0
+            .pin
+            .set(Arc::new(pinned))
+            .map_err(|_| Error::test_isolation(&self.0.bind, "the bind was pinned twice"))
+    }
+
+    /// Ends the pin: checks the outer transaction was never committed, rolls it back and
+    /// returns the connection; waits up to `acquire_timeout` for the session holding it. `None`
+    /// when the pool was never pinned.
+    pub(crate) async fn unpin(&self) -> Option<Result<PinCounts>> {
+        let pin = self.0.pin.get()?;
+        Some(pin.end(self.0.acquire_timeout).await)
+    }
+
+    /// How the sessions on the pinned connection have ended so far; `None` when not pinned.
+    pub(crate) fn pin_counts(&self) -> Option<PinCounts> {
+        self.0.pin.get().map(|pin| pin.counts())
     }
 
     /// How long a checkout may wait.
@@ -185,10 +228,13 @@ impl<DB: Backend> Pool<DB> {
     /// [`checkout`](Pool::checkout) with what is left of an `acquire_timeout` already partly
     /// spent; a timeout still reports `acquire_timeout`.
     pub(crate) async fn checkout_within(&self, budget: Duration) -> Result<Conn<DB>> {
-        self.start_upkeep();
         let shared = &*self.0;
         let watch = Stopwatch::start();
         let deadline = tokio::time::Instant::now() + budget;
+        if let Some(pin) = shared.pin.get() {
+            return pin.checkout(deadline, shared.acquire_timeout).await;
+        }
+        self.start_upkeep();
         // One deadline for all of it: the SQLite keeper's first connection included.
         let get = async {
             if let Some(keeper) = &shared.keeper {
@@ -207,7 +253,7 @@ impl<DB: Backend> Pool<DB> {
             Ok(Ok(Ok(obj))) => {
                 shared.metrics().waited(watch);
                 publish(&shared.deadpool);
-                Ok(Conn(obj))
+                Ok(Conn(Held::Pooled(obj)))
             }
             Ok(Ok(Err(PoolError::Closed))) => Err(Error::closed(&shared.bind)),
             Ok(Ok(Err(PoolError::Backend(source)))) => Err(shared.connect_error(source)),
@@ -416,42 +462,84 @@ fn upkeep_period(pool: &PoolConfig) -> Option<Duration> {
     Some(period.clamp(Duration::from_millis(50), Duration::from_secs(30)))
 }
 
-/// A connection checked out of a bind's pool, dirty until [given back](Conn::give_back).
-pub(crate) struct Conn<DB: Backend>(managed::Object<ConnManager<DB>>);
+/// When a pooled connection was handed out: deadpool's last recycle, or its creation.
+fn checked_out_at<DB: Backend>(obj: &managed::Object<ConnManager<DB>>) -> Instant {
+    let metrics = managed::Object::metrics(obj);
+    metrics.recycled.unwrap_or(metrics.created)
+}
+
+/// A connection checked out of a bind's pool, dirty until [given back](Conn::give_back); or,
+/// on a pinned pool, its turn on the pinned connection.
+pub(crate) struct Conn<DB: Backend>(Held<DB>);
+
+enum Held<DB: Backend> {
+    Pooled(managed::Object<ConnManager<DB>>),
+    Pinned(pin::PinGuard<DB>),
+}
 
 impl<DB: Backend> Conn<DB> {
     /// The sqlx connection.
     pub(crate) fn raw(&mut self) -> &mut DB::Connection {
-        &mut self.0.raw
+        match &mut self.0 {
+            Held::Pooled(obj) => &mut obj.raw,
+            Held::Pinned(pin) => pin.raw(),
+        }
+    }
+
+    /// Whether this is a pinned connection, inside a test's outer transaction: its sessions
+    /// begin and end savepoints ([`PIN_BEGIN`] …) instead of transactions.
+    pub(crate) fn is_pinned(&self) -> bool {
+        matches!(self.0, Held::Pinned(_))
+    }
+
+    /// Counts how a session's transaction ended on a pinned connection; nothing otherwise.
+    pub(crate) fn ended(&self, committed: bool) {
+        if let Held::Pinned(pin) = &self.0 {
+            pin.ended(committed);
+        }
     }
 
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
-    /// closed, to the server with a polite goodbye.
-    pub(crate) fn give_back(mut self) {
-        self.0.clean = true;
-        self.0.idle_since = Instant::now();
-        let since = self.checked_out_at();
-        match managed::Object::pool(&self.0) {
+    /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
+    pub(crate) fn give_back(self) {
+        let mut obj = match self.0 {
+            Held::Pooled(obj) => obj,
+            Held::Pinned(pin) => return drop(pin),
+        };
+        obj.clean = true;
+        obj.idle_since = Instant::now();
+        let since = checked_out_at(&obj);
+        match managed::Object::pool(&obj) {
             Some(pool) if !pool.is_closed() => {
-                drop(self);
+                drop(obj);
                 pool.manager().observer.metrics.used_since(since);
                 publish(&pool);
             }
-            _ => close_gracefully(managed::Object::take(self.0)),
+            _ => close_gracefully(managed::Object::take(obj)),
         }
     }
 
     /// Takes the connection out of the pool for good and closes it without a goodbye: for
     /// connections whose state is unknown, where the server must see the socket close and roll
-    /// back.
+    /// back. A pinned one cannot go: the pin breaks instead.
     pub(crate) fn discard(self) {
         self.discard_because(Discard::UnknownState);
     }
 
+    /// [`discard`](Conn::discard), counted under `reason`; a pinned connection breaks its pin.
     fn discard_because(self, reason: Discard) {
-        let since = self.checked_out_at();
-        let pool = managed::Object::pool(&self.0);
-        drop(managed::Object::take(self.0));
+        let obj = match self.0 {
+            Held::Pooled(obj) => obj,
+            Held::Pinned(pin) => {
+                return pin.break_with(match reason {
+                    Discard::Dead => "the connection was lost (the server or the network closed it)",
+                    _ => "a session left the connection in an unknown state",
+                });
+            }
+        };
+        let since = checked_out_at(&obj);
+        let pool = managed::Object::pool(&obj);
+        drop(managed::Object::take(obj));
         if let Some(pool) = pool {
             let manager = pool.manager();
             bump(&manager.counters.discarded);
@@ -459,12 +547,6 @@ impl<DB: Backend> Conn<DB> {
             manager.observer.metrics.used_since(since);
             publish(&pool);
         }
-    }
-
-    /// When the connection was handed out: deadpool's last recycle, or its creation.
-    fn checked_out_at(&self) -> Instant {
-        let metrics = managed::Object::metrics(&self.0);
-        metrics.recycled.unwrap_or(metrics.created)
     }
 
     /// [`discard`](Conn::discard) for a connection found dead (the server or the network closed
@@ -477,14 +559,20 @@ impl<DB: Backend> Conn<DB> {
         self.discard_because(Discard::Dead);
     }
 
-    /// The bind's connection manager, while its pool lives.
+    /// The bind's connection manager, while its pool lives (never for a pinned connection).
     fn manager(&self) -> Option<ManagerRef<DB>> {
-        managed::Object::pool(&self.0).map(ManagerRef)
+        match &self.0 {
+            Held::Pooled(obj) => managed::Object::pool(obj).map(ManagerRef),
+            Held::Pinned(_) => None,
+        }
     }
 
     /// The dialect of the connection's bind, while its pool lives.
     fn dialect(&self) -> Option<Dialect> {
-        self.manager().map(|m| m.dialect)
+        match &self.0 {
+            Held::Pooled(_) => self.manager().map(|m| m.dialect),
+            Held::Pinned(pin) => Some(pin.dialect()),
+        }
     }
 }
 

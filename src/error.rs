@@ -159,6 +159,13 @@ pub enum ErrorKind {
     /// A migration failed; the driver's error is the source ([`Error::migration_version`],
     /// [`Error::migration_file`]).
     MigrationFailed,
+    /// A test's pinned transaction (the `testing` feature's transaction mode) no longer isolates
+    /// the test: a statement committed it (an implicit commit from DDL on MySQL/MariaDB, a raw
+    /// `COMMIT`), or its connection broke.
+    TestIsolation,
+    /// A test database could not be set up or cleaned up (created, cloned, migrated, seeded or
+    /// dropped), with the `testing` feature.
+    TestDatabase,
 }
 
 impl ErrorKind {
@@ -206,7 +213,9 @@ impl ErrorKind {
             | Self::MigrationEdited
             | Self::MigrationMissing
             | Self::MigrationDirty
-            | Self::MigrationFailed => false,
+            | Self::MigrationFailed
+            | Self::TestIsolation
+            | Self::TestDatabase => false,
         }
     }
 }
@@ -701,6 +710,47 @@ impl Error {
             ),
         )
         .with_detail(Detail::Waited(waited))
+    }
+
+    /// A session waited past `acquire_timeout` for a test's pinned connection.
+    pub(crate) fn pin_timeout(bind: &str, waited: Duration) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the test's pinned connection stayed in use by another session for \
+                 {waited:?} (acquire_timeout); in transaction mode every session of the bind \
+                 takes turns on one connection, so end a session (drop it, or let its scope \
+                 finish) before waiting for work that needs the bind, such as an HTTP request"
+            ),
+        )
+        .with_detail(Detail::Waited(waited))
+    }
+
+    /// A test's pinned transaction no longer isolates the test.
+    pub(crate) fn test_isolation(bind: &str, why: &str) -> Self {
+        Self::new(
+            ErrorKind::TestIsolation,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the test transaction was lost, {why}; what the test wrote may \
+                 be left on the server. Run the test in database mode (a database of its own) \
+                 if it needs DDL or commits of its own"
+            ),
+        )
+    }
+
+    /// A test database could not be set up or dropped.
+    pub(crate) fn test_database(
+        bind: Option<&str>,
+        what: String,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let message = match bind {
+            Some(bind) => format!("bind `{bind}`: {what}"),
+            None => what,
+        };
+        Self::new(ErrorKind::TestDatabase, bind, message).with_source(source)
     }
 
     pub(crate) fn closed(bind: &str) -> Self {

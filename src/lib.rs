@@ -22,6 +22,8 @@ mod observe;
 mod savepoint;
 mod scope;
 mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::Backend;
 pub use bind::Bind;
@@ -31,6 +33,10 @@ pub use config::{
     JournalMode, PoolConfig, Pooler, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
 };
 pub use database_url::DatabaseUrl;
+/// Runs an `async fn(t: TestContext)` as a test on per-test copies of the app's binds: see
+/// [`testing`].
+#[cfg(feature = "testing")]
+pub use dbscope_macros::test;
 pub use engine::BindStatus;
 pub use error::{BoxError, Error, ErrorKind, Result, TlsCheck};
 #[cfg(feature = "actix")]

@@ -7,7 +7,7 @@ use sqlx::{Connection, SqlStr};
 
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
-use crate::engine::{Conn, is_dead};
+use crate::engine::{Conn, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead};
 use crate::error::{Op, is_connection_lost, is_connection_lost_code};
 use crate::{Bind, BindKey, BindManager, Error, Result};
 
@@ -452,6 +452,7 @@ impl<DB: Backend> Session<DB> {
         }
         match self.exec(SqlStr::from_static(self.tx.end.commit)).await {
             Ok(()) => {
+                self.conn_mut().ended(true);
                 self.end_transaction();
                 self.bind.observer().metrics.transaction(true);
                 Ok(())
@@ -685,13 +686,22 @@ impl<DB: Backend> Session<DB> {
 
     async fn begin_transaction(&mut self) -> Result<()> {
         let sql = self.tx_sql()?;
-        let (begin, end) = (
+        let (mut begin, mut end) = (
             sql.begin.clone(),
             EndSql {
                 commit: sql.commit,
                 rollback: sql.rollback,
             },
         );
+        if self.conn_mut().is_pinned() {
+            // A test's pinned connection: the outer transaction is the test's, this one a
+            // savepoint inside it (the session's isolation and read-only options do not apply).
+            begin = SqlStr::from_static(PIN_BEGIN);
+            end = EndSql {
+                commit: PIN_COMMIT,
+                rollback: PIN_ROLLBACK,
+            };
+        }
         self.exec_or_poison(begin, "BEGIN").await?;
         self.tx.depth = 1;
         self.tx.end = end;
@@ -702,6 +712,7 @@ impl<DB: Backend> Session<DB> {
         let sql = self.tx.end.rollback;
         self.exec_or_poison(SqlStr::from_static(sql), "ROLLBACK")
             .await?;
+        self.conn_mut().ended(false);
         self.end_transaction();
         self.bind.observer().metrics.transaction(false);
         Ok(())
@@ -931,7 +942,13 @@ async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'s
         }
     };
     match tokio::time::timeout(CLEANUP_TIMEOUT, work).await {
-        Ok(Ok(())) => guard.0.take().map_or((), Conn::give_back),
+        Ok(Ok(())) => {
+            let conn = guard.0.take().expect("guard holds the connection");
+            if rollback.is_some() {
+                conn.ended(false);
+            }
+            conn.give_back();
+        }
         Ok(Err(e)) if is_dead(&e) => guard.0.take().map_or((), Conn::discard_dead),
         _ => {} // the guard discards it
     }

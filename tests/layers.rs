@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("scope", 7),
     ("integration", 8),
     ("blocking", 8),
+    ("testing", 9),
 ];
 
 /// Edges allowed inside a layer: (from, to).

@@ -19,8 +19,8 @@ use deadpool::managed::{self, PoolError};
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 
-use super::Conn;
 use super::conn_manager::ConnManager;
+use super::{Conn, Held};
 use crate::backend::Backend;
 
 tokio::task_local! {
@@ -103,7 +103,7 @@ where
         runtime.spawn(async move {
             if let Ok(Ok(object)) = tokio::time::timeout_at(deadline, pending).await {
                 // Opened or checked for a checkout that went away: nothing ran on it.
-                Conn(object).give_back();
+                Conn(Held::Pooled(object)).give_back();
             }
         });
     }

@@ -51,7 +51,11 @@ impl<DB: Backend> Conn<DB> {
     /// [`recover`](Conn::recover), awaited here. Cancel safe: dropped before it ends, the
     /// connection is discarded.
     pub(crate) async fn recover_now(self) {
-        let mut held = Recovering(Some(self));
+        let this = match self.0 {
+            super::Held::Pinned(pin) => return pin.recover().await,
+            pooled => Conn(pooled),
+        };
+        let mut held = Recovering(Some(this));
         let conn = held.0.as_mut().expect("held until the end");
         let Some(dialect) = conn.dialect() else {
             return; // the bind is gone: dropping the connection is all there is to do

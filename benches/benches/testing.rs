@@ -1,0 +1,186 @@
+//! Per-test set-up cost of the testing toolkit on PostgreSQL, with a 60-table schema: transaction
+//! mode, template-database mode, and `#[sqlx::test]`'s way, in one interleaved run.
+//!
+//! sqlx's test support (`sqlx::testing`) is internal to sqlx's macros, so its way is replicated:
+//! per test, create a database, connect, run the migrator on it, and drop the database
+//! (`DROP DATABASE … WITH (FORCE)`), as `#[sqlx::test]` does with its migrations. Every
+//! contender reads the same migration directory each time.
+//!
+//! Goals: transaction mode under 5 ms per test; template mode at least 2x faster than sqlx's.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use dbscope::testing::{Mode, TestDb};
+use dbscope::{BindConfig, Config};
+use dbscope_benches::{Settings, setup_problem, verdict};
+use sqlx::{AssertSqlSafe, Connection};
+
+const TABLES: usize = 60;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let settings = match Settings::from_env("testing", 2.0) {
+        Ok(s) => s,
+        Err(e) => return setup_problem(e),
+    };
+    let dir = migrations();
+    let scratch = format!("dbscope_bench_tx_{}", std::process::id());
+    if let Err(e) = admin(&settings.url, &format!("CREATE DATABASE {scratch}")).await {
+        return setup_problem(format!("cannot create the scratch database: {e}"));
+    }
+    let scratch_url = with_database(&settings.url, &scratch);
+    println!(
+        "testing: per-test set-up on PostgreSQL, {TABLES} tables, {}",
+        settings.rounds_text()
+    );
+    let names = [
+        "transaction mode",
+        "template mode",
+        "sqlx-style (create + migrate)",
+    ];
+    let mut per_test: [Vec<f64>; 3] = Default::default();
+    let mut failed = None;
+    for round in 0..=settings.rounds {
+        for (i, slot) in per_test.iter_mut().enumerate() {
+            let result = match i {
+                0 => measure(settings.round_time, || transaction(&scratch_url, &dir)).await,
+                1 => measure(settings.round_time, || template(&settings.url, &dir)).await,
+                _ => measure(settings.round_time, || sqlx_style(&settings.url, &dir)).await,
+            };
+            match result {
+                // Round 0 warms up (the template, the once-per-binary migrations).
+                Ok(ms) if round > 0 => slot.push(ms),
+                Ok(_) => {}
+                Err(e) => failed = Some(format!("{}: {e}", names[i])),
+            }
+        }
+        if failed.is_some() {
+            break;
+        }
+    }
+    let _ = admin(
+        &settings.url,
+        &format!("DROP DATABASE {scratch} WITH (FORCE)"),
+    )
+    .await;
+    if let Some(e) = failed {
+        eprintln!("\nBENCHMARK FAILED: {e}");
+        return ExitCode::from(1);
+    }
+    let medians: Vec<f64> = per_test.iter_mut().map(|v| median(v)).collect();
+    for (name, ms) in names.iter().zip(&medians) {
+        println!("  {name:<32} {ms:>8.2} ms per test (median of rounds)");
+    }
+    let speedup = medians[2] / medians[1];
+    println!(
+        "\n  goal: transaction mode under 5 ms .............. {} ({:.2} ms)",
+        verdict(medians[0] < 5.0),
+        medians[0]
+    );
+    println!(
+        "  goal: template mode >= 2x faster than sqlx's ..... {} ({speedup:.1}x)",
+        verdict(speedup >= 2.0)
+    );
+    ExitCode::SUCCESS
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs `setup` back to back for `time` (at least once); the mean milliseconds per run.
+async fn measure<F, Fut>(time: Duration, mut setup: F) -> Result<f64, BoxError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), BoxError>>,
+{
+    let start = Instant::now();
+    let mut runs = 0u32;
+    while runs == 0 || start.elapsed() < time {
+        setup().await?;
+        runs += 1;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3 / f64::from(runs))
+}
+
+fn bind(url: &str) -> Config {
+    let mut config = Config::default();
+    config.binds.insert("main".into(), BindConfig::new(url));
+    config
+}
+
+async fn transaction(url: &str, dir: &Path) -> Result<(), BoxError> {
+    let t = TestDb::builder()
+        .config(bind(url))
+        .mode(Mode::Transaction)
+        .migrations("main", dir.to_path_buf())
+        .start()
+        .await?;
+    t.finish().await?;
+    Ok(())
+}
+
+async fn template(url: &str, dir: &Path) -> Result<(), BoxError> {
+    let t = TestDb::builder()
+        .config(bind(url))
+        .mode(Mode::Database)
+        .migrations("main", dir.to_path_buf())
+        .start()
+        .await?;
+    t.finish().await?;
+    Ok(())
+}
+
+async fn sqlx_style(url: &str, dir: &Path) -> Result<(), BoxError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "dbscope_bench_sqlx_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    admin(url, &format!("CREATE DATABASE {name}")).await?;
+    let mut conn = sqlx::PgConnection::connect(&with_database(url, &name)).await?;
+    sqlx::migrate::Migrator::new(dir.to_path_buf())
+        .await?
+        .run(&mut conn)
+        .await?;
+    conn.close().await?;
+    admin(url, &format!("DROP DATABASE {name} WITH (FORCE)")).await?;
+    Ok(())
+}
+
+async fn admin(url: &str, statement: &str) -> Result<(), BoxError> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::raw_sql(AssertSqlSafe(statement.to_owned()))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("a PostgreSQL URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.into()
+}
+
+/// The 60-table schema, one migration per table and its index, in a temp dir.
+fn migrations() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dbscope_bench_migrations_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("the migrations directory");
+    for i in 1..=TABLES {
+        let sql = format!(
+            "CREATE TABLE t{i} (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, \
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now(), ref_id BIGINT);\n\
+             CREATE INDEX t{i}_ref ON t{i} (ref_id);\n"
+        );
+        std::fs::write(dir.join(format!("{i}_table_{i}.sql")), sql).expect("a migration");
+    }
+    dir
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

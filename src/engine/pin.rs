@@ -1,0 +1,252 @@
+//! A pinned connection: one connection of a bind, inside an outer transaction, that every
+//! checkout of the bind gets in turn, for the `testing` feature's transaction mode.
+//!
+//! Once a pool is [pinned](super::Pool::pin), its checkouts stop going to deadpool: each waits
+//! (within what is left of `acquire_timeout`) for the one pinned connection, holds it until its
+//! session gives it back, and sees the outer transaction. Sessions find out through
+//! [`Conn::is_pinned`](super::Conn::is_pinned) and turn their BEGIN, COMMIT and ROLLBACK into
+//! [`PIN_BEGIN`], [`PIN_COMMIT`] and [`PIN_ROLLBACK`], so that what the app commits stays inside
+//! the outer transaction, which [`unpin`](super::Pool::unpin) rolls back.
+//!
+//! The pin belongs to the pool, not to a task: a server task, a spawned task and the test itself
+//! all queue for the same connection.
+//!
+//! A connection that a session leaves in an unknown state (cut off mid-operation, found dead)
+//! cannot be thrown away and replaced here: the outer transaction would go with it. Recovery
+//! tries to roll the session's work back to its savepoint; when that fails the pin is *broken*,
+//! every later checkout fails with [`ErrorKind::TestIsolation`](crate::ErrorKind::TestIsolation)
+//! saying why, and so does `unpin`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool::managed;
+use futures_util::TryStreamExt;
+use sqlx::{Connection, SqlStr};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::conn_manager::ConnManager;
+use super::{Conn, Held, bump};
+use crate::backend::{Backend, Dialect};
+use crate::{Error, Result};
+
+/// What a session on a pinned connection runs instead of BEGIN.
+pub(crate) const PIN_BEGIN: &str = "SAVEPOINT dbscope_app";
+/// What a session on a pinned connection runs instead of COMMIT.
+pub(crate) const PIN_COMMIT: &str = "RELEASE SAVEPOINT dbscope_app";
+/// What a session on a pinned connection runs instead of ROLLBACK.
+pub(crate) const PIN_ROLLBACK: &str =
+    "ROLLBACK TO SAVEPOINT dbscope_app; RELEASE SAVEPOINT dbscope_app";
+
+/// The savepoint just inside the outer transaction: rolling back to it at the end proves the
+/// outer transaction was never committed.
+const GUARD_SAVEPOINT: &str = "SAVEPOINT dbscope_pin";
+const GUARD_CHECK: &str = "ROLLBACK TO SAVEPOINT dbscope_pin";
+
+/// How a pinned bind's sessions ended, counted while the pin lasts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PinCounts {
+    /// Transactions the bind's sessions committed (savepoints released).
+    pub(crate) commits: u64,
+    /// Transactions the bind's sessions rolled back.
+    pub(crate) rollbacks: u64,
+}
+
+/// The pinned connection of one bind and what the pin has seen.
+pub(crate) struct Pin<DB: Backend> {
+    bind: Arc<str>,
+    dialect: Dialect,
+    slot: Arc<Mutex<Slot<DB>>>,
+    commits: AtomicU64,
+    rollbacks: AtomicU64,
+}
+
+struct Slot<DB: Backend> {
+    /// `None` once unpinned: checkouts then fail as on a closed bind.
+    conn: Option<managed::Object<ConnManager<DB>>>,
+    /// Why the pinned connection can no longer be trusted, once it cannot.
+    broken: Option<String>,
+}
+
+/// A checkout of the pinned connection: the lock on it, released when dropped.
+pub(crate) struct PinGuard<DB: Backend> {
+    guard: OwnedMutexGuard<Slot<DB>>,
+    pin: Arc<Pin<DB>>,
+}
+
+impl<DB: Backend> Pin<DB> {
+    /// Opens the outer transaction on `conn` (BEGIN, and the guard savepoint) and pins it.
+    pub(super) async fn begin(
+        bind: Arc<str>,
+        dialect: Dialect,
+        mut conn: managed::Object<ConnManager<DB>>,
+        setup: Vec<String>,
+    ) -> Result<Self> {
+        let begin = match dialect {
+            Dialect::MySql => "START TRANSACTION",
+            Dialect::Postgres | Dialect::Sqlite => "BEGIN",
+        };
+        for sql in [begin, GUARD_SAVEPOINT] {
+            run::<DB>(&mut conn.raw, sql)
+                .await
+                .map_err(|e| Error::test_database(Some(&bind), format!("`{sql}` failed"), e))?;
+        }
+        for sql in setup {
+            let script = sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql));
+            DB::fetch_many(&mut conn.raw, script)
+                .try_for_each(|_| std::future::ready(Ok(())))
+                .await
+                .map_err(|e| Error::test_database(Some(&bind), "a fixture failed".to_owned(), e))?;
+        }
+        Ok(Self {
+            bind,
+            dialect,
+            slot: Arc::new(Mutex::new(Slot {
+                conn: Some(conn),
+                broken: None,
+            })),
+            commits: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits for the pinned connection until `deadline`.
+    pub(super) async fn checkout(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+        acquire_timeout: Duration,
+    ) -> Result<Conn<DB>> {
+        let lock = self.slot.clone().lock_owned();
+        let Ok(guard) = tokio::time::timeout_at(deadline, lock).await else {
+            return Err(Error::pin_timeout(&self.bind, acquire_timeout));
+        };
+        if let Some(why) = &guard.broken {
+            return Err(Error::test_isolation(&self.bind, why));
+        }
+        if guard.conn.is_none() {
+            return Err(Error::closed(&self.bind));
+        }
+        Ok(Conn(Held::Pinned(PinGuard {
+            guard,
+            pin: self.clone(),
+        })))
+    }
+
+    pub(super) fn counts(&self) -> PinCounts {
+        PinCounts {
+            commits: self.commits.load(Ordering::Relaxed),
+            rollbacks: self.rollbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends the pin: checks that the outer transaction is still open and rolls it back, then
+    /// returns the connection to the pool. Later checkouts fail as on a closed bind.
+    pub(super) async fn end(&self, wait: Duration) -> Result<PinCounts> {
+        let Ok(mut slot) = tokio::time::timeout(wait, self.slot.lock()).await else {
+            return Err(Error::test_isolation(
+                &self.bind,
+                &format!(
+                    "a session still held the pinned connection {wait:?} after the test ended \
+                     (a session or a task outliving the test?), so it could not be rolled back"
+                ),
+            ));
+        };
+        let Some(mut conn) = slot.conn.take() else {
+            return Ok(self.counts());
+        };
+        let verdict = match slot.broken.take() {
+            Some(why) => Err(why),
+            None => self.check_isolation(&mut conn.raw).await,
+        };
+        // Whatever the verdict, nothing of the test may stay: roll back, or close the socket.
+        match run::<DB>(&mut conn.raw, "ROLLBACK").await {
+            Ok(()) if verdict.is_ok() => Conn(Held::Pooled(conn)).give_back(),
+            _ => Conn(Held::Pooled(conn)).discard(),
+        }
+        verdict.map_err(|why| Error::test_isolation(&self.bind, &why))?;
+        Ok(self.counts())
+    }
+
+    /// `Ok` when the outer transaction is still the one the pin began.
+    async fn check_isolation(&self, raw: &mut DB::Connection) -> std::result::Result<(), String> {
+        if self.dialect == Dialect::MySql && !mysql_in_transaction::<DB>(raw).await {
+            return Err(
+                "it was committed: MySQL and MariaDB commit implicitly before and after \
+                        DDL (CREATE, ALTER, DROP, TRUNCATE …), LOCK TABLES and other statements"
+                    .into(),
+            );
+        }
+        run::<DB>(raw, GUARD_CHECK).await.map_err(|e| {
+            format!(
+                "a statement of the test or the app committed or rolled it back (its savepoint \
+                 `dbscope_pin` is gone: {e})"
+            )
+        })
+    }
+}
+
+impl<DB: Backend> PinGuard<DB> {
+    pub(super) fn raw(&mut self) -> &mut DB::Connection {
+        &mut self
+            .guard
+            .conn
+            .as_mut()
+            .expect("a pinned checkout holds the connection")
+            .raw
+    }
+
+    pub(super) fn dialect(&self) -> Dialect {
+        self.pin.dialect
+    }
+
+    /// Marks the pin broken, for `why`, and lets the connection go.
+    pub(super) fn break_with(mut self, why: &str) {
+        tracing::warn!(bind = %self.pin.bind, why, "the test's pinned connection broke");
+        self.guard.broken.get_or_insert_with(|| why.to_owned());
+    }
+
+    pub(super) fn ended(&self, committed: bool) {
+        bump(if committed {
+            &self.pin.commits
+        } else {
+            &self.pin.rollbacks
+        });
+    }
+
+    /// Recovers a session cut off mid-operation: drains what is in flight and rolls the
+    /// session's work back to its savepoint; breaks the pin if that fails.
+    pub(super) async fn recover(mut self) {
+        let raw = self.raw();
+        let work = async {
+            raw.ping().await?;
+            run::<DB>(raw, PIN_ROLLBACK).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), work).await {
+            Ok(Ok(())) => self.ended(false),
+            Ok(Err(e)) => self.break_with(&format!(
+                "a session was cut off mid-operation and rolling it back failed: {e}"
+            )),
+            Err(_) => self.break_with(
+                "a session was cut off mid-operation and rolling it back took over 2 s",
+            ),
+        }
+    }
+}
+
+/// MySQL/MariaDB: whether a transaction is open on the connection (one row back, or none).
+async fn mysql_in_transaction<DB: Backend>(raw: &mut DB::Connection) -> bool {
+    let sql = "SELECT 1 AS dbscope_in_transaction FROM DUAL WHERE @@in_transaction = 1";
+    let rows: sqlx::Result<Vec<DB::Row>> = DB::fetch_many(raw, SqlStr::from_static(sql))
+        .try_filter_map(|step| std::future::ready(Ok(step.right())))
+        .try_collect()
+        .await;
+    rows.is_ok_and(|rows| rows.len() == 1)
+}
+
+/// Runs one command, every result read.
+async fn run<DB: Backend>(raw: &mut DB::Connection, sql: &'static str) -> sqlx::Result<()> {
+    DB::fetch_many(raw, SqlStr::from_static(sql))
+        .try_for_each(|_| std::future::ready(Ok(())))
+        .await
+}

@@ -1,0 +1,394 @@
+//! The server side of the test databases: migrating a bind's own database once per test binary,
+//! creating one database per test (cloned from a template on PostgreSQL), dropping it, and
+//! dropping what crashed runs left behind.
+//!
+//! Test databases are named `dbscope_test_<pid>_<n>`: the process and a counter, so concurrent
+//! runs on one server never collide, and a leftover names the process that made it. The first
+//! test database a process makes on a server drops the ones whose process is gone.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::source::Loaded;
+use crate::backend::Dialect;
+use crate::{DatabaseUrl, Error, Result};
+
+/// The prefix of every test database (and SQLite file).
+const PREFIX: &str = "dbscope_test_";
+/// The prefix of PostgreSQL templates: one per migration set.
+const TEMPLATE_PREFIX: &str = "dbscope_tpl_";
+
+/// One bind's database server, as the test's configuration names it.
+pub(super) struct ServerDb<'a> {
+    bind: &'a str,
+    url: &'a str,
+    dialect: Dialect,
+}
+
+/// A database made for one test.
+#[derive(Debug)]
+pub(super) struct MadeDb {
+    bind: String,
+    dialect: Dialect,
+    /// Where the database was made from (the bind's configured URL).
+    admin_url: String,
+    name: String,
+    url: String,
+    path: Option<PathBuf>,
+}
+
+impl<'a> ServerDb<'a> {
+    pub(super) fn new(bind: &'a str, url: &'a str, dialect: Dialect) -> Self {
+        Self { bind, url, dialect }
+    }
+
+    /// Runs `migrations` on the configured database, once per process (sqlx's migrator takes
+    /// its advisory lock, so two test binaries at once apply them once).
+    pub(super) async fn migrate_once(&self, migrations: &Loaded<'_>) -> Result<()> {
+        static DONE: Mutex<Option<HashSet<(String, u64)>>> = Mutex::new(None);
+        let key = (self.url.to_owned(), migrations.digest());
+        let done = |set: &mut Option<HashSet<_>>| set.get_or_insert_default().contains(&key);
+        if done(&mut DONE.lock().expect("not poisoned")) {
+            return Ok(());
+        }
+        let mut conn = self.connect(self.url).await?;
+        self.run_migrations(&mut conn, migrations).await?;
+        conn.close().await.ok();
+        DONE.lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .insert(key);
+        Ok(())
+    }
+
+    /// Creates the test's database, migrated.
+    pub(super) async fn create(
+        &self,
+        migrations: Option<&Loaded<'_>>,
+        fixtures: &[String],
+    ) -> Result<MadeDb> {
+        let name = next_name();
+        let mut made = MadeDb {
+            bind: self.bind.to_owned(),
+            dialect: self.dialect,
+            admin_url: self.url.to_owned(),
+            name: name.clone(),
+            url: String::new(),
+            path: None,
+        };
+        match self.dialect {
+            Dialect::Sqlite => {
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                made.url = format!("sqlite://{}", path.display());
+                made.path = Some(path);
+                self.clean_sqlite_leftovers();
+                let mut conn = self.connect(&format!("{}?mode=rwc", made.url)).await?;
+                if let Some(m) = migrations {
+                    self.run_migrations(&mut conn, m).await?;
+                }
+                conn.close().await.ok();
+            }
+            Dialect::Postgres | Dialect::MySql => {
+                made.url = with_database(self.url, &name)?;
+                let mut admin = self.connect(self.url).await?;
+                self.clean_leftovers(&mut admin).await;
+                let template = match (self.dialect, migrations) {
+                    (Dialect::Postgres, Some(m)) => Some(self.template(&mut admin, m).await?),
+                    _ => None,
+                };
+                let create = match &template {
+                    Some(t) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{t}\""),
+                    None => format!("CREATE DATABASE {name}"),
+                };
+                self.exec(&mut admin, &create).await?;
+                admin.close().await.ok();
+                if let (Dialect::MySql, Some(m)) = (self.dialect, migrations) {
+                    let mut conn = self.connect(&made.url).await?;
+                    let migrated = self.run_migrations(&mut conn, m).await;
+                    conn.close().await.ok();
+                    if let Err(e) = migrated {
+                        made.drop_now().await.ok();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.seed(&made, fixtures).await {
+            made.drop_now().await.ok();
+            return Err(e);
+        }
+        Ok(made)
+    }
+
+    /// Runs the fixtures on a test database.
+    async fn seed(&self, made: &MadeDb, fixtures: &[String]) -> Result<()> {
+        if fixtures.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connect(&made.url).await?;
+        for sql in fixtures {
+            let ran = sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&mut conn)
+                .await;
+            if let Err(e) = ran {
+                conn.close().await.ok();
+                return Err(self.failed("a fixture failed", e));
+            }
+        }
+        conn.close().await.ok();
+        Ok(())
+    }
+
+    /// The PostgreSQL template for `migrations`, built once per migration set and server: under
+    /// an advisory lock, marked a template only once fully migrated (a half-built one, left by
+    /// a crash, is dropped and built again).
+    async fn template(
+        &self,
+        admin: &mut sqlx::AnyConnection,
+        migrations: &Loaded<'_>,
+    ) -> Result<String> {
+        static READY: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+        let digest = migrations.digest();
+        let name = format!("{TEMPLATE_PREFIX}{digest:016x}");
+        let key = (self.url.to_owned(), name.clone());
+        if READY
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .contains(&key)
+        {
+            return Ok(name);
+        }
+        // The lock's key: the digest's bits, as PostgreSQL's bigint.
+        let lock = i64::from_ne_bytes(digest.to_ne_bytes());
+        self.exec(admin, &format!("SELECT pg_advisory_lock({lock})"))
+            .await?;
+        let built = self.build_template(admin, &name, migrations).await;
+        self.exec(admin, &format!("SELECT pg_advisory_unlock({lock})"))
+            .await?;
+        built?;
+        READY
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .insert(key);
+        Ok(name)
+    }
+
+    async fn build_template(
+        &self,
+        admin: &mut sqlx::AnyConnection,
+        name: &str,
+        migrations: &Loaded<'_>,
+    ) -> Result<()> {
+        let query = format!("SELECT datistemplate FROM pg_database WHERE datname = '{name}'");
+        let state: Option<bool> = sqlx::query_scalar(AssertSqlSafe(query))
+            .fetch_optional(&mut *admin)
+            .await
+            .map_err(|e| self.failed("cannot list the server's databases", e))?;
+        match state {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                self.exec(admin, &drop).await?;
+            }
+            None => {}
+        }
+        self.exec(admin, &format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        let mut conn = self.connect(&with_database(self.url, name)?).await?;
+        let migrated = self.run_migrations(&mut conn, migrations).await;
+        conn.close().await.ok();
+        migrated?;
+        self.exec(
+            admin,
+            &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"),
+        )
+        .await
+    }
+
+    /// Drops the test databases of processes that are gone, once per process and server.
+    async fn clean_leftovers(&self, admin: &mut sqlx::AnyConnection) {
+        static CLEANED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+        if !CLEANED
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .insert(self.url.to_owned())
+        {
+            return;
+        }
+        let list = match self.dialect {
+            Dialect::Postgres => {
+                "SELECT CAST(datname AS TEXT) FROM pg_database WHERE datname LIKE 'dbscope\\_test\\_%'"
+            }
+            _ => {
+                "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+                  WHERE schema_name LIKE 'dbscope\\_test\\_%'"
+            }
+        };
+        let names = match sqlx::query_scalar::<_, String>(list)
+            .fetch_all(&mut *admin)
+            .await
+        {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(bind = self.bind, error = %e, "could not list leftover test databases");
+                return;
+            }
+        };
+        for name in names.into_iter().filter(|n| is_orphan(n)) {
+            let made = MadeDb {
+                bind: self.bind.to_owned(),
+                dialect: self.dialect,
+                admin_url: self.url.to_owned(),
+                url: String::new(),
+                name,
+                path: None,
+            };
+            match made.drop_on(admin).await {
+                Ok(()) => {
+                    tracing::info!(database = %made.name, "dropped a test database left by a process that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(database = %made.name, error = %e, "could not drop a leftover test database")
+                }
+            }
+        }
+    }
+
+    /// Removes the SQLite files of test databases whose process is gone, once per process.
+    fn clean_sqlite_leftovers(&self) {
+        static CLEANED: OnceLock<()> = OnceLock::new();
+        CLEANED.get_or_init(|| {
+            let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                let stem = file.split('.').next().unwrap_or_default();
+                if stem.starts_with(PREFIX) && is_orphan(stem) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        });
+    }
+
+    async fn run_migrations(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        migrations: &Loaded<'_>,
+    ) -> Result<()> {
+        migrations
+            .migrator()
+            .run(conn)
+            .await
+            .map_err(|e| self.failed("running the migrations failed", e))
+    }
+
+    async fn connect(&self, url: &str) -> Result<sqlx::AnyConnection> {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(url).await.map_err(|e| {
+            let what = format!(
+                "cannot reach {} to set the test's database up",
+                DatabaseUrl::new(url).redacted()
+            );
+            Error::test_database(Some(self.bind), what, e)
+        })
+    }
+
+    async fn exec(&self, conn: &mut sqlx::AnyConnection, sql: &str) -> Result<()> {
+        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+            .execute(conn)
+            .await
+            .map(drop)
+            .map_err(|e| self.failed(&format!("`{sql}` failed"), e))
+    }
+
+    fn failed(&self, what: &str, source: impl Into<crate::BoxError>) -> Error {
+        Error::test_database(Some(self.bind), what.to_owned(), source)
+    }
+}
+
+impl MadeDb {
+    /// The URL the test's bind uses.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name (on SQLite, its file's path).
+    pub(super) fn name(&self) -> String {
+        match &self.path {
+            Some(path) => path.display().to_string(),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Where the database is, password hidden, for a test that keeps it.
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "bind `{}`: {}",
+            self.bind,
+            DatabaseUrl::new(self.url.as_str()).redacted()
+        )
+    }
+
+    /// Drops the database now (its SQLite files, on SQLite).
+    pub(super) async fn drop_now(&self) -> Result<()> {
+        if let Some(path) = &self.path {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            return Ok(());
+        }
+        let server = ServerDb::new(&self.bind, &self.admin_url, self.dialect);
+        let mut admin = server.connect(&self.admin_url).await?;
+        let dropped = self.drop_on(&mut admin).await;
+        admin.close().await.ok();
+        dropped
+    }
+
+    async fn drop_on(&self, admin: &mut sqlx::AnyConnection) -> Result<()> {
+        let name = &self.name;
+        let sql = match self.dialect {
+            Dialect::Postgres => format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            _ => format!("DROP DATABASE IF EXISTS {name}"),
+        };
+        ServerDb::new(&self.bind, &self.admin_url, self.dialect)
+            .exec(admin, &sql)
+            .await
+    }
+}
+
+/// A name no other test of any process on this machine uses.
+fn next_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{PREFIX}{}_{n}", std::process::id())
+}
+
+/// A test database whose process is gone (only on Linux, where `/proc` says; elsewhere none is).
+fn is_orphan(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    cfg!(target_os = "linux")
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> Result<String> {
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| Error::test_database(None, "cannot parse a bind's URL".to_owned(), e))?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(parsed.into())
+}

@@ -1,0 +1,253 @@
+//! A testing toolkit for apps built on dbscope: per-test copies of every bind of the app's own
+//! config, in a transaction that rolls back or in a database of their own, migrated and seeded.
+//!
+//! [`TestDb::builder`] sets a test up; [`#[dbscope::test]`](crate::test) is sugar over it. The
+//! test gets a [`TestContext`], whose [`manager`](TestContext::manager) it hands to the app.
+//!
+//! - **[`Mode::Transaction`]** (the default on PostgreSQL and MySQL/MariaDB): each bind's pool is
+//!   pinned to one connection inside a test transaction. Every session, scope, atomic block and
+//!   blocking session of the app takes its turn on that connection (waiting at most the bind's
+//!   `acquire_timeout`), and its BEGIN, COMMIT and ROLLBACK become SAVEPOINT, RELEASE and
+//!   ROLLBACK TO. The pin belongs to the manager, so an HTTP server the test starts in another
+//!   task runs in the same transaction. At the end everything rolls back; a test that lost the
+//!   transaction on the way (an implicit commit by DDL on MariaDB) fails, saying so.
+//! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
+//!   end, failed test or not. PostgreSQL clones it from a template migrated once per migration
+//!   set; MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in the temp dir.
+//!
+//! Migrations are sqlx's ([`sqlx::migrate::Migrator`], or a directory in its format); in
+//! transaction mode they run once per test binary, on the configured database, under sqlx's
+//! advisory lock. Fixtures are SQL scripts run after the migrations, inside the test
+//! transaction or the test's database.
+
+mod context;
+mod database;
+mod source;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+pub use context::{TestContext, TestOutcome};
+pub use source::Migrations;
+
+use crate::backend::Dialect;
+use crate::config::Config;
+use crate::{BindManager, Result};
+use context::{BindCopy, Cleanup};
+use database::ServerDb;
+
+/// Set to `1` (or `true`) to keep every test database of database mode instead of dropping it;
+/// each test then prints where its databases are.
+pub const KEEP_ENV: &str = "DBSCOPE_TEST_KEEP";
+
+/// How a test gets its copy of a bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// One connection per bind, inside a test transaction that rolls back at the end.
+    Transaction,
+    /// A database per bind and test, dropped at the end.
+    Database,
+}
+
+/// Sets up one test's binds: see [the module docs](self).
+#[derive(Debug)]
+pub struct TestDb;
+
+impl TestDb {
+    /// A builder: the binds from the environment (as [`Config::from_env`]) unless told
+    /// otherwise, each in its backend's default mode.
+    pub fn builder() -> TestDbBuilder {
+        TestDbBuilder::default()
+    }
+}
+
+/// Where a test's config comes from.
+#[derive(Debug, Default)]
+enum ConfigSource {
+    #[default]
+    Env,
+    FileAndEnv(PathBuf),
+    Given(Config),
+}
+
+/// Builds one test's binds; [`start`](TestDbBuilder::start) sets them up.
+#[derive(Debug, Default)]
+#[must_use]
+pub struct TestDbBuilder {
+    config: ConfigSource,
+    mode: Option<Mode>,
+    migrations: BTreeMap<String, Migrations>,
+    fixtures: BTreeMap<String, Vec<source::Fixture>>,
+    keep: bool,
+}
+
+impl TestDbBuilder {
+    /// The app's binds, as given.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = ConfigSource::Given(config);
+        self
+    }
+
+    /// The app's binds from a TOML file with the environment on top, as
+    /// [`Config::from_file_and_env`] loads them.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = ConfigSource::FileAndEnv(path.into());
+        self
+    }
+
+    /// The mode of every bind; by default, [`Mode::Transaction`] on PostgreSQL and
+    /// MySQL/MariaDB, [`Mode::Database`] on SQLite.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// The migrations of bind `bind`: a [`sqlx::migrate::Migrator`] (`sqlx::migrate!()`) or the
+    /// path of a directory of sqlx migrations.
+    pub fn migrations(
+        mut self,
+        bind: impl Into<String>,
+        migrations: impl Into<Migrations>,
+    ) -> Self {
+        self.migrations.insert(bind.into(), migrations.into());
+        self
+    }
+
+    /// A fixture for bind `bind`: SQL run after its migrations, in the order given.
+    pub fn fixture(mut self, bind: impl Into<String>, sql: impl Into<String>) -> Self {
+        let fixture = source::Fixture::Sql(sql.into());
+        self.fixtures.entry(bind.into()).or_default().push(fixture);
+        self
+    }
+
+    /// A fixture file for bind `bind`, read when the test starts.
+    pub fn fixture_file(mut self, bind: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        let fixture = source::Fixture::File(path.into());
+        self.fixtures.entry(bind.into()).or_default().push(fixture);
+        self
+    }
+
+    /// Keeps the test's databases (database mode) instead of dropping them, and prints where
+    /// they are; also on with [`KEEP_ENV`].
+    pub fn keep(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Sets the test's binds up: loads the config, makes each bind's copy (migrated, seeded),
+    /// and builds the manager the test hands to the app.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`] / [`Config::from_file_and_env`] and
+    /// [`BindManagerBuilder::build`](crate::BindManagerBuilder::build);
+    /// [`ErrorKind::TestDatabase`](crate::ErrorKind::TestDatabase) when a database cannot be
+    /// reached, created, migrated or seeded; [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind)
+    /// for migrations or fixtures of a bind the config lacks. What was created is dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in effect: databases created so far are dropped when the future is dropped.
+    pub async fn start(self) -> Result<TestContext> {
+        let config = match self.config {
+            ConfigSource::Env => Config::from_env()?,
+            ConfigSource::FileAndEnv(path) => Config::from_file_and_env(path)?,
+            ConfigSource::Given(config) => config,
+        };
+        for bind in self.migrations.keys().chain(self.fixtures.keys()) {
+            if !config.binds.contains_key(bind) {
+                let known = config.binds.keys().cloned().collect();
+                return Err(crate::Error::unknown_bind(bind, known));
+            }
+        }
+        let keep = self.keep || env_flag(KEEP_ENV);
+        let mut cleanup = Cleanup::new(keep);
+        let mut copies = Vec::new();
+        let mut test_config = Config::default();
+        for (name, mut bind) in config.binds {
+            let (url, dialect) = crate::backend::resolve(&name, &bind)?;
+            let url = url.clone();
+            let mode = self.mode.unwrap_or(match dialect {
+                Dialect::Sqlite => Mode::Database,
+                Dialect::Postgres | Dialect::MySql => Mode::Transaction,
+            });
+            let migrations = match self.migrations.get(&name) {
+                Some(m) => Some(m.load(&name).await?),
+                None => None,
+            };
+            let fixtures = source::read_fixtures(&name, self.fixtures.get(&name)).await?;
+            let server = ServerDb::new(&name, url.expose(), dialect);
+            let mut database = None;
+            match mode {
+                Mode::Transaction => {
+                    if let Some(migrator) = &migrations {
+                        server.migrate_once(migrator).await?;
+                    }
+                }
+                Mode::Database => {
+                    let made = server.create(migrations.as_ref(), &fixtures).await?;
+                    bind.url = Some(made.url().into());
+                    database = Some(made.name());
+                    cleanup.add(made);
+                }
+            }
+            copies.push(BindCopy {
+                name: name.clone(),
+                mode,
+                fixtures: if mode == Mode::Transaction {
+                    fixtures
+                } else {
+                    Vec::new()
+                },
+                database,
+            });
+            test_config.binds.insert(name, bind);
+        }
+        let manager = BindManager::new(test_config)?;
+        let context = TestContext::new(manager, copies, cleanup);
+        context.set_up().await?;
+        Ok(context)
+    }
+}
+
+/// Runs a test body on a context from `builder`: what [`#[dbscope::test]`](crate::test)
+/// expands to. The body's panic or `Err` fails the test after the clean-up has run; so does a
+/// failed clean-up (a lost test transaction).
+///
+/// # Panics
+///
+/// When the set-up fails, the body panics or returns an error, or the clean-up fails.
+///
+/// # Cancel safety
+///
+/// Not meant to be cancelled: it is a test's whole body. Dropped, its databases are dropped all
+/// the same (on a thread of their own).
+pub async fn run_test<F, Fut>(builder: TestDbBuilder, body: F)
+where
+    F: FnOnce(TestContext) -> Fut,
+    Fut: Future<Output: TestOutcome>,
+{
+    use futures_util::FutureExt;
+    let context = match builder.start().await {
+        Ok(context) => context,
+        Err(e) => panic!("setting the test's databases up failed: {e}"),
+    };
+    let handle = context.clone();
+    let outcome = std::panic::AssertUnwindSafe(body(context))
+        .catch_unwind()
+        .await;
+    let finished = handle.finish().await;
+    match outcome {
+        Err(panic) => std::panic::resume_unwind(panic),
+        Ok(outcome) => outcome.check(),
+    }
+    if let Err(e) = finished {
+        panic!("the test's clean-up failed: {e}");
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}

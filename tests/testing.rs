@@ -1,0 +1,384 @@
+//! The testing toolkit's transaction mode, on PostgreSQL, MariaDB and SQLite: an axum app's POST
+//! through a real server and client lands in the test transaction, where the test sees it, and
+//! is gone from the server afterwards (checked from a separate plain connection); a multi-bind
+//! app on all three at once; a MariaDB implicit commit reported at the end.
+//!
+//! Each test works in a scratch database of its own (PostgreSQL, MariaDB) or file (SQLite), so
+//! that the toolkit's once-per-binary migrations never touch the shared `test` database.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use common::{Kind, MYSQL_DEFAULT, MYSQL_ENV, PG_DEFAULT, PG_ENV, Suite, server_url, sql};
+use dbscope::axum::{DbError, DbSession};
+use dbscope::testing::{Mode, TestContext, TestDb};
+use dbscope::tower::ScopeLayer;
+use dbscope::{BindConfig, BindKey, Config, ErrorKind};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+/// A database (or SQLite file) of one test, outside any toolkit, to check the server from.
+struct Scratch {
+    kind: Kind,
+    name: String,
+    admin: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn new(kind: Kind) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dbscope_tt_{}_{n}", std::process::id());
+        let admin = match kind {
+            Kind::Postgres => server_url(PG_ENV, PG_DEFAULT),
+            Kind::MySql => server_url(MYSQL_ENV, MYSQL_DEFAULT),
+            Kind::SqliteFile | Kind::SqliteMemory => String::new(),
+        };
+        let url = match kind {
+            Kind::SqliteFile | Kind::SqliteMemory => {
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                std::fs::File::create(&path).expect("create the sqlite file");
+                format!("sqlite://{}", path.display())
+            }
+            _ => {
+                let mut conn = connect(&admin).await;
+                sqlx::raw_sql(sql(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create the scratch database");
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&format!("/{name}"));
+                url.into()
+            }
+        };
+        Self {
+            kind,
+            name,
+            admin,
+            url,
+        }
+    }
+
+    fn bind(&self) -> BindConfig {
+        BindConfig::new(self.url.as_str()).acquire_timeout(Duration::from_secs(10))
+    }
+
+    /// A count, from a plain connection of its own.
+    async fn count(&self, query: &str) -> i64 {
+        let mut conn = connect(&self.url).await;
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(query.to_owned()))
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        conn.close().await.ok();
+        n
+    }
+
+    /// Transactions open on the server in this database (none on SQLite's side to see: there,
+    /// whether another connection can take the write lock).
+    async fn open_transactions(&self) -> i64 {
+        let query = match self.kind {
+            Kind::Postgres => format!(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{}' \
+                 AND state LIKE 'idle in transaction%'",
+                self.name
+            ),
+            Kind::MySql => format!(
+                "SELECT COUNT(*) FROM information_schema.innodb_trx t \
+                 JOIN information_schema.processlist p ON t.trx_mysql_thread_id = p.id \
+                 WHERE p.db = '{}'",
+                self.name
+            ),
+            _ => {
+                let mut conn = connect(&self.url).await;
+                let locked = sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .is_err();
+                return i64::from(locked);
+            }
+        };
+        let mut conn = connect(&self.admin).await;
+        let n: i64 = sqlx::query_scalar(sql(query))
+            .fetch_one(&mut conn)
+            .await
+            .expect("census");
+        n
+    }
+
+    async fn finish(self) {
+        match self.kind {
+            Kind::SqliteFile | Kind::SqliteMemory => {
+                let path = self.url.trim_start_matches("sqlite://").to_owned();
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                }
+            }
+            kind => {
+                let force = if kind == Kind::Postgres {
+                    " WITH (FORCE)"
+                } else {
+                    ""
+                };
+                let mut conn = connect(&self.admin).await;
+                sqlx::raw_sql(sql(format!("DROP DATABASE {}{force}", self.name)))
+                    .execute(&mut conn)
+                    .await
+                    .expect("drop the scratch database");
+            }
+        }
+    }
+}
+
+async fn no_transaction_left(scratch: &Scratch) {
+    common::eventually("no transaction left on the server", || async {
+        scratch.open_transactions().await == 0
+    })
+    .await;
+}
+
+async fn connect(url: &str) -> sqlx::AnyConnection {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test server (see tests/common): {e}"))
+}
+
+/// A directory of sqlx migrations, one per statement.
+fn migrations(tag: &str, statements: &[&str]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{tag}_migrations"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, stmt) in statements.iter().enumerate() {
+        std::fs::write(dir.join(format!("{}_step.sql", i + 1)), stmt).unwrap();
+    }
+    dir
+}
+
+fn config(binds: &[(&str, BindConfig)]) -> Config {
+    let mut config = Config::default();
+    for (name, bind) in binds {
+        config.binds.insert((*name).to_owned(), bind.clone());
+    }
+    config
+}
+
+const NOTES: &str = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body VARCHAR(100) NOT NULL)";
+
+fn placeholder(kind: Kind) -> &'static str {
+    if kind == Kind::Postgres { "$1" } else { "?" }
+}
+
+/// The app: POST /notes stores the body in bind `K`, in the request's scope (committed on 2xx).
+fn app<K: BindKey>(manager: &dbscope::BindManager, kind: Kind) -> Router
+where
+    for<'q> String: sqlx::Encode<'q, K::Database> + sqlx::Type<K::Database>,
+    for<'c> &'c mut dbscope::Session<K::Database>: sqlx::Executor<'c, Database = K::Database>,
+    <K::Database as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<K::Database>,
+{
+    let insert = format!(
+        "INSERT INTO notes (id, body) VALUES (1, {})",
+        placeholder(kind)
+    );
+    let create = move |mut db: DbSession<K>, body: String| {
+        let insert = insert.clone();
+        async move {
+            sqlx::query(AssertSqlSafe(insert))
+                .bind(body)
+                .execute(&mut *db)
+                .await?;
+            Ok::<_, DbError>("stored")
+        }
+    };
+    Router::new()
+        .route("/notes", post(create))
+        .layer(ScopeLayer::new(manager))
+}
+
+async fn post_note(base: &str, body: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{base}/notes"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("the app answers")
+        .status()
+}
+
+async fn body_of<DB: dbscope::Backend>(t: &TestContext, bind: &str) -> String
+where
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    <DB as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<DB>,
+{
+    let row = t
+        .fetch_one::<DB, _>(bind, sqlx::query("SELECT body FROM notes WHERE id = 1"))
+        .await
+        .expect("the test reads the app's row");
+    row.get(0)
+}
+
+async fn http_post_is_seen_in_the_test_and_gone_after<B: Suite>()
+where
+    for<'q> String: sqlx::Encode<'q, B::Db> + sqlx::Type<B::Db>,
+    for<'r> String: sqlx::Decode<'r, B::Db>,
+    usize: sqlx::ColumnIndex<<B::Db as sqlx::Database>::Row>,
+    <B::Db as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<B::Db>,
+{
+    let scratch = Scratch::new(B::KIND).await;
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Transaction)
+        .migrations("main", migrations(&scratch.name, &[NOTES]))
+        .start()
+        .await
+        .expect("the test starts");
+    let base = t.serve(app::<B::Main>(t.manager(), B::KIND)).await.unwrap();
+
+    assert_eq!(post_note(&base, "hello").await, 200);
+    assert_eq!(body_of::<B::Db>(&t, "main").await, "hello");
+    assert_eq!(t.commits("main"), Some(1), "the app's scope committed once");
+    assert_eq!(t.rollbacks("main"), Some(0));
+    if B::KIND != Kind::SqliteFile {
+        // Committed by the app, yet invisible outside: it is inside the test's transaction.
+        assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+        // MariaDB refreshes innodb_trx at most every 100 ms: poll.
+        common::eventually("the pinned transaction shows on the server", || async {
+            scratch.open_transactions().await == 1
+        })
+        .await;
+    }
+
+    t.finish().await.expect("the test transaction was intact");
+    assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    no_transaction_left(&scratch).await;
+    scratch.finish().await;
+}
+
+/// The app's failed request (a duplicate key: 500) rolls back to its savepoint; the test's
+/// transaction and the earlier request's row go on.
+async fn failed_request_rolls_back_its_savepoint_only<B: Suite>()
+where
+    for<'q> String: sqlx::Encode<'q, B::Db> + sqlx::Type<B::Db>,
+    for<'r> String: sqlx::Decode<'r, B::Db>,
+    usize: sqlx::ColumnIndex<<B::Db as sqlx::Database>::Row>,
+    <B::Db as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<B::Db>,
+{
+    let scratch = Scratch::new(B::KIND).await;
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Transaction)
+        .migrations("main", migrations(&scratch.name, &[NOTES]))
+        .start()
+        .await
+        .expect("the test starts");
+    let base = t.serve(app::<B::Main>(t.manager(), B::KIND)).await.unwrap();
+    assert_eq!(post_note(&base, "first").await, 200);
+    assert!(post_note(&base, "again").await.is_server_error());
+    assert_eq!(body_of::<B::Db>(&t, "main").await, "first");
+    assert_eq!((t.commits("main"), t.rollbacks("main")), (Some(1), Some(1)));
+    t.finish().await.expect("the test transaction was intact");
+    assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    scratch.finish().await;
+}
+
+common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
+common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
+common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
+
+dbscope::bind_key!(PgBind: sqlx::Postgres = "pg");
+dbscope::bind_key!(MyBind: sqlx::MySql = "my");
+dbscope::bind_key!(LiteBind: sqlx::Sqlite = "lite");
+
+/// One request writes to three binds on three backends, in one scope: each bind's row is in
+/// its own test transaction, and every one is gone after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_bind_app_on_three_backends() {
+    common::within_limit("multi_bind_app_on_three_backends", async {
+        let pg = Scratch::new(Kind::Postgres).await;
+        let my = Scratch::new(Kind::MySql).await;
+        let lite = Scratch::new(Kind::SqliteFile).await;
+        let t = TestDb::builder()
+            .config(config(&[
+                ("pg", pg.bind()),
+                ("my", my.bind()),
+                ("lite", lite.bind()),
+            ]))
+            .mode(Mode::Transaction)
+            .migrations("pg", migrations(&pg.name, &[NOTES]))
+            .migrations("my", migrations(&my.name, &[NOTES]))
+            .migrations("lite", migrations(&lite.name, &[NOTES]))
+            .start()
+            .await
+            .expect("the test starts");
+        async fn create(
+            mut pg: DbSession<PgBind>,
+            mut my: DbSession<MyBind>,
+            mut lite: DbSession<LiteBind>,
+            body: String,
+        ) -> Result<&'static str, DbError> {
+            let pg_sql = "INSERT INTO notes (id, body) VALUES (1, $1)";
+            sqlx::query(pg_sql).bind(&body).execute(&mut *pg).await?;
+            let other = "INSERT INTO notes (id, body) VALUES (1, ?)";
+            sqlx::query(other).bind(&body).execute(&mut *my).await?;
+            sqlx::query(other).bind(&body).execute(&mut *lite).await?;
+            Ok("stored")
+        }
+        let router = Router::new()
+            .route("/notes", post(create))
+            .layer(ScopeLayer::new(t.manager()));
+        let base = t.serve(router).await.unwrap();
+        assert_eq!(post_note(&base, "everywhere").await, 200);
+        assert_eq!(body_of::<sqlx::Postgres>(&t, "pg").await, "everywhere");
+        assert_eq!(body_of::<sqlx::MySql>(&t, "my").await, "everywhere");
+        assert_eq!(body_of::<sqlx::Sqlite>(&t, "lite").await, "everywhere");
+        for bind in ["pg", "my", "lite"] {
+            assert_eq!(t.commits(bind), Some(1), "{bind}");
+        }
+        t.finish().await.expect("every test transaction was intact");
+        for scratch in [pg, my, lite] {
+            assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+            no_transaction_left(&scratch).await;
+            scratch.finish().await;
+        }
+    })
+    .await;
+}
+
+/// DDL on MariaDB commits the test transaction: the test's end says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_implicit_commit_fails_the_test() {
+    common::within_limit("mariadb_implicit_commit_fails_the_test", async {
+        let my = Scratch::new(Kind::MySql).await;
+        let t = TestDb::builder()
+            .config(config(&[("main", my.bind())]))
+            .start() // transaction mode: MariaDB's default
+            .await
+            .expect("the test starts");
+        assert_eq!(t.mode("main"), Some(Mode::Transaction));
+        let mut session = t.manager().session::<sqlx::MySql>("main").unwrap();
+        sqlx::query("CREATE TABLE leaked (id INT)")
+            .execute(&mut session)
+            .await
+            .unwrap();
+        // The app may already hear of it (MariaDB: its savepoint is gone); the test's end must.
+        let _ = session.commit().await;
+        drop(session);
+        let err = t.finish().await.expect_err("the implicit commit is caught");
+        assert_eq!(err.kind(), ErrorKind::TestIsolation);
+        assert_eq!(err.bind(), Some("main"));
+        assert!(err.to_string().contains("implicitly"), "{err}");
+        // What leaked did leak: the check is real.
+        let leaked = "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'leaked'";
+        assert_eq!(
+            my.count(&format!("{leaked} AND table_schema = '{}'", my.name))
+                .await,
+            1
+        );
+        my.finish().await;
+    })
+    .await;
+}

@@ -1,0 +1,222 @@
+//! The testing toolkit's database mode, through `#[dbscope::test]`, on PostgreSQL (a clone of a
+//! migrated template), MariaDB (created and migrated) and SQLite (a file of its own): a test
+//! that fails still has its databases dropped, two processes at once never collide, and
+//! databases left by a process that is gone are dropped. The failing and concurrent tests run
+//! as child processes of this binary (`child_uses_its_own_databases`, with `CHILD_OUT` set), and
+//! this process checks the server afterwards.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{MYSQL_DEFAULT, MYSQL_ENV, PG_DEFAULT, PG_ENV, server_url, sql};
+use dbscope::testing::{Mode, TestContext};
+use sqlx::{Connection, Row};
+
+/// Where a child writes its databases' names; set, the child fails on purpose unless
+/// `CHILD_PASS` is set too.
+const CHILD_OUT: &str = "DBSCOPE_TESTING_CHILD_OUT";
+const CHILD_PASS: &str = "DBSCOPE_TESTING_CHILD_PASS";
+
+/// Each bind has its own database, migrated and seeded, on every backend.
+#[dbscope::test(
+    mode = "database",
+    config = "tests/testing/dbscope.toml",
+    migrations(pg = "tests/testing/migrations", my = "tests/testing/migrations", lite = "tests/testing/migrations"),
+    fixtures(pg = ["tests/testing/fixture.sql"], my = ["tests/testing/fixture.sql"], lite = ["tests/testing/fixture.sql"])
+)]
+async fn child_uses_its_own_databases(t: TestContext) -> Result<(), dbscope::Error> {
+    let query = "SELECT body FROM notes WHERE id = 1";
+    let pg = t
+        .fetch_one::<sqlx::Postgres, _>("pg", sqlx::query(query))
+        .await?;
+    let my = t
+        .fetch_one::<sqlx::MySql, _>("my", sqlx::query(query))
+        .await?;
+    let lite = t
+        .fetch_one::<sqlx::Sqlite, _>("lite", sqlx::query(query))
+        .await?;
+    for body in [pg.get::<String, _>(0), my.get(0), lite.get(0)] {
+        assert_eq!(body, "from the fixture");
+    }
+    let names: Vec<&str> = ["pg", "my", "lite"]
+        .iter()
+        .map(|bind| {
+            assert_eq!(t.mode(bind), Some(Mode::Database));
+            t.database(bind).expect("database mode names its database")
+        })
+        .collect();
+    assert!(names[0].starts_with("dbscope_test_"), "{names:?}");
+    if let Ok(out) = std::env::var(CHILD_OUT) {
+        std::fs::write(out, names.join("\n")).expect("write the names");
+        if std::env::var(CHILD_PASS).is_err() {
+            panic!("failing on purpose");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `child_uses_its_own_databases` in a child process, which writes its databases to a
+/// file; returns its output and those names.
+fn run_child(tag: &str, pass: bool) -> (Output, Vec<String>) {
+    let out = std::env::temp_dir().join(format!("dbscope_testing_{}_{tag}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "child_uses_its_own_databases",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD_OUT, &out);
+    for (var, default, bind) in [(PG_ENV, PG_DEFAULT, "PG"), (MYSQL_ENV, MYSQL_DEFAULT, "MY")] {
+        child.env(
+            format!("DBSCOPE_BINDS__{bind}__URL"),
+            server_url(var, default),
+        );
+    }
+    if pass {
+        child.env(CHILD_PASS, "1");
+    }
+    let output = child.output().expect("run the child test");
+    let names = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (output, names.lines().map(str::to_owned).collect())
+}
+
+async fn admin(var: &str, default: &str) -> sqlx::AnyConnection {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(&server_url(var, default))
+        .await
+        .expect("reach the test server")
+}
+
+/// Whether each server still has a database of `names` (pg, my, lite in that order).
+async fn still_there(names: &[String]) -> Vec<bool> {
+    let mut pg = admin(PG_ENV, PG_DEFAULT).await;
+    let query = format!(
+        "SELECT COUNT(*) FROM pg_database WHERE datname = '{}'",
+        names[0]
+    );
+    let in_pg: i64 = sqlx::query_scalar(sql(query))
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+    let mut my = admin(MYSQL_ENV, MYSQL_DEFAULT).await;
+    let query = format!(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{}'",
+        names[1]
+    );
+    let in_my: i64 = sqlx::query_scalar(sql(query))
+        .fetch_one(&mut my)
+        .await
+        .unwrap();
+    vec![in_pg == 1, in_my == 1, Path::new(&names[2]).exists()]
+}
+
+fn stdout(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A pid that no process has now.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("true exits");
+    pid
+}
+
+/// A failing test's databases are dropped; so are the leftovers of a process that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_test_leaves_nothing_and_leftovers_are_dropped() {
+    common::within_limit("failing_test_leaves_nothing", async {
+        let dead = dead_pid();
+        let leftover = format!("dbscope_test_{dead}_0");
+        let mut pg = admin(PG_ENV, PG_DEFAULT).await;
+        let mut my = admin(MYSQL_ENV, MYSQL_DEFAULT).await;
+        for conn in [&mut pg, &mut my] {
+            sqlx::raw_sql(sql(format!("CREATE DATABASE {leftover}")))
+                .execute(conn)
+                .await
+                .expect("a leftover");
+        }
+        let lite_leftover = std::env::temp_dir().join(format!("{leftover}.db"));
+        std::fs::write(&lite_leftover, b"").unwrap();
+
+        let (output, names) = tokio::task::spawn_blocking(|| run_child("fails", false))
+            .await
+            .unwrap();
+        let printed = stdout(&output);
+        assert!(!output.status.success(), "the child failed: {printed}");
+        assert!(printed.contains("failing on purpose"), "{printed}");
+        assert_eq!(names.len(), 3, "{printed}");
+        assert_eq!(
+            still_there(&names).await,
+            [false, false, false],
+            "{names:?}"
+        );
+        let leftovers = vec![
+            leftover.clone(),
+            leftover,
+            lite_leftover.display().to_string(),
+        ];
+        assert_eq!(still_there(&leftovers).await, [false, false, false]);
+    })
+    .await;
+}
+
+/// Two processes at once, each with databases of its own on the same servers, from the same
+/// PostgreSQL template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_at_once_never_collide() {
+    common::within_limit("two_processes_at_once_never_collide", async {
+        let a = tokio::task::spawn_blocking(|| run_child("a", true));
+        let b = tokio::task::spawn_blocking(|| run_child("b", true));
+        let ((out_a, names_a), (out_b, names_b)) = (a.await.unwrap(), b.await.unwrap());
+        assert!(out_a.status.success(), "{}", stdout(&out_a));
+        assert!(out_b.status.success(), "{}", stdout(&out_b));
+        assert_eq!((names_a.len(), names_b.len()), (3, 3));
+        for (a, b) in names_a.iter().zip(&names_b) {
+            assert_ne!(a, b, "each process names its own databases");
+        }
+        assert_eq!(still_there(&names_a).await, [false, false, false]);
+        assert_eq!(still_there(&names_b).await, [false, false, false]);
+        let mut pg = admin(PG_ENV, PG_DEFAULT).await;
+        let templates: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_database WHERE datname LIKE 'dbscope\\_tpl\\_%' AND datistemplate",
+        )
+        .fetch_one(&mut pg)
+        .await
+        .unwrap();
+        assert!(templates >= 1, "the template is built and kept");
+    })
+    .await;
+}
+
+/// `keep` (here through the builder) keeps the databases and says where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_databases_stay() {
+    common::within_limit("kept_databases_stay", async {
+        let config = dbscope::Config::from_file("tests/testing/dbscope.toml").unwrap();
+        let mut config = config;
+        config.binds.retain(|name, _| name == "lite");
+        let t = dbscope::testing::TestDb::builder()
+            .config(config)
+            .migrations("lite", PathBuf::from("tests/testing/migrations"))
+            .keep(true)
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(t.mode("lite"), Some(Mode::Database), "SQLite's default");
+        let path = t.database("lite").unwrap().to_owned();
+        t.finish().await.unwrap();
+        assert!(Path::new(&path).exists());
+        std::fs::remove_file(&path).unwrap();
+    })
+    .await;
+}

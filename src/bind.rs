@@ -103,7 +103,15 @@ fn open_as<DB: Backend>(
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::unsupported(name, &what))?;
     let name: Arc<str> = Arc::from(name);
-    let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool);
+    // Only where a first statement met on a dead connection can be sent again (see
+    // `Session`'s "Dead connections").
+    let setup = DB::RESENDS_STATEMENTS
+        .then(|| {
+            let session = &config.session;
+            dialect.connection_setup(session.isolation, session.read_only, session.autocommit)
+        })
+        .flatten();
+    let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool, setup);
     Ok(OpenBind::new(Shared {
         name,
         config: config.clone(),

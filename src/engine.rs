@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError};
-use sqlx::Connection;
+use sqlx::{Connection, SqlStr};
 
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::PoolConfig;
@@ -117,15 +117,17 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl<DB: Backend> Pool<DB> {
-    /// A pool for `bind` that opens connections with `options`; opens none yet.
+    /// A pool for `bind` that opens connections with `options`, each running `setup` once as it
+    /// opens (see `Dialect::connection_setup`); opens none yet.
     pub(crate) fn new(
         bind: Arc<str>,
         url: &DatabaseUrl,
         options: Options<DB>,
         dialect: Dialect,
         config: &PoolConfig,
+        setup: Option<SqlStr>,
     ) -> Self {
-        let manager = ConnManager::new(bind.clone(), options, dialect, config);
+        let manager = ConnManager::new(bind.clone(), options, dialect, config, setup);
         // deadpool's build fails only for timeouts without a runtime; the pool applies its own
         // deadline around checkout and sets none of deadpool's.
         let deadpool = managed::Pool::builder(manager)
@@ -152,7 +154,15 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) fn twin(&self, config: &PoolConfig) -> Self {
         let manager = self.0.deadpool.manager();
         let (options, dialect) = (manager.options.clone(), manager.dialect);
-        Self::new(self.0.bind.clone(), &self.0.url, options, dialect, config)
+        let setup = manager.setup.clone();
+        Self::new(
+            self.0.bind.clone(),
+            &self.0.url,
+            options,
+            dialect,
+            config,
+            setup,
+        )
     }
 
     /// How long a checkout may wait.
@@ -374,6 +384,18 @@ impl<DB: Backend> Conn<DB> {
     /// The sqlx connection.
     pub(crate) fn raw(&mut self) -> &mut DB::Connection {
         &mut self.0.raw
+    }
+
+    /// Whether the connection's statements open transactions themselves (MySQL's
+    /// `autocommit = 0`, from the bind's connection setup): a transaction then needs no BEGIN.
+    pub(crate) fn has_implicit_transactions(&self) -> bool {
+        self.0.implicit_transactions
+    }
+
+    /// Records that the connection is back to one transaction per statement (`autocommit = 1`),
+    /// for as long as it lives.
+    pub(crate) fn lost_implicit_transactions(&mut self) {
+        self.0.implicit_transactions = false;
     }
 
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is

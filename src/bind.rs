@@ -140,8 +140,24 @@ fn open_as<DB: Backend>(
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::unsupported(name, &what))?;
     let name: Arc<str> = Arc::from(name);
+    // Only where a first statement met on a dead connection can be sent again (see
+    // `Session`'s "Dead connections").
+    let setup = DB::RESENDS_STATEMENTS
+        .then(|| {
+            let session = &config.session;
+            dialect.connection_setup(session.isolation, session.read_only, session.autocommit)
+        })
+        .flatten();
     let observer = Arc::new(Observer::new(&name, &name, url, dialect, config));
-    let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool, observer);
+    let pool = Pool::<DB>::new(
+        name.clone(),
+        url,
+        options,
+        dialect,
+        &config.pool,
+        setup,
+        observer,
+    );
     Ok(OpenBind::new(Shared {
         name,
         config: config.clone(),

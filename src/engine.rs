@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError};
-use sqlx::Connection;
+use sqlx::{Connection, SqlStr};
 
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::PoolConfig;
@@ -123,16 +123,18 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl<DB: Backend> Pool<DB> {
-    /// A pool for `bind` that opens connections with `options`; opens none yet.
+    /// A pool for `bind` that opens connections with `options`, each running `setup` once as it
+    /// opens (see `Dialect::connection_setup`); opens none yet.
     pub(crate) fn new(
         bind: Arc<str>,
         url: &DatabaseUrl,
         options: Options<DB>,
         dialect: Dialect,
         config: &PoolConfig,
+        setup: Option<SqlStr>,
         observer: Arc<Observer>,
     ) -> Self {
-        let manager = ConnManager::new(bind.clone(), options, dialect, config, observer);
+        let manager = ConnManager::new(bind.clone(), options, dialect, config, setup, observer);
         // deadpool's build fails only for timeouts without a runtime; the pool applies its own
         // deadline around checkout and sets none of deadpool's.
         let deadpool = managed::Pool::builder(manager)
@@ -160,12 +162,14 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) fn twin(&self, config: &PoolConfig, observer: Arc<Observer>) -> Self {
         let manager = self.0.deadpool.manager();
         let (options, dialect) = (manager.options.clone(), manager.dialect);
+        let setup = manager.setup.clone();
         let twin = Self::new(
             self.0.bind.clone(),
             &self.0.url,
             options,
             dialect,
             config,
+            setup,
             observer,
         );
         // A pinned bind's blocking face runs on the same pinned connection.
@@ -499,6 +503,24 @@ impl<DB: Backend> Conn<DB> {
         }
     }
 
+    /// Whether the connection's statements open transactions themselves (MySQL's
+    /// `autocommit = 0`, from the bind's connection setup): a transaction then needs no BEGIN.
+    /// Never a test's pinned connection: its sessions' transactions are savepoints.
+    pub(crate) fn has_implicit_transactions(&self) -> bool {
+        match &self.0 {
+            Held::Pooled(obj) => obj.implicit_transactions,
+            Held::Pinned(_) => false,
+        }
+    }
+
+    /// Records that the connection is back to one transaction per statement (`autocommit = 1`),
+    /// for as long as it lives.
+    pub(crate) fn lost_implicit_transactions(&mut self) {
+        if let Held::Pooled(obj) = &mut self.0 {
+            obj.implicit_transactions = false;
+        }
+    }
+
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
     /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
     pub(crate) fn give_back(self) {
@@ -532,7 +554,9 @@ impl<DB: Backend> Conn<DB> {
             Held::Pooled(obj) => obj,
             Held::Pinned(pin) => {
                 return pin.break_with(match reason {
-                    Discard::Dead => "the connection was lost (the server or the network closed it)",
+                    Discard::Dead => {
+                        "the connection was lost (the server or the network closed it)"
+                    }
                     _ => "a session left the connection in an unknown state",
                 });
             }

@@ -81,6 +81,20 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 ///   session discards it and begins once more on another connection, within what is left of
 ///   `acquire_timeout`. You see no error. This holds for [`begin`](Session::begin) and
 ///   savepoints too.
+/// - **MySQL/MariaDB** sessions send no BEGIN: the connections of a bind whose sessions are
+///   transactional run `autocommit = 0` (set once, when each opens, with the bind's default
+///   isolation), so a transaction's first statement opens it, and COMMIT or ROLLBACK ends it; a
+///   transaction in which nothing ran ends with no round trip at all. Sessions with an isolation
+///   or access mode of their own, and read-only binds, begin with `START TRANSACTION` as
+///   before. When that first statement meets a dead connection (the same errors as above) before
+///   the connection answered anything, the session discards it and sends the statement again on
+///   another, within what is left of `acquire_timeout`: the transaction never ended, so nothing
+///   of the statement can have committed. The exceptions are the statements that commit by
+///   themselves (DDL such as `CREATE TABLE`, `LOCK TABLES`) and writes to non-transactional
+///   tables (MyISAM): run those after another statement of the transaction, or in an autocommit
+///   session. An autocommit session on such a connection first turns `autocommit` back on
+///   (`SET autocommit = 1`, which absorbs a dead connection as BEGIN does), and the connection
+///   keeps it: transactional sessions that get it later begin with BEGIN.
 /// - Once a bind has found one dead connection, each of its idle connections last known alive
 ///   before then is pinged on its next checkout, whatever `health_check` says, and replaced if
 ///   the ping fails: a restart that killed all of them costs one absorbed BEGIN and a ping each.
@@ -215,6 +229,13 @@ struct TxState {
     /// How the open transaction ends, fixed when it began: later option changes apply to the
     /// next transaction, never to the way this one ends.
     end: EndSql,
+    /// The open transaction was begun without a BEGIN, on a connection whose first statement
+    /// opens it (MySQL's `autocommit = 0`), and nothing has run in it yet: nothing is open on
+    /// the server, and ending it takes no round trip.
+    implicit: bool,
+    /// The connection was checked out for this session and has not answered yet: a dead one
+    /// fails before anything of the session's has run on a server (see "Dead connections").
+    unproven: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -258,6 +279,7 @@ impl TxState {
                 self.wire = Wire::Idle;
                 // sqlx read what a dropped stream left before this round trip could succeed.
                 self.unread = false;
+                self.unproven = false;
             }
             Err(e) => self.settle_err(e, aborts_on_error),
         }
@@ -281,6 +303,7 @@ impl TxState {
             self.wire = Wire::Broken;
             return;
         }
+        self.unproven = false;
         if aborts_on_error && self.depth > 0 && matches!(err, sqlx::Error::Database(_)) {
             self.aborted = true;
         }
@@ -450,6 +473,10 @@ impl<DB: Backend> Session<DB> {
             self.rollback_transaction().await?;
             return Err(Error::transaction_aborted(self.bind.name()));
         }
+        if self.tx.implicit && self.tx.depth == 1 {
+            self.end_transaction(); // nothing ran: nothing to commit
+            return Ok(());
+        }
         match self.exec(SqlStr::from_static(self.tx.end.commit)).await {
             Ok(()) => {
                 self.conn_mut().ended(true);
@@ -526,6 +553,7 @@ impl<DB: Backend> Session<DB> {
     pub async fn connection(&mut self) -> Result<&mut DB::Connection> {
         self.ready().await?;
         self.tx.lent = true;
+        self.tx.implicit = false; // what runs on it opens the transaction
         Ok(self.conn_mut().raw())
     }
 
@@ -621,6 +649,7 @@ impl<DB: Backend> Session<DB> {
         self.check_usable()?;
         if self.conn.is_none() {
             self.conn = Some(self.bind.checkout().await?);
+            self.tx.unproven = true;
         }
         self.flush_pending_rollback().await
     }
@@ -641,9 +670,38 @@ impl<DB: Backend> Session<DB> {
             }
             // No BEGIN to try a connection with: a dead one fails the statement itself, which
             // may have run, so it is reported, never retried (see "Dead connections").
-            return self.attach().await;
+            self.attach().await?;
+            if self.tx.depth == 0 && self.conn_mut().has_implicit_transactions() {
+                Box::pin(self.autocommit_on()).await?; // once per connection
+            }
+            return Ok(());
         }
         self.attach_and_begin().await.map(drop)
+    }
+
+    /// Puts a connection whose statements open transactions back to one transaction per
+    /// statement, for an autocommit session: `SET autocommit = 1`, absorbing a dead connection
+    /// as a BEGIN does (nothing of the session's has run yet). The connection keeps it: later
+    /// transactional sessions on it begin with BEGIN.
+    async fn autocommit_on(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let fresh = self.tx.unproven;
+        let sql = SqlStr::from_static(dialect::AUTOCOMMIT_ON);
+        match self.exec_or_poison(sql.clone(), "SET autocommit").await {
+            Ok(()) => {}
+            Err(e) if fresh && e.is_connection_lost() => {
+                tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at SET autocommit; trying another");
+                self.switch_connection(started).await?;
+                if self.conn_mut().has_implicit_transactions() {
+                    self.exec_or_poison(sql, "SET autocommit").await?;
+                } else {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.conn_mut().lost_implicit_transactions();
+        Ok(())
     }
 
     /// Checks a connection out if the session has none, then begins a transaction unless one
@@ -681,10 +739,53 @@ impl<DB: Backend> Session<DB> {
         self.let_go();
         self.tx = TxState::default();
         self.conn = Some(self.bind.checkout_within(budget).await?);
+        self.tx.unproven = true;
+        self.begin_transaction().await
+    }
+
+    /// Discards the dead connection the session met before anything of its own ran, and checks
+    /// out another within what is left of `acquire_timeout` since `started`.
+    async fn switch_connection(&mut self, started: Instant) -> Result<()> {
+        let budget = self
+            .bind
+            .acquire_timeout()
+            .saturating_sub(started.elapsed());
+        self.let_go();
+        self.tx = TxState::default();
+        self.conn = Some(self.bind.checkout_within(budget).await?);
+        self.tx.unproven = true;
+        Ok(())
+    }
+
+    /// Whether the next statement opens a transaction begun without BEGIN, on a connection
+    /// checked out for it that has not answered yet: if it turns out dead, nothing can have
+    /// committed (the transaction never ended), so the statement may go again on another.
+    pub(super) fn may_resend(&self) -> bool {
+        DB::RESENDS_STATEMENTS && self.tx.implicit && self.tx.unproven
+    }
+
+    /// Whether `err`, from the statement [`may_resend`](Self::may_resend) allowed, says the
+    /// connection was dead before it ever answered.
+    pub(super) fn lost_before_answering(&self, err: &sqlx::Error) -> bool {
+        self.tx.unproven && is_dead(err)
+    }
+
+    /// After the first statement of a transaction begun without BEGIN met a dead connection:
+    /// begins again on another, within what is left of `acquire_timeout` since `started`.
+    pub(super) async fn begin_again(&mut self, started: Instant) -> Result<()> {
+        tracing::debug!(bind = %self.bind.name(), "a pooled connection was dead at a transaction's first statement; sending it again on another");
+        self.switch_connection(started).await?;
         self.begin_transaction().await
     }
 
     async fn begin_transaction(&mut self) -> Result<()> {
+        if self.begins_implicitly() {
+            // MySQL with `autocommit = 0`: the first statement opens the transaction.
+            self.tx.depth = 1;
+            self.tx.end = EndSql::default();
+            self.tx.implicit = true;
+            return Ok(());
+        }
         let sql = self.tx_sql()?;
         let (mut begin, mut end) = (
             sql.begin.clone(),
@@ -708,7 +809,31 @@ impl<DB: Backend> Session<DB> {
         Ok(())
     }
 
+    /// Whether the next transaction opens with its first statement: the connection's setup
+    /// made it so, and the session asks for the bind's own isolation and access mode, which the
+    /// setup gave the connection.
+    fn begins_implicitly(&self) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        if !conn.has_implicit_transactions() {
+            return false;
+        }
+        match &self.custom {
+            None => true,
+            Some(custom) => {
+                let defaults = self.bind.session_defaults();
+                custom.options.isolation == defaults.isolation
+                    && custom.options.read_only == defaults.read_only
+            }
+        }
+    }
+
     async fn rollback_transaction(&mut self) -> Result<()> {
+        if self.tx.implicit && self.tx.depth == 1 {
+            self.end_transaction(); // nothing ran: nothing is open on the server
+            return Ok(());
+        }
         let sql = self.tx.end.rollback;
         self.exec_or_poison(SqlStr::from_static(sql), "ROLLBACK")
             .await?;
@@ -730,6 +855,7 @@ impl<DB: Backend> Session<DB> {
 
     fn end_transaction(&mut self) {
         self.tx.depth = 0;
+        self.tx.implicit = false;
         self.tx.pending_rollback_to = None;
         self.tx.aborted = false;
         self.tx.lent = false;
@@ -829,6 +955,8 @@ impl<DB: Backend> Session<DB> {
             ..
         } = self;
         tx.wire = Wire::Busy;
+        // Whatever goes to the server now opens the transaction begun without BEGIN.
+        tx.implicit = false;
         let statement = statement.then(|| Statement::new(bind.observer(), span));
         let raw = conn.as_mut().expect("the session is attached").raw();
         let op = InFlight {
@@ -845,7 +973,7 @@ impl<DB: Backend> Session<DB> {
     /// flight, nothing to roll back or verify. Dropping it then gives its connection back clean.
     pub(crate) fn ends_without_round_trip(&self) -> bool {
         let tx = &self.tx;
-        tx.depth == 0
+        (tx.depth == 0 || tx.implicit)
             && tx.wire == Wire::Idle
             && !tx.unverified()
             && tx.pending_rollback_to.is_none()
@@ -903,7 +1031,7 @@ impl<DB: Backend> Session<DB> {
             }
             Wire::Idle => {}
         }
-        if self.tx.depth == 0 && !self.tx.unverified() {
+        if (self.tx.depth == 0 || self.tx.implicit) && !self.tx.unverified() {
             conn.give_back();
             return;
         }

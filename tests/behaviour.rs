@@ -1019,15 +1019,18 @@ async fn health_check_always_replaces_a_dead_idle_connection<B: Suite>() {
 
 async fn health_check_if_idle_skips_the_ping_for_a_busy_connection<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
+    // Autocommit by default: no BEGIN (nor, on MySQL, a `SET autocommit = 1` on connections
+    // set up for transactions) goes before the statement.
     let manager = db.manager(|c| {
         c.max_connections(1)
             .health_check(HealthCheck::IfIdleFor(Duration::from_secs(60)))
+            .autocommit(true)
     });
     let dead = park_one_connection::<B>(&manager, &db).await;
     db.kill_connection(dead).await;
     // Idle for less than the limit: handed out unpinged, the first statement finds it dead (an
     // autocommit one: a transactional session's BEGIN would replace it unseen).
-    let mut session = manager.session::<B::Db>("main").unwrap().autocommit(true);
+    let mut session = manager.session::<B::Db>("main").unwrap();
     assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err());
     drop(session);
     // Discarded; the next session gets a live connection.

@@ -222,7 +222,10 @@ async fn an_autocommit_statement_on_a_dead_connection_is_reported_then_suspects_
     B: Suite,
 >() {
     let db = TestDb::new(B::KIND).await;
-    let manager = db.manager(no_health_check);
+    // Autocommit by default: nothing goes before the statement (on MySQL, a bind whose sessions
+    // are transactional sets its connections up for transactions, and an autocommit session's
+    // `SET autocommit = 1` would absorb the dead connection as a BEGIN does).
+    let manager = db.manager(|c| no_health_check(c).autocommit(true));
     create_table::<B>(&manager, &db).await;
     let bind = manager.bind::<B::Db>("main").unwrap();
     fill_pool(&bind, 2).await;
@@ -230,7 +233,7 @@ async fn an_autocommit_statement_on_a_dead_connection_is_reported_then_suspects_
 
     // The statement is the first thing on the wire: a dead connection fails it, and it is not
     // run again behind the caller's back (a statement can die after it ran).
-    let mut first = bind.session().autocommit(true);
+    let mut first = bind.session();
     let err = dbscope::Error::from(insert(&mut first, &db, 1).await.unwrap_err());
     assert!(err.is_connection_lost(), "{err}");
     assert!(
@@ -241,7 +244,7 @@ async fn an_autocommit_statement_on_a_dead_connection_is_reported_then_suspects_
     assert_eq!(bind.status().discarded, 1);
 
     // That dead connection made the other idle one suspect: pinged before use, replaced.
-    let mut second = bind.session().autocommit(true);
+    let mut second = bind.session();
     insert(&mut second, &db, 2)
         .await
         .expect("a live connection");

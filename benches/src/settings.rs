@@ -36,6 +36,12 @@ impl Settings {
                  bench -p dbscope-benches --bench {bench}"
             ));
         };
+        Self::with_url(url, default_secs)
+    }
+
+    /// The settings of a benchmark on the database at `url`, whose rounds last `default_secs`
+    /// per contender unless [`SECS_ENV`] says otherwise.
+    pub fn with_url(url: String, default_secs: f64) -> Result<Self, String> {
         let rounds = at_least_one(ROUNDS_ENV, 5)?;
         let secs: f64 = env_or(SECS_ENV, default_secs)?;
         let round_time = Duration::try_from_secs_f64(secs)

@@ -114,6 +114,39 @@ fn sqlite_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> Result<T
     })
 }
 
+impl Dialect {
+    /// What a connection of a bind runs once, as it opens, so that its sessions' transactions
+    /// need no BEGIN round trip: MySQL/MariaDB's `autocommit = 0`, under which the first
+    /// statement opens the transaction itself and COMMIT or ROLLBACK ends it (a disconnect
+    /// rolls it back), with the bind's default isolation made the connection's. `None` where
+    /// that does not apply: other databases, binds whose sessions default to autocommit, and
+    /// read-only binds (their transactions keep `START TRANSACTION READ ONLY`).
+    pub(crate) fn connection_setup(
+        self,
+        isolation: Option<IsolationLevel>,
+        read_only: bool,
+        autocommit: bool,
+    ) -> Option<SqlStr> {
+        if self != Self::MySql || read_only || autocommit {
+            return None;
+        }
+        Some(match isolation {
+            None => SqlStr::from_static(IMPLICIT_TRANSACTIONS),
+            Some(level) => dynamic(format!(
+                "{IMPLICIT_TRANSACTIONS}; SET SESSION TRANSACTION ISOLATION LEVEL {}",
+                level.sql()
+            )),
+        })
+    }
+}
+
+/// A MySQL connection's statements open its transactions.
+const IMPLICIT_TRANSACTIONS: &str = "SET autocommit = 0";
+
+/// Back to one transaction per statement, for an autocommit session on a connection that was
+/// set up with [`Dialect::connection_setup`].
+pub(crate) const AUTOCOMMIT_ON: &str = "SET autocommit = 1";
+
 /// Built as `Arc<str>`, the one owned form `SqlStr` clones without copying.
 fn dynamic(sql: String) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(std::sync::Arc::<str>::from(sql)))
@@ -168,6 +201,33 @@ mod tests {
             sql.begin.as_str(),
             "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION READ ONLY"
         );
+    }
+
+    #[test]
+    fn only_transactional_read_write_mysql_binds_set_their_connections_up() {
+        let setup = |dialect: Dialect, isolation, read_only, autocommit| {
+            dialect
+                .connection_setup(isolation, read_only, autocommit)
+                .map(|sql| sql.as_str().to_owned())
+        };
+        assert_eq!(
+            setup(Dialect::MySql, None, false, false).as_deref(),
+            Some("SET autocommit = 0")
+        );
+        assert_eq!(
+            setup(
+                Dialect::MySql,
+                Some(IsolationLevel::ReadCommitted),
+                false,
+                false
+            )
+            .as_deref(),
+            Some("SET autocommit = 0; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        );
+        assert_eq!(setup(Dialect::MySql, None, true, false), None);
+        assert_eq!(setup(Dialect::MySql, None, false, true), None);
+        assert_eq!(setup(Dialect::Postgres, None, false, false), None);
+        assert_eq!(setup(Dialect::Sqlite, None, false, false), None);
     }
 
     #[test]

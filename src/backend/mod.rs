@@ -66,6 +66,18 @@ pub trait Backend: Database + sealed::Sealed {
         conn: &mut Self::Connection,
         sql: SqlStr,
     ) -> BoxFuture<'_, sqlx::Result<sqlx::Describe<Self>>>;
+
+    /// Whether [`copy_arguments`](Backend::copy_arguments) copies: a statement can then be sent
+    /// a second time, on another connection.
+    #[doc(hidden)]
+    const RESENDS_STATEMENTS: bool = false;
+
+    /// A copy of a statement's arguments, where this database's arguments can be copied.
+    #[doc(hidden)]
+    fn copy_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
+        let _ = arguments;
+        None
+    }
 }
 
 /// Implements [`Backend`]'s executor plumbing for a database whose `&mut Connection` is an

@@ -32,6 +32,12 @@ impl Backend for MySql {
     }
 
     delegate_executor!();
+
+    const RESENDS_STATEMENTS: bool = true;
+
+    fn copy_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
+        Some(arguments.clone())
+    }
 }
 
 /// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use sqlx::{ConnectOptions, Connection};
+use futures_util::TryStreamExt;
+use sqlx::{ConnectOptions, Connection, SqlStr};
 
 use super::checkout;
 use super::{Counters, bump, is_dead};
@@ -22,6 +23,9 @@ pub(super) struct PooledConn<DB: Backend> {
     /// The bind's [death count](ConnManager::deaths) when this connection was last known
     /// alive (opened, or answered a ping).
     alive_at: u64,
+    /// The connection ran the bind's [setup](ConnManager::setup) and still has it: its
+    /// statements open transactions themselves (MySQL's `autocommit = 0`).
+    pub(super) implicit_transactions: bool,
 }
 
 /// Opens, checks and expires the connections of one bind, for deadpool.
@@ -34,6 +38,9 @@ pub(super) struct ConnManager<DB: Backend> {
     pub(super) max_lifetime: Option<Duration>,
     pub(super) counters: Counters,
     pub(super) observer: Arc<Observer>,
+    /// What each new connection runs once, before its first checkout (see
+    /// `Dialect::connection_setup`); a failure fails the connect.
+    pub(super) setup: Option<SqlStr>,
     /// Dead connections seen on this bind so far. A server restart (or a firewall's purge) kills
     /// every connection at once, so when one is found dead, the others last known alive before
     /// that are suspect: each is pinged on its next checkout, whatever `health_check` says.
@@ -46,12 +53,14 @@ impl<DB: Backend> ConnManager<DB> {
         options: Options<DB>,
         dialect: Dialect,
         pool: &crate::config::PoolConfig,
+        setup: Option<SqlStr>,
         observer: Arc<Observer>,
     ) -> Self {
         Self {
             bind,
             options,
             dialect,
+            setup,
             health_check: pool.health_check,
             idle_timeout: pool.idle_timeout,
             max_lifetime: pool.max_lifetime,
@@ -112,9 +121,16 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         checkout::mark_worth_finishing();
         let alive_at = self.deaths.load(Ordering::Relaxed);
         let watch = Stopwatch::start();
-        let raw = self
-            .options
-            .connect()
+        let connected = async {
+            let mut raw = self.options.connect().await?;
+            if let Some(setup) = &self.setup {
+                DB::fetch_many(&mut raw, setup.clone())
+                    .try_for_each(|_| std::future::ready(Ok(())))
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(raw)
+        };
+        let raw = connected
             .await
             .inspect_err(|_| bump(&self.counters.connect_errors))?;
         bump(&self.counters.created);
@@ -125,6 +141,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
             clean: false,
             idle_since: Instant::now(),
             alive_at,
+            implicit_transactions: self.setup.is_some(),
         })
     }
 

@@ -60,7 +60,9 @@ impl<DB: Backend> Conn<DB> {
         let Some(dialect) = conn.dialect() else {
             return; // the bind is gone: dropping the connection is all there is to do
         };
-        match tokio::time::timeout(RECOVERY_TIMEOUT, restore::<DB>(conn.raw(), dialect)).await {
+        let implicit = conn.has_implicit_transactions();
+        let restored = restore::<DB>(conn.raw(), dialect, implicit);
+        match tokio::time::timeout(RECOVERY_TIMEOUT, restored).await {
             Ok(Ok(true)) => held.recovered(),
             Ok(Ok(false)) => tracing::debug!("a cut-off connection was still in a transaction"),
             Ok(Err(e)) if is_dead(&e) => held.lost(),
@@ -97,13 +99,19 @@ impl<DB: Backend> Drop for Recovering<DB> {
 }
 
 /// Drains, rolls back and checks; `Ok(false)` when the server says a transaction is open.
-async fn restore<DB: Backend>(raw: &mut DB::Connection, dialect: Dialect) -> sqlx::Result<bool> {
+/// `implicit`: the connection runs MySQL's `autocommit = 0` (its statements open transactions),
+/// and must still.
+async fn restore<DB: Backend>(
+    raw: &mut DB::Connection,
+    dialect: Dialect,
+    implicit: bool,
+) -> sqlx::Result<bool> {
     raw.ping().await?;
     // PostgreSQL's and SQLite's checks hold whatever ran before them, so a connection already
     // out of any transaction (cut outside one, or in a COMMIT the server finished) needs no
     // ROLLBACK, nor PostgreSQL's warning for one; MySQL's holds only right after a ROLLBACK.
     if dialect != Dialect::MySql {
-        match is_idle::<DB>(raw, dialect).await {
+        match is_idle::<DB>(raw, dialect, implicit).await {
             Ok(true) => return Ok(true),
             // Not idle, or PostgreSQL refusing statements in an aborted transaction.
             Ok(false) | Err(sqlx::Error::Database(_)) => {}
@@ -115,15 +123,19 @@ async fn restore<DB: Backend>(raw: &mut DB::Connection, dialect: Dialect) -> sql
         Ok(_) | Err(sqlx::Error::Database(_)) => {}
         Err(e) => return Err(e),
     }
-    is_idle::<DB>(raw, dialect).await
+    is_idle::<DB>(raw, dialect, implicit).await
 }
 
 /// Whether the server says no transaction is open on the connection (for MySQL, right after a
-/// ROLLBACK).
-async fn is_idle<DB: Backend>(raw: &mut DB::Connection, dialect: Dialect) -> sqlx::Result<bool> {
+/// ROLLBACK, and with the connection's `autocommit` still as the pool knows it).
+async fn is_idle<DB: Backend>(
+    raw: &mut DB::Connection,
+    dialect: Dialect,
+    implicit: bool,
+) -> sqlx::Result<bool> {
     match dialect {
         Dialect::Postgres | Dialect::MySql => {
-            let (name, sql) = idle_check(dialect);
+            let (name, sql) = idle_check(dialect, implicit);
             let rows = run::<DB>(raw, sql).await?;
             Ok(rows.len() == 1 && rows[0].columns().first().is_some_and(|c| c.name() == name))
         }
@@ -136,13 +148,16 @@ async fn is_idle<DB: Backend>(raw: &mut DB::Connection, dialect: Dialect) -> sql
 }
 
 /// A statement that returns one row, in a column of a name never used before, only when no
-/// transaction is open; and that name.
-fn idle_check(dialect: Dialect) -> (String, SqlStr) {
+/// transaction is open; and that name. On MySQL, right after a ROLLBACK that chained no
+/// transaction (`completion_type = 0`), a statement reading no table opens none, whichever
+/// `autocommit` the connection runs (`implicit`: 0, which it must still have).
+fn idle_check(dialect: Dialect, implicit: bool) -> (String, SqlStr) {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let name = format!("dbscope_idle_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let condition = match dialect {
-        Dialect::Postgres => "now() = statement_timestamp()",
-        _ => "@@autocommit = 1 AND @@completion_type = 0",
+    let condition = match (dialect, implicit) {
+        (Dialect::Postgres, _) => "now() = statement_timestamp()",
+        (_, false) => "@@autocommit = 1 AND @@completion_type = 0",
+        (_, true) => "@@autocommit = 0 AND @@completion_type = 0",
     };
     let from = if dialect == Dialect::MySql {
         " FROM DUAL"

@@ -3,11 +3,13 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use futures_core::Stream;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
+use sqlx::error::BoxDynError;
 use sqlx::{Either, Execute, Executor, SqlStr};
 use tracing::Instrument;
 
@@ -136,6 +138,7 @@ where
         let item = match item {
             Some(Ok(row)) => {
                 this.yielded = true;
+                this.op.tx.unproven = false;
                 Some(Ok(row))
             }
             Some(Err(e)) => {
@@ -194,8 +197,65 @@ impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for PoolerSafe<E> {
     }
 }
 
+/// A statement taken apart, to be sent a second time: what the first statement of a transaction
+/// begun without BEGIN becomes, in case its connection turns out dead (see
+/// [`Session::may_resend`]).
+struct Resend<DB: Backend> {
+    sql: SqlStr,
+    arguments: Option<DB::Arguments>,
+    persistent: bool,
+}
+
+impl<DB: Backend> Resend<DB> {
+    /// The statement, and a copy of it for a second try.
+    fn split<'q>(mut query: impl Execute<'q, DB>) -> sqlx::Result<(Self, Self)> {
+        let persistent = query.persistent();
+        let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+        let copy = arguments.as_ref().map(|arguments| {
+            DB::copy_arguments(arguments)
+                .expect("a backend that resends statements copies their arguments")
+        });
+        let sql = query.sql();
+        let again = Self {
+            sql: sql.clone(),
+            arguments: copy,
+            persistent,
+        };
+        Ok((
+            Self {
+                sql,
+                arguments,
+                persistent,
+            },
+            again,
+        ))
+    }
+}
+
+impl<'q, DB: Backend> Execute<'q, DB> for Resend<DB> {
+    fn sql(self) -> SqlStr {
+        self.sql
+    }
+
+    fn statement(&self) -> Option<&DB::Statement> {
+        None
+    }
+
+    fn take_arguments(&mut self) -> Result<Option<DB::Arguments>, BoxDynError> {
+        Ok(self.arguments.take())
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistent
+    }
+}
+
 /// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
 /// own boxed future (one allocation per statement, not two).
+///
+/// Each sends the first statement of a transaction begun without BEGIN a second time, on
+/// another connection, when the first connection turns out dead before it answered anything
+/// ([`Session::may_resend`]).
 impl<DB: Backend> Session<DB> {
     fn statement<E>(&self, query: E) -> PoolerSafe<E> {
         PoolerSafe {
@@ -208,28 +268,38 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
+        let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
-        let query = self.statement(query);
-        let (raw, op) = self.start_statement(true);
-        let query = op.trace(query);
-        Tracked::new(DB::fetch_many(raw, query), op, false)
-            .try_filter_map(|step| std::future::ready(Ok(step.left())))
-            .try_collect()
-            .await
+        if !self.may_resend() {
+            return self.collect_results(query).await;
+        }
+        let (first, again) = Resend::split(query)?;
+        match self.collect_results(first).await {
+            Err(e) if self.lost_before_answering(&e) => {
+                self.begin_again(started).await.map_err(Error::into_sqlx)?;
+                self.collect_results(again).await
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn run_fetch_all<'q, E>(&mut self, query: E) -> sqlx::Result<Vec<DB::Row>>
     where
         E: 'q + Execute<'q, DB>,
     {
+        let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
-        let query = self.statement(query);
-        let (raw, op) = self.start_statement(true);
-        let query = op.trace(query);
-        Tracked::new(DB::fetch_many(raw, query), op, false)
-            .try_filter_map(|step| std::future::ready(Ok(step.right())))
-            .try_collect()
-            .await
+        if !self.may_resend() {
+            return self.collect_rows(query).await;
+        }
+        let (first, again) = Resend::split(query)?;
+        match self.collect_rows(first).await {
+            Err(e) if self.lost_before_answering(&e) => {
+                self.begin_again(started).await.map_err(Error::into_sqlx)?;
+                self.collect_rows(again).await
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn run_fetch_optional<'q, E>(
@@ -239,7 +309,54 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
+        let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
+        if !self.may_resend() {
+            return self.fetch_one_row(query).await;
+        }
+        let (first, again) = Resend::split(query)?;
+        match self.fetch_one_row(first).await {
+            Err(e) if self.lost_before_answering(&e) => {
+                self.begin_again(started).await.map_err(Error::into_sqlx)?;
+                self.fetch_one_row(again).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs a statement, the session ready for it, and collects its results.
+    async fn collect_results<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        let query = self.statement(query);
+        let (raw, op) = self.start_statement(true);
+        let query = op.trace(query);
+        Tracked::new(DB::fetch_many(raw, query), op, false)
+            .try_filter_map(|step| std::future::ready(Ok(step.left())))
+            .try_collect()
+            .await
+    }
+
+    /// Runs a statement, the session ready for it, and collects its rows.
+    async fn collect_rows<'q, E>(&mut self, query: E) -> sqlx::Result<Vec<DB::Row>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        let query = self.statement(query);
+        let (raw, op) = self.start_statement(true);
+        let query = op.trace(query);
+        Tracked::new(DB::fetch_many(raw, query), op, false)
+            .try_filter_map(|step| std::future::ready(Ok(step.right())))
+            .try_collect()
+            .await
+    }
+
+    /// Runs a statement, the session ready for it, for its first row.
+    async fn fetch_one_row<'q, E>(&mut self, query: E) -> sqlx::Result<Option<DB::Row>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
         let query = self.statement(query);
         let (raw, op) = self.start_statement(true);
         let query = op.trace(query);
@@ -259,14 +376,71 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        let start = async move {
-            self.ready().await.map_err(Error::into_sqlx)?;
-            let query = self.statement(query);
-            let (raw, op) = self.start_statement(true);
-            let query = op.trace(query);
-            Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
-        };
-        Box::pin(futures_util::stream::once(start).try_flatten())
+        if !DB::RESENDS_STATEMENTS {
+            let start = async move {
+                self.ready().await.map_err(Error::into_sqlx)?;
+                let query = self.statement(query);
+                let (raw, op) = self.start_statement(true);
+                let query = op.trace(query);
+                Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
+            };
+            return Box::pin(futures_util::stream::once(start).try_flatten());
+        }
+        Box::pin(async_stream::stream! {
+            let started = Instant::now();
+            if let Err(e) = self.ready().await {
+                yield Err(e.into_sqlx());
+                return;
+            }
+            if !self.may_resend() {
+                let query = self.statement(query);
+                let (raw, op) = self.start_statement(true);
+                let query = op.trace(query);
+                let mut rows = Tracked::new(DB::fetch_many(raw, query), op, true);
+                while let Some(item) = rows.next().await {
+                    yield item;
+                }
+                return;
+            }
+            let (first, again) = match Resend::split(query) {
+                Ok(split) => split,
+                Err(e) => {
+                    yield Err(e);
+                    return;
+                }
+            };
+            let mut lost = false;
+            {
+                let first = self.statement(first);
+                let (raw, op) = self.start_statement(true);
+                let first = op.trace(first);
+                let mut rows = Tracked::new(DB::fetch_many(raw, first), op, true);
+                while let Some(item) = rows.next().await {
+                    if let Err(e) = &item
+                        && !rows.yielded
+                        && rows.op.tx.unproven
+                        && crate::engine::is_dead(e)
+                    {
+                        lost = true;
+                        break;
+                    }
+                    yield item;
+                }
+            }
+            if lost {
+                if let Err(e) = self.begin_again(started).await {
+                    yield Err(e.into_sqlx());
+                    return;
+                }
+                let again = self.statement(again);
+                let (raw, op) = self.start_statement(true);
+                let again = op.trace(again);
+                let mut rows = Tracked::new(DB::fetch_many(raw, again), op, true);
+                while let Some(item) = rows.next().await {
+                    yield item;
+                }
+            }
+        })
     }
 
     // `execute` and `fetch_all` collect the stream inside their future: cancelled part-way,

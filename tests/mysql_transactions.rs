@@ -1,0 +1,330 @@
+//! MySQL/MariaDB transactions without a BEGIN round trip: a transactional bind's connections run
+//! `autocommit = 0`, so a transaction's first statement opens it. Every claim is checked on the
+//! server: its per-connection command counters (`information_schema.SESSION_STATUS`), what other
+//! connections see, and `information_schema.innodb_trx`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Kind, TestDb, eventually, fetch_i64, insert, sql, within_limit};
+use dbscope::{BindManager, HealthCheck, IsolationLevel, Session};
+use futures_util::TryStreamExt;
+use sqlx::MySql;
+
+/// Creates the test's table, committed.
+async fn table(manager: &BindManager, db: &TestDb) {
+    let mut session = manager.session::<MySql>("main").unwrap();
+    let ddl = format!(
+        "CREATE TABLE {} (id BIGINT PRIMARY KEY, v VARCHAR(50))",
+        db.table
+    );
+    sqlx::query(sql(ddl)).execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+}
+
+/// One of the server's command counters for the session's own connection (`COM_BEGIN`,
+/// `COM_COMMIT`): how many it has run since the connection opened. Reading it is a statement of
+/// the session.
+async fn counter(session: &mut Session<MySql>, name: &str) -> i64 {
+    fetch_i64(
+        &mut *session,
+        sql(format!(
+            "SELECT CAST(VARIABLE_VALUE AS SIGNED) FROM information_schema.SESSION_STATUS \
+             WHERE VARIABLE_NAME = '{name}'"
+        )),
+    )
+    .await
+    .unwrap()
+}
+
+/// Rows of the test's table, read by a connection of its own (autocommit): what is committed.
+async fn committed(manager: &BindManager, db: &TestDb) -> i64 {
+    let mut reader = manager
+        .session::<MySql>("main")
+        .unwrap()
+        .isolation(IsolationLevel::ReadCommitted);
+    let n = fetch_i64(
+        &mut reader,
+        sql(format!("SELECT COUNT(*) FROM {}", db.table)),
+    )
+    .await
+    .unwrap();
+    reader.commit().await.unwrap();
+    n
+}
+
+/// A second manager on the same database: its connections are not the first one's.
+fn observer(db: &TestDb) -> BindManager {
+    db.manager(|c| c.max_connections(1))
+}
+
+#[tokio::test]
+async fn transactions_send_no_begin() {
+    within_limit("transactions_send_no_begin", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c.max_connections(1));
+        table(&manager, &db).await;
+        let mut session = manager.session::<MySql>("main").unwrap();
+        let (begins, commits) = (
+            counter(&mut session, "COM_BEGIN").await,
+            counter(&mut session, "COM_COMMIT").await,
+        );
+        session.commit().await.unwrap(); // ends the transaction the counters' reads opened
+        for id in 1..=3 {
+            insert(&mut session, &db, id).await.unwrap();
+            session.commit().await.unwrap();
+        }
+        assert_eq!(
+            counter(&mut session, "COM_BEGIN").await,
+            begins,
+            "no BEGIN sent"
+        );
+        assert_eq!(
+            counter(&mut session, "COM_COMMIT").await,
+            commits + 4,
+            "the counters' transaction and the three inserts' were committed"
+        );
+        session.rollback().await.unwrap();
+        drop(session);
+        assert_eq!(committed(&observer(&db), &db).await, 3);
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_first_statement_opens_a_real_transaction() {
+    within_limit("the_first_statement_opens_a_real_transaction", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c);
+        table(&manager, &db).await;
+        let others = observer(&db);
+
+        let mut session = manager.session::<MySql>("main").unwrap();
+        insert(&mut session, &db, 1).await.unwrap();
+        let id = fetch_i64(&mut session, db.connection_id_query())
+            .await
+            .unwrap();
+        assert_eq!(
+            committed(&others, &db).await,
+            0,
+            "not visible before COMMIT"
+        );
+        let open = db.innodb_transactions().await;
+        assert!(
+            open.iter().any(|(conn, _)| *conn == id),
+            "the server shows the session's transaction: {open:?}"
+        );
+        session.commit().await.unwrap();
+        assert_eq!(committed(&others, &db).await, 1);
+
+        // Rolled back, and dropped: neither lands, and nothing stays open.
+        insert(&mut session, &db, 2).await.unwrap();
+        session.rollback().await.unwrap();
+        insert(&mut session, &db, 3).await.unwrap();
+        drop(session);
+        eventually(
+            "the dropped session's transaction is rolled back",
+            || async {
+                !db.innodb_transactions()
+                    .await
+                    .iter()
+                    .any(|(conn, _)| *conn == id)
+            },
+        )
+        .await;
+        assert_eq!(committed(&others, &db).await, 1);
+
+        others.close(Duration::from_secs(5)).await.unwrap();
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_transaction_ends_without_a_round_trip() {
+    within_limit("an_empty_transaction_ends_without_a_round_trip", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c.max_connections(1));
+        let mut session = manager.session::<MySql>("main").unwrap();
+        let commits = counter(&mut session, "COM_COMMIT").await;
+        session.commit().await.unwrap(); // one COMMIT: the read opened the transaction
+        session.begin().await.unwrap();
+        session.commit().await.unwrap(); // nothing ran: no COMMIT sent
+        session.begin().await.unwrap();
+        session.rollback().await.unwrap(); // nor a ROLLBACK
+        assert_eq!(counter(&mut session, "COM_COMMIT").await, commits + 1);
+        assert_eq!(counter(&mut session, "COM_ROLLBACK").await, 0);
+        drop(session);
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn other_isolation_levels_begin_explicitly() {
+    within_limit("other_isolation_levels_begin_explicitly", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c.max_connections(1));
+        table(&manager, &db).await;
+        let mut plain = manager.session::<MySql>("main").unwrap();
+        let begins = counter(&mut plain, "COM_BEGIN").await;
+        plain.commit().await.unwrap();
+        drop(plain);
+
+        let mut session = manager
+            .session::<MySql>("main")
+            .unwrap()
+            .isolation(IsolationLevel::Serializable);
+        insert(&mut session, &db, 1).await.unwrap();
+        let id = fetch_i64(&mut session, db.connection_id_query())
+            .await
+            .unwrap();
+        let open = db.innodb_transactions().await;
+        assert!(
+            open.iter()
+                .any(|(conn, level)| *conn == id && level == "SERIALIZABLE"),
+            "{open:?}"
+        );
+        session.commit().await.unwrap();
+        // Two: the insert's transaction, and the one this read of the counter runs in.
+        assert_eq!(counter(&mut session, "COM_BEGIN").await, begins + 2);
+        session.commit().await.unwrap();
+        drop(session);
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_autocommit_session_turns_autocommit_back_on_for_its_connection() {
+    within_limit(
+        "an_autocommit_session_turns_autocommit_back_on_for_its_connection",
+        async {
+            let db = TestDb::new(Kind::MySql).await;
+            let manager = db.manager(|c| c.max_connections(1));
+            table(&manager, &db).await;
+            let others = observer(&db);
+
+            let mut autocommit = manager.session::<MySql>("main").unwrap().autocommit(true);
+            insert(&mut autocommit, &db, 1).await.unwrap();
+            assert_eq!(committed(&others, &db).await, 1, "landed on its own");
+            let on = fetch_i64(&mut autocommit, "SELECT @@autocommit")
+                .await
+                .unwrap();
+            assert_eq!(on, 1);
+            drop(autocommit);
+
+            // The same connection (a pool of one), now in autocommit: a transactional session
+            // on it begins with BEGIN, and is a transaction all the same.
+            let mut session = manager.session::<MySql>("main").unwrap();
+            let begins = counter(&mut session, "COM_BEGIN").await;
+            insert(&mut session, &db, 2).await.unwrap();
+            assert_eq!(
+                committed(&others, &db).await,
+                1,
+                "not visible before COMMIT"
+            );
+            session.commit().await.unwrap();
+            assert_eq!(committed(&others, &db).await, 2);
+            assert_eq!(counter(&mut session, "COM_BEGIN").await, begins + 1);
+            session.commit().await.unwrap();
+            drop(session);
+            assert_eq!(manager.status()[0].opened, 1, "one connection all along");
+            others.close(Duration::from_secs(5)).await.unwrap();
+            manager.close(Duration::from_secs(5)).await.unwrap();
+            db.finish().await;
+        },
+    )
+    .await;
+}
+
+/// A pool of one connection, checked out once and then killed by the server while it idles:
+/// the next session's first statement meets it dead.
+async fn dead_pool(db: &TestDb) -> BindManager {
+    let manager = db.manager(|c| c.max_connections(1).health_check(HealthCheck::Never));
+    let mut session = manager.session::<MySql>("main").unwrap();
+    let id = fetch_i64(&mut session, db.connection_id_query())
+        .await
+        .unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    db.kill_connection(id).await;
+    eventually("the server closed the connection", || async {
+        db.server_connections().await == Some(0)
+    })
+    .await;
+    manager
+}
+
+#[tokio::test]
+async fn a_dead_connection_at_a_transactions_first_statement_is_replaced_unseen() {
+    within_limit(
+        "a_dead_connection_at_a_transactions_first_statement_is_replaced_unseen",
+        async {
+            let db = TestDb::new(Kind::MySql).await;
+            let count = format!("SELECT COUNT(*) FROM {}", db.table);
+            table(&db.manager(|c| c), &db).await;
+
+            // execute
+            let manager = dead_pool(&db).await;
+            let mut session = manager.session::<MySql>("main").unwrap();
+            insert(&mut session, &db, 1)
+                .await
+                .expect("sent again on a live connection");
+            session.commit().await.unwrap();
+            drop(session);
+            assert_eq!(manager.status()[0].discarded, 1);
+            manager.close(Duration::from_secs(5)).await.unwrap();
+
+            // fetch_optional / fetch_one
+            let manager = dead_pool(&db).await;
+            let mut session = manager.session::<MySql>("main").unwrap();
+            let n: i64 = sqlx::query_scalar(sql(count.clone()))
+                .fetch_one(&mut session)
+                .await
+                .expect("fetch_one sent again");
+            assert_eq!(n, 1);
+            drop(session);
+            assert_eq!(manager.status()[0].discarded, 1);
+            manager.close(Duration::from_secs(5)).await.unwrap();
+
+            // a stream
+            let manager = dead_pool(&db).await;
+            let mut session = manager.session::<MySql>("main").unwrap();
+            let first: Option<i64> = sqlx::query_scalar(sql(count.clone()))
+                .fetch(&mut session)
+                .try_next()
+                .await
+                .expect("the stream sent again");
+            assert_eq!(first, Some(1));
+            drop(session);
+            assert_eq!(manager.status()[0].discarded, 1);
+            manager.close(Duration::from_secs(5)).await.unwrap();
+
+            // fetch_all, with arguments
+            let manager = dead_pool(&db).await;
+            let mut session = manager.session::<MySql>("main").unwrap();
+            let ids: Vec<i64> =
+                sqlx::query_scalar(sql(format!("SELECT id FROM {} WHERE id >= ?", db.table)))
+                    .bind(1_i64)
+                    .fetch_all(&mut session)
+                    .await
+                    .expect("fetch_all sent again");
+            assert_eq!(ids, [1]);
+            drop(session);
+            assert_eq!(manager.status()[0].discarded, 1);
+
+            // The insert landed once.
+            assert_eq!(committed(&manager, &db).await, 1);
+            manager.close(Duration::from_secs(5)).await.unwrap();
+            db.finish().await;
+        },
+    )
+    .await;
+}

@@ -43,9 +43,14 @@ fn layer(module: &str) -> u32 {
         .1
 }
 
+/// The library's files: `src/bin/` holds binaries, crates of their own that use the library
+/// from outside, whose `crate::` is their own.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src") {
         let path = entry.expect("dir entry").path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n == "bin") && dir.ends_with("src") {
+            continue;
+        }
         if path.is_dir() {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {

@@ -126,6 +126,16 @@ main   0 applied, 2 pending  (migrations/main)
             2 orders                         pending
 "
     );
+    assert_eq!(
+        normalise(&status.stderr),
+        "\
+audit  reading migrations (SQLite)
+audit  read in N ms
+main   reading migrations (SQLite)
+main   read in N ms
+",
+        "status reports its progress on stderr"
+    );
 
     let dry = dbscope(&dir, &["migrate", "--dry-run"]);
     assert_eq!(dry.code, 0);
@@ -608,10 +618,18 @@ async fn two_cli_processes_migrating_at_once_apply_once() {
                 already.reverse();
             }
             assert_eq!(done, [2, 0], "bind `{bind}`: exactly one process applies");
-            assert_eq!(already, [0, 2], "bind `{bind}`: the other finds both applied");
+            assert_eq!(
+                already,
+                [0, 2],
+                "bind `{bind}`: the other finds both applied"
+            );
         }
         for url in [&my, &pg] {
-            assert_eq!(scalar(url, "SELECT n FROM gate").await, 1, "migration 1 ran once");
+            assert_eq!(
+                scalar(url, "SELECT n FROM gate").await,
+                1,
+                "migration 1 ran once"
+            );
             let rows = "SELECT COUNT(*) FROM (SELECT version FROM _sqlx_migrations \
                         GROUP BY version HAVING COUNT(*) = 1) once";
             assert_eq!(scalar(url, rows).await, 2, "each version recorded once");
@@ -622,7 +640,11 @@ async fn two_cli_processes_migrating_at_once_apply_once() {
     let outcome = tokio::time::timeout(common::TEST_LIMIT, body).await;
     for admin in [&my_admin, &pg_admin] {
         let mut conn = sqlx::AnyConnection::connect(admin).await.unwrap();
-        let force = if admin == &pg_admin { " WITH (FORCE)" } else { "" };
+        let force = if admin == &pg_admin {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
         sqlx::raw_sql(sql(format!("DROP DATABASE IF EXISTS {tag}{force}")))
             .execute(&mut conn)
             .await

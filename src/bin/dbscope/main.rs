@@ -162,7 +162,10 @@ async fn run(command: Command, manager: &BindManager, config: &Config, out: &Out
     }
     match command {
         Command::Check(binds) => commands::check(manager, config, &binds.binds, out).await,
-        Command::Status(binds) => commands::status(manager, &plan(&binds), out).await,
+        Command::Status(binds) => {
+            let plan = plan(&binds).on_event(out.status_events());
+            commands::status(manager, &plan, out).await
+        }
         Command::Migrate(args) => {
             let plan = with(plan(&args.binds), args.target, args.dry_run);
             commands::migrate(manager, &plan, false, out).await

@@ -653,3 +653,49 @@ async fn two_cli_processes_migrating_at_once_apply_once() {
     std::fs::remove_dir_all(&dir).ok();
     outcome.expect("within the limit");
 }
+
+/// `--help`, of the binary and of each command, lists the exit codes, and they are the ones
+/// the README's table documents.
+#[test]
+fn help_lists_the_exit_codes_the_readme_documents() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split("### The dbscope CLI")
+        .nth(1)
+        .expect("the CLI section");
+    let documented: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" |").next())
+        .filter(|code| code.parse::<u8>().is_ok())
+        .collect();
+    assert_eq!(
+        documented,
+        ["0", "1", "2", "3", "4", "5"],
+        "the README's table"
+    );
+    let dir = workdir(SQLITE_CONFIG);
+    for args in [
+        &["--help"][..],
+        &["check", "--help"],
+        &["status", "--help"],
+        &["migrate", "--help"],
+        &["revert", "--help"],
+        &["database", "--help"],
+    ] {
+        let help = dbscope(&dir, args);
+        assert_eq!(help.code, 0, "{args:?}: {}", help.stderr);
+        let listed = help
+            .stdout
+            .split("Exit codes:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{args:?} lists no exit codes:\n{}", help.stdout));
+        let codes: Vec<&str> = listed
+            .lines()
+            .filter_map(|l| l.trim_start().split("  ").next())
+            .collect();
+        assert_eq!(codes, documented, "{args:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

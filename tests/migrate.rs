@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{Kind, MYSQL_DEFAULT, MYSQL_ENV, PG_DEFAULT, PG_ENV, eventually, server_url, sql};
 use dbscope::{
-    BindConfig, BindManager, BindOutcome, ErrorKind, MigrateEvent, MigrationSource, MigrationState,
-    Migrations,
+    BindConfig, BindManager, BindOutcome, Engine, ErrorKind, MigrateEvent, MigrationSource,
+    MigrationState, Migrations,
 };
 use sqlx::Connection;
 
@@ -432,6 +432,17 @@ async fn a_failed_migration_leaves_no_lock_and_the_next_run_does_not_hang(kind: 
 /// Two managers migrate one database at once: one applies, the other waits for the lock (it
 /// says so) and then applies nothing; migration 1 ran exactly once on the server.
 async fn two_migrators_at_once_apply_once(kind: Kind) {
+    race(kind, Engine::Native).await;
+}
+
+/// The same with `engine = "any"` binds, whose lock dbscope takes itself rather than through
+/// sqlx's `Any` lock: on MariaDB that is sqlx-mysql's `GET_LOCK(name, -1)`, which returns
+/// NULL at once when the lock is held, so that neither would ever wait.
+async fn two_any_engine_migrators_at_once_apply_once(kind: Kind) {
+    race(kind, Engine::Any).await;
+}
+
+async fn race(kind: Kind, engine: Engine) {
     let db = Fresh::new(kind, 1).await;
     // The first migration blocks on a gate the test holds, so that both are surely running
     // when the test lets go: an UPDATE of a row the test has locked.
@@ -449,11 +460,11 @@ async fn two_migrators_at_once_apply_once(kind: Kind) {
     db.write(0, "2_after.sql", "CREATE TABLE after_gate (id BIGINT)");
 
     let one = BindManager::builder()
-        .bind("main", db.bind(0))
+        .bind("main", db.bind(0).engine(engine))
         .build()
         .unwrap();
     let two = BindManager::builder()
-        .bind("main", db.bind(0))
+        .bind("main", db.bind(0).engine(engine))
         .build()
         .unwrap();
     let (plan1, log1) = logged(Migrations::new(), "1:");
@@ -578,6 +589,153 @@ async fn dry_run_target_and_revert(kind: Kind) {
     db.finish().await;
 }
 
+/// A migration recorded as applied whose file is gone: status calls it missing, and migrating
+/// refuses before applying anything, naming the version and how to fix it.
+async fn a_migration_missing_from_the_source_is_refused(kind: Kind) {
+    let db = Fresh::new(kind, 1).await;
+    db.write(
+        0,
+        "1_users.sql",
+        "CREATE TABLE users (id BIGINT PRIMARY KEY)",
+    );
+    let second = db.write(
+        0,
+        "2_orders.sql",
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY)",
+    );
+    let manager = BindManager::builder()
+        .bind("main", db.bind(0))
+        .build()
+        .unwrap();
+    manager.migrate_all(&Migrations::new()).await.unwrap();
+
+    std::fs::remove_file(&second).unwrap();
+    db.write(0, "3_more.sql", "CREATE TABLE more (id BIGINT)");
+    let status = manager.migration_status(&Migrations::new()).await.unwrap();
+    let states: Vec<(i64, MigrationState)> = status[0]
+        .migrations
+        .iter()
+        .map(|m| (m.migration.version, m.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (1, MigrationState::Applied),
+            (2, MigrationState::Missing),
+            (3, MigrationState::Pending)
+        ]
+    );
+
+    let err = manager.migrate_all(&Migrations::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MigrationMissing, "{err}");
+    assert_eq!(err.bind(), Some("main"));
+    assert_eq!(err.migration_version(), Some(2));
+    let message = err.to_string();
+    assert!(
+        message.contains("migration 2") && message.contains("restore its file"),
+        "{message}"
+    );
+    assert!(!db.has_table(0, "more").await, "nothing may be applied");
+    assert_eq!(db.recorded(0).await, 2);
+    db.finish().await;
+}
+
+/// On MariaDB a migration that fails after a DDL statement (committed at once) stays recorded
+/// as unfinished: status calls it dirty, migrating refuses with `MigrationDirty` naming the
+/// version and the fix, and the fix it names (undo by hand, delete the row) works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_migration_failing_after_ddl_is_dirty_until_fixed() {
+    common::within_limit("dirty", async {
+        let db = Fresh::new(Kind::MySql, 1).await;
+        db.write(
+            0,
+            "1_users.sql",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY)",
+        );
+        let half = db.write(
+            0,
+            "2_half.sql",
+            "CREATE TABLE half (id BIGINT); THIS IS NOT SQL",
+        );
+        let manager = BindManager::builder()
+            .bind("main", db.bind(0))
+            .build()
+            .unwrap();
+        let err = manager.migrate_all(&Migrations::new()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MigrationFailed, "{err}");
+        assert_eq!(err.migration_version(), Some(2));
+        assert!(db.has_table(0, "half").await, "MariaDB committed the DDL");
+        let unfinished = "SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 2 AND NOT success";
+        assert_eq!(db.count(0, unfinished).await, 1, "recorded as unfinished");
+
+        let status = manager.migration_status(&Migrations::new()).await.unwrap();
+        let states: Vec<MigrationState> = status[0].migrations.iter().map(|m| m.state).collect();
+        assert_eq!(states, [MigrationState::Applied, MigrationState::Dirty]);
+
+        let err = manager.migrate_all(&Migrations::new()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MigrationDirty, "{err}");
+        assert_eq!(err.bind(), Some("main"));
+        assert_eq!(err.migration_version(), Some(2));
+        let message = err.to_string();
+        assert!(
+            message.contains("migration 2") && message.contains("delete its row (version = 2)"),
+            "{message}"
+        );
+        assert!(!db.lock_held(0).await, "the refusal leaves no lock behind");
+
+        // The fix the message names.
+        let mut conn = db.probe(0).await;
+        sqlx::raw_sql("DROP TABLE half; DELETE FROM _sqlx_migrations WHERE version = 2")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.ok();
+        std::fs::write(&half, "CREATE TABLE half (id BIGINT)").unwrap();
+        let fixed = manager.migrate_all(&Migrations::new()).await.unwrap();
+        assert_eq!(fixed.done(), 1);
+        assert_eq!(db.recorded(0).await, 2);
+        db.finish().await;
+    })
+    .await;
+}
+
+/// An `engine = "any"` bind on SQLite takes the same lock file as a native one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_any_engine_sqlite_bind_takes_the_lock_file() {
+    common::within_limit("any sqlite lock", async {
+        let db = Fresh::new(Kind::SqliteFile, 1).await;
+        db.write(0, "1_users.sql", "CREATE TABLE users (id BIGINT)");
+        // The test holds the lock file, as a native migrator would, while the `Any` one starts.
+        let path = format!("{}-migrate.lock", db.sqlite_path(0).display());
+        let file = std::fs::File::create(&path).unwrap();
+        file.lock().unwrap();
+        let manager = BindManager::builder()
+            .bind(
+                "main",
+                BindConfig::new(db.urls[0].as_str())
+                    .engine(Engine::Any)
+                    .migrations(db.migrations_dir(0)),
+            )
+            .build()
+            .unwrap();
+        let (plan, log) = logged(Migrations::new(), "");
+        let run = tokio::spawn(async move { manager.migrate_all(&plan).await });
+        eventually("the Any migrator waits for the lock file", || async {
+            lines(&log).iter().any(|l| l.ends_with("waiting"))
+        })
+        .await;
+        assert!(
+            !db.has_table(0, "users").await,
+            "nothing applied while it waits"
+        );
+        drop(file);
+        let report = run.await.unwrap().expect("migrates once the lock is free");
+        assert_eq!(report.done(), 1);
+        db.finish().await;
+    })
+    .await;
+}
+
 macro_rules! on_every_backend {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -613,7 +771,23 @@ on_every_backend!(
     a_failed_migration_leaves_no_lock_and_the_next_run_does_not_hang,
     two_migrators_at_once_apply_once,
     dry_run_target_and_revert,
+    a_migration_missing_from_the_source_is_refused,
 );
+
+/// `engine = "any"` binds on the servers (SQLite: `an_any_engine_sqlite_bind_takes_the_lock_file`).
+mod any_engine {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb_two_migrators_at_once_apply_once() {
+        let body = super::two_any_engine_migrators_at_once_apply_once(crate::Kind::MySql);
+        crate::common::within_limit("any mariadb race", body).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_two_migrators_at_once_apply_once() {
+        let body = super::two_any_engine_migrators_at_once_apply_once(crate::Kind::Postgres);
+        crate::common::within_limit("any postgres race", body).await;
+    }
+}
 
 // ----- without a server -----
 

@@ -41,12 +41,12 @@ async fn close_within<C: Connection>(conn: C) {
 }
 
 /// Seconds of one `GET_LOCK` wait on MySQL/MariaDB, repeated until the lock is had.
-#[cfg(feature = "mysql")]
+#[cfg(any(feature = "mysql", feature = "any"))]
 const MYSQL_LOCK_ROUND: i64 = 5;
 
 /// sqlx's lock id for a database: its name's CRC-32 times a constant (sqlx-postgres and
 /// sqlx-mysql `generate_lock_id`), so that the try below and sqlx's lock are the same lock.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "any"))]
 fn lock_id(database: &str) -> i64 {
     const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
     0x3d32ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
@@ -61,7 +61,8 @@ pub(crate) async fn open(manager: &BindManager, name: &str) -> Result<Box<dyn Mi
     // One arm per driver compiled in, as `bind::open` picks them.
     #[cfg(feature = "any")]
     if let Some(bind) = entry.typed::<sqlx::Any>() {
-        return Ok(Box::new(bind.connect_unpooled().await?));
+        let url = entry.erased.config().url.as_ref();
+        return Ok(any::open(bind.connect_unpooled().await?, url));
     }
     #[cfg(feature = "postgres")]
     if let Some(bind) = entry.typed::<sqlx::Postgres>() {
@@ -116,6 +117,78 @@ impl MigrationConn for sqlx::PgConnection {
     }
 }
 
+/// The two queries of the MySQL/MariaDB lock, on a native or an `Any` connection.
+#[cfg(any(feature = "mysql", feature = "any"))]
+trait NamedLock: Send {
+    /// `SELECT DATABASE()`.
+    fn database(&mut self) -> BoxFuture<'_, sqlx::Result<String>>;
+
+    /// `GET_LOCK(name, seconds)`: 1 when had, 0 on timeout, NULL on a server error.
+    fn get_lock<'a>(
+        &'a mut self,
+        name: &'a str,
+        seconds: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>>;
+}
+
+/// Takes sqlx's MySQL/MariaDB migration lock, calling `waiting` once if another holds it.
+///
+/// sqlx-mysql names the lock with the id in hex. Its own lock, `GET_LOCK(name, -1)`, waits
+/// forever on MySQL but returns NULL at once on MariaDB (10.11 does), and sqlx ignores the
+/// answer: two migrators would both go ahead. This one waits in rounds of a timeout both
+/// accept, until the server says it holds the lock.
+#[cfg(any(feature = "mysql", feature = "any"))]
+async fn named_lock(
+    conn: &mut dyn NamedLock,
+    waiting: &(dyn Fn() + Send + Sync),
+) -> Result<(), MigrateError> {
+    let name = format!("{:x}", lock_id(&conn.database().await?));
+    let mut told = false;
+    loop {
+        let round = if told { MYSQL_LOCK_ROUND } else { 0 };
+        match conn.get_lock(&name, round).await? {
+            Some(1) => return Ok(()),
+            Some(_) if !told => {
+                waiting();
+                told = true;
+            }
+            Some(_) => {}
+            None => {
+                let e = std::io::Error::other(format!("GET_LOCK('{name}') failed on the server"));
+                return Err(MigrateError::Execute(sqlx::Error::Io(e)));
+            }
+        }
+    }
+}
+
+/// The [`NamedLock`] queries for a connection type whose executor takes them as written.
+#[cfg(any(feature = "mysql", feature = "any"))]
+macro_rules! named_lock_queries {
+    ($conn:ty) => {
+        impl NamedLock for $conn {
+            fn database(&mut self) -> BoxFuture<'_, sqlx::Result<String>> {
+                Box::pin(sqlx::query_scalar("SELECT DATABASE()").fetch_one(self))
+            }
+
+            fn get_lock<'a>(
+                &'a mut self,
+                name: &'a str,
+                seconds: i64,
+            ) -> BoxFuture<'a, sqlx::Result<Option<i64>>> {
+                Box::pin(
+                    sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
+                        .bind(name)
+                        .bind(seconds)
+                        .fetch_one(self),
+                )
+            }
+        }
+    };
+}
+
+#[cfg(feature = "mysql")]
+named_lock_queries!(sqlx::MySqlConnection);
+
 #[cfg(feature = "mysql")]
 impl MigrationConn for sqlx::MySqlConnection {
     fn migrate(&mut self) -> &mut (dyn Migrate + Send) {
@@ -126,38 +199,7 @@ impl MigrationConn for sqlx::MySqlConnection {
         &'a mut self,
         waiting: &'a (dyn Fn() + Send + Sync),
     ) -> BoxFuture<'a, Result<(), MigrateError>> {
-        Box::pin(async move {
-            let database: String = sqlx::query_scalar("SELECT DATABASE()")
-                .fetch_one(&mut *self)
-                .await?;
-            // sqlx-mysql names the lock with the id in hex. Its own lock, `GET_LOCK(name, -1)`,
-            // waits forever on MySQL but returns NULL at once on MariaDB (10.11 does), and sqlx
-            // ignores the answer: two migrators would both go ahead. This one waits in rounds
-            // of a timeout both accept, until the server says it holds the lock.
-            let name = format!("{:x}", lock_id(&database));
-            let mut told = false;
-            loop {
-                let got: Option<i64> = sqlx::query_scalar("SELECT CAST(GET_LOCK(?, ?) AS SIGNED)")
-                    .bind(&name)
-                    .bind(if told { MYSQL_LOCK_ROUND } else { 0 })
-                    .fetch_one(&mut *self)
-                    .await?;
-                match got {
-                    Some(1) => return Ok(()),
-                    Some(_) if !told => {
-                        waiting();
-                        told = true;
-                    }
-                    Some(_) => {}
-                    None => {
-                        let e = std::io::Error::other(format!(
-                            "GET_LOCK('{name}') failed on the server"
-                        ));
-                        return Err(MigrateError::Execute(sqlx::Error::Io(e)));
-                    }
-                }
-            }
-        })
+        Box::pin(named_lock(self, waiting))
     }
 
     fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
@@ -169,29 +211,8 @@ impl MigrationConn for sqlx::MySqlConnection {
     }
 }
 
-/// An `Any` connection takes sqlx's lock as it is: which backend it is on is known only at run
-/// time, so it cannot try first, and waits without saying so.
 #[cfg(feature = "any")]
-impl MigrationConn for sqlx::AnyConnection {
-    fn migrate(&mut self) -> &mut (dyn Migrate + Send) {
-        self
-    }
-
-    fn lock<'a>(
-        &'a mut self,
-        _waiting: &'a (dyn Fn() + Send + Sync),
-    ) -> BoxFuture<'a, Result<(), MigrateError>> {
-        Migrate::lock(self)
-    }
-
-    fn unlock(&mut self) -> BoxFuture<'_, Result<(), MigrateError>> {
-        Migrate::unlock(self)
-    }
-
-    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(close_within(*self))
-    }
-}
-
-#[cfg(feature = "sqlite")]
+mod any;
+// The file lock serves `Any` connections on SQLite too.
+#[cfg(any(feature = "sqlite", feature = "any"))]
 mod sqlite;

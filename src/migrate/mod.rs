@@ -166,7 +166,9 @@ impl Migrations {
     }
 
     /// Where each migration of each bind of the plan stands, read without taking the lock and
-    /// changing nothing. A bind that cannot be read has its error in its entry.
+    /// changing nothing. A bind that cannot be read has its error in its entry. The progress
+    /// callback hears [`MigrateEvent::BindStarted`] and [`MigrateEvent::BindFinished`] (with
+    /// `done: 0`) for each bind that has migrations.
     ///
     /// # Errors
     ///
@@ -196,6 +198,8 @@ impl Migrations {
         let Some(source) = source else {
             return entry;
         };
+        self.emit(MigrateEvent::BindStarted { bind, backend });
+        let started = Instant::now();
         let read = async {
             let resolved = source::resolve(bind, &source).await?;
             let mut conn = conn::open(manager, bind).await?;
@@ -209,7 +213,19 @@ impl Migrations {
             Ok(migrations) => entry.migrations = migrations,
             Err(e) => entry.error = Some(e),
         }
+        self.emit(MigrateEvent::BindFinished {
+            bind,
+            done: 0,
+            elapsed: started.elapsed(),
+            error: entry.error.as_ref(),
+        });
         entry
+    }
+
+    fn emit(&self, event: MigrateEvent<'_>) {
+        if let Some(events) = &self.events {
+            events(&event);
+        }
     }
 
     /// The binds of the plan in migration order.

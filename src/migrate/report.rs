@@ -20,7 +20,8 @@ pub enum Direction {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MigrateEvent<'a> {
-    /// The bind's turn came: its connection is being opened.
+    /// The bind's turn came (to migrate, or to read its status): its connection is being
+    /// opened.
     BindStarted {
         /// The bind.
         bind: &'a str,
@@ -57,11 +58,11 @@ pub enum MigrateEvent<'a> {
         /// How long it took.
         elapsed: Duration,
     },
-    /// The bind is done, or failed.
+    /// The bind is done, or failed (for a status: its migrations are read, or could not be).
     BindFinished {
         /// The bind.
         bind: &'a str,
-        /// Migrations applied (or reverted) by this run.
+        /// Migrations applied (or reverted) by this run; 0 for a status.
         done: usize,
         /// How long the bind took, connection included.
         elapsed: Duration,

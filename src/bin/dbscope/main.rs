@@ -19,7 +19,7 @@ Exit codes:
   1  a bind failed: it could not be reached, or a migration or command on it failed
   2  usage error, or a destructive command without --yes
   3  the configuration could not be loaded or is invalid
-  4  status: migrations pending (none dirty or edited)
+  4  status: migrations pending (none dirty, edited or missing; every bind read)
   5  status: a migration is dirty, edited since it was applied, or missing from the source";
 
 pub(crate) const EXIT_FAILED: u8 = 1;
@@ -46,17 +46,23 @@ struct Cli {
     command: Command,
 }
 
+// Each command's `--help` lists the exit codes too.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Connect to every bind: backend, server version, round trip, pool settings.
+    #[command(after_help = EXIT_CODES)]
     Check(Binds),
     /// Applied, pending and dirty migrations of each bind (exit 4 if any is pending).
+    #[command(after_help = EXIT_CODES)]
     Status(Binds),
     /// Apply pending migrations, bind by bind in dependency order.
+    #[command(after_help = EXIT_CODES)]
     Migrate(MigrateArgs),
     /// Revert the latest migration of each bind (or down to --target), in reverse order.
+    #[command(after_help = EXIT_CODES)]
     Revert(MigrateArgs),
     /// Create, drop or reset (drop, create, migrate) the binds' databases.
+    #[command(after_help = EXIT_CODES)]
     Database {
         #[command(subcommand)]
         action: DatabaseAction,
@@ -162,7 +168,10 @@ async fn run(command: Command, manager: &BindManager, config: &Config, out: &Out
     }
     match command {
         Command::Check(binds) => commands::check(manager, config, &binds.binds, out).await,
-        Command::Status(binds) => commands::status(manager, &plan(&binds), out).await,
+        Command::Status(binds) => {
+            let plan = plan(&binds).on_event(out.status_events());
+            commands::status(manager, &plan, out).await
+        }
         Command::Migrate(args) => {
             let plan = with(plan(&args.binds), args.target, args.dry_run);
             commands::migrate(manager, &plan, false, out).await

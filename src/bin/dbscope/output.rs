@@ -155,6 +155,28 @@ impl Out {
     }
 }
 
+impl Out {
+    /// The progress callback of `status`, which reads and changes nothing.
+    pub(crate) fn status_events(&self) -> impl Fn(&MigrateEvent<'_>) + Send + Sync + 'static {
+        let out = Arc::new(self.clone());
+        move |event| match event {
+            MigrateEvent::BindStarted { bind, backend } => {
+                out.progress(bind, &format!("reading migrations ({backend})"));
+            }
+            MigrateEvent::BindFinished {
+                bind,
+                elapsed,
+                error,
+                ..
+            } => match error {
+                None => out.progress(bind, &format!("read in {}", ms(*elapsed))),
+                Some(e) => out.progress(bind, &format!("failed: {}", chain(e))),
+            },
+            _ => {}
+        }
+    }
+}
+
 fn verb(direction: Direction) -> &'static str {
     match direction {
         Direction::Up => "applying",

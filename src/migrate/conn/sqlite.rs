@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
-use sqlx::SqliteConnection;
+use sqlx::Connection;
 use sqlx::migrate::{Migrate, MigrateError};
 
 use super::{MigrationConn, close_within};
@@ -16,15 +16,16 @@ use super::{MigrationConn, close_within};
 /// How often a migrator waiting for the lock tries again.
 const RETRY: Duration = Duration::from_millis(25);
 
-pub(crate) struct SqliteMigrationConn {
-    conn: SqliteConnection,
+/// A SQLite connection (native, or `Any` on SQLite) and the lock file of its database.
+pub(crate) struct SqliteMigrationConn<C> {
+    conn: C,
     /// `None` for an in-memory database, which no other process can reach.
     lock_file: Option<PathBuf>,
     held: Option<File>,
 }
 
-impl SqliteMigrationConn {
-    pub(crate) fn new(conn: SqliteConnection, lock_file: Option<PathBuf>) -> Self {
+impl<C> SqliteMigrationConn<C> {
+    pub(crate) fn new(conn: C, lock_file: Option<PathBuf>) -> Self {
         Self {
             conn,
             lock_file,
@@ -49,7 +50,7 @@ fn io(e: std::io::Error) -> MigrateError {
     MigrateError::Execute(sqlx::Error::Io(e))
 }
 
-impl MigrationConn for SqliteMigrationConn {
+impl<C: Connection + Migrate + 'static> MigrationConn for SqliteMigrationConn<C> {
     fn migrate(&mut self) -> &mut (dyn Migrate + Send) {
         &mut self.conn
     }

@@ -2,7 +2,6 @@
 
 use std::any::Any;
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use futures_core::future::BoxFuture;
 use crate::backend::{self, Backend, Dialect, TxSql};
 use crate::config::{BindConfig, Engine, SessionConfig};
 use crate::engine::{BindStatus, Conn, Pool};
+use crate::hosts::{HostHook, Hosts, Route};
 use crate::{DatabaseUrl, Error, Result};
 
 /// One named database: its engine (a pool of sqlx connections) and its session defaults.
@@ -31,6 +31,11 @@ struct Shared<DB: Backend> {
     pool: Pool<DB>,
     /// The transaction SQL for the bind's session defaults, built once.
     tx_sql: TxSql,
+    /// The same, READ ONLY: for read sessions.
+    read_tx_sql: TxSql,
+    /// The bind's hosts, when it has replicas or a host-switch hook; `None` keeps sessions on
+    /// `pool` with nothing in between.
+    hosts: Option<Hosts<DB>>,
 }
 
 /// What the manager keeps of a bind: a type-erased view, and the typed one to downcast to.
@@ -71,21 +76,21 @@ pub(crate) trait ErasedBind: Send + Sync {
 
 /// Builds the bind `name` from `config`: picks its database type by URL scheme and engine;
 /// opens no connection.
-pub(crate) fn open(name: &str, config: &BindConfig) -> Result<OpenBind> {
+pub(crate) fn open(name: &str, config: &BindConfig, hook: Option<HostHook>) -> Result<OpenBind> {
     let (url, dialect) = backend::resolve(name, config)?;
     // Every arm `resolve` can lead to is compiled in; the last one stands for the rest.
     #[allow(unreachable_patterns)]
     match (config.engine, dialect) {
         #[cfg(feature = "any")]
-        (Engine::Any, _) => open_as::<sqlx::Any>(name, url, dialect, config),
+        (Engine::Any, _) => open_as::<sqlx::Any>(name, url, dialect, config, hook),
         #[cfg(feature = "postgres")]
         (Engine::Native, Dialect::Postgres) => {
-            open_as::<sqlx::Postgres>(name, url, dialect, config)
+            open_as::<sqlx::Postgres>(name, url, dialect, config, hook)
         }
         #[cfg(feature = "mysql")]
-        (Engine::Native, Dialect::MySql) => open_as::<sqlx::MySql>(name, url, dialect, config),
+        (Engine::Native, Dialect::MySql) => open_as::<sqlx::MySql>(name, url, dialect, config, hook),
         #[cfg(feature = "sqlite")]
-        (Engine::Native, Dialect::Sqlite) => open_as::<sqlx::Sqlite>(name, url, dialect, config),
+        (Engine::Native, Dialect::Sqlite) => open_as::<sqlx::Sqlite>(name, url, dialect, config, hook),
         (engine, dialect) => {
             unreachable!("resolve refuses drivers not compiled in: {engine:?} {dialect:?}")
         }
@@ -97,13 +102,28 @@ fn open_as<DB: Backend>(
     url: &DatabaseUrl,
     dialect: Dialect,
     config: &BindConfig,
+    hook: Option<HostHook>,
 ) -> Result<OpenBind> {
     let options = DB::connect_options(name, url, config)?;
     let tx_sql = dialect
         .tx_sql(config.session.isolation, config.session.read_only)
         .map_err(|what| Error::unsupported(name, &what))?;
+    let read_tx_sql = dialect
+        .tx_sql(config.session.isolation, true)
+        .map_err(|what| Error::unsupported(name, &what))?;
     let name: Arc<str> = Arc::from(name);
     let pool = Pool::<DB>::new(name.clone(), url, options, dialect, &config.pool);
+    let hosts = if config.replicas.is_empty() && hook.is_none() {
+        None
+    } else {
+        if config.engine == Engine::Any {
+            return Err(Error::unsupported(
+                &name,
+                "an `engine = \"any\"` bind cannot have replicas or a host-switch hook; use the native engine",
+            ));
+        }
+        Some(Hosts::new(&name, config, dialect, &pool, hook)?)
+    };
     Ok(OpenBind::new(Shared {
         name,
         config: config.clone(),
@@ -111,6 +131,8 @@ fn open_as<DB: Backend>(
         dialect,
         pool,
         tx_sql,
+        read_tx_sql,
+        hosts,
     }))
 }
 
@@ -120,9 +142,9 @@ impl<DB: Backend> Bind<DB> {
         &self.shared.name
     }
 
-    /// A snapshot of the bind's pool.
+    /// A snapshot of the bind's pool (and, with replicas, of each host).
     pub fn status(&self) -> BindStatus {
-        self.shared.pool.status()
+        self.shared.status()
     }
 
     /// Opens a connection now (and `min_connections` in the background), to fail fast at start-up
@@ -143,18 +165,27 @@ impl<DB: Backend> Bind<DB> {
         self.shared.connect_now().await
     }
 
-    /// Checks a connection out of the bind's pool, within `acquire_timeout`.
-    pub(crate) fn checkout(&self) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
-        self.shared.pool.checkout()
+    /// Checks a connection out for a session's `route`, within `budget`: from the bind's pool,
+    /// or, for a bind with replicas or a hook, from the host routing picks.
+    pub(crate) async fn checkout_routed(
+        &self,
+        route: &mut Route,
+        budget: Duration,
+    ) -> Result<Conn<DB>> {
+        match &self.shared.hosts {
+            None => self.shared.pool.checkout_within(budget).await,
+            Some(hosts) => Box::pin(hosts.checkout(route, budget)).await,
+        }
     }
 
-    /// Checks a connection out of the bind's pool within `budget`, what is left of an
-    /// `acquire_timeout` partly spent already.
-    pub(crate) fn checkout_within(
-        &self,
-        budget: Duration,
-    ) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
-        self.shared.pool.checkout_within(budget)
+    /// The bind's hosts, when it has replicas or a hook.
+    pub(crate) fn hosts(&self) -> Option<&Hosts<DB>> {
+        self.shared.hosts.as_ref()
+    }
+
+    /// The transaction SQL of the bind's session defaults, READ ONLY.
+    pub(crate) fn read_tx_sql(&self) -> &TxSql {
+        &self.shared.read_tx_sql
     }
 
     /// The bind's name, shared.
@@ -182,6 +213,14 @@ impl<DB: Backend> Bind<DB> {
 }
 
 impl<DB: Backend> Shared<DB> {
+    fn status(&self) -> BindStatus {
+        let mut status = self.pool.status();
+        if let Some(hosts) = &self.hosts {
+            status.hosts = hosts.status();
+        }
+        status
+    }
+
     async fn connect_now(&self) -> Result<()> {
         self.pool.checkout().await?.give_back();
         Ok(())
@@ -194,7 +233,7 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
     }
 
     fn status(&self) -> BindStatus {
-        self.pool.status()
+        Shared::status(self)
     }
 
     fn is_closed(&self) -> bool {
@@ -207,6 +246,9 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
 
     fn close(&self) {
         self.pool.close();
+        if let Some(hosts) = &self.hosts {
+            hosts.close();
+        }
     }
 
     fn twin(&self) -> OpenBind {
@@ -217,6 +259,9 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
             dialect: self.dialect,
             pool: self.pool.twin(&self.config.pool),
             tx_sql: self.tx_sql.clone(),
+            read_tx_sql: self.read_tx_sql.clone(),
+            // The blocking face keeps to the bind's `url`: it has no prober of its own.
+            hosts: None,
         })
     }
 }

@@ -11,9 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 mod located;
+mod routing;
 mod tls;
 
 pub(crate) use located::{Op, locate};
+pub use routing::RoutingFailure;
 pub use tls::TlsCheck;
 
 /// `Result` with dbscope's [`Error`].
@@ -141,6 +143,9 @@ pub enum ErrorKind {
     BlockingInAsync,
     /// The runtime that drives blocking binds could not start.
     BlockingRuntime,
+    /// A bind with replicas found no host for a session: no primary, two primaries, no fit
+    /// replica with `fallback = "fail"` ([`Error::routing_failure`] says which).
+    Routing,
 }
 
 impl ErrorKind {
@@ -182,7 +187,8 @@ impl ErrorKind {
             | Self::PartialCommit
             | Self::CloseTimedOut
             | Self::BlockingInAsync
-            | Self::BlockingRuntime => false,
+            | Self::BlockingRuntime
+            | Self::Routing => false,
         }
     }
 }
@@ -207,6 +213,8 @@ enum Detail {
     Busy(Vec<(String, usize)>),
     /// `Tls`: the check that failed.
     Tls(TlsCheck),
+    /// `Routing`: what failed.
+    Routing(RoutingFailure),
 }
 
 impl Error {
@@ -341,6 +349,10 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,
+            // A failover in progress: a later attempt finds the promoted replica.
+            ErrorKind::Routing => {
+                matches!(self.0.detail, Detail::Routing(routing::RoutingFailure::NoPrimary))
+            }
             // Unreachable or refusing (I/O): transient, as is a server shutting down or
             // starting up (SQLSTATE 57P03 …). Its other answers (a wrong password, no such
             // database) or a bad option will say the same again, and so will a failed TLS check

@@ -13,6 +13,7 @@ mod config;
 mod database_url;
 mod engine;
 mod error;
+mod hosts;
 mod integration;
 mod load;
 mod manager;
@@ -24,12 +25,14 @@ pub use backend::Backend;
 pub use bind::Bind;
 pub use bind_key::{BindKey, DefaultBind};
 pub use config::{
-    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, HealthCheck, IsolationLevel,
-    JournalMode, PoolConfig, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
+    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, Fallback, HealthCheck,
+    IsolationLevel, JournalMode, PoolConfig, RoutingConfig, SessionConfig, SqliteConfig, TlsConfig,
+    TlsMode,
 };
 pub use database_url::DatabaseUrl;
-pub use engine::BindStatus;
-pub use error::{BoxError, Error, ErrorKind, Result, TlsCheck};
+pub use engine::{BindStatus, HostRole, HostStatus};
+pub use error::{BoxError, Error, ErrorKind, Result, RoutingFailure, TlsCheck};
+pub use hosts::{HostChoice, HostContext, ReadToken};
 #[cfg(feature = "actix")]
 pub use integration::actix;
 #[cfg(feature = "axum")]

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("load", 1),
     ("backend", 2),
     ("engine", 3),
+    ("hosts", 4),
     ("bind", 4),
     ("bind_key", 4),
     ("manager", 5),
@@ -26,7 +27,11 @@ const LAYERS: &[(&str, u32)] = &[
 ];
 
 /// Edges allowed inside a layer: (from, to).
-const SAME_LAYER_EDGES: &[(&str, &str)] = &[("load", "config"), ("savepoint", "session")];
+const SAME_LAYER_EDGES: &[(&str, &str)] = &[
+    ("load", "config"),
+    ("savepoint", "session"),
+    ("bind", "hosts"),
+];
 
 fn layer(module: &str) -> u32 {
     LAYERS

@@ -2,7 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlSslMode};
+use futures_core::future::BoxFuture;
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+
+use super::replication::{MARIADB_PROBE, Position, Probe, ProbedRole};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::{BindConfig, TlsConfig, TlsMode};
@@ -32,6 +35,23 @@ impl Backend for MySql {
     }
 
     delegate_executor!();
+
+    #[allow(private_interfaces)]
+    fn probe(conn: &mut MySqlConnection) -> BoxFuture<'_, sqlx::Result<Probe>> {
+        Box::pin(async move {
+            let (read_only, binlog, applied): (i64, String, String) =
+                sqlx::query_as(MARIADB_PROBE).fetch_one(conn).await?;
+            let replica = read_only != 0;
+            let position = if replica { applied } else { binlog };
+            let position = Position::parse(&position)
+                .ok_or_else(|| sqlx::Error::Protocol("unreadable GTID position".into()))?;
+            Ok(Probe {
+                role: if replica { ProbedRole::Replica } else { ProbedRole::Primary },
+                position,
+                timeline: 0,
+            })
+        })
+    }
 }
 
 /// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).

@@ -2,7 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, PgSslMode, Postgres};
+use futures_core::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode, Postgres};
+
+use super::replication::{PG_PROBE, Position, Probe, ProbedRole};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::{BindConfig, TlsConfig, TlsMode};
@@ -29,6 +32,25 @@ impl Backend for Postgres {
     }
 
     delegate_executor!();
+
+    #[allow(private_interfaces)]
+    fn probe(
+        conn: &mut PgConnection,
+    ) -> BoxFuture<'_, sqlx::Result<Probe>> {
+        Box::pin(async move {
+            let (recovery, position, timeline): (bool, Option<String>, i32) =
+                sqlx::query_as(PG_PROBE).fetch_one(conn).await?;
+            let position = position
+                .as_deref()
+                .and_then(Position::parse)
+                .ok_or_else(|| sqlx::Error::Protocol("no WAL position".into()))?;
+            Ok(Probe {
+                role: if recovery { ProbedRole::Replica } else { ProbedRole::Primary },
+                position,
+                timeline: u32::try_from(timeline).unwrap_or(0),
+            })
+        })
+    }
 }
 
 /// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).

@@ -44,6 +44,7 @@ pub use manager::{BindManager, BindManagerBuilder};
 pub use savepoint::Savepoint;
 pub use scope::{
     Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, SessionLease, TransactionMode, atomic,
-    atomic_for, current_session, current_session_for, scope, try_current_session,
+    atomic_for, current_read_session, current_session, current_session_for, scope,
+    try_current_session,
 };
 pub use session::Session;

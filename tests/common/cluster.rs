@@ -13,6 +13,9 @@
 //! are taken from `DBSCOPE_TEST_PG_BIN` when it is set, else from the newest
 //! `/usr/lib/postgresql/<version>/bin`, else from `pg_config --bindir`.
 //!
+//! [`Cluster::replica_of`] makes a streaming standby of a running cluster the same way
+//! (`pg_basebackup -R`); tests/common/replication.rs pairs them up.
+//!
 //! A test file takes it in with `#[path = "common/cluster.rs"] mod cluster;`, so that the other
 //! test binaries do not compile it.
 #![allow(dead_code, unreachable_pub)]
@@ -86,18 +89,37 @@ impl Cluster {
     /// A fresh cluster, initialised and started; panics, with the commands' output, when that
     /// fails.
     pub async fn start() -> Self {
-        blocking(Self::start_blocking).await
+        Self::start_with_settings("").await
     }
 
-    fn start_blocking() -> Self {
+    /// A fresh cluster like [`Cluster::start`]'s, with `settings` (lines of `postgresql.conf`)
+    /// appended after the throwaway defaults, so that they win.
+    pub async fn start_with_settings(settings: &str) -> Self {
+        let settings = settings.to_owned();
+        blocking(move || Self::launch(|paths| paths.initdb(), &settings)).await
+    }
+
+    /// A streaming replica of `primary`, started: `pg_basebackup -R -X stream` over 127.0.0.1
+    /// into a fresh directory (`standby.signal` and `primary_conninfo` written by `-R`), the
+    /// throwaway defaults and `settings` appended, then `pg_ctl start -w`, which returns once
+    /// the standby accepts read-only connections. The primary must allow replication
+    /// connections from 127.0.0.1 (initdb's default `pg_hba.conf` does, with `--auth=trust`).
+    pub async fn replica_of(primary: &Cluster, settings: &str) -> Self {
+        let settings = settings.to_owned();
+        let port = primary.port();
+        blocking(move || Self::launch(|paths| paths.base_backup(port), &settings)).await
+    }
+
+    /// Makes the cluster's data directory with `init`, configures it, and starts the server.
+    fn launch(init: impl FnOnce(&Paths), settings: &str) -> Self {
         remove_stale_clusters();
         // Made first, so that its `Drop` cleans up after whatever fails below.
         let cluster = Self {
             paths: Arc::new(Paths::create()),
         };
         let paths = &cluster.paths;
-        paths.initdb();
-        paths.configure();
+        init(paths);
+        paths.configure(settings);
         // The port was free a moment ago; another process may have taken it since. Try others.
         for attempt in 1.. {
             match paths.pg_ctl_start() {
@@ -166,6 +188,18 @@ impl Cluster {
     /// Crashes the server: every process killed at once (`pg_ctl stop -m immediate`).
     pub async fn crash(&self) {
         self.stop(Stop::Immediate).await;
+    }
+
+    /// Promotes a standby (`pg_ctl promote -w`): returns once it has left recovery and accepts
+    /// writes.
+    pub async fn promote(&self) {
+        let paths = self.paths.clone();
+        blocking(move || {
+            paths.pg_ctl(&["promote"]).unwrap_or_else(|why| {
+                panic!("pg_ctl promote: {why}\nserver log:\n{}", paths.log_tail())
+            });
+        })
+        .await;
     }
 
     /// The last lines of the server's log, for failure messages.
@@ -248,9 +282,37 @@ impl Paths {
         }
     }
 
+    /// A copy of the server on 127.0.0.1:`port`, made a standby of it (`pg_basebackup -R`).
+    fn base_backup(&self, port: u16) {
+        let data = self.data.to_str().expect("utf-8 temp dir");
+        let port = port.to_string();
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            data,
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--no-sync",
+            "-w",
+        ];
+        if let Err(why) = self.run("pg_basebackup", &args, INITDB_LIMIT) {
+            panic!("pg_basebackup of the throwaway replica failed: {why}");
+        }
+    }
+
     /// The settings of a small, fast, disposable server: nothing here needs to survive a power
     /// cut, and several of these may run beside the shared server.
-    fn configure(&self) {
+    ///
+    /// Appended to what is there, so a replica's copy of its primary's file gets its own socket
+    /// directory; `extra` comes last and wins.
+    fn configure(&self, extra: &str) {
         let settings = format!(
             "\n# dbscope's throwaway test cluster\n\
              listen_addresses = '127.0.0.1'\n\
@@ -261,7 +323,8 @@ impl Paths {
              full_page_writes = off\n\
              synchronous_commit = on\n\
              logging_collector = off\n\
-             log_min_messages = warning\n",
+             log_min_messages = warning\n\
+             {extra}\n",
             self.root.display()
         );
         let conf = self.data.join("postgresql.conf");
@@ -348,7 +411,7 @@ impl Paths {
 }
 
 /// Runs `command`, killing it if it outlives `limit`.
-fn run_bounded(command: &mut Command, limit: Duration) -> Result<ExitStatus, String> {
+pub fn run_bounded(command: &mut Command, limit: Duration) -> Result<ExitStatus, String> {
     let mut child = command.spawn().map_err(|e| format!("cannot run it: {e}"))?;
     let deadline = Instant::now() + limit;
     loop {
@@ -420,7 +483,7 @@ fn remove_stale_clusters() {
 
 /// Whether process `pid` runs: a zombie (killed, not yet reaped, as happens in containers
 /// whose init reaps nothing) does not.
-fn is_alive(pid: u32) -> bool {
+pub fn is_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -432,12 +495,12 @@ fn is_alive(pid: u32) -> bool {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago: the one the OS gave a listener, closed.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 

@@ -341,6 +341,16 @@ impl BindManager {
         Ok(self.bind::<DB>(name)?.read_session())
     }
 
+    /// A new [read session](Bind::read_session_after) on the bind `token` names, that sees the
+    /// commit it stands for.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn read_session_after<DB: Backend>(&self, token: &ReadToken) -> Result<Session<DB>> {
+        Ok(self.bind::<DB>(token.bind())?.read_session_after(Some(token.clone())))
+    }
+
     /// A new session on the bind a [`BindKey`] names.
     ///
     /// # Errors

@@ -351,7 +351,7 @@ async fn failover_moves_writes_to_the_promoted_replica() {
         let pair = PgPair::start().await;
         let (old, new) = (pair.primary().port(), pair.replica().port());
         let mut routing = routing();
-        routing.failover_wait = Duration::from_secs(20);
+        routing.failover_wait = Duration::from_secs(2);
         let manager = pg_manager(&pair, |c| c.routing(routing).acquire_timeout(Duration::from_secs(2)));
         let mut setup = manager.session::<Postgres>("default").unwrap();
         sqlx::query("CREATE TABLE failover_rows (id bigint PRIMARY KEY, phase text)")
@@ -370,6 +370,7 @@ async fn failover_moves_writes_to_the_promoted_replica() {
         assert_eq!(err.bind(), Some("default"), "{err}");
         eprintln!("a write with the primary down: {err}");
 
+        let promote_started = Instant::now();
         let promote = pair.promote_replica();
         let writer = async {
             // Keep writing from before the promotion: the first commit after it is measured.
@@ -398,7 +399,11 @@ async fn failover_moves_writes_to_the_promoted_replica() {
         assert_eq!(port, new, "writes land on the promoted replica");
         // `landed` may precede the promotion's return (pg_ctl promote -w returns after).
         let after = landed.saturating_duration_since(promoted);
-        eprintln!("first write on the new primary {after:?} after the promotion returned");
+        eprintln!(
+            "first write on the new primary {:?} after the promotion began, {after:?} after it returned ({:?} before)",
+            landed - promote_started,
+            promoted.saturating_duration_since(landed)
+        );
         assert!(after < Duration::from_secs(5), "writes resumed {after:?} after the promotion");
         let status = &manager.status()[0];
         assert_eq!(status.hosts[1].role, HostRole::Primary);
@@ -447,7 +452,7 @@ async fn mariadb_replicas() {
             .acquire_timeout(Duration::from_secs(10));
         let manager = BindManager::new(config).unwrap();
         let port = async |session: &mut Session<MySql>| -> u16 {
-            let port: i64 = sqlx::query_scalar("SELECT @@port").fetch_one(&mut *session).await.unwrap();
+            let port: u64 = sqlx::query_scalar("SELECT @@port").fetch_one(&mut *session).await.unwrap();
             port as u16
         };
         let mut write = manager.session::<MySql>("default").unwrap();

@@ -134,7 +134,7 @@ pub(crate) const PG_PROBE: &str = "SELECT pg_is_in_recovery(), \
 
 /// MariaDB: `read_only`, and the binlog position (primary) or the replica's applied one.
 pub(crate) const MARIADB_PROBE: &str =
-    "SELECT @@read_only, CAST(@@gtid_binlog_pos AS CHAR), CAST(@@gtid_slave_pos AS CHAR)";
+    "SELECT CAST(@@read_only AS SIGNED), CAST(@@gtid_binlog_pos AS CHAR), CAST(@@gtid_slave_pos AS CHAR)";
 
 #[cfg(test)]
 mod tests {

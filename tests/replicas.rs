@@ -96,6 +96,7 @@ async fn postgres_replicas() {
         reads_on_the_replica_writes_on_the_primary(&manager, ports).await;
         status_shows_each_host(&manager, ports).await;
         a_token_never_reads_stale_data(&pair, &manager, ports).await;
+        read_your_writes_across_two_http_requests(&pair, &manager, ports).await;
         a_lagging_replica_is_set_aside_and_taken_back(&pair, ports).await;
         reads_stick_to_the_primary_after_a_write_in_a_scope(&manager, ports).await;
         the_host_hook_chooses_per_session(&pair, ports).await;
@@ -181,6 +182,57 @@ async fn a_token_never_reads_stale_data(pair: &PgPair, manager: &BindManager, (p
         port == replica
     })
     .await;
+}
+
+/// Axum: a POST commits and answers the token in a header; a GET bringing it back reads the
+/// row (from the primary, replay being paused), where a GET without it reads the replica.
+async fn read_your_writes_across_two_http_requests(pair: &PgPair, manager: &BindManager, (primary, replica): (u16, u16)) {
+    use axum::extract::Path;
+    use axum::routing::{get, post};
+    use dbscope::axum::{DbError, DbSession};
+    use dbscope::tower::ScopeLayer;
+    type Db = DbSession<dbscope::DefaultBind<Postgres>>;
+
+    async fn create(mut db: Db, Path(id): Path<i64>) -> Result<&'static str, DbError> {
+        sqlx::query("INSERT INTO replica_rows (id) VALUES ($1)").bind(id).execute(&mut *db).await?;
+        Ok("stored")
+    }
+    async fn read(mut db: Db, Path(id): Path<i64>) -> Result<String, DbError> {
+        let (port, n): (i32, i64) = sqlx::query_as(
+            "SELECT inet_server_port(), (SELECT count(*) FROM replica_rows WHERE id = $1)",
+        )
+        .bind(id)
+        .fetch_one(&mut *db)
+        .await?;
+        Ok(format!("{n} {port}"))
+    }
+    let reads = ScopeLayer::with_scope(manager.scope().read_only()).unwrap();
+    let router = axum::Router::new()
+        .route("/rows/{id}", post(create))
+        .route("/rows/{id}", get(read).route_layer(reads))
+        .layer(ScopeLayer::new(manager).read_token_header("x-read-token"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let client = reqwest::Client::new();
+
+    pair.pause_replay().await;
+    let response = client.post(format!("{base}/rows/7")).send().await.unwrap();
+    assert!(response.status().is_success());
+    let token = response.headers()["x-read-token"].to_str().unwrap().to_owned();
+    eprintln!("POST answered x-read-token: {token}");
+    let with = client.get(format!("{base}/rows/7")).header("x-read-token", &token).send().await.unwrap();
+    assert_eq!(with.text().await.unwrap(), format!("1 {primary}"), "the token's read sees the write");
+    let without = client.get(format!("{base}/rows/7")).send().await.unwrap();
+    assert_eq!(without.text().await.unwrap(), format!("0 {replica}"), "without it, the paused replica");
+    pair.resume_replay().await;
+    pair.wait_caught_up().await;
+    eventually("the token's read goes to the replica once it replayed", || async {
+        let with = client.get(format!("{base}/rows/7")).header("x-read-token", &token).send().await.unwrap();
+        with.text().await.unwrap() == format!("1 {replica}")
+    })
+    .await;
+    server.abort();
 }
 
 async fn a_lagging_replica_is_set_aside_and_taken_back(pair: &PgPair, (primary, replica): (u16, u16)) {

@@ -509,6 +509,10 @@ impl Scope {
         if let Some(mode) = builder.mode {
             state.mode = mode;
         }
+        // A read-only route makes the request's sessions read sessions from then on; its
+        // tokens join the request's.
+        state.reads.read_only |= builder.reads.read_only;
+        state.reads.tokens.extend(builder.reads.tokens.iter().cloned());
         if !builder.binds.is_empty() {
             let declared = state.declared.get_or_insert_with(Vec::new);
             if let Some((dup, _)) = builder

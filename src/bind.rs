@@ -88,9 +88,13 @@ pub(crate) fn open(name: &str, config: &BindConfig, hook: Option<HostHook>) -> R
             open_as::<sqlx::Postgres>(name, url, dialect, config, hook)
         }
         #[cfg(feature = "mysql")]
-        (Engine::Native, Dialect::MySql) => open_as::<sqlx::MySql>(name, url, dialect, config, hook),
+        (Engine::Native, Dialect::MySql) => {
+            open_as::<sqlx::MySql>(name, url, dialect, config, hook)
+        }
         #[cfg(feature = "sqlite")]
-        (Engine::Native, Dialect::Sqlite) => open_as::<sqlx::Sqlite>(name, url, dialect, config, hook),
+        (Engine::Native, Dialect::Sqlite) => {
+            open_as::<sqlx::Sqlite>(name, url, dialect, config, hook)
+        }
         (engine, dialect) => {
             unreachable!("resolve refuses drivers not compiled in: {engine:?} {dialect:?}")
         }

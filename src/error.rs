@@ -351,7 +351,10 @@ impl Error {
             ErrorKind::Timeout => true,
             // A failover in progress: a later attempt finds the promoted replica.
             ErrorKind::Routing => {
-                matches!(self.0.detail, Detail::Routing(routing::RoutingFailure::NoPrimary))
+                matches!(
+                    self.0.detail,
+                    Detail::Routing(routing::RoutingFailure::NoPrimary)
+                )
             }
             // Unreachable or refusing (I/O): transient, as is a server shutting down or
             // starting up (SQLSTATE 57P03 …). Its other answers (a wrong password, no such

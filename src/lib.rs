@@ -25,9 +25,8 @@ pub use backend::Backend;
 pub use bind::Bind;
 pub use bind_key::{BindKey, DefaultBind};
 pub use config::{
-    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, Fallback, HealthCheck,
-    IsolationLevel, JournalMode, PoolConfig, RoutingConfig, SessionConfig, SqliteConfig, TlsConfig,
-    TlsMode,
+    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, Fallback, HealthCheck, IsolationLevel,
+    JournalMode, PoolConfig, RoutingConfig, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
 };
 pub use database_url::DatabaseUrl;
 pub use engine::{BindStatus, HostRole, HostStatus};

@@ -121,7 +121,11 @@ impl BindManagerBuilder {
         if self.binds.is_empty() {
             return Err(Error::no_binds());
         }
-        if let Some((name, _)) = self.hooks.iter().find(|(n, _)| !self.binds.iter().any(|(b, _)| b == n)) {
+        if let Some((name, _)) = self
+            .hooks
+            .iter()
+            .find(|(n, _)| !self.binds.iter().any(|(b, _)| b == n))
+        {
             let known = self.binds.iter().map(|(b, _)| b.clone()).collect();
             return Err(Error::unknown_bind(name, known));
         }

@@ -348,7 +348,9 @@ impl BindManager {
     ///
     /// As [`BindManager::bind`].
     pub fn read_session_after<DB: Backend>(&self, token: &ReadToken) -> Result<Session<DB>> {
-        Ok(self.bind::<DB>(token.bind())?.read_session_after(Some(token.clone())))
+        Ok(self
+            .bind::<DB>(token.bind())?
+            .read_session_after(Some(token.clone())))
     }
 
     /// A new session on the bind a [`BindKey`] names.
@@ -844,10 +846,16 @@ impl<DB: Backend> Session<DB> {
     }
 
     fn keep_token(&mut self, position: Option<String>) {
-        let Some(hosts) = self.bind.hosts() else { return };
+        let Some(hosts) = self.bind.hosts() else {
+            return;
+        };
         let position = position.as_deref().and_then(Position::parse);
         if let Some(position) = position {
-            let token = ReadToken::new(self.bind.shared_name(), hosts.timeline(&self.route), position);
+            let token = ReadToken::new(
+                self.bind.shared_name(),
+                hosts.timeline(&self.route),
+                position,
+            );
             self.token = Some(match self.token.take() {
                 Some(earlier) => earlier.later(token),
                 None => token,

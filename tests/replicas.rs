@@ -72,7 +72,10 @@ async fn pg_write(manager: &BindManager, id: i64) -> (ReadToken, u16) {
         .expect("insert on the primary");
     let port = pg_port(&mut session).await;
     session.commit().await.expect("commit");
-    let token = session.read_token().cloned().expect("a commit on a bind with replicas has a token");
+    let token = session
+        .read_token()
+        .cloned()
+        .expect("a commit on a bind with replicas has a token");
     (token, port)
 }
 
@@ -107,12 +110,19 @@ async fn postgres_replicas() {
     .await;
 }
 
-async fn reads_on_the_replica_writes_on_the_primary(manager: &BindManager, (primary, replica): (u16, u16)) {
+async fn reads_on_the_replica_writes_on_the_primary(
+    manager: &BindManager,
+    (primary, replica): (u16, u16),
+) {
     let (_, port) = pg_write(manager, 1).await;
     assert_eq!(port, primary, "a write session runs on the primary");
     for _ in 0..5 {
         let mut read = manager.read_session::<Postgres>("default").unwrap();
-        assert_eq!(pg_port(&mut read).await, replica, "a read session runs on the replica");
+        assert_eq!(
+            pg_port(&mut read).await,
+            replica,
+            "a read session runs on the replica"
+        );
         assert!(read.on_replica());
         // Read-only on the server, whatever the host.
         let err = sqlx::query("INSERT INTO replica_rows (id) VALUES (-1)")
@@ -122,7 +132,8 @@ async fn reads_on_the_replica_writes_on_the_primary(manager: &BindManager, (prim
         assert!(err.to_string().contains("read-only"), "{err}");
     }
     // The server's own view: our read sessions' connections are on the replica.
-    let mut replica_admin = pg_connect(&format!("postgres://postgres@127.0.0.1:{replica}/test")).await;
+    let mut replica_admin =
+        pg_connect(&format!("postgres://postgres@127.0.0.1:{replica}/test")).await;
     let on_replica: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'test' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
     )
@@ -140,11 +151,18 @@ async fn status_shows_each_host(manager: &BindManager, (primary, replica): (u16,
     assert_eq!((p.role, r.role), (HostRole::Primary, HostRole::Replica));
     assert!(p.healthy && r.healthy && r.fit_for_reads && !p.fit_for_reads);
     assert!(r.lag.is_some() && r.lag_bytes.is_some() && p.lag.is_none());
-    assert!(p.timeline == Some(1) && r.timeline == Some(1), "{p:?} {r:?}");
+    assert!(
+        p.timeline == Some(1) && r.timeline == Some(1),
+        "{p:?} {r:?}"
+    );
     eprintln!("status: {:#?}", status.hosts);
 }
 
-async fn a_token_never_reads_stale_data(pair: &PgPair, manager: &BindManager, (primary, replica): (u16, u16)) {
+async fn a_token_never_reads_stale_data(
+    pair: &PgPair,
+    manager: &BindManager,
+    (primary, replica): (u16, u16),
+) {
     pair.pause_replay().await;
     let (token, _) = pg_write(manager, 2).await;
     let text = token.to_string();
@@ -153,8 +171,15 @@ async fn a_token_never_reads_stale_data(pair: &PgPair, manager: &BindManager, (p
     // primary, and sees it.
     let asked = Instant::now();
     let mut read = manager.read_session_after::<Postgres>(&token).unwrap();
-    assert_eq!(pg_port(&mut read).await, primary, "a token past the replica reads from the primary");
-    assert!(pg_has_row(&mut read, 2).await, "a read with a token sees the write");
+    assert_eq!(
+        pg_port(&mut read).await,
+        primary,
+        "a token past the replica reads from the primary"
+    );
+    assert!(
+        pg_has_row(&mut read, 2).await,
+        "a read with a token sees the write"
+    );
     eprintln!("token {text}: primary after {:?}", asked.elapsed());
     drop(read);
     // Without a token, the same read may go to the paused replica, which lacks the row.
@@ -173,20 +198,30 @@ async fn a_token_never_reads_stale_data(pair: &PgPair, manager: &BindManager, (p
         },
         resume
     );
-    assert!(pg_has_row(&mut read, 2).await, "whichever host, the token's write is there");
+    assert!(
+        pg_has_row(&mut read, 2).await,
+        "whichever host, the token's write is there"
+    );
     drop(read);
-    eventually("a read with the token goes to the caught-up replica", || async {
-        let mut read = manager.read_session_after::<Postgres>(&token).unwrap();
-        let port = pg_port(&mut read).await;
-        assert!(pg_has_row(&mut read, 2).await);
-        port == replica
-    })
+    eventually(
+        "a read with the token goes to the caught-up replica",
+        || async {
+            let mut read = manager.read_session_after::<Postgres>(&token).unwrap();
+            let port = pg_port(&mut read).await;
+            assert!(pg_has_row(&mut read, 2).await);
+            port == replica
+        },
+    )
     .await;
 }
 
 /// Axum: a POST commits and answers the token in a header; a GET bringing it back reads the
 /// row (from the primary, replay being paused), where a GET without it reads the replica.
-async fn read_your_writes_across_two_http_requests(pair: &PgPair, manager: &BindManager, (primary, replica): (u16, u16)) {
+async fn read_your_writes_across_two_http_requests(
+    pair: &PgPair,
+    manager: &BindManager,
+    (primary, replica): (u16, u16),
+) {
     use axum::extract::Path;
     use axum::routing::{get, post};
     use dbscope::axum::{DbError, DbSession};
@@ -194,7 +229,10 @@ async fn read_your_writes_across_two_http_requests(pair: &PgPair, manager: &Bind
     type Db = DbSession<dbscope::DefaultBind<Postgres>>;
 
     async fn create(mut db: Db, Path(id): Path<i64>) -> Result<&'static str, DbError> {
-        sqlx::query("INSERT INTO replica_rows (id) VALUES ($1)").bind(id).execute(&mut *db).await?;
+        sqlx::query("INSERT INTO replica_rows (id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut *db)
+            .await?;
         Ok("stored")
     }
     async fn read(mut db: Db, Path(id): Path<i64>) -> Result<String, DbError> {
@@ -219,23 +257,50 @@ async fn read_your_writes_across_two_http_requests(pair: &PgPair, manager: &Bind
     pair.pause_replay().await;
     let response = client.post(format!("{base}/rows/7")).send().await.unwrap();
     assert!(response.status().is_success());
-    let token = response.headers()["x-read-token"].to_str().unwrap().to_owned();
+    let token = response.headers()["x-read-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     eprintln!("POST answered x-read-token: {token}");
-    let with = client.get(format!("{base}/rows/7")).header("x-read-token", &token).send().await.unwrap();
-    assert_eq!(with.text().await.unwrap(), format!("1 {primary}"), "the token's read sees the write");
+    let with = client
+        .get(format!("{base}/rows/7"))
+        .header("x-read-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        with.text().await.unwrap(),
+        format!("1 {primary}"),
+        "the token's read sees the write"
+    );
     let without = client.get(format!("{base}/rows/7")).send().await.unwrap();
-    assert_eq!(without.text().await.unwrap(), format!("0 {replica}"), "without it, the paused replica");
+    assert_eq!(
+        without.text().await.unwrap(),
+        format!("0 {replica}"),
+        "without it, the paused replica"
+    );
     pair.resume_replay().await;
     pair.wait_caught_up().await;
-    eventually("the token's read goes to the replica once it replayed", || async {
-        let with = client.get(format!("{base}/rows/7")).header("x-read-token", &token).send().await.unwrap();
-        with.text().await.unwrap() == format!("1 {replica}")
-    })
+    eventually(
+        "the token's read goes to the replica once it replayed",
+        || async {
+            let with = client
+                .get(format!("{base}/rows/7"))
+                .header("x-read-token", &token)
+                .send()
+                .await
+                .unwrap();
+            with.text().await.unwrap() == format!("1 {replica}")
+        },
+    )
     .await;
     server.abort();
 }
 
-async fn a_lagging_replica_is_set_aside_and_taken_back(pair: &PgPair, (primary, replica): (u16, u16)) {
+async fn a_lagging_replica_is_set_aside_and_taken_back(
+    pair: &PgPair,
+    (primary, replica): (u16, u16),
+) {
     let manager = pg_manager(pair, |c| c.max_lag(Duration::from_millis(500)));
     let mut first = manager.read_session::<Postgres>("default").unwrap();
     assert_eq!(pg_port(&mut first).await, replica);
@@ -249,7 +314,11 @@ async fn a_lagging_replica_is_set_aside_and_taken_back(pair: &PgPair, (primary, 
     let lag = manager.status()[0].hosts[1].lag.unwrap();
     assert!(lag > Duration::from_millis(500), "{lag:?}");
     let mut read = manager.read_session::<Postgres>("default").unwrap();
-    assert_eq!(pg_port(&mut read).await, primary, "reads fall back to the primary");
+    assert_eq!(
+        pg_port(&mut read).await,
+        primary,
+        "reads fall back to the primary"
+    );
     assert!(pg_has_row(&mut read, 3).await);
     drop(read);
     pair.resume_replay().await;
@@ -263,22 +332,36 @@ async fn a_lagging_replica_is_set_aside_and_taken_back(pair: &PgPair, (primary, 
     manager.close(Duration::from_secs(5)).await.unwrap();
 }
 
-async fn reads_stick_to_the_primary_after_a_write_in_a_scope(manager: &BindManager, (primary, replica): (u16, u16)) {
+async fn reads_stick_to_the_primary_after_a_write_in_a_scope(
+    manager: &BindManager,
+    (primary, replica): (u16, u16),
+) {
     manager
         .scope()
         .run(async {
             let mut read = dbscope::current_read_session::<Postgres>("default").await?;
-            let port: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&mut read).await?;
-            assert_eq!(port as u16, replica, "before any write, reads go to the replica");
+            let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+                .fetch_one(&mut read)
+                .await?;
+            assert_eq!(
+                port as u16, replica,
+                "before any write, reads go to the replica"
+            );
             let mut write = dbscope::current_session::<Postgres>("default").await?;
-            sqlx::query("INSERT INTO replica_rows (id) VALUES (4)").execute(&mut write).await?;
+            sqlx::query("INSERT INTO replica_rows (id) VALUES (4)")
+                .execute(&mut write)
+                .await?;
             let mut read = dbscope::current_read_session::<Postgres>("default").await?;
             let (port, seen): (i32, i64) = sqlx::query_as(
                 "SELECT inet_server_port(), (SELECT count(*) FROM replica_rows WHERE id = 4)",
             )
             .fetch_one(&mut read)
             .await?;
-            assert_eq!((port as u16, seen), (primary, 1), "after a write, reads see it on the primary");
+            assert_eq!(
+                (port as u16, seen),
+                (primary, 1),
+                "after a write, reads see it on the primary"
+            );
             Ok::<_, dbscope::Error>(())
         })
         .await
@@ -289,7 +372,9 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(manager: &BindManag
         .read_only()
         .run(async {
             let mut db = dbscope::current_session::<Postgres>("default").await?;
-            let port: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&mut db).await?;
+            let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+                .fetch_one(&mut db)
+                .await?;
             assert_eq!(port as u16, replica);
             Ok::<_, dbscope::Error>(())
         })
@@ -302,7 +387,9 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(manager: &BindManag
         .run(async {
             kept = Some(Scope::current()?);
             let mut db = dbscope::current_session::<Postgres>("default").await?;
-            sqlx::query("INSERT INTO replica_rows (id) VALUES (5)").execute(&mut db).await?;
+            sqlx::query("INSERT INTO replica_rows (id) VALUES (5)")
+                .execute(&mut db)
+                .await?;
             Ok::<_, dbscope::Error>(())
         })
         .await
@@ -315,7 +402,9 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(manager: &BindManag
         .read_after_all(tokens)
         .run(async {
             let mut db = dbscope::current_session::<Postgres>("default").await?;
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replica_rows WHERE id = 5").fetch_one(&mut db).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replica_rows WHERE id = 5")
+                .fetch_one(&mut db)
+                .await?;
             assert_eq!(n, 1, "the next scope reads its write");
             Ok::<_, dbscope::Error>(())
         })
@@ -326,9 +415,14 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(manager: &BindManag
 async fn the_host_hook_chooses_per_session(pair: &PgPair, (primary, replica): (u16, u16)) {
     let choice = Arc::new(AtomicUsize::new(0));
     let seen = choice.clone();
-    let rotated = format!("{}&application_name=rotated", pair.primary_url().replace("/test", "/test?"));
+    let rotated = format!(
+        "{}&application_name=rotated",
+        pair.primary_url().replace("/test", "/test?")
+    );
     let rotated = rotated.replace("?&", "?");
-    let config = BindConfig::new(pair.primary_url()).replica(pair.replica_url()).routing(routing());
+    let config = BindConfig::new(pair.primary_url())
+        .replica(pair.replica_url())
+        .routing(routing());
     let manager = BindManager::builder()
         .bind("default", config)
         .host_hook("default", move |cx| {
@@ -353,7 +447,10 @@ async fn the_host_hook_chooses_per_session(pair: &PgPair, (primary, replica): (u
         .fetch_one(&mut session)
         .await
         .unwrap();
-    assert_eq!(name, "rotated", "other connect options get connections of their own");
+    assert_eq!(
+        name, "rotated",
+        "other connect options get connections of their own"
+    );
     drop(session);
     choice.store(0, Ordering::SeqCst);
     let mut session = manager.session::<Postgres>("default").unwrap();
@@ -361,7 +458,10 @@ async fn the_host_hook_chooses_per_session(pair: &PgPair, (primary, replica): (u
         .fetch_one(&mut session)
         .await
         .unwrap();
-    assert_ne!(name, "rotated", "connections of different options never mix");
+    assert_ne!(
+        name, "rotated",
+        "connections of different options never mix"
+    );
     drop(session);
     choice.store(9, Ordering::SeqCst);
     let bad = BindManager::builder()
@@ -371,7 +471,11 @@ async fn the_host_hook_chooses_per_session(pair: &PgPair, (primary, replica): (u
         .unwrap();
     let mut session = bad.session::<Postgres>("default").unwrap();
     let err = session.begin().await.unwrap_err();
-    assert_eq!(err.routing_failure(), Some(RoutingFailure::UnknownHost), "{err}");
+    assert_eq!(
+        err.routing_failure(),
+        Some(RoutingFailure::UnknownHost),
+        "{err}"
+    );
     manager.close(Duration::from_secs(5)).await.unwrap();
 }
 
@@ -389,7 +493,11 @@ async fn fallback_fail_is_a_typed_error(pair: &PgPair) {
     let mut read = manager.read_session::<Postgres>("default").unwrap();
     let err = read.begin().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Routing);
-    assert_eq!(err.routing_failure(), Some(RoutingFailure::NoReplica), "{err}");
+    assert_eq!(
+        err.routing_failure(),
+        Some(RoutingFailure::NoReplica),
+        "{err}"
+    );
     assert_eq!(err.bind(), Some("default"));
     pair.resume_replay().await;
     manager.close(Duration::from_secs(5)).await.unwrap();
@@ -480,14 +588,20 @@ async fn failover_moves_writes_to_the_promoted_replica() {
     .await;
 }
 
-async fn pg_write_phase(manager: &BindManager, id: i64, phase: &str) -> Result<(ReadToken, u16), dbscope::Error> {
+async fn pg_write_phase(
+    manager: &BindManager,
+    id: i64,
+    phase: &str,
+) -> Result<(ReadToken, u16), dbscope::Error> {
     let mut session = manager.session::<Postgres>("default")?;
     sqlx::query("INSERT INTO failover_rows (id, phase) VALUES ($1, $2)")
         .bind(id)
         .bind(phase)
         .execute(&mut session)
         .await?;
-    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()").fetch_one(&mut session).await?;
+    let port: i32 = sqlx::query_scalar("SELECT inet_server_port()")
+        .fetch_one(&mut session)
+        .await?;
     session.commit().await?;
     Ok((session.read_token().cloned().expect("a token"), port as u16))
 }
@@ -504,13 +618,22 @@ async fn mariadb_replicas() {
             .acquire_timeout(Duration::from_secs(10));
         let manager = BindManager::new(config).unwrap();
         let port = async |session: &mut Session<MySql>| -> u16 {
-            let port: u64 = sqlx::query_scalar("SELECT @@port").fetch_one(&mut *session).await.unwrap();
+            let port: u64 = sqlx::query_scalar("SELECT @@port")
+                .fetch_one(&mut *session)
+                .await
+                .unwrap();
             port as u16
         };
         let mut write = manager.session::<MySql>("default").unwrap();
-        sqlx::query("CREATE TABLE replica_rows (id BIGINT PRIMARY KEY)").execute(&mut write).await.unwrap();
+        sqlx::query("CREATE TABLE replica_rows (id BIGINT PRIMARY KEY)")
+            .execute(&mut write)
+            .await
+            .unwrap();
         write.commit().await.unwrap();
-        sqlx::query("INSERT INTO replica_rows VALUES (1)").execute(&mut write).await.unwrap();
+        sqlx::query("INSERT INTO replica_rows VALUES (1)")
+            .execute(&mut write)
+            .await
+            .unwrap();
         assert_eq!(port(&mut write).await, primary, "writes on the primary");
         write.commit().await.unwrap();
         let token = write.read_token().cloned().expect("a GTID token");
@@ -522,32 +645,58 @@ async fn mariadb_replicas() {
         })
         .await;
         let mut read = manager.read_session_after::<MySql>(&token).unwrap();
-        assert_eq!(port(&mut read).await, replica, "reads on the caught-up replica");
-        let err = sqlx::query("INSERT INTO replica_rows VALUES (-1)").execute(&mut read).await.unwrap_err();
-        assert!(err.to_string().contains("READ ONLY"), "a read session cannot write: {err}");
+        assert_eq!(
+            port(&mut read).await,
+            replica,
+            "reads on the caught-up replica"
+        );
+        let err = sqlx::query("INSERT INTO replica_rows VALUES (-1)")
+            .execute(&mut read)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("READ ONLY"),
+            "a read session cannot write: {err}"
+        );
         drop(read);
 
         // Replication stopped: a fresh token is past the replica, so its read goes to the
         // primary and sees the row.
         pair.stop_replication().await;
         let mut write = manager.session::<MySql>("default").unwrap();
-        sqlx::query("INSERT INTO replica_rows VALUES (2)").execute(&mut write).await.unwrap();
+        sqlx::query("INSERT INTO replica_rows VALUES (2)")
+            .execute(&mut write)
+            .await
+            .unwrap();
         write.commit().await.unwrap();
         let token: ReadToken = write.read_token().unwrap().to_string().parse().unwrap();
         drop(write);
         let mut read = manager.read_session_after::<MySql>(&token).unwrap();
-        assert_eq!(port(&mut read).await, primary, "a token past the replica reads from the primary");
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_rows WHERE id = 2").fetch_one(&mut read).await.unwrap();
+        assert_eq!(
+            port(&mut read).await,
+            primary,
+            "a token past the replica reads from the primary"
+        );
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_rows WHERE id = 2")
+            .fetch_one(&mut read)
+            .await
+            .unwrap();
         assert_eq!(n, 1);
         drop(read);
         let mut on_replica = my_connect(&pair.replica_url()).await;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_rows WHERE id = 2").fetch_one(&mut on_replica).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_rows WHERE id = 2")
+            .fetch_one(&mut on_replica)
+            .await
+            .unwrap();
         assert_eq!(n, 0, "the replica lacks the row");
         pair.start_replication().await;
         eventually("the token's read goes to the caught-up replica", || async {
             let mut read = manager.read_session_after::<MySql>(&token).unwrap();
             let p = port(&mut read).await;
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_rows WHERE id = 2").fetch_one(&mut read).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replica_rows WHERE id = 2")
+                .fetch_one(&mut read)
+                .await
+                .unwrap();
             assert_eq!(n, 1);
             p == replica
         })
@@ -555,4 +704,63 @@ async fn mariadb_replicas() {
         manager.close(Duration::from_secs(5)).await.unwrap();
     })
     .await;
+}
+
+/// `replicas` and `routing` from code, TOML and the environment (both list forms).
+#[test]
+fn replicas_and_routing_load_from_toml_and_env() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "dbscope.toml",
+            r#"
+            [binds.main]
+            url = "postgres://app:secret@db1/main"
+            replicas = ["postgres://app:secret@db2/main", "postgres://app:secret@db3/main"]
+            routing = { max_lag = "2s", probe_interval = "250ms", fallback = "fail", token_wait = "1s", failover_wait = "3s" }
+            "#,
+        )?;
+        let config = dbscope::Config::from_file("dbscope.toml").expect("loads");
+        let main = &config.binds["main"];
+        assert_eq!(main.replicas.len(), 2);
+        assert_eq!(main.replicas[1].expose(), "postgres://app:secret@db3/main");
+        assert_eq!(main.routing.max_lag, Duration::from_secs(2));
+        assert_eq!(main.routing.probe_interval, Duration::from_millis(250));
+        assert_eq!(main.routing.fallback, Fallback::Fail);
+        assert_eq!(main.routing.token_wait, Duration::from_secs(1));
+        assert_eq!(main.routing.failover_wait, Duration::from_secs(3));
+        assert!(!format!("{main:?}").contains("secret"), "no password in Debug");
+
+        jail.set_env("DBSCOPE_BINDS__MAIN__URL", "postgres://db1/main");
+        jail.set_env("DBSCOPE_BINDS__MAIN__REPLICAS", "postgres://db2/main, postgres://db3/main");
+        jail.set_env("DBSCOPE_BINDS__MAIN__ROUTING__MAX_LAG", "750ms");
+        let config = dbscope::Config::from_env().expect("loads");
+        let main = &config.binds["main"];
+        let urls: Vec<&str> = main.replicas.iter().map(|u| u.expose()).collect();
+        assert_eq!(urls, ["postgres://db2/main", "postgres://db3/main"]);
+        assert_eq!(main.routing.max_lag, Duration::from_millis(750));
+        assert_eq!(main.routing.fallback, Fallback::Primary, "the default");
+
+        jail.set_env("DBSCOPE_BINDS__MAIN__REPLICAS", "[postgres://db4/main]");
+        let config = dbscope::Config::from_env().expect("loads");
+        assert_eq!(config.binds["main"].replicas[0].expose(), "postgres://db4/main");
+        Ok(())
+    });
+}
+
+/// What cannot have replicas is refused when the manager is built, naming the bind.
+#[test]
+fn binds_that_cannot_have_replicas_are_refused_at_build() {
+    let err = BindManager::new(BindConfig::new("sqlite::memory:").replica("sqlite::memory:"))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert_eq!(err.bind(), Some("default"));
+    let err = BindManager::builder()
+        .bind("main", BindConfig::new("sqlite::memory:"))
+        .host_hook("other", |_| HostChoice::Route)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownBind, "a hook on no bind: {err}");
+    // A plain bind shows no hosts.
+    let manager = BindManager::new(BindConfig::new("sqlite::memory:")).unwrap();
+    assert!(manager.status()[0].hosts.is_empty());
 }

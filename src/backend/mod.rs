@@ -129,7 +129,9 @@ macro_rules! delegate_executor {
         }
 
         fn first_text(row: &Self::Row) -> Option<String> {
-            sqlx::Row::try_get::<Option<String>, _>(row, 0).ok().flatten()
+            sqlx::Row::try_get::<Option<String>, _>(row, 0)
+                .ok()
+                .flatten()
         }
     };
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use futures_core::future::BoxFuture;
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlSslMode};
 
-use super::replication::{MARIADB_PROBE, Position, Probe, ProbedRole};
+use super::replication::{Position, Probe, ProbedRole};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::{BindConfig, TlsConfig, TlsMode};
@@ -46,7 +46,11 @@ impl Backend for MySql {
             let position = Position::parse(&position)
                 .ok_or_else(|| sqlx::Error::Protocol("unreadable GTID position".into()))?;
             Ok(Probe {
-                role: if replica { ProbedRole::Replica } else { ProbedRole::Primary },
+                role: if replica {
+                    ProbedRole::Replica
+                } else {
+                    ProbedRole::Primary
+                },
                 position,
                 timeline: 0,
             })
@@ -81,3 +85,6 @@ fn ssl_mode(mode: TlsMode) -> MySqlSslMode {
         TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
     }
 }
+
+/// MariaDB: `read_only`, and the binlog position (primary) or the replica's applied one.
+const MARIADB_PROBE: &str = "SELECT CAST(@@read_only AS SIGNED), CAST(@@gtid_binlog_pos AS CHAR), CAST(@@gtid_slave_pos AS CHAR)";

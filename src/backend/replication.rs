@@ -21,7 +21,8 @@ impl Position {
         if let Some((hi, lo)) = text.split_once('/') {
             let hi = u64::from_str_radix(hi, 16).ok()?;
             let lo = u64::from_str_radix(lo, 16).ok()?;
-            return (hi <= u32::MAX.into() && lo <= u32::MAX.into()).then_some(Self::Lsn(hi << 32 | lo));
+            return (hi <= u32::MAX.into() && lo <= u32::MAX.into())
+                .then_some(Self::Lsn(hi << 32 | lo));
         }
         let mut gtids = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -107,6 +108,7 @@ impl fmt::Display for Position {
 
 /// A host's role, as its last probe found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(crate) enum ProbedRole {
     /// Takes writes: PostgreSQL not in recovery, MariaDB not `read_only`.
     Primary,
@@ -123,18 +125,6 @@ pub(crate) struct Probe {
     /// PostgreSQL's timeline; `0` on MariaDB, which has none.
     pub(crate) timeline: u32,
 }
-
-/// PostgreSQL: role, position, timeline, in one statement. On a primary the timeline is the
-/// first 8 hex digits of the current WAL file's name; on a standby it is the WAL receiver's.
-pub(crate) const PG_PROBE: &str = "SELECT pg_is_in_recovery(), \
-    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-    CASE WHEN pg_is_in_recovery() \
-      THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
-      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
-
-/// MariaDB: `read_only`, and the binlog position (primary) or the replica's applied one.
-pub(crate) const MARIADB_PROBE: &str =
-    "SELECT CAST(@@read_only AS SIGNED), CAST(@@gtid_binlog_pos AS CHAR), CAST(@@gtid_slave_pos AS CHAR)";
 
 #[cfg(test)]
 mod tests {

@@ -21,8 +21,8 @@ mod hook;
 mod prober;
 mod token;
 
-pub use hook::{HostChoice, HostContext};
 pub(crate) use hook::HostHook;
+pub use hook::{HostChoice, HostContext};
 pub use token::ReadToken;
 
 const UNKNOWN: u8 = 0;
@@ -149,14 +149,15 @@ impl<DB: Backend> Hosts<DB> {
             match hook.choose(&HostContext::new(&inner.bind, route.read, self.status())) {
                 HostChoice::Route => {}
                 HostChoice::Host(index) => {
-                    let host = inner
-                        .hosts
-                        .get(index)
-                        .ok_or_else(|| Error::unknown_host(&inner.bind, index, inner.hosts.len()))?;
+                    let host = inner.hosts.get(index).ok_or_else(|| {
+                        Error::unknown_host(&inner.bind, index, inner.hosts.len())
+                    })?;
                     route.host = Some(index);
                     return host.pool.checkout_within(budget).await;
                 }
-                HostChoice::Url(url) => return self.extra_pool(&url)?.checkout_within(budget).await,
+                HostChoice::Url(url) => {
+                    return self.extra_pool(&url)?.checkout_within(budget).await;
+                }
             }
         }
         if !inner.probing {
@@ -178,7 +179,11 @@ impl<DB: Backend> Hosts<DB> {
             }
             conn.give_back();
         }
-        Err(Error::no_primary(&inner.bind, inner.routing.failover_wait, &self.addresses()))
+        Err(Error::no_primary(
+            &inner.bind,
+            inner.routing.failover_wait,
+            &self.addresses(),
+        ))
     }
 
     /// The timeline of the host a session wrote on, for its token.
@@ -222,7 +227,13 @@ impl<DB: Backend> Hosts<DB> {
         }
         let (_, dialect) = crate::backend::resolve(&inner.bind, &inner.config)?;
         let options = DB::connect_options(&inner.bind, url, &inner.config)?;
-        let pool = Pool::new(inner.bind.clone(), url, options, dialect, &inner.config.pool);
+        let pool = Pool::new(
+            inner.bind.clone(),
+            url,
+            options,
+            dialect,
+            &inner.config.pool,
+        );
         extra.insert(url.expose().to_owned(), pool.clone());
         Ok(pool)
     }
@@ -235,7 +246,8 @@ impl<DB: Backend> Hosts<DB> {
             prober::spawn(Arc::downgrade(&self.0));
         }
         if *inner.rounds.borrow() == 0 {
-            let deadline = Instant::now() + inner.routing.probe_timeout * 2 + Duration::from_millis(100);
+            let deadline =
+                Instant::now() + inner.routing.probe_timeout * 2 + Duration::from_millis(100);
             self.wait_round(deadline.into()).await;
         }
     }

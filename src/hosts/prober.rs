@@ -97,7 +97,8 @@ impl<DB: Backend> Inner<DB> {
             host.pool.drain_idle();
         }
         host.timeline.store(probe.timeline, Ordering::Release);
-        host.lsn.store(probe.position.lsn().unwrap_or(0), Ordering::Release);
+        host.lsn
+            .store(probe.position.lsn().unwrap_or(0), Ordering::Release);
         let (lag_bytes, lag) = match probe.role {
             ProbedRole::Primary => (None, None),
             ProbedRole::Replica => self.lag_of(&probe, now),

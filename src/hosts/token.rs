@@ -44,18 +44,16 @@ impl ReadToken {
         &self.position
     }
 
-    /// The later of two tokens of the same bind and timeline (both, for one that has no order).
+    /// The later of two tokens of one bind: the later position on one timeline, else the one
+    /// on the later timeline (a failover happened between them).
     pub(crate) fn later(self, other: Self) -> Self {
-        if self.bind == other.bind
-            && self.timeline == other.timeline
-            && other.position.has_reached(&self.position)
-        {
-            other
-        } else if self.timeline < other.timeline {
-            other
+        let same_timeline = self.bind == other.bind && self.timeline == other.timeline;
+        let other_later = if same_timeline {
+            other.position.has_reached(&self.position)
         } else {
-            self
-        }
+            self.timeline < other.timeline
+        };
+        if other_later { other } else { self }
     }
 }
 
@@ -84,15 +82,20 @@ impl FromStr for ReadToken {
     /// [`RoutingFailure::InvalidToken`](crate::RoutingFailure::InvalidToken) when it is not one.
     fn from_str(text: &str) -> Result<Self> {
         let mut parts = text.trim().splitn(3, '.');
-        let (Some(bind), Some(timeline), Some(position)) = (parts.next(), parts.next(), parts.next())
+        let (Some(bind), Some(timeline), Some(position)) =
+            (parts.next(), parts.next(), parts.next())
         else {
-            return Err(Error::invalid_token("?", "it is not `bind.timeline.position`"));
+            return Err(Error::invalid_token(
+                "?",
+                "it is not `bind.timeline.position`",
+            ));
         };
         let timeline = timeline
             .parse()
             .map_err(|_| Error::invalid_token(bind, "its timeline is not a number"))?;
-        let position = Position::parse(&position.replace('+', ","))
-            .ok_or_else(|| Error::invalid_token(bind, "its position is neither an LSN nor GTIDs"))?;
+        let position = Position::parse(&position.replace('+', ",")).ok_or_else(|| {
+            Error::invalid_token(bind, "its position is neither an LSN nor GTIDs")
+        })?;
         Ok(Self::new(Arc::from(bind), timeline, position))
     }
 }
@@ -107,7 +110,13 @@ mod tests {
             let token: ReadToken = text.parse().unwrap();
             assert_eq!(token.to_string(), text);
         }
-        assert!("main.x.0/1".parse::<ReadToken>().unwrap_err().routing_failure().is_some());
+        assert!(
+            "main.x.0/1"
+                .parse::<ReadToken>()
+                .unwrap_err()
+                .routing_failure()
+                .is_some()
+        );
         assert!("nonsense".parse::<ReadToken>().is_err());
     }
 }

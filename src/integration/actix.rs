@@ -194,12 +194,15 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         // actix routes, calls nested middleware and may start extracting in `call`: now, in
         // the request's scope.
-        let call = self
-            .config
-            .call(request, request_headers, |request| self.service.call(request));
+        let call = self.config.call(request, request_headers, |request| {
+            self.service.call(request)
+        });
         let work = Box::pin(async move {
             let failure = || HttpResponse::new(status(FAILURE_STATUS));
-            match call.outcome(|response| response.status().as_u16(), stamp).await {
+            match call
+                .outcome(|response| response.status().as_u16(), stamp)
+                .await
+            {
                 Outcome::Inner(result) => result.map(ServiceResponse::map_into_left_body),
                 Outcome::Refused(request) => {
                     Ok(request.into_response(failure()).map_into_right_body())

@@ -6,9 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use super::tokens::TokenCarrier;
 #[cfg(any(feature = "axum", feature = "actix"))]
 use crate::Error;
-use super::tokens::TokenCarrier;
 use crate::{BindManager, Result, Scope, ScopeBuilder};
 
 /// The status dbscope answers in place of a response when the request's scope fails (it cannot

@@ -72,10 +72,16 @@ mod tests {
 
     #[test]
     fn tokens_travel_in_headers_and_cookies() {
-        let tokens: Vec<ReadToken> = vec!["main.1.0/16".parse().unwrap(), "db.0.0-1-4".parse().unwrap()];
+        let tokens: Vec<ReadToken> = vec![
+            "main.1.0/16".parse().unwrap(),
+            "db.0.0-1-4".parse().unwrap(),
+        ];
         let header = TokenCarrier::Header("x-read-token".into());
         let (name, value) = header.write(&tokens);
-        assert_eq!((name, value.as_str()), ("x-read-token", "main.1.0/16~db.0.0-1-4"));
+        assert_eq!(
+            (name, value.as_str()),
+            ("x-read-token", "main.1.0/16~db.0.0-1-4")
+        );
         assert_eq!(header.read([value.as_str()].into_iter()), tokens);
         let cookie = TokenCarrier::Cookie("rt".into());
         let (name, set) = cookie.write(&tokens[..1]);

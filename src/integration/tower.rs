@@ -114,7 +114,10 @@ where
             .config
             .call(request, request_headers, |request| self.inner.call(request));
         let work = Box::pin(async move {
-            match call.outcome(|response| response.status().as_u16(), stamp).await {
+            match call
+                .outcome(|response| response.status().as_u16(), stamp)
+                .await
+            {
                 Outcome::Inner(result) => result,
                 Outcome::Refused(_) | Outcome::CommitFailed(_) => {
                     let mut response = Response::new(ResBody::default());

@@ -20,8 +20,8 @@ mod slot;
 
 pub use atomic::{Atomic, IfOpen, atomic, atomic_for};
 use hooks::Hooks;
-use reads::{Reads, Written};
 pub use reads::current_read_session;
+use reads::{Reads, Written};
 use slot::{Ended, ErasedSlot, Slot};
 pub use slot::{ScopedSession, SessionLease};
 
@@ -408,7 +408,9 @@ impl Scope {
     ///
     /// As [`current_session`].
     pub fn session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
-        Ok(ScopedSession::new(self.slot::<DB>(name, self.is_read_only())?))
+        Ok(ScopedSession::new(
+            self.slot::<DB>(name, self.is_read_only())?,
+        ))
     }
 
     /// Whether every session of the scope is a read session.
@@ -512,7 +514,10 @@ impl Scope {
         // A read-only route makes the request's sessions read sessions from then on; its
         // tokens join the request's.
         state.reads.read_only |= builder.reads.read_only;
-        state.reads.tokens.extend(builder.reads.tokens.iter().cloned());
+        state
+            .reads
+            .tokens
+            .extend(builder.reads.tokens.iter().cloned());
         if !builder.binds.is_empty() {
             let declared = state.declared.get_or_insert_with(Vec::new);
             if let Some((dup, _)) = builder

@@ -209,7 +209,9 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
 }
 
 fn lock_written(written: &Written) -> std::sync::MutexGuard<'_, Vec<crate::ReadToken>> {
-    written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a slot reports when it ended as asked.

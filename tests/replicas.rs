@@ -728,10 +728,16 @@ fn replicas_and_routing_load_from_toml_and_env() {
         assert_eq!(main.routing.fallback, Fallback::Fail);
         assert_eq!(main.routing.token_wait, Duration::from_secs(1));
         assert_eq!(main.routing.failover_wait, Duration::from_secs(3));
-        assert!(!format!("{main:?}").contains("secret"), "no password in Debug");
+        assert!(
+            !format!("{main:?}").contains("secret"),
+            "no password in Debug"
+        );
 
         jail.set_env("DBSCOPE_BINDS__MAIN__URL", "postgres://db1/main");
-        jail.set_env("DBSCOPE_BINDS__MAIN__REPLICAS", "postgres://db2/main, postgres://db3/main");
+        jail.set_env(
+            "DBSCOPE_BINDS__MAIN__REPLICAS",
+            "postgres://db2/main, postgres://db3/main",
+        );
         jail.set_env("DBSCOPE_BINDS__MAIN__ROUTING__MAX_LAG", "750ms");
         let config = dbscope::Config::from_env().expect("loads");
         let main = &config.binds["main"];
@@ -742,7 +748,10 @@ fn replicas_and_routing_load_from_toml_and_env() {
 
         jail.set_env("DBSCOPE_BINDS__MAIN__REPLICAS", "[postgres://db4/main]");
         let config = dbscope::Config::from_env().expect("loads");
-        assert_eq!(config.binds["main"].replicas[0].expose(), "postgres://db4/main");
+        assert_eq!(
+            config.binds["main"].replicas[0].expose(),
+            "postgres://db4/main"
+        );
         Ok(())
     });
 }
@@ -759,7 +768,11 @@ fn binds_that_cannot_have_replicas_are_refused_at_build() {
         .host_hook("other", |_| HostChoice::Route)
         .build()
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::UnknownBind, "a hook on no bind: {err}");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::UnknownBind,
+        "a hook on no bind: {err}"
+    );
     // A plain bind shows no hosts.
     let manager = BindManager::new(BindConfig::new("sqlite::memory:")).unwrap();
     assert!(manager.status()[0].hosts.is_empty());

@@ -838,7 +838,8 @@ impl<DB: Backend> Session<DB> {
     /// COMMIT, or on a write session of a bind with replicas, COMMIT and the position that
     /// makes its token, in one message.
     fn commit_sql(&self) -> SqlStr {
-        let with_position = (self.bind.hosts().is_some() && !self.route.read)
+        let makes_tokens = self.bind.hosts().is_some_and(|h| h.makes_tokens());
+        let with_position = (makes_tokens && !self.route.read)
             .then(|| self.bind.dialect().commit_with_position())
             .flatten()
             .filter(|_| self.tx.end.commit == "COMMIT");

@@ -186,6 +186,12 @@ impl<DB: Backend> Hosts<DB> {
         ))
     }
 
+    /// Whether commits make read tokens: the bind has replicas (a bind with a hook alone does
+    /// not, nor asks its server for positions it may not have, as MySQL has no `@@last_gtid`).
+    pub(crate) fn makes_tokens(&self) -> bool {
+        self.0.probing
+    }
+
     /// The timeline of the host a session wrote on, for its token.
     pub(crate) fn timeline(&self, route: &Route) -> u32 {
         route

@@ -100,6 +100,7 @@ async fn postgres_replicas() {
         status_shows_each_host(&manager, ports).await;
         a_token_never_reads_stale_data(&pair, &manager, ports).await;
         read_your_writes_across_two_http_requests(&pair, &manager, ports).await;
+        read_your_writes_through_actix_with_a_cookie(&pair, &manager, ports).await;
         a_lagging_replica_is_set_aside_and_taken_back(&pair, ports).await;
         reads_stick_to_the_primary_after_a_write_in_a_scope(&manager, ports).await;
         the_host_hook_chooses_per_session(&pair, ports).await;
@@ -295,6 +296,89 @@ async fn read_your_writes_across_two_http_requests(
     )
     .await;
     server.abort();
+}
+
+/// actix-web: the same round trip, the token in a cookie.
+async fn read_your_writes_through_actix_with_a_cookie(
+    pair: &PgPair,
+    manager: &BindManager,
+    (primary, replica): (u16, u16),
+) {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use dbscope::actix::{DbError, DbSession, ScopeMiddleware};
+    type Db = DbSession<dbscope::DefaultBind<Postgres>>;
+
+    async fn create(mut db: Db, id: web::Path<i64>) -> Result<HttpResponse, DbError> {
+        sqlx::query("INSERT INTO replica_rows (id) VALUES ($1)")
+            .bind(*id)
+            .execute(&mut *db)
+            .await?;
+        Ok(HttpResponse::Ok().body("stored"))
+    }
+    async fn read(mut db: Db, id: web::Path<i64>) -> Result<HttpResponse, DbError> {
+        let (port, n): (i32, i64) = sqlx::query_as(
+            "SELECT inet_server_port(), (SELECT count(*) FROM replica_rows WHERE id = $1)",
+        )
+        .bind(*id)
+        .fetch_one(&mut *db)
+        .await?;
+        Ok(HttpResponse::Ok().body(format!("{n} {port}")))
+    }
+    let app_manager = manager.clone();
+    let server = HttpServer::new(move || {
+        let reads = ScopeMiddleware::with_scope(app_manager.scope().read_only()).unwrap();
+        App::new()
+            .wrap(ScopeMiddleware::new(&app_manager).read_token_cookie("rt"))
+            .route("/rows/{id}", web::post().to(create))
+            .service(
+                web::resource("/rows/{id}/read")
+                    .wrap(reads)
+                    .route(web::get().to(read)),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let base = format!("http://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    let client = reqwest::Client::new();
+
+    pair.pause_replay().await;
+    let response = client.post(format!("{base}/rows/8")).send().await.unwrap();
+    assert!(response.status().is_success());
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set_cookie.starts_with("rt=default.1.") && set_cookie.contains("HttpOnly"),
+        "{set_cookie}"
+    );
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let with = client
+        .get(format!("{base}/rows/8/read"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        with.text().await.unwrap(),
+        format!("1 {primary}"),
+        "the cookie's read sees the write"
+    );
+    let without = client
+        .get(format!("{base}/rows/8/read"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.text().await.unwrap(), format!("0 {replica}"));
+    pair.resume_replay().await;
+    pair.wait_caught_up().await;
+    handle.stop(true).await;
+    task.await.unwrap().unwrap();
 }
 
 async fn a_lagging_replica_is_set_aside_and_taken_back(

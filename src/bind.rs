@@ -36,6 +36,8 @@ struct Shared<DB: Backend> {
     /// The bind's hosts, when it has replicas or a host-switch hook; `None` keeps sessions on
     /// `pool` with nothing in between.
     hosts: Option<Hosts<DB>>,
+    /// The host-switch hook, for the blocking face's hosts.
+    hook: Option<HostHook>,
 }
 
 /// What the manager keeps of a bind: a type-erased view, and the typed one to downcast to.
@@ -126,7 +128,7 @@ fn open_as<DB: Backend>(
                 "an `engine = \"any\"` bind cannot have replicas or a host-switch hook; use the native engine",
             ));
         }
-        Some(Hosts::new(&name, config, dialect, &pool, hook)?)
+        Some(Hosts::new(&name, config, dialect, &pool, hook.clone())?)
     };
     Ok(OpenBind::new(Shared {
         name,
@@ -137,6 +139,7 @@ fn open_as<DB: Backend>(
         tx_sql,
         read_tx_sql,
         hosts,
+        hook,
     }))
 }
 
@@ -256,16 +259,23 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
     }
 
     fn twin(&self) -> OpenBind {
+        let pool = self.pool.twin(&self.config.pool);
+        // Hosts of its own (pools, and a prober on the blocking runtime): built from the config
+        // that built this bind's, so it cannot fail where that did not.
+        let hosts = self.hosts.as_ref().and_then(|_| {
+            let hook = self.hook.clone();
+            Hosts::new(&self.name, &self.config, self.dialect, &pool, hook).ok()
+        });
         OpenBind::new(Shared {
             name: self.name.clone(),
             config: self.config.clone(),
             url: self.url.clone(),
             dialect: self.dialect,
-            pool: self.pool.twin(&self.config.pool),
+            pool,
             tx_sql: self.tx_sql.clone(),
             read_tx_sql: self.read_tx_sql.clone(),
-            // The blocking face keeps to the bind's `url`: it has no prober of its own.
-            hosts: None,
+            hosts,
+            hook: self.hook.clone(),
         })
     }
 }

@@ -105,6 +105,7 @@ async fn postgres_replicas() {
         reads_stick_to_the_primary_after_a_write_in_a_scope(&manager, ports).await;
         the_host_hook_chooses_per_session(&pair, ports).await;
         fallback_fail_is_a_typed_error(&pair).await;
+        blocking_sessions_are_routed_too(&manager, ports).await;
         manager.close(Duration::from_secs(5)).await.unwrap();
         eprintln!("postgres_replicas took {:?}", started.elapsed());
     })
@@ -585,6 +586,47 @@ async fn fallback_fail_is_a_typed_error(pair: &PgPair) {
     assert_eq!(err.bind(), Some("default"));
     pair.resume_replay().await;
     manager.close(Duration::from_secs(5)).await.unwrap();
+}
+
+async fn blocking_sessions_are_routed_too(manager: &BindManager, (primary, replica): (u16, u16)) {
+    let bind = manager.blocking_bind::<Postgres>("default").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let port = |session: &mut dbscope::blocking::BlockingSession<Postgres>| -> u16 {
+            let port: i32 = session
+                .fetch_one(sqlx::query_scalar("SELECT inet_server_port()"))
+                .unwrap();
+            port as u16
+        };
+        let mut write = bind.session();
+        write
+            .execute(sqlx::query("INSERT INTO replica_rows (id) VALUES (9)"))
+            .unwrap();
+        assert_eq!(port(&mut write), primary);
+        write.commit().unwrap();
+        let token = write
+            .read_token()
+            .cloned()
+            .expect("a blocking commit's token");
+        drop(write);
+        let mut read = bind.read_session_after(Some(token));
+        let n: i64 = read
+            .fetch_one(sqlx::query_scalar(
+                "SELECT count(*) FROM replica_rows WHERE id = 9",
+            ))
+            .unwrap();
+        assert_eq!(n, 1, "a blocking read with the token sees the write");
+        drop(read);
+        let mut read = bind.read_session();
+        assert_eq!(
+            port(&mut read),
+            replica,
+            "a blocking read session runs on the replica"
+        );
+    })
+    .await
+    .unwrap();
+    let blocking = manager.status().into_iter().find(|s| s.blocking).unwrap();
+    assert_eq!(blocking.hosts.len(), 2, "the blocking face shows its hosts");
 }
 
 /// The primary stopped hard and the replica promoted: writes resume on the new primary, every

@@ -2,10 +2,12 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
+use futures_util::future::Either;
 
 use crate::backend::{self, Backend, Dialect, TxSql};
 use crate::config::{BindConfig, Engine, SessionConfig};
@@ -173,15 +175,17 @@ impl<DB: Backend> Bind<DB> {
     }
 
     /// Checks a connection out for a session's `route`, within `budget`: from the bind's pool,
-    /// or, for a bind with replicas or a hook, from the host routing picks.
-    pub(crate) async fn checkout_routed(
-        &self,
-        route: &mut Route,
+    /// or, for a bind with replicas or a hook, from the host routing picks. A plain bind's
+    /// checkout is the pool's own future, with nothing wrapped around it.
+    pub(crate) fn checkout_routed<'a>(
+        &'a self,
+        route: &'a mut Route,
         budget: Duration,
-    ) -> Result<Conn<DB>> {
+    ) -> impl Future<Output = Result<Conn<DB>>> + Send + 'a {
         match &self.shared.hosts {
-            None => self.shared.pool.checkout_within(budget).await,
-            Some(hosts) => Box::pin(hosts.checkout(route, budget)).await,
+            None => Either::Left(self.shared.pool.checkout_within(budget)),
+            // Boxed: the routed path keeps the plain one's future small.
+            Some(hosts) => Either::Right(Box::pin(hosts.checkout(route, budget))),
         }
     }
 

@@ -906,4 +906,22 @@ fn binds_that_cannot_have_replicas_are_refused_at_build() {
     // A plain bind shows no hosts.
     let manager = BindManager::new(BindConfig::new("sqlite::memory:")).unwrap();
     assert!(manager.status()[0].hosts.is_empty());
+    // Hosts are listed before any connection, their passwords masked.
+    let manager = BindManager::new(
+        BindConfig::new("postgres://app:s3cret@db1/main").replica("postgres://app:pa55@db2/main"),
+    )
+    .unwrap();
+    let hosts = &manager.status()[0].hosts;
+    assert_eq!(hosts.len(), 2);
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h.role == HostRole::Unknown && !h.healthy)
+    );
+    let shown = format!("{hosts:?} {manager:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("pa55"),
+        "{shown}"
+    );
+    assert!(hosts[1].address.contains("db2"), "{}", hosts[1].address);
 }

@@ -107,6 +107,18 @@ async fn postgres_replicas() {
         fallback_fail_is_a_typed_error(&pair).await;
         blocking_sessions_are_routed_too(&manager, ports).await;
         manager.close(Duration::from_secs(5)).await.unwrap();
+        // Closed managers leave nothing behind: no pool connection, no prober's.
+        let mut admin = pg_connect(&pair.replica_url()).await;
+        replication::poll_until("no connection of ours left on the replica", async || {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            n == 0
+        })
+        .await;
         eprintln!("postgres_replicas took {:?}", started.elapsed());
     })
     .await;

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
+use futures_util::future::Either;
 
 use crate::backend::{self, Backend, Dialect, TxSql};
 use crate::config::{BindConfig, Engine, SessionConfig};
 use crate::engine::{BindStatus, Conn, PinCounts, Pool};
+use crate::hosts::{HostHook, Hosts, Route};
 use crate::observe::Observer;
 use crate::{DatabaseUrl, Error, Result};
 
@@ -32,6 +34,13 @@ struct Shared<DB: Backend> {
     pool: Pool<DB>,
     /// The transaction SQL for the bind's session defaults, built once.
     tx_sql: TxSql,
+    /// The same, READ ONLY: for read sessions.
+    read_tx_sql: TxSql,
+    /// The bind's hosts, when it has replicas or a host-switch hook; `None` keeps sessions on
+    /// `pool` with nothing in between.
+    hosts: Option<Hosts<DB>>,
+    /// The host-switch hook, for the blocking face's hosts.
+    hook: Option<HostHook>,
 }
 
 /// What the manager keeps of a bind: a type-erased view, and the typed one to downcast to.
@@ -81,22 +90,26 @@ pub(crate) trait ErasedBind: Send + Sync {
 
 /// Builds the bind `name` from `config`: picks its database type by URL scheme and engine;
 /// opens no connection.
-pub(crate) fn open(name: &str, config: &BindConfig) -> Result<OpenBind> {
+pub(crate) fn open(name: &str, config: &BindConfig, hook: Option<HostHook>) -> Result<OpenBind> {
     let (url, dialect) = backend::resolve(name, config)?;
     check_pooler(name, config, dialect)?;
     // Every arm `resolve` can lead to is compiled in; the last one stands for the rest.
     #[allow(unreachable_patterns)]
     match (config.engine, dialect) {
         #[cfg(feature = "any")]
-        (Engine::Any, _) => open_as::<sqlx::Any>(name, url, dialect, config),
+        (Engine::Any, _) => open_as::<sqlx::Any>(name, url, dialect, config, hook),
         #[cfg(feature = "postgres")]
         (Engine::Native, Dialect::Postgres) => {
-            open_as::<sqlx::Postgres>(name, url, dialect, config)
+            open_as::<sqlx::Postgres>(name, url, dialect, config, hook)
         }
         #[cfg(feature = "mysql")]
-        (Engine::Native, Dialect::MySql) => open_as::<sqlx::MySql>(name, url, dialect, config),
+        (Engine::Native, Dialect::MySql) => {
+            open_as::<sqlx::MySql>(name, url, dialect, config, hook)
+        }
         #[cfg(feature = "sqlite")]
-        (Engine::Native, Dialect::Sqlite) => open_as::<sqlx::Sqlite>(name, url, dialect, config),
+        (Engine::Native, Dialect::Sqlite) => {
+            open_as::<sqlx::Sqlite>(name, url, dialect, config, hook)
+        }
         (engine, dialect) => {
             unreachable!("resolve refuses drivers not compiled in: {engine:?} {dialect:?}")
         }
@@ -134,10 +147,14 @@ fn open_as<DB: Backend>(
     url: &DatabaseUrl,
     dialect: Dialect,
     config: &BindConfig,
+    hook: Option<HostHook>,
 ) -> Result<OpenBind> {
     let options = DB::connect_options(name, url, config)?;
     let tx_sql = dialect
         .tx_sql(config.session.isolation, config.session.read_only)
+        .map_err(|what| Error::unsupported(name, &what))?;
+    let read_tx_sql = dialect
+        .tx_sql(config.session.isolation, true)
         .map_err(|what| Error::unsupported(name, &what))?;
     let name: Arc<str> = Arc::from(name);
     // Only where a first statement met on a dead connection can be sent again (see
@@ -158,6 +175,17 @@ fn open_as<DB: Backend>(
         setup,
         observer,
     );
+    let hosts = if config.replicas.is_empty() && hook.is_none() {
+        None
+    } else {
+        if config.engine == Engine::Any {
+            return Err(Error::unsupported(
+                &name,
+                "an `engine = \"any\"` bind cannot have replicas or a host-switch hook; use the native engine",
+            ));
+        }
+        Some(Hosts::new(&name, config, dialect, &pool, hook.clone())?)
+    };
     Ok(OpenBind::new(Shared {
         name,
         config: config.clone(),
@@ -165,6 +193,9 @@ fn open_as<DB: Backend>(
         dialect,
         pool,
         tx_sql,
+        read_tx_sql,
+        hosts,
+        hook,
     }))
 }
 
@@ -174,9 +205,9 @@ impl<DB: Backend> Bind<DB> {
         &self.shared.name
     }
 
-    /// A snapshot of the bind's pool.
+    /// A snapshot of the bind's pool (and, with replicas, of each host).
     pub fn status(&self) -> BindStatus {
-        self.shared.pool.status()
+        self.shared.status()
     }
 
     /// Opens a connection now (and `min_connections` in the background), to fail fast at start-up
@@ -197,18 +228,29 @@ impl<DB: Backend> Bind<DB> {
         self.shared.connect_now().await
     }
 
-    /// Checks a connection out of the bind's pool, within `acquire_timeout`.
-    pub(crate) fn checkout(&self) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
-        self.shared.pool.checkout()
+    /// Checks a connection out for a session's `route`, within `budget`: from the bind's pool,
+    /// or, for a bind with replicas or a hook, from the host routing picks. A plain bind's
+    /// checkout is the pool's own future, with nothing wrapped around it.
+    pub(crate) fn checkout_routed<'a>(
+        &'a self,
+        route: &'a mut Route,
+        budget: Duration,
+    ) -> impl Future<Output = Result<Conn<DB>>> + Send + 'a {
+        match &self.shared.hosts {
+            None => Either::Left(self.shared.pool.checkout_within(budget)),
+            // Boxed: the routed path keeps the plain one's future small.
+            Some(hosts) => Either::Right(Box::pin(hosts.checkout(route, budget))),
+        }
     }
 
-    /// Checks a connection out of the bind's pool within `budget`, what is left of an
-    /// `acquire_timeout` partly spent already.
-    pub(crate) fn checkout_within(
-        &self,
-        budget: Duration,
-    ) -> impl Future<Output = Result<Conn<DB>>> + Send + '_ {
-        self.shared.pool.checkout_within(budget)
+    /// The bind's hosts, when it has replicas or a hook.
+    pub(crate) fn hosts(&self) -> Option<&Hosts<DB>> {
+        self.shared.hosts.as_ref()
+    }
+
+    /// The transaction SQL of the bind's session defaults, READ ONLY.
+    pub(crate) fn read_tx_sql(&self) -> &TxSql {
+        &self.shared.read_tx_sql
     }
 
     /// The bind's name, shared.
@@ -252,6 +294,14 @@ impl<DB: Backend> Bind<DB> {
 }
 
 impl<DB: Backend> Shared<DB> {
+    fn status(&self) -> BindStatus {
+        let mut status = self.pool.status();
+        if let Some(hosts) = &self.hosts {
+            status.hosts = hosts.status();
+        }
+        status
+    }
+
     async fn connect_now(&self) -> Result<()> {
         self.pool.checkout().await?.give_back();
         Ok(())
@@ -268,7 +318,7 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
     }
 
     fn status(&self) -> BindStatus {
-        self.pool.status()
+        Shared::status(self)
     }
 
     fn is_closed(&self) -> bool {
@@ -281,6 +331,9 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
 
     fn close(&self) {
         self.pool.close();
+        if let Some(hosts) = &self.hosts {
+            hosts.close();
+        }
     }
 
     fn pin(self: Arc<Self>, setup: Vec<String>) -> BoxFuture<'static, Result<()>> {
@@ -305,13 +358,23 @@ impl<DB: Backend> ErasedBind for Shared<DB> {
             self.dialect,
             &self.config,
         );
+        let pool = self.pool.twin(&self.config.pool, Arc::new(observer));
+        // Hosts of its own (pools, and a prober on the blocking runtime): built from the config
+        // that built this bind's, so it cannot fail where that did not.
+        let hosts = self.hosts.as_ref().and_then(|_| {
+            let hook = self.hook.clone();
+            Hosts::new(&self.name, &self.config, self.dialect, &pool, hook).ok()
+        });
         OpenBind::new(Shared {
             name: self.name.clone(),
             config: self.config.clone(),
             url: self.url.clone(),
             dialect: self.dialect,
-            pool: self.pool.twin(&self.config.pool, Arc::new(observer)),
+            pool,
             tx_sql: self.tx_sql.clone(),
+            read_tx_sql: self.read_tx_sql.clone(),
+            hosts,
+            hook: self.hook.clone(),
         })
     }
 }

@@ -8,8 +8,10 @@ use serde::Deserialize;
 
 use crate::DatabaseUrl;
 
+mod routing;
 mod tls;
 
+pub use routing::{Fallback, RoutingConfig};
 pub use tls::{TlsConfig, TlsMode};
 
 /// The name a single, unnamed bind gets, and the bind `DATABASE_URL` configures.
@@ -74,6 +76,13 @@ pub struct BindConfig {
     /// Binds whose migrations must run before this bind's (`migrate_after = ["accounts"]`).
     /// Default: none (binds migrate in name order).
     pub migrate_after: Vec<String>,
+    /// Replicas of the bind's database (`replicas = ["postgres://…"]`): read sessions go to
+    /// them. Every host, the bind's `url` among them, may turn out to be the primary: roles are
+    /// probed, not configured. Default: none (the bind is its `url` alone).
+    #[serde(deserialize_with = "routing::replicas")]
+    pub replicas: Vec<DatabaseUrl>,
+    /// How sessions are routed among the hosts of a bind with replicas.
+    pub routing: RoutingConfig,
 }
 
 impl BindConfig {
@@ -83,6 +92,24 @@ impl BindConfig {
             url: Some(url.into()),
             ..Self::default()
         }
+    }
+
+    /// Adds a replica: see [`BindConfig::replicas`].
+    pub fn replica(mut self, url: impl Into<DatabaseUrl>) -> Self {
+        self.replicas.push(url.into());
+        self
+    }
+
+    /// Sets [`RoutingConfig::max_lag`].
+    pub fn max_lag(mut self, lag: Duration) -> Self {
+        self.routing.max_lag = lag;
+        self
+    }
+
+    /// Sets the bind's [`RoutingConfig`].
+    pub fn routing(mut self, routing: RoutingConfig) -> Self {
+        self.routing = routing;
+        self
     }
 
     /// Sets [`PoolConfig::max_connections`].

@@ -25,9 +25,11 @@ use crate::{DatabaseUrl, Error, Result};
 
 mod checkout;
 mod conn_manager;
+mod host_status;
 mod pin;
 mod recovery;
 
+pub use host_status::{HostRole, HostStatus};
 pub(crate) use pin::{PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, PinCounts};
 
 use conn_manager::{ConnManager, PooledConn};
@@ -81,6 +83,9 @@ pub struct BindStatus {
     /// This is the bind's blocking face: the pool of its
     /// [`BlockingBind`](crate::blocking::BlockingBind), apart from the async one.
     pub blocking: bool,
+    /// A bind with replicas: each host (its `url` first, then its `replicas`), its role, lag
+    /// and health; the counts above are then those of the `url`'s pool. Empty for a plain bind.
+    pub hosts: Vec<HostStatus>,
 }
 
 /// The pool of one bind: its connections, its counters, and the task that keeps them fresh.
@@ -177,6 +182,29 @@ impl<DB: Backend> Pool<DB> {
             let _ = twin.0.pin.set(pin.clone());
         }
         twin
+    }
+
+    /// A pool of the same bind on another host (a replica, a host a hook chose), with the same
+    /// connection setup, `options` for that host, and an observer of its own (its metrics are
+    /// that host's). Opens nothing.
+    pub(crate) fn sibling(
+        &self,
+        url: &DatabaseUrl,
+        options: Options<DB>,
+        config: &PoolConfig,
+        observer: Arc<Observer>,
+    ) -> Self {
+        let manager = self.0.deadpool.manager();
+        let setup = manager.setup.clone();
+        Self::new(
+            self.0.bind.clone(),
+            url,
+            options,
+            manager.dialect,
+            config,
+            setup,
+            observer,
+        )
     }
 
     /// The pool's metric handles and span attributes.
@@ -316,11 +344,32 @@ impl<DB: Backend> Pool<DB> {
             connect_errors: load(&counters.connect_errors),
             closed: shared.deadpool.is_closed(),
             blocking: false,
+            hosts: Vec::new(),
         }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
         self.0.deadpool.is_closed()
+    }
+
+    /// The options this pool opens connections with: for a probe's own connection.
+    pub(crate) fn connect_options(&self) -> &Options<DB> {
+        &self.0.deadpool.manager().options
+    }
+
+    /// Connections of this pool held by sessions, and open: cheap enough for every routed
+    /// checkout.
+    pub(crate) fn load(&self) -> (usize, usize) {
+        let status = self.0.deadpool.status();
+        (status.size - status.available, status.size)
+    }
+
+    /// Closes the idle connections (those held by sessions stay theirs): the host is no longer
+    /// what they were opened for, a primary that became a replica.
+    pub(crate) fn drain_idle(&self) {
+        for conn in self.0.deadpool.retain(|_, _| false).removed {
+            close_gracefully(conn);
+        }
     }
 
     /// Stops handing out connections and closes the idle ones politely; connections still held

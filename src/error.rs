@@ -11,9 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 mod located;
+mod routing;
 mod tls;
 
 pub(crate) use located::{Op, locate};
+pub use routing::RoutingFailure;
 pub use tls::TlsCheck;
 
 /// `Result` with dbscope's [`Error`].
@@ -166,6 +168,9 @@ pub enum ErrorKind {
     /// A test database could not be set up or cleaned up (created, cloned, migrated, seeded or
     /// dropped), with the `testing` feature.
     TestDatabase,
+    /// A bind with replicas found no host for a session: no primary, two primaries, no fit
+    /// replica with `fallback = "fail"` ([`Error::routing_failure`] says which).
+    Routing,
 }
 
 impl ErrorKind {
@@ -215,7 +220,8 @@ impl ErrorKind {
             | Self::MigrationDirty
             | Self::MigrationFailed
             | Self::TestIsolation
-            | Self::TestDatabase => false,
+            | Self::TestDatabase
+            | Self::Routing => false,
         }
     }
 }
@@ -245,6 +251,8 @@ enum Detail {
         version: i64,
         file: Option<std::path::PathBuf>,
     },
+    /// `Routing`: what failed.
+    Routing(RoutingFailure),
 }
 
 impl Error {
@@ -398,6 +406,13 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,
+            // A failover in progress: a later attempt finds the promoted replica.
+            ErrorKind::Routing => {
+                matches!(
+                    self.0.detail,
+                    Detail::Routing(routing::RoutingFailure::NoPrimary)
+                )
+            }
             // Unreachable or refusing (I/O): transient, as is a server shutting down or
             // starting up (SQLSTATE 57P03 …). Its other answers (a wrong password, no such
             // database) or a bad option will say the same again, and so will a failed TLS check

@@ -13,6 +13,7 @@ mod config;
 mod database_url;
 mod engine;
 mod error;
+mod hosts;
 mod integration;
 mod load;
 mod manager;
@@ -29,16 +30,18 @@ pub use backend::Backend;
 pub use bind::Bind;
 pub use bind_key::{BindKey, DefaultBind};
 pub use config::{
-    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, HealthCheck, IsolationLevel,
-    JournalMode, PoolConfig, Pooler, SessionConfig, SqliteConfig, TlsConfig, TlsMode,
+    BindConfig, Config, ConnectConfig, DEFAULT_BIND, Engine, Fallback, HealthCheck, IsolationLevel,
+    JournalMode, PoolConfig, Pooler, RoutingConfig, SessionConfig, SqliteConfig, TlsConfig,
+    TlsMode,
 };
 pub use database_url::DatabaseUrl;
 /// Runs an `async fn(t: TestContext)` as a test on per-test copies of the app's binds: see
 /// [`testing`].
 #[cfg(feature = "testing")]
 pub use dbscope_macros::test;
-pub use engine::BindStatus;
-pub use error::{BoxError, Error, ErrorKind, Result, TlsCheck};
+pub use engine::{BindStatus, HostRole, HostStatus};
+pub use error::{BoxError, Error, ErrorKind, Result, RoutingFailure, TlsCheck};
+pub use hosts::{HostChoice, HostContext, ReadToken};
 #[cfg(feature = "actix")]
 pub use integration::actix;
 #[cfg(feature = "axum")]
@@ -55,6 +58,7 @@ pub use migrate::{
 pub use savepoint::Savepoint;
 pub use scope::{
     Atomic, IfOpen, Scope, ScopeBuilder, ScopedSession, SessionLease, TransactionMode, atomic,
-    atomic_for, current_session, current_session_for, scope, try_current_session,
+    atomic_for, current_read_session, current_session, current_session_for, scope,
+    try_current_session,
 };
 pub use session::Session;

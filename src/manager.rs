@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::bind::{self, OpenBind};
 use crate::config::{BindConfig, Config};
+use crate::hosts::{HostChoice, HostContext, HostHook};
 use crate::{Bind, BindKey, BindStatus, Error, Result};
 
 /// How often `close()` looks whether every connection is back.
@@ -71,12 +72,37 @@ pub(crate) trait Faces: Send + Sync {
 #[must_use]
 pub struct BindManagerBuilder {
     binds: Vec<(String, BindConfig)>,
+    hooks: Vec<(String, HostHook)>,
 }
 
 impl BindManagerBuilder {
     /// Adds the bind `name`.
     pub fn bind(mut self, name: impl Into<String>, config: BindConfig) -> Self {
         self.binds.push((name.into(), config));
+        self
+    }
+
+    /// Installs a host-switch hook on bind `name`: it runs before each session's first
+    /// checkout and picks the session's host ([`HostChoice::Host`]), other connect options
+    /// ([`HostChoice::Url`], say a rotated password: pooled apart), or leaves it to routing
+    /// ([`HostChoice::Route`]).
+    ///
+    /// ```
+    /// use dbscope::{BindConfig, BindManager, HostChoice};
+    ///
+    /// # fn main() -> Result<(), dbscope::Error> {
+    /// let manager = BindManager::builder()
+    ///     .bind("main", BindConfig::new("sqlite::memory:"))
+    ///     .host_hook("main", |cx| if cx.read { HostChoice::Route } else { HostChoice::Host(0) })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn host_hook(
+        mut self,
+        name: impl Into<String>,
+        hook: impl Fn(&HostContext<'_>) -> HostChoice + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push((name.into(), HostHook::new(hook)));
         self
     }
 
@@ -98,6 +124,14 @@ impl BindManagerBuilder {
         if self.binds.is_empty() {
             return Err(Error::no_binds());
         }
+        if let Some((name, _)) = self
+            .hooks
+            .iter()
+            .find(|(n, _)| !self.binds.iter().any(|(b, _)| b == n))
+        {
+            let known = self.binds.iter().map(|(b, _)| b.clone()).collect();
+            return Err(Error::unknown_bind(name, known));
+        }
         let mut binds = BTreeMap::new();
         for (name, config) in self.binds {
             check_name(&name)?;
@@ -105,7 +139,12 @@ impl BindManagerBuilder {
                 return Err(Error::duplicate_bind(&name));
             }
             check_pool(&name, &config)?;
-            let open = bind::open(&name, &config)?;
+            let hook = self
+                .hooks
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, h)| h.clone());
+            let open = bind::open(&name, &config, hook)?;
             binds.insert(name, open);
         }
         Ok(BindManager {

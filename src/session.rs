@@ -5,10 +5,12 @@ use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use sqlx::{Connection, SqlStr};
 
+use crate::backend::replication::Position;
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
 use crate::engine::{Conn, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead};
 use crate::error::{Op, is_connection_lost, is_connection_lost_code};
+use crate::hosts::{ReadToken, Route};
 use crate::{Bind, BindKey, BindManager, Error, Result};
 
 mod executor;
@@ -201,6 +203,10 @@ pub struct Session<DB: Backend> {
     /// The session's `db.session` span, parent of its statements' (disabled when no subscriber
     /// wants it).
     span: tracing::Span,
+    /// Read or write, its token, and the host it was given (binds with replicas).
+    route: Route,
+    /// The position of the session's last commit (binds with replicas).
+    token: Option<ReadToken>,
 }
 
 struct Custom {
@@ -330,6 +336,21 @@ impl<DB: Backend> Bind<DB> {
     pub fn session(&self) -> Session<DB> {
         Session::new(self.clone())
     }
+
+    /// A new read session: its transactions are READ ONLY, and on a bind with replicas it goes
+    /// to a healthy replica within `max_lag` (two chosen at random, the less busy one), else to
+    /// the primary (or fails, with `fallback = "fail"`). Its host is chosen at its first
+    /// checkout and kept for its life. On a bind without replicas, a read-only session.
+    pub fn read_session(&self) -> Session<DB> {
+        Session::routed(self.clone(), Route::read(None))
+    }
+
+    /// A read session that sees the commit `token` stands for: it goes to a replica that has
+    /// replayed past it, waits up to `token_wait` for one, or goes to the primary. A token
+    /// from another timeline (before a failover) never sends it to a replica.
+    pub fn read_session_after(&self, token: Option<ReadToken>) -> Session<DB> {
+        Session::routed(self.clone(), Route::read(token))
+    }
 }
 
 impl BindManager {
@@ -340,6 +361,27 @@ impl BindManager {
     /// As [`BindManager::bind`].
     pub fn session<DB: Backend>(&self, name: &str) -> Result<Session<DB>> {
         Ok(self.bind::<DB>(name)?.session())
+    }
+
+    /// A new [read session](Bind::read_session) on the bind `name`.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn read_session<DB: Backend>(&self, name: &str) -> Result<Session<DB>> {
+        Ok(self.bind::<DB>(name)?.read_session())
+    }
+
+    /// A new [read session](Bind::read_session_after) on the bind `token` names, that sees the
+    /// commit it stands for.
+    ///
+    /// # Errors
+    ///
+    /// As [`BindManager::bind`].
+    pub fn read_session_after<DB: Backend>(&self, token: &ReadToken) -> Result<Session<DB>> {
+        Ok(self
+            .bind::<DB>(token.bind())?
+            .read_session_after(Some(token.clone())))
     }
 
     /// A new session on the bind a [`BindKey`] names.
@@ -354,6 +396,10 @@ impl BindManager {
 
 impl<DB: Backend> Session<DB> {
     pub(crate) fn new(bind: Bind<DB>) -> Self {
+        Self::routed(bind, Route::default())
+    }
+
+    pub(crate) fn routed(bind: Bind<DB>, route: Route) -> Self {
         let span = bind.observer().session_span();
         Self {
             bind,
@@ -361,7 +407,28 @@ impl<DB: Backend> Session<DB> {
             tx: TxState::default(),
             custom: None,
             span,
+            route,
+            token: None,
         }
+    }
+
+    /// Whether this is a read session ([`Bind::read_session`]).
+    pub fn is_read(&self) -> bool {
+        self.route.read
+    }
+
+    /// The read-your-writes token of this session's last commit, on a bind with replicas (on
+    /// PostgreSQL and MariaDB): give it to a later read session ([`Bind::read_session_after`])
+    /// so that it sees this commit. `None` before a commit, on a read session, and on binds
+    /// without replicas.
+    pub fn read_token(&self) -> Option<&ReadToken> {
+        self.token.as_ref()
+    }
+
+    /// Whether the session's connection is on a replica (`false` on the primary, before the
+    /// first checkout, and on binds without replicas).
+    pub fn on_replica(&self) -> bool {
+        self.conn.is_some() && self.bind.hosts().is_some_and(|h| h.on_replica(&self.route))
     }
 
     /// The bind this session works on.
@@ -412,13 +479,17 @@ impl<DB: Backend> Session<DB> {
     }
 
     fn options(&self) -> SessionConfig {
-        self.custom
+        let mut options = self
+            .custom
             .as_ref()
-            .map_or_else(|| self.bind.session_defaults(), |c| c.options)
+            .map_or_else(|| self.bind.session_defaults(), |c| c.options);
+        options.read_only |= self.route.read;
+        options
     }
 
     fn tx_sql(&self) -> Result<&TxSql> {
         match &self.custom {
+            None if self.route.read => Ok(self.bind.read_tx_sql()),
             None => Ok(self.bind.tx_sql()),
             Some(Custom { sql: Ok(sql), .. }) => Ok(sql),
             Some(Custom { sql: Err(what), .. }) => Err(Error::unsupported(self.bind.name(), what)),
@@ -477,11 +548,13 @@ impl<DB: Backend> Session<DB> {
             self.end_transaction(); // nothing ran: nothing to commit
             return Ok(());
         }
-        match self.exec(SqlStr::from_static(self.tx.end.commit)).await {
-            Ok(()) => {
+        let commit = self.commit_sql();
+        match self.exec_returning(commit).await {
+            Ok(position) => {
                 self.conn_mut().ended(true);
                 self.end_transaction();
                 self.bind.observer().metrics.transaction(true);
+                self.keep_token(position);
                 Ok(())
             }
             Err(e) => {
@@ -648,7 +721,8 @@ impl<DB: Backend> Session<DB> {
     async fn attach(&mut self) -> Result<()> {
         self.check_usable()?;
         if self.conn.is_none() {
-            self.conn = Some(self.bind.checkout().await?);
+            let budget = self.bind.acquire_timeout();
+            self.conn = Some(self.bind.checkout_routed(&mut self.route, budget).await?);
             self.tx.unproven = true;
         }
         self.flush_pending_rollback().await
@@ -738,7 +812,7 @@ impl<DB: Backend> Session<DB> {
     async fn begin_on_another(&mut self, budget: Duration) -> Result<()> {
         self.let_go();
         self.tx = TxState::default();
-        self.conn = Some(self.bind.checkout_within(budget).await?);
+        self.conn = Some(self.bind.checkout_routed(&mut self.route, budget).await?);
         self.tx.unproven = true;
         self.begin_transaction().await
     }
@@ -752,7 +826,7 @@ impl<DB: Backend> Session<DB> {
             .saturating_sub(started.elapsed());
         self.let_go();
         self.tx = TxState::default();
-        self.conn = Some(self.bind.checkout_within(budget).await?);
+        self.conn = Some(self.bind.checkout_routed(&mut self.route, budget).await?);
         self.tx.unproven = true;
         Ok(())
     }
@@ -915,6 +989,51 @@ impl<DB: Backend> Session<DB> {
         let result = raw.ping().await;
         op.settle(&result);
         result
+    }
+
+    /// COMMIT, or on a write session of a bind with replicas, COMMIT and the position that
+    /// makes its token, in one message.
+    fn commit_sql(&self) -> SqlStr {
+        let makes_tokens = self.bind.hosts().is_some_and(|h| h.makes_tokens());
+        let with_position = (makes_tokens && !self.route.read)
+            .then(|| self.bind.dialect().commit_with_position())
+            .flatten()
+            .filter(|_| self.tx.end.commit == "COMMIT");
+        SqlStr::from_static(with_position.unwrap_or(self.tx.end.commit))
+    }
+
+    fn keep_token(&mut self, position: Option<String>) {
+        let Some(hosts) = self.bind.hosts() else {
+            return;
+        };
+        let position = position.as_deref().and_then(Position::parse);
+        if let Some(position) = position {
+            let token = ReadToken::new(
+                self.bind.shared_name(),
+                hosts.timeline(&self.route),
+                position,
+            );
+            self.token = Some(match self.token.take() {
+                Some(earlier) => earlier.later(token),
+                None => token,
+            });
+        }
+    }
+
+    /// [`exec`](Self::exec), keeping the first column of the last row as text.
+    async fn exec_returning(&mut self, sql: SqlStr) -> sqlx::Result<Option<String>> {
+        let (raw, mut op) = self.start_op(Op::new("command"), true);
+        let mut last = None;
+        let result = DB::fetch_many(raw, sql)
+            .try_for_each(|item| {
+                if let sqlx::Either::Right(row) = &item {
+                    last = DB::first_text(row);
+                }
+                std::future::ready(Ok(()))
+            })
+            .await;
+        op.settle(&result);
+        result.map(|()| last)
     }
 
     /// Runs one command, all its results drained, with in-flight tracking.

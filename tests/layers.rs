@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("backend", 2),
     ("observe", 2),
     ("engine", 3),
+    ("hosts", 4),
     ("bind", 4),
     ("bind_key", 4),
     ("manager", 5),
@@ -33,6 +34,7 @@ const SAME_LAYER_EDGES: &[(&str, &str)] = &[
     ("load", "config"),
     ("savepoint", "session"),
     ("observe", "backend"),
+    ("bind", "hosts"),
 ];
 
 fn layer(module: &str) -> u32 {

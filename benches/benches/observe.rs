@@ -197,16 +197,16 @@ async fn bench(contenders: &[Arc<Contender>], settings: &Settings) -> Result<u64
     let runs = rounds.runs();
     let medians = LINES.results(contenders.iter().map(|c| c.name), runs);
     println!("\nround by round: observed / plain, median (min–max)");
-    for i in 1..contenders.len() {
-        println!("  {:<24} {}", contenders[i].name, per_round(runs, i, 0));
+    for (i, contender) in contenders.iter().enumerate().skip(1) {
+        println!("  {:<24} {}", contender.name, per_round(runs, i, 0));
     }
     println!("\ngoals (on the ratios of the medians)");
-    for i in 1..contenders.len() {
-        let ratio = medians[i] / medians[0];
+    for (contender, median) in contenders.iter().zip(&medians).skip(1) {
+        let ratio = median / medians[0];
         println!(
             "  {}  {} within 3% of plain: {ratio:.3}x ({:+.1}%)",
             verdict(ratio >= GOAL),
-            contenders[i].name,
+            contender.name,
             (ratio - 1.0) * 100.0
         );
     }

@@ -27,6 +27,16 @@ impl Dialect {
         self == Self::Postgres
     }
 
+    /// COMMIT, and in the same message the position a replica must reach to see it: the WAL
+    /// insert position (PostgreSQL) or the session's last GTID (MariaDB).
+    pub(crate) fn commit_with_position(self) -> Option<&'static str> {
+        match self {
+            Self::Postgres => Some("COMMIT; SELECT pg_current_wal_insert_lsn()::text"),
+            Self::MySql => Some("COMMIT; SELECT @@last_gtid"),
+            Self::Sqlite => None,
+        }
+    }
+
     /// The transaction statements for these options, or why this database cannot honour them.
     pub(crate) fn tx_sql(
         self,

@@ -11,6 +11,7 @@ use crate::{DatabaseUrl, Error, Result};
 
 pub(crate) mod dialect;
 pub(crate) use dialect::{Dialect, TxSql};
+pub(crate) mod replication;
 mod tls;
 
 #[cfg(feature = "any")]
@@ -78,6 +79,23 @@ pub trait Backend: Database + sealed::Sealed {
         let _ = arguments;
         None
     }
+
+    /// The first column of `row` as text, if it is text (a commit's WAL position or GTID).
+    #[doc(hidden)]
+    fn first_text(row: &Self::Row) -> Option<String>;
+
+    /// Asks the server for its role and replication position (binds with replicas; the
+    /// backends that cannot have any are refused when the bind is built).
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn probe(conn: &mut Self::Connection) -> BoxFuture<'_, sqlx::Result<replication::Probe>> {
+        let _ = conn;
+        Box::pin(async {
+            Err(sqlx::Error::Configuration(
+                "this backend has no replicas".into(),
+            ))
+        })
+    }
 }
 
 /// Implements [`Backend`]'s executor plumbing for a database whose `&mut Connection` is an
@@ -120,6 +138,12 @@ macro_rules! delegate_executor {
             sql: sqlx::SqlStr,
         ) -> futures_core::future::BoxFuture<'_, sqlx::Result<sqlx::Describe<Self>>> {
             sqlx::Executor::describe(conn, sql)
+        }
+
+        fn first_text(row: &Self::Row) -> Option<String> {
+            sqlx::Row::try_get::<Option<String>, _>(row, 0)
+                .ok()
+                .flatten()
         }
     };
 }

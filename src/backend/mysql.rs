@@ -2,7 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlSslMode};
+use futures_core::future::BoxFuture;
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+
+use super::replication::{Position, Probe, ProbedRole};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::{BindConfig, TlsConfig, TlsMode};
@@ -38,6 +41,27 @@ impl Backend for MySql {
     fn copy_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
         Some(arguments.clone())
     }
+
+    #[allow(private_interfaces)]
+    fn probe(conn: &mut MySqlConnection) -> BoxFuture<'_, sqlx::Result<Probe>> {
+        Box::pin(async move {
+            let (read_only, binlog, applied): (i64, String, String) =
+                sqlx::query_as(MARIADB_PROBE).fetch_one(conn).await?;
+            let replica = read_only != 0;
+            let position = if replica { applied } else { binlog };
+            let position = Position::parse(&position)
+                .ok_or_else(|| sqlx::Error::Protocol("unreadable GTID position".into()))?;
+            Ok(Probe {
+                role: if replica {
+                    ProbedRole::Replica
+                } else {
+                    ProbedRole::Primary
+                },
+                position,
+                timeline: 0,
+            })
+        })
+    }
 }
 
 /// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).
@@ -67,3 +91,6 @@ fn ssl_mode(mode: TlsMode) -> MySqlSslMode {
         TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
     }
 }
+
+/// MariaDB: `read_only`, and the binlog position (primary) or the replica's applied one.
+const MARIADB_PROBE: &str = "SELECT CAST(@@read_only AS SIGNED), CAST(@@gtid_binlog_pos AS CHAR), CAST(@@gtid_slave_pos AS CHAR)";

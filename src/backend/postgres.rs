@@ -2,7 +2,10 @@
 
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, PgSslMode, Postgres};
+use futures_core::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode, Postgres};
+
+use super::replication::{Position, Probe, ProbedRole};
 
 use super::{Backend, Sealed, delegate_executor, invalid_url, log_settings, sqlx_url};
 use crate::config::{BindConfig, TlsConfig, TlsMode};
@@ -35,6 +38,27 @@ impl Backend for Postgres {
     }
 
     delegate_executor!();
+
+    #[allow(private_interfaces)]
+    fn probe(conn: &mut PgConnection) -> BoxFuture<'_, sqlx::Result<Probe>> {
+        Box::pin(async move {
+            let (recovery, position, timeline): (bool, Option<String>, i32) =
+                sqlx::query_as(PG_PROBE).fetch_one(conn).await?;
+            let position = position
+                .as_deref()
+                .and_then(Position::parse)
+                .ok_or_else(|| sqlx::Error::Protocol("no WAL position".into()))?;
+            Ok(Probe {
+                role: if recovery {
+                    ProbedRole::Replica
+                } else {
+                    ProbedRole::Primary
+                },
+                position,
+                timeline: u32::try_from(timeline).unwrap_or(0),
+            })
+        })
+    }
 }
 
 /// `connect.tls` over the URL's settings (`backend::tls` checked them when the bind was built).
@@ -63,3 +87,11 @@ fn ssl_mode(mode: TlsMode) -> PgSslMode {
         TlsMode::VerifyFull => PgSslMode::VerifyFull,
     }
 }
+
+/// PostgreSQL: role, position, timeline, in one statement. On a primary the timeline is the
+/// first 8 hex digits of the current WAL file's name; on a standby it is the WAL receiver's.
+const PG_PROBE: &str = "SELECT pg_is_in_recovery(), \
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+    CASE WHEN pg_is_in_recovery() \
+      THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
+      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::BlockingSession;
 use super::runtime::{Driver, refuse_in_async};
 use crate::backend::Backend;
-use crate::{Bind, BindStatus, Result};
+use crate::{Bind, BindStatus, ReadToken, Result};
 
 /// A bind for blocking code: the same database, options and session defaults as the async
 /// [`Bind`] of the same name, on a pool of its own. From [`BindManager::blocking_bind`].
@@ -28,6 +28,18 @@ impl<DB: Backend> BlockingBind<DB> {
     /// out on its first statement.
     pub fn session(&self) -> BlockingSession<DB> {
         BlockingSession::new(self.clone())
+    }
+
+    /// A new read session: see [`Bind::read_session`]. This face has hosts (and a prober) of its
+    /// own.
+    pub fn read_session(&self) -> BlockingSession<DB> {
+        BlockingSession::of(self.bind.read_session(), self.clone())
+    }
+
+    /// A read session that sees the commit `token` stands for: see
+    /// [`Bind::read_session_after`].
+    pub fn read_session_after(&self, token: Option<ReadToken>) -> BlockingSession<DB> {
+        BlockingSession::of(self.bind.read_session_after(token), self.clone())
     }
 
     /// A snapshot of this face's pool (`blocking: true`).

@@ -62,10 +62,20 @@ pub struct BlockingSession<DB: Backend> {
 
 impl<DB: Backend> BlockingSession<DB> {
     pub(crate) fn new(bind: BlockingBind<DB>) -> Self {
+        Self::of(bind.bind.session(), bind)
+    }
+
+    pub(crate) fn of(session: Session<DB>, bind: BlockingBind<DB>) -> Self {
         Self {
-            session: Some(bind.bind.session()),
+            session: Some(session),
             bind,
         }
+    }
+
+    /// The read-your-writes token of this session's last commit: see
+    /// [`Session::read_token`].
+    pub fn read_token(&self) -> Option<&crate::ReadToken> {
+        self.inner().read_token()
     }
 
     /// The bind this session works on.

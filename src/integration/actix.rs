@@ -194,12 +194,15 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         // actix routes, calls nested middleware and may start extracting in `call`: now, in
         // the request's scope.
-        let call = self
-            .config
-            .call(request, |request| self.service.call(request));
+        let call = self.config.call(request, request_headers, |request| {
+            self.service.call(request)
+        });
         let work = Box::pin(async move {
             let failure = || HttpResponse::new(status(FAILURE_STATUS));
-            match call.outcome(|response| response.status().as_u16()).await {
+            match call
+                .outcome(|response| response.status().as_u16(), stamp)
+                .await
+            {
                 Outcome::Inner(result) => result.map(ServiceResponse::map_into_left_body),
                 Outcome::Refused(request) => {
                     Ok(request.into_response(failure()).map_into_right_body())
@@ -210,6 +213,25 @@ where
             }
         });
         ResponseFuture { work }
+    }
+}
+
+/// The values of a request's header `name`, for the read tokens it brings.
+fn request_headers<'a>(request: &'a ServiceRequest, name: &str) -> Vec<&'a str> {
+    request
+        .headers()
+        .get_all(name)
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// Sets a response header carrying the commit's read tokens.
+fn stamp<B>(response: &mut ServiceResponse<B>, name: &str, value: String) {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    let name = HeaderName::from_bytes(name.as_bytes());
+    let value = HeaderValue::try_from(value);
+    if let (Ok(name), Ok(value)) = (name, value) {
+        response.headers_mut().append(name, value);
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use super::tokens::TokenCarrier;
 #[cfg(any(feature = "axum", feature = "actix"))]
 use crate::Error;
 use crate::{BindManager, Result, Scope, ScopeBuilder};
@@ -98,6 +99,8 @@ struct RouteExceptions(StatusPolicy);
 pub(crate) struct LayerConfig {
     scope: ScopeBuilder,
     policy: StatusPolicy,
+    /// Where requests bring read tokens and responses take them: opt-in.
+    tokens: Option<TokenCarrier>,
 }
 
 impl LayerConfig {
@@ -105,6 +108,7 @@ impl LayerConfig {
         Self {
             scope: manager.scope(),
             policy: StatusPolicy::default(),
+            tokens: None,
         }
     }
 
@@ -114,6 +118,7 @@ impl LayerConfig {
         Ok(Self {
             scope,
             policy: StatusPolicy::default(),
+            tokens: None,
         })
     }
 
@@ -125,6 +130,10 @@ impl LayerConfig {
         self.policy.rollback_on(status);
     }
 
+    pub(crate) fn read_tokens_in(&mut self, carrier: TokenCarrier) {
+        self.tokens = Some(carrier);
+    }
+
     /// Takes a request: joins the scope an outer layer opened (adding this layer's binds, mode,
     /// hooks and status exceptions to it), or opens the request's own; then calls the inner
     /// service, through `call`, inside that scope. A scope that cannot be opened or joined
@@ -132,10 +141,19 @@ impl LayerConfig {
     pub(crate) fn call<Q, Fut>(
         self: &Arc<Self>,
         request: Q,
+        headers: impl for<'a> Fn(&'a Q, &str) -> Vec<&'a str>,
         call: impl FnOnce(Q) -> Fut,
     ) -> Call<Q, Fut> {
         let Some(outer) = Scope::try_current() else {
-            return match self.scope.start() {
+            let tokens = self.tokens.as_ref().map_or_else(Vec::new, |carrier| {
+                carrier.read(headers(&request, carrier.request_header()).into_iter())
+            });
+            let started = if tokens.is_empty() {
+                self.scope.start()
+            } else {
+                self.scope.clone().read_after_all(tokens).start()
+            };
+            return match started {
                 Ok(scope) => Call::Owned {
                     // Frameworks route, call nested layers and may start extracting inside
                     // `call`, before any future is polled: that runs inside the scope too.
@@ -222,6 +240,27 @@ macro_rules! layer_type {
                 std::sync::Arc::make_mut(&mut self.config).rollback_on(status.as_u16());
                 self
             }
+
+            /// Read-your-writes across requests, in header `name`: a response whose scope
+            /// committed on binds with replicas carries the commit's
+            /// [`ReadToken`](crate::ReadToken)s in it; a request bringing them back has its
+            /// read sessions see those commits (a replica that replayed past them, or the
+            /// primary). Off unless asked for.
+            pub fn read_token_header(mut self, name: &str) -> Self {
+                std::sync::Arc::make_mut(&mut self.config).read_tokens_in(
+                    $crate::integration::tokens::TokenCarrier::Header(name.to_ascii_lowercase()),
+                );
+                self
+            }
+
+            /// As [`read_token_header`](Self::read_token_header), in cookie `name`
+            /// (`Path=/; HttpOnly; SameSite=Lax`).
+            pub fn read_token_cookie(mut self, name: &str) -> Self {
+                std::sync::Arc::make_mut(&mut self.config).read_tokens_in(
+                    $crate::integration::tokens::TokenCarrier::Cookie(name.to_owned()),
+                );
+                self
+            }
         }
     };
 }
@@ -259,7 +298,14 @@ where
 {
     /// Runs the inner call to its response head; when this layer opened the scope, ends it:
     /// commits when the response's `status` says so, rolls back otherwise and on an `Err`.
-    pub(crate) async fn outcome(self, status: fn(&R) -> u16) -> Outcome<Q, R, E> {
+    ///
+    /// With read tokens on, `stamp` sets the commit's tokens on the response: a header's name
+    /// and value.
+    pub(crate) async fn outcome(
+        self,
+        status: fn(&R) -> u16,
+        stamp: fn(&mut R, &str, String),
+    ) -> Outcome<Q, R, E> {
         let (scope, config, inner) = match self {
             Call::Owned {
                 scope,
@@ -278,6 +324,16 @@ where
             (Err(e), Ok(response)) => {
                 log_failure("the request's commit failed; answering 500", &e);
                 Outcome::CommitFailed(response)
+            }
+            (Ok(()), Ok(mut response)) if commit => {
+                if let Some(carrier) = &config.tokens {
+                    let tokens = scope.read_tokens();
+                    if !tokens.is_empty() {
+                        let (name, value) = carrier.write(&tokens);
+                        stamp(&mut response, name, value);
+                    }
+                }
+                Outcome::Inner(Ok(response))
             }
             (_, result) => Outcome::Inner(result),
         }

@@ -10,6 +10,8 @@
 
 #[cfg(any(feature = "tower", feature = "actix"))]
 mod core;
+#[cfg(any(feature = "tower", feature = "actix"))]
+mod tokens;
 
 #[cfg(feature = "actix")]
 pub mod actix;

@@ -112,9 +112,12 @@ where
         // The service driven to readiness is called now, inside the request's scope.
         let call = self
             .config
-            .call(request, |request| self.inner.call(request));
+            .call(request, request_headers, |request| self.inner.call(request));
         let work = Box::pin(async move {
-            match call.outcome(|response| response.status().as_u16()).await {
+            match call
+                .outcome(|response| response.status().as_u16(), stamp)
+                .await
+            {
                 Outcome::Inner(result) => result,
                 Outcome::Refused(_) | Outcome::CommitFailed(_) => {
                     let mut response = Response::new(ResBody::default());
@@ -124,6 +127,25 @@ where
             }
         });
         ResponseFuture { work }
+    }
+}
+
+/// The values of a request's header `name`, for the read tokens it brings.
+fn request_headers<'a, B>(request: &'a Request<B>, name: &str) -> Vec<&'a str> {
+    request
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// Sets a response header carrying the commit's read tokens.
+fn stamp<B>(response: &mut Response<B>, name: &str, value: String) {
+    let name = http::HeaderName::from_bytes(name.as_bytes());
+    let value = http::HeaderValue::try_from(value);
+    if let (Ok(name), Ok(value)) = (name, value) {
+        response.headers_mut().append(name, value);
     }
 }
 

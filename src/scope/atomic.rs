@@ -174,7 +174,7 @@ impl<DB: Backend> Atomic<DB> {
     /// Opens the block on `scope`'s session: the first half of [`run`](Atomic::run), for
     /// scopes whose work is not a future (the blocking ones).
     pub(crate) async fn enter(&self, scope: &Scope) -> Result<Block<DB>> {
-        let slot = scope.slot::<DB>(&self.bind)?;
+        let slot = scope.slot::<DB>(&self.bind, scope.is_read_only())?;
         let level = self.open(&slot).await?;
         Ok(Block {
             // `None`: the block runs in the open transaction, which its opener ends.

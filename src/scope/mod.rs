@@ -15,10 +15,13 @@ use crate::{BindKey, BindManager, Error, Result};
 
 mod atomic;
 mod hooks;
+mod reads;
 mod slot;
 
 pub use atomic::{Atomic, IfOpen, atomic, atomic_for};
 use hooks::Hooks;
+pub use reads::current_read_session;
+use reads::{Reads, Written};
 use slot::{Ended, ErasedSlot, Slot};
 pub use slot::{ScopedSession, SessionLease};
 
@@ -138,6 +141,7 @@ pub struct ScopeBuilder {
     binds: Vec<(String, Option<TransactionMode>)>,
     hooks: Hooks,
     source: Option<Arc<dyn SessionSource>>,
+    reads: Reads,
 }
 
 /// Where a scope's sessions come from when not from the manager's binds themselves: another
@@ -156,6 +160,7 @@ impl BindManager {
             binds: Vec::new(),
             hooks: Hooks::default(),
             source: None,
+            reads: Reads::default(),
         }
     }
 }
@@ -299,10 +304,12 @@ impl ScopeBuilder {
                     declared,
                     slots: Vec::new(),
                     ended: false,
+                    reads: self.reads.clone(),
                 }),
                 hooks: Mutex::new(self.hooks.clone()),
                 extensions: Mutex::new(Vec::new()),
                 source: self.source.clone(),
+                written: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -331,6 +338,8 @@ struct Inner {
     extensions: Mutex<Vec<Box<dyn Any + Send>>>,
     /// Where the sessions come from; `None`: the manager's binds.
     source: Option<Arc<dyn SessionSource>>,
+    /// The tokens of the scope's commits, made on first use by a bind with replicas.
+    written: std::sync::OnceLock<Written>,
 }
 
 struct State {
@@ -340,6 +349,7 @@ struct State {
     /// The sessions in the order of their first use, which is the order they commit in.
     slots: Vec<Arc<dyn ErasedSlot>>,
     ended: bool,
+    reads: Reads,
 }
 
 impl State {
@@ -398,7 +408,14 @@ impl Scope {
     ///
     /// As [`current_session`].
     pub fn session<DB: Backend>(&self, name: &str) -> Result<ScopedSession<DB>> {
-        Ok(ScopedSession::new(self.slot::<DB>(name)?))
+        Ok(ScopedSession::new(
+            self.slot::<DB>(name, self.is_read_only())?,
+        ))
+    }
+
+    /// Whether every session of the scope is a read session.
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.state().reads.read_only
     }
 
     /// Runs `work` inside this scope, sharing its sessions, without ending the scope when
@@ -445,6 +462,10 @@ impl Scope {
             binds: state.declared.clone().unwrap_or_default(),
             hooks: Hooks::default(),
             source: self.inner.source.clone(),
+            reads: Reads {
+                read_only: state.reads.read_only,
+                tokens: Vec::new(),
+            },
         }
     }
 
@@ -490,6 +511,13 @@ impl Scope {
         if let Some(mode) = builder.mode {
             state.mode = mode;
         }
+        // A read-only route makes the request's sessions read sessions from then on; its
+        // tokens join the request's.
+        state.reads.read_only |= builder.reads.read_only;
+        state
+            .reads
+            .tokens
+            .extend(builder.reads.tokens.iter().cloned());
         if !builder.binds.is_empty() {
             let declared = state.declared.get_or_insert_with(Vec::new);
             if let Some((dup, _)) = builder
@@ -563,12 +591,30 @@ impl Scope {
         outcome
     }
 
-    fn slot<DB: Backend>(&self, name: &str) -> Result<Arc<Slot<DB>>> {
+    /// The read slot of bind `name`, or its write slot once that has been used (sticky after
+    /// write).
+    fn read_slot<DB: Backend>(&self, name: &str) -> Result<Arc<Slot<DB>>> {
+        let written = {
+            let state = self.state();
+            !state.reads.read_only
+                && state
+                    .slots
+                    .iter()
+                    .any(|s| s.name() == name && !s.is_read() && s.used())
+        };
+        self.slot::<DB>(name, !written)
+    }
+
+    fn slot<DB: Backend>(&self, name: &str, read: bool) -> Result<Arc<Slot<DB>>> {
         let mut state = self.state();
         if state.ended {
             return Err(Error::scope_ended(name));
         }
-        if let Some(slot) = state.slots.iter().find(|s| s.name() == name) {
+        if let Some(slot) = state
+            .slots
+            .iter()
+            .find(|s| s.name() == name && s.is_read() == read)
+        {
             return match slot.clone().into_any().downcast::<Slot<DB>>() {
                 Ok(slot) => Ok(slot),
                 // Asked for as another type: the manager names the mismatch.
@@ -581,21 +627,26 @@ impl Scope {
             };
         }
         let mode = state.mode_for(name)?;
-        let mut session = match &self.inner.source {
-            None => self.inner.manager.session::<DB>(name)?,
+        let bind = match &self.inner.source {
+            None => self.inner.manager.bind::<DB>(name)?,
             Some(source) => {
                 self.inner.manager.bind::<DB>(name)?; // the name, type and closed checks
                 let face = source.open(&self.inner.manager, name)?;
                 face.typed::<DB>()
                     .expect("a bind's other face has the bind's type")
-                    .session()
             }
+        };
+        let mut session = if read {
+            bind.read_session_after(state.reads.token_for(name))
+        } else {
+            bind.session()
         };
         let autocommit = mode == TransactionMode::Autocommit;
         if session.is_autocommit() != autocommit {
             session = session.autocommit(autocommit); // builds per-session options: only if needed
         }
-        let slot = Arc::new(Slot::new(session.bind().shared_name(), session));
+        let written = session.bind().hosts().is_some().then(|| self.written());
+        let slot = Arc::new(Slot::new(session.bind().shared_name(), session, written));
         state.slots.push(slot.clone());
         Ok(slot)
     }

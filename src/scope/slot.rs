@@ -5,7 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use sqlx::{Either, Execute, Executor, SqlStr};
 use tokio::sync::OwnedMutexGuard;
 
+use super::Written;
 use crate::backend::Backend;
 use crate::{Error, Result, Session};
 
@@ -28,6 +29,12 @@ pub(crate) struct Slot<DB: Backend> {
     /// The level of an atomic block dropped while the session was taken (0: none; levels start
     /// at 1): rolled back to by whoever takes the session next.
     dropped_level: AtomicU32,
+    /// A read session's slot (a scope has at most one of each per bind).
+    read: bool,
+    /// Code of the scope has taken the session (run a statement on it): for sticky-after-write.
+    used: AtomicBool,
+    /// Where its commit's read token goes, on a bind with replicas.
+    written: Option<Written>,
 }
 
 /// How a slot ended with its scope.
@@ -51,6 +58,8 @@ pub(crate) trait ErasedSlot: Send + Sync {
     /// [`end`](ErasedSlot::end) without awaiting, when that needs no round trip (no
     /// transaction open, the session free); `None` otherwise.
     fn end_now(&self, commit: bool) -> Option<Ended>;
+    fn is_read(&self) -> bool;
+    fn used(&self) -> bool;
 }
 
 impl dyn ErasedSlot {
@@ -64,12 +73,15 @@ impl dyn ErasedSlot {
 }
 
 impl<DB: Backend> Slot<DB> {
-    pub(crate) fn new(name: Arc<str>, session: Session<DB>) -> Self {
+    pub(crate) fn new(name: Arc<str>, session: Session<DB>, written: Option<Written>) -> Self {
         Self {
             name,
             patience: session.bind().acquire_timeout(),
+            read: session.is_read(),
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
             dropped_level: AtomicU32::new(0),
+            used: AtomicBool::new(false),
+            written,
         }
     }
 
@@ -99,6 +111,9 @@ impl<DB: Backend> Slot<DB> {
         };
         if let Some(level) = self.take_dropped_level() {
             session.savepoint_dropped(level);
+        }
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
         }
         Ok(SessionLease { guard })
     }
@@ -161,9 +176,20 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
                 close_quietly(session).await;
                 return Ended::CommitFailed(e);
             }
+            if let (Some(written), Some(token)) = (&self.written, session.read_token()) {
+                lock_written(written).push(token.clone());
+            }
             close_quietly(session).await;
             ended(commit)
         })
+    }
+
+    fn is_read(&self) -> bool {
+        self.read
+    }
+
+    fn used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
     }
 
     fn end_now(&self, commit: bool) -> Option<Ended> {
@@ -180,6 +206,12 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
             Some(_) => None,
         }
     }
+}
+
+fn lock_written(written: &Written) -> std::sync::MutexGuard<'_, Vec<crate::ReadToken>> {
+    written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a slot reports when it ended as asked.

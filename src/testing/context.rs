@@ -129,6 +129,35 @@ impl TestContext {
         self.counts(bind).map(|c| c.rollbacks)
     }
 
+    /// The after-commit hooks the app's committed scopes left, held and not run yet: always 0
+    /// unless the test [captures them](super::TestDbBuilder::capture_after_commit).
+    pub fn captured_after_commit(&self) -> usize {
+        self.captured().map_or(0, |c| c.len())
+    }
+
+    /// Runs the after-commit hooks held so far, in the order their scopes committed, and
+    /// returns how many ran; 0 unless the test
+    /// [captures them](super::TestDbBuilder::capture_after_commit). Hooks held later wait for
+    /// the next call.
+    ///
+    /// # Errors
+    ///
+    /// None: a hook returns nothing to report.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: cancelled mid-way, the hooks not run yet are dropped.
+    pub async fn run_captured(&self) -> usize {
+        match self.captured() {
+            Some(captured) => captured.run().await,
+            None => 0,
+        }
+    }
+
+    fn captured(&self) -> Option<Arc<crate::scope::Captured>> {
+        self.inner.manager.hook_sink()
+    }
+
     fn counts(&self, bind: &str) -> Option<crate::engine::PinCounts> {
         self.inner.manager.entry(bind).ok()?.erased.pin_counts()
     }

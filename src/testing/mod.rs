@@ -27,6 +27,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use context::{TestContext, TestOutcome};
 pub use source::Migrations;
@@ -81,6 +82,7 @@ pub struct TestDbBuilder {
     migrations: BTreeMap<String, Migrations>,
     fixtures: BTreeMap<String, Vec<source::Fixture>>,
     keep: bool,
+    capture_after_commit: bool,
 }
 
 impl TestDbBuilder {
@@ -133,6 +135,16 @@ impl TestDbBuilder {
     /// they are; also on with [`KEEP_ENV`].
     pub fn keep(mut self, keep: bool) -> Self {
         self.keep = keep;
+        self
+    }
+
+    /// Holds the after-commit hooks of the app's scopes instead of running them when their
+    /// scope commits: the test sees how many there are with
+    /// [`captured_after_commit`](TestContext::captured_after_commit) and runs them, if it
+    /// wants, with [`run_captured`](TestContext::run_captured). After-rollback hooks still run.
+    /// Off by default: the hooks run as they would outside the test.
+    pub fn capture_after_commit(mut self, capture: bool) -> Self {
+        self.capture_after_commit = capture;
         self
     }
 
@@ -206,6 +218,9 @@ impl TestDbBuilder {
             test_config.binds.insert(name, bind);
         }
         let manager = BindManager::new(test_config)?;
+        if self.capture_after_commit {
+            manager.set_hook_sink(Arc::new(crate::scope::Captured::default()));
+        }
         let context = TestContext::new(manager, copies, cleanup);
         context.set_up().await?;
         Ok(context)

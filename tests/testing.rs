@@ -285,9 +285,67 @@ where
     scratch.finish().await;
 }
 
-common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
-common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
-common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
+/// The app's blocking code (a `BlockingBind` session, a blocking scope, on a thread of their
+/// own) runs on the pinned connection too: its rows are in the test transaction, seen by the
+/// test, invisible outside, and gone after.
+async fn blocking_sessions_run_on_the_pinned_connection<B: Suite>()
+where
+    for<'r> String: sqlx::Decode<'r, B::Db> + sqlx::Type<B::Db>,
+    usize: sqlx::ColumnIndex<<B::Db as sqlx::Database>::Row>,
+    <B::Db as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<B::Db>,
+{
+    let scratch = Scratch::new(B::KIND).await;
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Transaction)
+        .migrations("main", migrations(&scratch.name, &[NOTES]))
+        .start()
+        .await
+        .expect("the test starts");
+    let manager = t.manager().clone();
+    let blocking = tokio::task::spawn_blocking(move || {
+        let bind = manager.blocking_bind::<B::Db>("main")?;
+        let mut session = bind.session();
+        let insert = "INSERT INTO notes (id, body) VALUES (1, 'from a blocking session')";
+        session.execute(sqlx::query(insert))?;
+        session.commit()?;
+        session.close()?;
+        dbscope::blocking::scope(&manager, || {
+            let mut session = dbscope::blocking::current_session::<B::Db>("main")?;
+            let insert = "INSERT INTO notes (id, body) VALUES (2, 'from a blocking scope')";
+            session.execute(sqlx::query(insert))?;
+            Ok::<_, dbscope::Error>(())
+        })
+    });
+    tokio::time::timeout(Duration::from_secs(60), blocking)
+        .await
+        .expect("the blocking code finished")
+        .expect("the blocking code did not panic")
+        .expect("the blocking code ran");
+    assert_eq!(
+        body_of::<B::Db>(&t, "main").await,
+        "from a blocking session"
+    );
+    let scoped = sqlx::query("SELECT body FROM notes WHERE id = 2");
+    let row = t.fetch_one::<B::Db, _>("main", scoped).await.unwrap();
+    assert_eq!(row.get::<String, _>(0), "from a blocking scope");
+    assert_eq!(
+        t.commits("main"),
+        Some(2),
+        "the session's commit and the scope's"
+    );
+    if B::KIND != Kind::SqliteFile {
+        assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    }
+    t.finish().await.expect("the test transaction was intact");
+    assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    no_transaction_left(&scratch).await;
+    scratch.finish().await;
+}
+
+common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
 
 dbscope::bind_key!(PgBind: sqlx::Postgres = "pg");
 dbscope::bind_key!(MyBind: sqlx::MySql = "my");

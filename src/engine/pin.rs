@@ -39,6 +39,32 @@ pub(crate) const PIN_COMMIT: &str = "RELEASE SAVEPOINT dbscope_app";
 pub(crate) const PIN_ROLLBACK: &str =
     "ROLLBACK TO SAVEPOINT dbscope_app; RELEASE SAVEPOINT dbscope_app";
 
+/// What an autocommit statement on a pinned PostgreSQL connection runs in: a savepoint of its
+/// own, so that its failure undoes only itself, as it would outside the test, instead of
+/// aborting the outer transaction. Opened before the statement, ended lazily: before the
+/// next autocommit statement (one round trip, [`pin_autocommit_next`]) or when the session
+/// begins a transaction or lets the connection go ([`pin_autocommit_end`]).
+pub(crate) const PIN_AUTOCOMMIT: &str = "SAVEPOINT dbscope_auto";
+
+/// Ends the autocommit statement's savepoint (rolled back to first when the statement
+/// `failed`) and opens the next one.
+pub(crate) fn pin_autocommit_next(failed: bool) -> &'static str {
+    if failed {
+        "ROLLBACK TO SAVEPOINT dbscope_auto; RELEASE SAVEPOINT dbscope_auto; SAVEPOINT dbscope_auto"
+    } else {
+        "RELEASE SAVEPOINT dbscope_auto; SAVEPOINT dbscope_auto"
+    }
+}
+
+/// Ends the autocommit statement's savepoint, rolled back to first when the statement `failed`.
+pub(crate) fn pin_autocommit_end(failed: bool) -> &'static str {
+    if failed {
+        "ROLLBACK TO SAVEPOINT dbscope_auto; RELEASE SAVEPOINT dbscope_auto"
+    } else {
+        "RELEASE SAVEPOINT dbscope_auto"
+    }
+}
+
 /// The savepoint just inside the outer transaction: rolling back to it at the end proves the
 /// outer transaction was never committed.
 const GUARD_SAVEPOINT: &str = "SAVEPOINT dbscope_pin";

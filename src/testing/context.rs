@@ -109,8 +109,9 @@ impl TestContext {
         DB: Backend,
         E: 'q + Execute<'q, DB>,
     {
-        // Autocommit: on the pinned connection, no savepoint of its own, so the app's commit and
-        // rollback counts stay the app's.
+        // Autocommit: not a transaction of the app's, so the app's commit and rollback counts
+        // stay the app's (on PostgreSQL it runs in an uncounted savepoint, so that a failing
+        // query leaves the test transaction usable).
         let mut session = self.inner.manager.session::<DB>(bind)?.autocommit(true);
         let row = sqlx::Executor::fetch_one(&mut session, query).await?;
         session.close().await?;

@@ -81,6 +81,7 @@ impl Hooks {
 /// After-commit hooks held instead of run, for a test that captures them (see
 /// [`BindManager::hook_sink`](crate::BindManager)): they run when the test says so.
 #[derive(Default)]
+#[cfg_attr(not(feature = "testing"), allow(dead_code))] // made by the testing toolkit alone
 pub(crate) struct Captured(std::sync::Mutex<Vec<After>>);
 
 impl Captured {

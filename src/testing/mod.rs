@@ -10,10 +10,15 @@
 //!   `acquire_timeout`), and its BEGIN, COMMIT and ROLLBACK become SAVEPOINT, RELEASE and
 //!   ROLLBACK TO. The pin belongs to the manager, so an HTTP server the test starts in another
 //!   task runs in the same transaction. At the end everything rolls back; a test that lost the
-//!   transaction on the way (an implicit commit by DDL on MariaDB) fails, saying so.
+//!   transaction on the way (an implicit commit by DDL on MariaDB) fails, saying so. On
+//!   PostgreSQL each statement of an autocommit session runs in a savepoint of its own, so that
+//!   its failure undoes only itself, as outside the test.
 //! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
 //!   end, failed test or not. PostgreSQL clones it from a template migrated once per migration
 //!   set; MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in the temp dir.
+//!
+//! After-commit hooks run when the app's scope commits, unless the test
+//! [captures them](TestDbBuilder::capture_after_commit) to run them itself.
 //!
 //! Migrations are sqlx's ([`sqlx::migrate::Migrator`], or a directory in its format); in
 //! transaction mode they run once per test binary, on the configured database, under sqlx's

@@ -30,7 +30,10 @@ mod pin;
 mod recovery;
 
 pub use host_status::{HostRole, HostStatus};
-pub(crate) use pin::{PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, PinCounts};
+pub(crate) use pin::{
+    PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, PinCounts, pin_autocommit_end,
+    pin_autocommit_next,
+};
 
 use conn_manager::{ConnManager, PooledConn};
 

@@ -56,6 +56,9 @@ struct Inner {
     faces: OnceLock<(Arc<dyn Faces>, Arc<dyn Any + Send + Sync>)>,
     /// `dbscope.scopes`, by outcome.
     scope_metrics: ScopeMetrics,
+    /// Where the scopes put their after-commit hooks instead of running them, once a higher
+    /// layer (the testing toolkit, for a test that captures them) has set it.
+    hook_sink: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 /// Other pools a higher layer opens on the manager's binds (the blocking faces), which the
@@ -152,6 +155,7 @@ impl BindManagerBuilder {
                 binds,
                 faces: OnceLock::new(),
                 scope_metrics: ScopeMetrics::new(),
+                hook_sink: OnceLock::new(),
             }),
         })
     }
@@ -331,6 +335,17 @@ impl BindManager {
     /// The counters of the scopes' outcomes.
     pub(crate) fn scope_metrics(&self) -> &ScopeMetrics {
         &self.inner.scope_metrics
+    }
+
+    /// The sink of type `T` the scopes' after-commit hooks go to, if a higher layer set one.
+    pub(crate) fn hook_sink<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.inner.hook_sink.get()?.clone().downcast().ok()
+    }
+
+    /// Sets the sink of the scopes' after-commit hooks; `false` when one was set already.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn set_hook_sink(&self, sink: Arc<dyn Any + Send + Sync>) -> bool {
+        self.inner.hook_sink.set(sink).is_ok()
     }
 
     /// The faces a higher layer keeps on this manager's binds, made by `init` on first use.

@@ -8,7 +8,10 @@ use sqlx::{Connection, SqlStr};
 use crate::backend::replication::Position;
 use crate::backend::{Backend, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
-use crate::engine::{Conn, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead};
+use crate::engine::{
+    Conn, PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead, pin_autocommit_end,
+    pin_autocommit_next,
+};
 use crate::error::{Op, is_connection_lost, is_connection_lost_code};
 use crate::hosts::{ReadToken, Route};
 use crate::{Bind, BindKey, BindManager, Error, Result};
@@ -242,6 +245,9 @@ struct TxState {
     /// The connection was checked out for this session and has not answered yet: a dead one
     /// fails before anything of the session's has run on a server (see "Dead connections").
     unproven: bool,
+    /// A test's pinned PostgreSQL connection: the last autocommit statement's savepoint is
+    /// still open (see `PIN_AUTOCOMMIT`); `aborted` says whether the statement failed.
+    autocommit_savepoint: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -310,7 +316,8 @@ impl TxState {
             return;
         }
         self.unproven = false;
-        if aborts_on_error && self.depth > 0 && matches!(err, sqlx::Error::Database(_)) {
+        let in_savepoint = self.depth > 0 || self.autocommit_savepoint;
+        if aborts_on_error && in_savepoint && matches!(err, sqlx::Error::Database(_)) {
             self.aborted = true;
         }
         self.wire = Wire::Idle;
@@ -692,6 +699,9 @@ impl<DB: Backend> Session<DB> {
         if self.tx.wire == Wire::Idle && self.tx.depth > 0 {
             self.rollback_transaction().await?;
         }
+        if self.tx.wire == Wire::Idle {
+            self.end_autocommit_savepoint().await?;
+        }
         if self.tx.wire == Wire::Idle && self.tx.unverified() {
             let result = self.conn_mut().raw().ping().await;
             self.tx.settle(&result, false);
@@ -748,6 +758,12 @@ impl<DB: Backend> Session<DB> {
             if self.tx.depth == 0 && self.conn_mut().has_implicit_transactions() {
                 Box::pin(self.autocommit_on()).await?; // once per connection
             }
+            if self.tx.depth == 0
+                && self.conn_mut().is_pinned()
+                && self.bind.dialect().aborts_on_error()
+            {
+                Box::pin(self.next_autocommit_savepoint()).await?;
+            }
             return Ok(());
         }
         self.attach_and_begin().await.map(drop)
@@ -778,6 +794,35 @@ impl<DB: Backend> Session<DB> {
         Ok(())
     }
 
+    /// A test's pinned PostgreSQL connection: ends the last autocommit statement's savepoint
+    /// and opens the next one's, in one round trip.
+    async fn next_autocommit_savepoint(&mut self) -> Result<()> {
+        let sql = if self.tx.autocommit_savepoint {
+            pin_autocommit_next(self.tx.aborted)
+        } else {
+            PIN_AUTOCOMMIT
+        };
+        self.exec_or_poison(SqlStr::from_static(sql), "SAVEPOINT")
+            .await?;
+        self.tx.autocommit_savepoint = true;
+        self.tx.aborted = false;
+        Ok(())
+    }
+
+    /// Ends the last autocommit statement's savepoint, if one is open, before a transaction
+    /// begins or the connection goes.
+    async fn end_autocommit_savepoint(&mut self) -> Result<()> {
+        if !self.tx.autocommit_savepoint || self.tx.depth > 0 {
+            return Ok(());
+        }
+        let sql = pin_autocommit_end(self.tx.aborted);
+        self.exec_or_poison(SqlStr::from_static(sql), "RELEASE SAVEPOINT")
+            .await?;
+        self.tx.autocommit_savepoint = false;
+        self.tx.aborted = false;
+        Ok(())
+    }
+
     /// Checks a connection out if the session has none, then begins a transaction unless one
     /// is open; `true` when it began one.
     ///
@@ -793,6 +838,7 @@ impl<DB: Backend> Session<DB> {
         if self.tx.depth > 0 {
             return Ok(false);
         }
+        self.end_autocommit_savepoint().await?;
         match self.begin_transaction().await {
             Err(e) if fresh && e.is_connection_lost() => {
                 tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at BEGIN; beginning on another");
@@ -1093,6 +1139,7 @@ impl<DB: Backend> Session<DB> {
     pub(crate) fn ends_without_round_trip(&self) -> bool {
         let tx = &self.tx;
         (tx.depth == 0 || tx.implicit)
+            && !(tx.autocommit_savepoint && tx.aborted)
             && tx.wire == Wire::Idle
             && !tx.unverified()
             && tx.pending_rollback_to.is_none()
@@ -1150,7 +1197,10 @@ impl<DB: Backend> Session<DB> {
             }
             Wire::Idle => {}
         }
-        if (self.tx.depth == 0 || self.tx.implicit) && !self.tx.unverified() {
+        // An autocommit statement's savepoint that succeeded may stay: its work is kept in the
+        // test's transaction either way. One that failed is rolled back, uncounted.
+        let undo = self.tx.depth == 0 && self.tx.autocommit_savepoint && self.tx.aborted;
+        if (self.tx.depth == 0 || self.tx.implicit) && !self.tx.unverified() && !undo {
             conn.give_back();
             return;
         }
@@ -1159,9 +1209,10 @@ impl<DB: Backend> Session<DB> {
             // Rolled back in the background, or by the server when that fails.
             self.bind.observer().metrics.transaction(false);
         }
+        let undo = undo.then(|| pin_autocommit_end(true));
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback));
+                handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback, undo));
             }
             Err(_) => conn.discard(),
         }
@@ -1180,10 +1231,17 @@ impl<DB: Backend> Drop for CleanupGuard<DB> {
     }
 }
 
-async fn clean_up<DB: Backend>(mut guard: CleanupGuard<DB>, rollback: Option<&'static str>) {
+/// Rolls the connection back (`rollback`: a transaction, counted; `undo`: a failed autocommit
+/// statement's savepoint on a test's pinned connection, not counted) or pings it, then gives it
+/// back.
+async fn clean_up<DB: Backend>(
+    mut guard: CleanupGuard<DB>,
+    rollback: Option<&'static str>,
+    undo: Option<&'static str>,
+) {
     let conn = guard.0.as_mut().expect("guard holds the connection");
     let work = async {
-        match rollback {
+        match rollback.or(undo) {
             Some(sql) => drain(DB::fetch_many(conn.raw(), SqlStr::from_static(sql))).await,
             None => conn.raw().ping().await,
         }

@@ -285,9 +285,146 @@ where
     scratch.finish().await;
 }
 
-common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
-common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
-common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only);
+/// The app's blocking code (a `BlockingBind` session, a blocking scope, on a thread of their
+/// own) runs on the pinned connection too: its rows are in the test transaction, seen by the
+/// test, invisible outside, and gone after.
+async fn blocking_sessions_run_on_the_pinned_connection<B: Suite>()
+where
+    for<'r> String: sqlx::Decode<'r, B::Db> + sqlx::Type<B::Db>,
+    usize: sqlx::ColumnIndex<<B::Db as sqlx::Database>::Row>,
+    <B::Db as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<B::Db>,
+{
+    let scratch = Scratch::new(B::KIND).await;
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Transaction)
+        .migrations("main", migrations(&scratch.name, &[NOTES]))
+        .start()
+        .await
+        .expect("the test starts");
+    let manager = t.manager().clone();
+    let blocking = tokio::task::spawn_blocking(move || {
+        let bind = manager.blocking_bind::<B::Db>("main")?;
+        let mut session = bind.session();
+        let insert = "INSERT INTO notes (id, body) VALUES (1, 'from a blocking session')";
+        session.execute(sqlx::query(insert))?;
+        session.commit()?;
+        session.close()?;
+        dbscope::blocking::scope(&manager, || {
+            let mut session = dbscope::blocking::current_session::<B::Db>("main")?;
+            let insert = "INSERT INTO notes (id, body) VALUES (2, 'from a blocking scope')";
+            session.execute(sqlx::query(insert))?;
+            Ok::<_, dbscope::Error>(())
+        })
+    });
+    tokio::time::timeout(Duration::from_secs(60), blocking)
+        .await
+        .expect("the blocking code finished")
+        .expect("the blocking code did not panic")
+        .expect("the blocking code ran");
+    assert_eq!(
+        body_of::<B::Db>(&t, "main").await,
+        "from a blocking session"
+    );
+    let scoped = sqlx::query("SELECT body FROM notes WHERE id = 2");
+    let row = t.fetch_one::<B::Db, _>("main", scoped).await.unwrap();
+    assert_eq!(row.get::<String, _>(0), "from a blocking scope");
+    assert_eq!(
+        t.commits("main"),
+        Some(2),
+        "the session's commit and the scope's"
+    );
+    if B::KIND != Kind::SqliteFile {
+        assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    }
+    t.finish().await.expect("the test transaction was intact");
+    assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    no_transaction_left(&scratch).await;
+    scratch.finish().await;
+}
+
+common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+
+/// PostgreSQL aborts a transaction at its first failed statement; an autocommit session's
+/// failed statement on the pinned connection undoes only itself (its own savepoint), as it
+/// would outside the test: the session, the next sessions and the test transaction go on, and
+/// the statements that succeeded stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autocommit_failure_on_postgres_undoes_only_its_statement() {
+    common::within_limit("autocommit_failure_on_postgres", async {
+        let pg = Scratch::new(Kind::Postgres).await;
+        let t = TestDb::builder()
+            .config(config(&[("main", pg.bind())]))
+            .migrations("main", migrations(&pg.name, &[NOTES]))
+            .start()
+            .await
+            .expect("the test starts");
+        let insert = |id: i32| format!("INSERT INTO notes (id, body) VALUES ({id}, 'note {id}')");
+        let mut session = t
+            .manager()
+            .session::<sqlx::Postgres>("main")
+            .unwrap()
+            .autocommit(true);
+        let run = |sql: String| sqlx::raw_sql(AssertSqlSafe(sql));
+        run(insert(1))
+            .execute(&mut session)
+            .await
+            .expect("a first insert");
+        let duplicate = run(insert(1)).execute(&mut session).await;
+        assert!(duplicate.is_err(), "a duplicate key fails");
+        run(insert(2))
+            .execute(&mut session)
+            .await
+            .expect("the session goes on");
+        // Failing last, then dropped: the next session still finds a usable transaction.
+        assert!(run(insert(2)).execute(&mut session).await.is_err());
+        drop(session);
+        let mut next = t
+            .manager()
+            .session::<sqlx::Postgres>("main")
+            .unwrap()
+            .autocommit(true);
+        assert!(
+            run("SELECT nothing FROM nowhere".into())
+                .execute(&mut next)
+                .await
+                .is_err()
+        );
+        // A transaction begun after a failed autocommit statement, in the same session.
+        next.begin().await.expect("begin after a failed statement");
+        run(insert(3)).execute(&mut next).await.unwrap();
+        next.commit()
+            .await
+            .expect("commit after a failed statement");
+        assert!(run(insert(3)).execute(&mut next).await.is_err());
+        next.close().await.expect("close after a failed statement");
+        // The test's own reads are autocommit too: a failing one leaves the test going.
+        let missing = sqlx::query("SELECT body FROM missing_table");
+        assert!(
+            t.fetch_one::<sqlx::Postgres, _>("main", missing)
+                .await
+                .is_err()
+        );
+        let count = sqlx::query("SELECT COUNT(*) FROM notes");
+        let row = t
+            .fetch_one::<sqlx::Postgres, _>("main", count)
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<i64, _>(0),
+            3,
+            "every statement that succeeded stayed"
+        );
+        assert_eq!((t.commits("main"), t.rollbacks("main")), (Some(1), Some(0)));
+        t.finish().await.expect("the test transaction was intact");
+        assert_eq!(pg.count("SELECT COUNT(*) FROM notes").await, 0);
+        no_transaction_left(&pg).await;
+        pg.finish().await;
+    })
+    .await;
+}
 
 dbscope::bind_key!(PgBind: sqlx::Postgres = "pg");
 dbscope::bind_key!(MyBind: sqlx::MySql = "my");

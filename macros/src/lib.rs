@@ -13,9 +13,11 @@ use syn::{Expr, ExprLit, ItemFn, Lit, LitStr, Meta, MetaNameValue, Token, parse_
 /// #[dbscope::test]                                        // binds from the environment
 /// #[dbscope::test(mode = "database")]                     // "transaction" (default) or "database"
 /// #[dbscope::test(config = "tests/dbscope.toml")]         // a file, the environment on top
+/// #[dbscope::test(config = my_config)]                    // a `fn() -> dbscope::Config`
 /// #[dbscope::test(migrations(main = "migrations"))]       // per bind, paths from the crate root
 /// #[dbscope::test(fixtures(main = ["fixtures/users.sql"]))]
 /// #[dbscope::test(keep)]                                  // database mode: keep the databases
+/// #[dbscope::test(capture_after_commit)]                  // hold after-commit hooks for the test
 /// ```
 ///
 /// The function may return `()` or a `Result` whose error is `Debug`; the test fails on a panic,
@@ -71,6 +73,14 @@ fn builder_steps(arg: Meta) -> syn::Result<Vec<TokenStream2>> {
         .unwrap_or_default();
     match (key.as_str(), &arg) {
         ("keep", Meta::Path(_)) => Ok(vec![quote!(.keep(true))]),
+        ("capture_after_commit", Meta::Path(_)) => Ok(vec![quote!(.capture_after_commit(true))]),
+        (
+            "config",
+            Meta::NameValue(MetaNameValue {
+                value: Expr::Path(config),
+                ..
+            }),
+        ) => Ok(vec![quote!(.config(#config()))]),
         ("mode", Meta::NameValue(nv)) => {
             let mode = string(&nv.value)?;
             let variant = match mode.value().as_str() {
@@ -111,8 +121,9 @@ fn builder_steps(arg: Meta) -> syn::Result<Vec<TokenStream2>> {
         }),
         _ => Err(syn::Error::new_spanned(
             arg,
-            "expected `mode = \"..\"`, `config = \"..\"`, `migrations(bind = \"..\")`, \
-             `fixtures(bind = [\"..\"])` or `keep`",
+            "expected `mode = \"..\"`, `config = \"..\"` (or `config = a_fn`), \
+             `migrations(bind = \"..\")`, `fixtures(bind = [\"..\"])`, `keep` or \
+             `capture_after_commit`",
         )),
     }
 }

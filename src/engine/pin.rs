@@ -39,10 +39,39 @@ pub(crate) const PIN_COMMIT: &str = "RELEASE SAVEPOINT dbscope_app";
 pub(crate) const PIN_ROLLBACK: &str =
     "ROLLBACK TO SAVEPOINT dbscope_app; RELEASE SAVEPOINT dbscope_app";
 
+/// What an autocommit statement on a pinned PostgreSQL connection runs in: a savepoint of its
+/// own, so that its failure undoes only itself, as it would outside the test, instead of
+/// aborting the outer transaction. Opened before the statement, ended lazily: before the
+/// next autocommit statement (one round trip, [`pin_autocommit_next`]) or when the session
+/// begins a transaction or lets the connection go ([`pin_autocommit_end`]).
+pub(crate) const PIN_AUTOCOMMIT: &str = "SAVEPOINT dbscope_auto";
+
+/// Ends the autocommit statement's savepoint (rolled back to first when the statement
+/// `failed`) and opens the next one.
+pub(crate) fn pin_autocommit_next(failed: bool) -> &'static str {
+    if failed {
+        "ROLLBACK TO SAVEPOINT dbscope_auto; RELEASE SAVEPOINT dbscope_auto; SAVEPOINT dbscope_auto"
+    } else {
+        "RELEASE SAVEPOINT dbscope_auto; SAVEPOINT dbscope_auto"
+    }
+}
+
+/// Ends the autocommit statement's savepoint, rolled back to first when the statement `failed`.
+pub(crate) fn pin_autocommit_end(failed: bool) -> &'static str {
+    if failed {
+        "ROLLBACK TO SAVEPOINT dbscope_auto; RELEASE SAVEPOINT dbscope_auto"
+    } else {
+        "RELEASE SAVEPOINT dbscope_auto"
+    }
+}
+
 /// The savepoint just inside the outer transaction: rolling back to it at the end proves the
-/// outer transaction was never committed.
-const GUARD_SAVEPOINT: &str = "SAVEPOINT dbscope_pin";
-const GUARD_CHECK: &str = "ROLLBACK TO SAVEPOINT dbscope_pin";
+/// outer transaction was never committed. Opened with it, in one round trip.
+const PG_BEGIN: &str = "BEGIN; SAVEPOINT dbscope_pin";
+const MYSQL_BEGIN: &str = "START TRANSACTION; SAVEPOINT dbscope_pin";
+/// The check, and the rollback after it, in one round trip when the check passes (a failed
+/// statement stops the rest of the script).
+const GUARD_CHECK_AND_ROLLBACK: &str = "ROLLBACK TO SAVEPOINT dbscope_pin; ROLLBACK";
 
 /// How a pinned bind's sessions ended, counted while the pin lasts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,14 +113,12 @@ impl<DB: Backend> Pin<DB> {
         setup: Vec<String>,
     ) -> Result<Self> {
         let begin = match dialect {
-            Dialect::MySql => "START TRANSACTION",
-            Dialect::Postgres | Dialect::Sqlite => "BEGIN",
+            Dialect::MySql => MYSQL_BEGIN,
+            Dialect::Postgres | Dialect::Sqlite => PG_BEGIN,
         };
-        for sql in [begin, GUARD_SAVEPOINT] {
-            run::<DB>(&mut conn.raw, sql)
-                .await
-                .map_err(|e| Error::test_database(Some(&bind), format!("`{sql}` failed"), e))?;
-        }
+        run::<DB>(&mut conn.raw, begin)
+            .await
+            .map_err(|e| Error::test_database(Some(&bind), format!("`{begin}` failed"), e))?;
         for sql in setup {
             let script = sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql));
             DB::fetch_many(&mut conn.raw, script)
@@ -159,8 +186,13 @@ impl<DB: Backend> Pin<DB> {
             Some(why) => Err(why),
             None => self.check_isolation(&mut conn.raw).await,
         };
-        // Whatever the verdict, nothing of the test may stay: roll back, or close the socket.
-        match run::<DB>(&mut conn.raw, "ROLLBACK").await {
+        // The check rolled back when it passed. Whatever the verdict, nothing of the test may
+        // stay: roll back, or close the socket.
+        let rolled_back = match verdict {
+            Ok(()) => Ok(()),
+            Err(_) => run::<DB>(&mut conn.raw, "ROLLBACK").await,
+        };
+        match rolled_back {
             Ok(()) if verdict.is_ok() => Conn(Held::Pooled(conn)).give_back(),
             _ => Conn(Held::Pooled(conn)).discard(),
         }
@@ -168,7 +200,7 @@ impl<DB: Backend> Pin<DB> {
         Ok(self.counts())
     }
 
-    /// `Ok` when the outer transaction is still the one the pin began.
+    /// `Ok` when the outer transaction is still the one the pin began, and then rolled back.
     async fn check_isolation(&self, raw: &mut DB::Connection) -> std::result::Result<(), String> {
         if self.dialect == Dialect::MySql && !mysql_in_transaction::<DB>(raw).await {
             return Err(
@@ -177,7 +209,7 @@ impl<DB: Backend> Pin<DB> {
                     .into(),
             );
         }
-        run::<DB>(raw, GUARD_CHECK).await.map_err(|e| {
+        run::<DB>(raw, GUARD_CHECK_AND_ROLLBACK).await.map_err(|e| {
             format!(
                 "a statement of the test or the app committed or rolled it back (its savepoint \
                  `dbscope_pin` is gone: {e})"

@@ -78,6 +78,47 @@ impl Hooks {
     }
 }
 
+/// After-commit hooks held instead of run, for a test that captures them (see
+/// [`BindManager::hook_sink`](crate::BindManager)): they run when the test says so.
+#[derive(Default)]
+#[cfg_attr(not(feature = "testing"), allow(dead_code))] // made by the testing toolkit alone
+pub(crate) struct Captured(std::sync::Mutex<Vec<After>>);
+
+impl Captured {
+    /// Holds the after-commit hooks of `hooks`, in order.
+    pub(crate) fn hold(&self, hooks: &Hooks) {
+        self.lock().extend(hooks.after_commit.iter().cloned());
+    }
+
+    /// How many hooks are held.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Runs the hooks held so far, in the order their scopes committed; returns how many ran.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) async fn run(&self) -> usize {
+        let hooks = std::mem::take(&mut *self.lock());
+        for hook in &hooks {
+            hook().await;
+        }
+        hooks.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<After>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Captured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Captured").field(&self.len()).finish()
+    }
+}
+
 impl fmt::Debug for Hooks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hooks")

@@ -19,6 +19,7 @@ mod reads;
 mod slot;
 
 pub use atomic::{Atomic, IfOpen, atomic, atomic_for};
+pub(crate) use hooks::Captured;
 use hooks::Hooks;
 pub use reads::current_read_session;
 use reads::{Reads, Written};
@@ -587,7 +588,10 @@ impl Scope {
         let partial = outcome.as_ref().is_err_and(Error::is_partial_commit);
         let committed = commit && outcome.is_ok();
         self.inner.manager.scope_metrics().ended(committed, partial);
-        hooks.run_after(committed).await;
+        match self.inner.manager.hook_sink::<Captured>() {
+            Some(sink) if committed => sink.hold(&hooks),
+            _ => hooks.run_after(committed).await,
+        }
         outcome
     }
 

@@ -109,8 +109,9 @@ impl TestContext {
         DB: Backend,
         E: 'q + Execute<'q, DB>,
     {
-        // Autocommit: on the pinned connection, no savepoint of its own, so the app's commit and
-        // rollback counts stay the app's.
+        // Autocommit: not a transaction of the app's, so the app's commit and rollback counts
+        // stay the app's (on PostgreSQL it runs in an uncounted savepoint, so that a failing
+        // query leaves the test transaction usable).
         let mut session = self.inner.manager.session::<DB>(bind)?.autocommit(true);
         let row = sqlx::Executor::fetch_one(&mut session, query).await?;
         session.close().await?;
@@ -127,6 +128,35 @@ impl TestContext {
     /// is in transaction mode.
     pub fn rollbacks(&self, bind: &str) -> Option<u64> {
         self.counts(bind).map(|c| c.rollbacks)
+    }
+
+    /// The after-commit hooks the app's committed scopes left, held and not run yet: always 0
+    /// unless the test [captures them](super::TestDbBuilder::capture_after_commit).
+    pub fn captured_after_commit(&self) -> usize {
+        self.captured().map_or(0, |c| c.len())
+    }
+
+    /// Runs the after-commit hooks held so far, in the order their scopes committed, and
+    /// returns how many ran; 0 unless the test
+    /// [captures them](super::TestDbBuilder::capture_after_commit). Hooks held later wait for
+    /// the next call.
+    ///
+    /// # Errors
+    ///
+    /// None: a hook returns nothing to report.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: cancelled mid-way, the hooks not run yet are dropped.
+    pub async fn run_captured(&self) -> usize {
+        match self.captured() {
+            Some(captured) => captured.run().await,
+            None => 0,
+        }
+    }
+
+    fn captured(&self) -> Option<Arc<crate::scope::Captured>> {
+        self.inner.manager.hook_sink()
     }
 
     fn counts(&self, bind: &str) -> Option<crate::engine::PinCounts> {

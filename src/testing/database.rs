@@ -47,7 +47,8 @@ impl<'a> ServerDb<'a> {
     }
 
     /// Runs `migrations` on the configured database, once per process (sqlx's migrator takes
-    /// its advisory lock, so two test binaries at once apply them once).
+    /// its advisory lock, so two test binaries at once apply them once); creates the database
+    /// first if the server lacks it, as `sqlx database create` would.
     pub(super) async fn migrate_once(&self, migrations: &Loaded<'_>) -> Result<()> {
         static DONE: Mutex<Option<HashSet<(String, u64)>>> = Mutex::new(None);
         let key = (self.url.to_owned(), migrations.digest());
@@ -55,6 +56,7 @@ impl<'a> ServerDb<'a> {
         if done(&mut DONE.lock().expect("not poisoned")) {
             return Ok(());
         }
+        self.create_if_missing().await?;
         let mut conn = self.connect(self.url).await?;
         self.run_migrations(&mut conn, migrations).await?;
         conn.close().await.ok();
@@ -63,6 +65,23 @@ impl<'a> ServerDb<'a> {
             .get_or_insert_default()
             .insert(key);
         Ok(())
+    }
+
+    /// Creates the configured database unless it exists (another process creating it at the
+    /// same time is no failure).
+    async fn create_if_missing(&self) -> Result<()> {
+        use sqlx::migrate::MigrateDatabase;
+        sqlx::any::install_default_drivers();
+        let exists = sqlx::Any::database_exists(self.url).await;
+        if exists.as_ref().is_ok_and(|e| *e) || self.dialect == Dialect::Sqlite {
+            return Ok(());
+        }
+        let created = sqlx::Any::create_database(self.url).await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(_) if sqlx::Any::database_exists(self.url).await.unwrap_or(false) => Ok(()),
+            Err(e) => Err(self.failed("cannot create the bind's database", e)),
+        }
     }
 
     /// Creates the test's database, migrated.

@@ -10,10 +10,15 @@
 //!   `acquire_timeout`), and its BEGIN, COMMIT and ROLLBACK become SAVEPOINT, RELEASE and
 //!   ROLLBACK TO. The pin belongs to the manager, so an HTTP server the test starts in another
 //!   task runs in the same transaction. At the end everything rolls back; a test that lost the
-//!   transaction on the way (an implicit commit by DDL on MariaDB) fails, saying so.
+//!   transaction on the way (an implicit commit by DDL on MariaDB) fails, saying so. On
+//!   PostgreSQL each statement of an autocommit session runs in a savepoint of its own, so that
+//!   its failure undoes only itself, as outside the test.
 //! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
 //!   end, failed test or not. PostgreSQL clones it from a template migrated once per migration
 //!   set; MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in the temp dir.
+//!
+//! After-commit hooks run when the app's scope commits, unless the test
+//! [captures them](TestDbBuilder::capture_after_commit) to run them itself.
 //!
 //! Migrations are sqlx's ([`sqlx::migrate::Migrator`], or a directory in its format); in
 //! transaction mode they run once per test binary, on the configured database, under sqlx's
@@ -27,6 +32,7 @@ mod source;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use context::{TestContext, TestOutcome};
 pub use source::Migrations;
@@ -81,6 +87,7 @@ pub struct TestDbBuilder {
     migrations: BTreeMap<String, Migrations>,
     fixtures: BTreeMap<String, Vec<source::Fixture>>,
     keep: bool,
+    capture_after_commit: bool,
 }
 
 impl TestDbBuilder {
@@ -133,6 +140,16 @@ impl TestDbBuilder {
     /// they are; also on with [`KEEP_ENV`].
     pub fn keep(mut self, keep: bool) -> Self {
         self.keep = keep;
+        self
+    }
+
+    /// Holds the after-commit hooks of the app's scopes instead of running them when their
+    /// scope commits: the test sees how many there are with
+    /// [`captured_after_commit`](TestContext::captured_after_commit) and runs them, if it
+    /// wants, with [`run_captured`](TestContext::run_captured). After-rollback hooks still run.
+    /// Off by default: the hooks run as they would outside the test.
+    pub fn capture_after_commit(mut self, capture: bool) -> Self {
+        self.capture_after_commit = capture;
         self
     }
 
@@ -206,6 +223,9 @@ impl TestDbBuilder {
             test_config.binds.insert(name, bind);
         }
         let manager = BindManager::new(test_config)?;
+        if self.capture_after_commit {
+            manager.set_hook_sink(Arc::new(crate::scope::Captured::default()));
+        }
         let context = TestContext::new(manager, copies, cleanup);
         context.set_up().await?;
         Ok(context)

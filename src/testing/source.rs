@@ -1,7 +1,9 @@
 //! Where a test's migrations and fixtures come from.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use sqlx::migrate::Migrator;
 
@@ -42,46 +44,77 @@ impl From<&std::path::Path> for Migrations {
 }
 
 impl Migrations {
-    /// The migrations, loaded.
+    /// The migrations, loaded. A directory is read once per process (every test of a binary
+    /// runs the same migrations; the once-per-binary migration and the templates assume so),
+    /// then shared: not re-read and re-hashed file by file for each test.
     pub(super) async fn load(&self, bind: &str) -> Result<Loaded<'_>> {
-        match self {
-            Self::Migrator(m) => Ok(Loaded::Given(m)),
-            Self::Dir(path) => Migrator::new(path.clone())
-                .await
-                .map(Loaded::Read)
-                .map_err(|e| {
-                    let what = format!("cannot read the migrations in `{}`", path.display());
-                    Error::test_database(Some(bind), what, e)
-                }),
+        static READ: Mutex<Option<HashMap<PathBuf, Arc<ReadDir>>>> = Mutex::new(None);
+        let path = match self {
+            Self::Migrator(m) => return Ok(Loaded::Given(m)),
+            Self::Dir(path) => path,
+        };
+        let cached =
+            |read: &mut Option<HashMap<_, _>>| read.get_or_insert_default().get(path).cloned();
+        if let Some(dir) = cached(&mut READ.lock().expect("not poisoned")) {
+            return Ok(Loaded::Read(dir));
         }
+        let migrator = Migrator::new(path.clone()).await.map_err(|e| {
+            let what = format!("cannot read the migrations in `{}`", path.display());
+            Error::test_database(Some(bind), what, e)
+        })?;
+        let dir = Arc::new(ReadDir {
+            digest: digest(&migrator),
+            migrator,
+        });
+        let mut read = READ.lock().expect("not poisoned");
+        // Two tests reading it at once keep the first: both read the same files.
+        let dir = read
+            .get_or_insert_default()
+            .entry(path.clone())
+            .or_insert(dir);
+        Ok(Loaded::Read(dir.clone()))
     }
+}
+
+/// A directory of migrations as read, and its digest.
+#[derive(Debug)]
+pub(super) struct ReadDir {
+    migrator: Migrator,
+    digest: u64,
 }
 
 /// Migrations ready to run.
 #[derive(Debug)]
 pub(super) enum Loaded<'a> {
     Given(&'a Migrator),
-    Read(Migrator),
+    Read(Arc<ReadDir>),
 }
 
 impl Loaded<'_> {
     pub(super) fn migrator(&self) -> &Migrator {
         match self {
             Self::Given(m) => m,
-            Self::Read(m) => m,
+            Self::Read(dir) => &dir.migrator,
         }
     }
 
     /// A digest of the migrations (versions and checksums): equal sets build equal templates.
     pub(super) fn digest(&self) -> u64 {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for m in self.migrator().iter() {
-            m.version.hash(&mut hasher);
-            m.checksum.hash(&mut hasher);
-            m.migration_type.is_down_migration().hash(&mut hasher);
+        match self {
+            Self::Given(m) => digest(m),
+            Self::Read(dir) => dir.digest,
         }
-        hasher.finish()
     }
+}
+
+fn digest(migrator: &Migrator) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for m in migrator.iter() {
+        m.version.hash(&mut hasher);
+        m.checksum.hash(&mut hasher);
+        m.migration_type.is_down_migration().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// A fixture as the builder got it.

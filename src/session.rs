@@ -939,14 +939,10 @@ impl<DB: Backend> Session<DB> {
         if !conn.has_implicit_transactions() {
             return false;
         }
-        match &self.custom {
-            None => true,
-            Some(custom) => {
-                let defaults = self.bind.session_defaults();
-                custom.options.isolation == defaults.isolation
-                    && custom.options.read_only == defaults.read_only
-            }
-        }
+        // A read session is READ ONLY, which the connection's setup did not make it unless the
+        // bind's defaults are read-only.
+        let (options, defaults) = (self.options(), self.bind.session_defaults());
+        options.isolation == defaults.isolation && options.read_only == defaults.read_only
     }
 
     async fn rollback_transaction(&mut self) -> Result<()> {

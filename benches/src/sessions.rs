@@ -69,6 +69,12 @@ impl Measured for Run {
 }
 
 impl Run {
+    /// This process's CPU time (all threads, user + system) per session, in µs; `None` off
+    /// Linux.
+    pub fn cpu_us(&self) -> Option<f64> {
+        self.cpu_us
+    }
+
     /// The run of `contender`'s tasks or threads, once the last is done (sessions started before
     /// the deadline count whole): each one's count of sessions, or its error. `start` and
     /// `cpu_before` were read as they started.

@@ -479,6 +479,8 @@ struct MyPaths {
     /// Its own directory, owned by `mysql`: data, socket, pid file, error log.
     root: PathBuf,
     data: PathBuf,
+    /// Its temporary files (`--tmpdir`), apart from every other server's.
+    tmp: PathBuf,
     socket: PathBuf,
     pid_file: PathBuf,
     log: PathBuf,
@@ -643,12 +645,19 @@ impl MyPaths {
         let root = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir(&root).unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
+        // A temp dir of its own: two installs at once in the shared /tmp were seen to lose each
+        // other's temporary tables ("Could not remove temporary table", then "Unknown table").
+        let tmp = root.join("tmp");
+        std::fs::create_dir(&tmp).unwrap_or_else(|e| panic!("creating {}: {e}", tmp.display()));
         if running_as_root() {
             let (uid, gid) = os_user("mysql");
-            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-                .unwrap_or_else(|e| panic!("chown {} to mysql: {e}", root.display()));
+            for dir in [&root, &tmp] {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {} to mysql: {e}", dir.display()));
+            }
         }
         Self {
+            tmp,
             data: root.join("data"),
             socket: root.join("mysqld.sock"),
             pid_file: root.join("mysqld.pid"),
@@ -678,6 +687,7 @@ impl MyPaths {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data.display()))
+            .arg(format!("--tmpdir={}", self.tmp.display()))
             .args(["--skip-test-db", "--skip-name-resolve"])
             .args(Self::sizing());
         if running_as_root() {
@@ -693,6 +703,7 @@ impl MyPaths {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", self.data.display()))
+            .arg(format!("--tmpdir={}", self.tmp.display()))
             .arg(format!("--socket={}", self.socket.display()))
             .arg(format!("--pid-file={}", self.pid_file.display()))
             .arg(format!("--log-error={}", self.log.display()))

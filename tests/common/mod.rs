@@ -362,7 +362,7 @@ async fn mysql_user(admin: &str, tag: &str) -> String {
 /// MariaDB refreshes `information_schema.innodb_trx` only once nobody has read it for 100 ms:
 /// readers polling faster than that, together, would see a frozen snapshot forever. Every read
 /// in this process goes through this gate, which spaces them 150 ms apart.
-async fn innodb_trx_gate() -> InnodbTrxRead {
+pub async fn innodb_trx_gate() -> InnodbTrxRead {
     static LAST_READ: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
     let last = LAST_READ.lock().await;
     if let Some(at) = *last {
@@ -375,7 +375,7 @@ async fn innodb_trx_gate() -> InnodbTrxRead {
 }
 
 /// Held while reading `innodb_trx`; records when the read ended.
-struct InnodbTrxRead(tokio::sync::MutexGuard<'static, Option<Instant>>);
+pub struct InnodbTrxRead(tokio::sync::MutexGuard<'static, Option<Instant>>);
 
 impl Drop for InnodbTrxRead {
     fn drop(&mut self) {

@@ -198,7 +198,7 @@ async fn bench(contenders: &[Arc<Contender>], settings: &Settings) -> Result<u64
     let medians = LINES.results(contenders.iter().map(|c| c.name), runs);
     println!("\nround by round: observed / plain, median (min–max)");
     for (i, contender) in contenders.iter().enumerate().skip(1) {
-        println!("  {:<24} {}", contender.name, per_round(runs, i, 0));
+        println!("  {:<24} {:.3}", contender.name, per_round(runs, i, 0));
     }
     println!("\ngoals (on the ratios of the medians)");
     for (contender, median) in contenders.iter().zip(&medians).skip(1) {

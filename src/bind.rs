@@ -70,6 +70,7 @@ impl OpenBind {
 pub(crate) trait ErasedBind: Send + Sync {
     fn backend(&self) -> &'static str;
     /// The bind's config, as it was built.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     fn config(&self) -> &BindConfig;
     fn status(&self) -> BindStatus;
     fn is_closed(&self) -> bool;
@@ -81,10 +82,13 @@ pub(crate) trait ErasedBind: Send + Sync {
     fn twin(&self) -> OpenBind;
     /// Pins the bind's pool to one connection inside an outer transaction, `setup` run in it
     /// first (the `testing` feature's transaction mode; see `engine::pin`).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     fn pin(self: Arc<Self>, setup: Vec<String>) -> BoxFuture<'static, Result<()>>;
     /// Ends the pin, rolling everything back; `None` when the bind was not pinned.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     fn unpin(self: Arc<Self>) -> BoxFuture<'static, Option<Result<PinCounts>>>;
     /// How the sessions on the pinned connection have ended so far.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     fn pin_counts(&self) -> Option<PinCounts>;
 }
 
@@ -283,6 +287,7 @@ impl<DB: Backend> Bind<DB> {
     }
 
     /// A connection of this bind's own, outside its pool (see `Pool::connect_unpooled`).
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
         self.shared.pool.connect_unpooled().await
     }

@@ -218,6 +218,7 @@ impl<DB: Backend> Pool<DB> {
     /// Pins the pool: checks a connection out, begins the outer transaction on it, and from now
     /// on hands that connection, in turn, to every checkout. See [`pin`](self::pin).
     /// `setup` runs inside the outer transaction, first (a test's fixtures).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) async fn pin(&self, setup: Vec<String>) -> Result<()> {
         let conn = self.checkout().await?;
         let Held::Pooled(object) = conn.0 else {
@@ -237,12 +238,14 @@ impl<DB: Backend> Pool<DB> {
     /// Ends the pin: checks the outer transaction was never committed, rolls it back and
     /// returns the connection; waits up to `acquire_timeout` for the session holding it. `None`
     /// when the pool was never pinned.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) async fn unpin(&self) -> Option<Result<PinCounts>> {
         let pin = self.0.pin.get()?;
         Some(pin.end(self.0.acquire_timeout).await)
     }
 
     /// How the sessions on the pinned connection have ended so far; `None` when not pinned.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn pin_counts(&self) -> Option<PinCounts> {
         self.0.pin.get().map(|pin| pin.counts())
     }
@@ -307,6 +310,7 @@ impl<DB: Backend> Pool<DB> {
     /// `acquire_timeout`: for work that must leave nothing on a pooled connection (a
     /// migration's advisory lock). For in-memory SQLite the keeper holds the database first, so
     /// that closing this connection does not take the database with it.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
         let shared = &*self.0;
         if shared.deadpool.is_closed() {

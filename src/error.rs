@@ -247,6 +247,7 @@ enum Detail {
     /// `Tls`: the check that failed.
     Tls(TlsCheck),
     /// The migration errors: which migration, and its file when it has one.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     Migration {
         version: i64,
         file: Option<std::path::PathBuf>,
@@ -1048,6 +1049,7 @@ impl Error {
 
     /// `what` could not be read (a directory, a file name, a version): `problem` says why and
     /// how to fix it.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) fn migration_source(bind: &str, problem: &str, source: Option<BoxError>) -> Self {
         let err = Self::new(
             ErrorKind::MigrationSource,
@@ -1061,6 +1063,7 @@ impl Error {
     }
 
     /// `cycle`: the binds of a `migrate_after` cycle, the first repeated at the end.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) fn migration_order(cycle: Vec<String>) -> Self {
         let path = cycle
             .iter()
@@ -1077,6 +1080,8 @@ impl Error {
         )
         .with_detail(Detail::Binds(cycle))
     }
+
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
 
     pub(crate) fn migration_edited(
         bind: &str,
@@ -1097,6 +1102,8 @@ impl Error {
         .with_detail(Detail::Migration { version, file })
     }
 
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
+
     pub(crate) fn migration_missing(bind: &str, version: i64) -> Self {
         Self::new(
             ErrorKind::MigrationMissing,
@@ -1112,6 +1119,8 @@ impl Error {
             file: None,
         })
     }
+
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
 
     pub(crate) fn migration_dirty(bind: &str, version: i64) -> Self {
         Self::new(
@@ -1130,6 +1139,7 @@ impl Error {
     }
 
     /// Migration `version` (`what`: "applying", "reverting") failed with `source`.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) fn migration_failed(
         bind: &str,
         what: &str,
@@ -1198,6 +1208,7 @@ fn list(binds: &[String]) -> String {
         .join(", ")
 }
 
+#[cfg_attr(not(feature = "migrate"), allow(dead_code))]
 fn file_or_embedded(file: Option<&Path>) -> String {
     match file {
         Some(path) => format!("file `{}`", path.display()),

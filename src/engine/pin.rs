@@ -16,6 +16,8 @@
 //! tries to roll the session's work back to its savepoint; when that fails the pin is *broken*,
 //! every later checkout fails with [`ErrorKind::TestIsolation`](crate::ErrorKind::TestIsolation)
 //! saying why, and so does `unpin`.
+// Used by the `testing` feature only.
+#![cfg_attr(not(feature = "testing"), allow(dead_code))]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -106,6 +106,7 @@ async fn postgres_replicas() {
         the_host_hook_chooses_per_session(&pair, ports).await;
         fallback_fail_is_a_typed_error(&pair).await;
         blocking_sessions_are_routed_too(&manager, ports).await;
+        the_replicas_example_runs_against_the_pair(&pair, ports).await;
         manager.close(Duration::from_secs(5)).await.unwrap();
         // Closed managers leave nothing behind: no pool connection, no prober's.
         let mut admin = pg_connect(&pair.replica_url()).await;
@@ -643,6 +644,49 @@ async fn blocking_sessions_are_routed_too(manager: &BindManager, (primary, repli
 
 /// The primary stopped hard and the replica promoted: writes resume on the new primary, every
 /// error on the way is typed, and the old primary, started again, never gets a write.
+
+/// `examples/replicas.rs`, as a user runs it, against this pair: its writes on the primary, its
+/// reads after a token and in a scope, each host's status. `cargo test` builds the examples
+/// next to the test binaries (`target/<profile>/examples/`).
+async fn the_replicas_example_runs_against_the_pair(pair: &PgPair, (primary, _): (u16, u16)) {
+    let exe = std::env::current_exe().expect("this test binary");
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("replicas"))
+        .expect("the target directory");
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test --all-features` builds it",
+        example.display()
+    );
+    let output = tokio::process::Command::new(&example)
+        .env("DATABASE_URL", pair.primary_url())
+        .env("DBSCOPE_BINDS__DEFAULT__REPLICAS", pair.replica_url())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("the example finishes within a minute")
+        .expect("the example runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the example failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("writes run on the primary (port {primary})")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("in a scope: reads on port"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("after a write on port {primary}")),
+        "{stdout}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_moves_writes_to_the_promoted_replica() {
     within_limit("failover", async {

@@ -1082,7 +1082,6 @@ impl Error {
     }
 
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-
     pub(crate) fn migration_edited(
         bind: &str,
         version: i64,
@@ -1103,7 +1102,6 @@ impl Error {
     }
 
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-
     pub(crate) fn migration_missing(bind: &str, version: i64) -> Self {
         Self::new(
             ErrorKind::MigrationMissing,
@@ -1121,7 +1119,6 @@ impl Error {
     }
 
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-
     pub(crate) fn migration_dirty(bind: &str, version: i64) -> Self {
         Self::new(
             ErrorKind::MigrationDirty,

@@ -642,9 +642,6 @@ async fn blocking_sessions_are_routed_too(manager: &BindManager, (primary, repli
     assert_eq!(blocking.hosts.len(), 2, "the blocking face shows its hosts");
 }
 
-/// The primary stopped hard and the replica promoted: writes resume on the new primary, every
-/// error on the way is typed, and the old primary, started again, never gets a write.
-
 /// `examples/replicas.rs`, as a user runs it, against this pair: its writes on the primary, its
 /// reads after a token and in a scope, each host's status. `cargo test` builds the examples
 /// next to the test binaries (`target/<profile>/examples/`).
@@ -687,6 +684,8 @@ async fn the_replicas_example_runs_against_the_pair(pair: &PgPair, (primary, _):
     );
 }
 
+/// The primary stopped hard and the replica promoted: writes resume on the new primary, every
+/// error on the way is typed, and the old primary, started again, never gets a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_moves_writes_to_the_promoted_replica() {
     within_limit("failover", async {

@@ -288,9 +288,9 @@ impl<DB: Backend> Pool<DB> {
         };
         match tokio::time::timeout_at(deadline, get).await {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Ok(obj))) => {
+            Ok(Ok(Ok(mut obj))) => {
                 shared.metrics().waited(watch);
-                publish(&shared.deadpool);
+                obj.count_used(&shared.deadpool.manager().observer);
                 Ok(Conn(Held::Pooled(obj)))
             }
             Ok(Ok(Err(PoolError::Closed))) => Err(Error::closed(&shared.bind)),
@@ -447,7 +447,6 @@ impl<DB: Backend> Pool<DB> {
         for conn in removed.removed {
             close_gracefully(conn);
         }
-        publish(&shared.deadpool);
         let missing = shared
             .min_connections
             .saturating_sub(shared.deadpool.status().size);
@@ -589,9 +588,10 @@ impl<DB: Backend> Conn<DB> {
         let since = checked_out_at(&obj);
         match managed::Object::pool(&obj) {
             Some(pool) if !pool.is_closed() => {
+                let observer = &pool.manager().observer;
+                observer.metrics.used_since(since);
+                obj.count_idle(observer);
                 drop(obj);
-                pool.manager().observer.metrics.used_since(since);
-                publish(&pool);
             }
             _ => close_gracefully(managed::Object::take(obj)),
         }
@@ -625,7 +625,6 @@ impl<DB: Backend> Conn<DB> {
             bump(&manager.counters.discarded);
             manager.observer.metrics.discarded(reason);
             manager.observer.metrics.used_since(since);
-            publish(&pool);
         }
     }
 
@@ -665,15 +664,6 @@ impl<DB: Backend> std::ops::Deref for ManagerRef<DB> {
     fn deref(&self) -> &ConnManager<DB> {
         self.0.manager()
     }
-}
-
-/// Publishes the pool's idle and used connections (the status is read only when a metrics
-/// recorder can see it: with the `metrics` feature).
-fn publish<DB: Backend>(pool: &managed::Pool<ConnManager<DB>>) {
-    pool.manager().observer.metrics.connections(|| {
-        let status = pool.status();
-        (status.available, status.size - status.available)
-    });
 }
 
 /// Closes a healthy connection politely (a Terminate message), in the background when a runtime

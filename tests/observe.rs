@@ -180,6 +180,57 @@ async fn pool_metrics_count_known_work<B: Suite>() {
     assert_eq!(m.counter("dbscope.connection.discarded", &discarded), 0);
 }
 
+/// The connection gauges follow every connection in and out: opened, handed out, given back,
+/// closed idle at the pool's close, and closed as sessions give theirs back after it.
+async fn connection_gauges_follow_every_way_out<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let (manager, snapshotter) = recorded(db.config().max_connections(3));
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    // The debugging recorder's snapshot resets a gauge it reads (a swap with 0), and the pool
+    // moves these gauges by increments: the counts are the sum of the snapshots.
+    let total = std::cell::Cell::new((0.0, 0.0));
+    let counts = || {
+        let m = Metrics::take(&snapshotter);
+        let state = |s| [(POOL, "main"), ("db.client.connection.state", s)];
+        let (idle, used) = total.get();
+        total.set((
+            idle + m.gauge("db.client.connection.count", &state("idle")),
+            used + m.gauge("db.client.connection.count", &state("used")),
+        ));
+        total.get()
+    };
+    assert_eq!(counts(), (0.0, 0.0), "nothing opened yet");
+    let mut sessions = vec![bind.session(), bind.session(), bind.session()];
+    for session in &mut sessions {
+        sqlx::query("SELECT 1")
+            .execute(&mut *session)
+            .await
+            .unwrap();
+    }
+    assert_eq!(counts(), (0.0, 3.0), "three held");
+    let mut first = sessions.remove(0);
+    first.commit().await.unwrap();
+    drop(first);
+    assert_eq!(counts(), (1.0, 2.0), "one given back");
+    let closing = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.close(Duration::from_secs(30)).await })
+    };
+    eventually("the idle connection closed with the pool", || async {
+        counts() == (0.0, 2.0)
+    })
+    .await;
+    for mut session in sessions {
+        session.commit().await.unwrap();
+    }
+    closing.await.unwrap().unwrap();
+    assert_eq!(
+        counts(),
+        (0.0, 0.0),
+        "the held ones closed as they came back"
+    );
+}
+
 /// A pool of one, held: the second checkout times out, and is counted.
 async fn checkout_timeout_is_counted<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
@@ -448,6 +499,7 @@ macro_rules! suite {
     ($module:ident, $suite:ty) => {
         common::async_tests!($module, $suite:
             pool_metrics_count_known_work,
+            connection_gauges_follow_every_way_out,
             checkout_timeout_is_counted,
             scope_outcomes_are_counted,
             prometheus_render_names_every_metric,

@@ -26,6 +26,27 @@ pub(super) struct PooledConn<DB: Backend> {
     /// The connection ran the bind's [setup](ConnManager::setup) and still has it: its
     /// statements open transactions themselves (MySQL's `autocommit = 0`).
     pub(super) implicit_transactions: bool,
+    /// Counted as used in the pool's connection gauges (from its checkout until it is given
+    /// back, or leaves the pool); otherwise counted as idle.
+    pub(super) counted_used: bool,
+}
+
+impl<DB: Backend> PooledConn<DB> {
+    /// Moves the connection to the used count, when a session takes it.
+    pub(super) fn count_used(&mut self, observer: &Observer) {
+        if !self.counted_used {
+            self.counted_used = true;
+            observer.metrics.now_used();
+        }
+    }
+
+    /// Moves the connection back to the idle count, when it is given back.
+    pub(super) fn count_idle(&mut self, observer: &Observer) {
+        if self.counted_used {
+            self.counted_used = false;
+            observer.metrics.now_idle();
+        }
+    }
 }
 
 /// Opens, checks and expires the connections of one bind, for deadpool.
@@ -135,6 +156,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
             .inspect_err(|_| bump(&self.counters.connect_errors))?;
         bump(&self.counters.created);
         self.observer.metrics.created(watch);
+        self.observer.metrics.opened();
         tracing::debug!(bind = %self.bind, "opened a connection");
         Ok(PooledConn {
             raw,
@@ -142,6 +164,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
             idle_since: Instant::now(),
             alive_at,
             implicit_transactions: self.setup.is_some(),
+            counted_used: false,
         })
     }
 
@@ -166,6 +189,12 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         }
         conn.clean = false;
         Ok(())
+    }
+
+    /// Every way out of the pool passes here (taken, expired, failed, over the size), so the
+    /// connection gauges stay exact.
+    fn detach(&self, conn: &mut PooledConn<DB>) {
+        self.observer.metrics.gone(conn.counted_used);
     }
 }
 

@@ -101,16 +101,39 @@ impl PoolMetrics {
             committed: metrics::counter!("dbscope.transactions", with("outcome", "committed")),
             rolled_back: metrics::counter!("dbscope.transactions", with("outcome", "rolled_back")),
         };
-        this.connections(|| (0, 0));
+        this.idle.set(0.0);
+        this.used.set(0.0);
         this.pending.set(0);
         this
     }
 
-    /// Publishes the pool's connections, idle and used, as `status` reads them.
-    pub(crate) fn connections(&self, status: impl FnOnce() -> (usize, usize)) {
-        let (idle, used) = status();
-        self.idle.set(idle as f64);
-        self.used.set(used as f64);
+    // The connection counts move by increments, never by a status read: no lock of the pool's,
+    // and concurrent moves add up in any order (a `set` from two threads could land stale).
+
+    /// A connection opened: idle until it is handed out.
+    pub(crate) fn opened(&self) {
+        self.idle.increment(1.0);
+    }
+
+    /// An idle connection handed out to a session.
+    pub(crate) fn now_used(&self) {
+        self.idle.decrement(1.0);
+        self.used.increment(1.0);
+    }
+
+    /// A session's connection back in the idle list.
+    pub(crate) fn now_idle(&self) {
+        self.used.decrement(1.0);
+        self.idle.increment(1.0);
+    }
+
+    /// A connection gone from the pool, from the state it was counted in.
+    pub(crate) fn gone(&self, used: bool) {
+        if used {
+            self.used.decrement(1.0);
+        } else {
+            self.idle.decrement(1.0);
+        }
     }
 
     /// A checkout starts waiting; it stops when the guard drops.

@@ -19,7 +19,10 @@ impl PoolMetrics {
     pub(crate) fn new(_target: &Target, _max: u32, _min: u32) -> Self {
         Self
     }
-    pub(crate) fn connections(&self, _status: impl FnOnce() -> (usize, usize)) {}
+    pub(crate) fn opened(&self) {}
+    pub(crate) fn now_used(&self) {}
+    pub(crate) fn now_idle(&self) {}
+    pub(crate) fn gone(&self, _used: bool) {}
     pub(crate) fn pending(&self) -> PendingGuard<'_> {
         PendingGuard(std::marker::PhantomData)
     }

@@ -84,6 +84,19 @@ pub trait Backend: Database + sealed::Sealed {
     #[doc(hidden)]
     fn first_text(row: &Self::Row) -> Option<String>;
 
+    /// The last column of `row` as text, if it is text (a `SHOW`'s value).
+    #[doc(hidden)]
+    fn last_text(row: &Self::Row) -> Option<String>;
+
+    /// `options` made to open connections read-only for their server's whole session, at no
+    /// round trip (PostgreSQL's `default_transaction_read_only` in the startup packet): for a
+    /// replica's pool. `None` where the driver cannot.
+    #[doc(hidden)]
+    fn read_only_at_connect(options: &Options<Self>) -> Option<Options<Self>> {
+        let _ = options;
+        None
+    }
+
     /// Asks the server for its role and replication position (binds with replicas; the
     /// backends that cannot have any are refused when the bind is built).
     #[doc(hidden)]
@@ -142,6 +155,13 @@ macro_rules! delegate_executor {
 
         fn first_text(row: &Self::Row) -> Option<String> {
             sqlx::Row::try_get::<Option<String>, _>(row, 0)
+                .ok()
+                .flatten()
+        }
+
+        fn last_text(row: &Self::Row) -> Option<String> {
+            let last = sqlx::Row::len(row).checked_sub(1)?;
+            sqlx::Row::try_get::<Option<String>, _>(row, last)
                 .ok()
                 .flatten()
         }

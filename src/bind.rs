@@ -146,13 +146,6 @@ fn check_pooler(name: &str, config: &BindConfig, dialect: Dialect) -> Result<()>
     Err(Error::unsupported(name, refused))
 }
 
-/// See [`Bind::makes_connections_read_only`].
-pub(crate) fn read_only_connections<DB: Backend>(dialect: Dialect, config: &BindConfig) -> bool {
-    DB::RESENDS_STATEMENTS
-        && dialect.read_only_sql().is_some()
-        && !config.connect.pooler.pools_transactions()
-}
-
 fn open_as<DB: Backend>(
     name: &str,
     url: &DatabaseUrl,
@@ -289,7 +282,7 @@ impl<DB: Backend> Bind<DB> {
     /// dead connection again), not behind a transaction pooler (where a connection's settings
     /// do not stick).
     pub(crate) fn makes_connections_read_only(&self) -> bool {
-        read_only_connections::<DB>(self.shared.dialect, &self.shared.config)
+        backend::read_only_connections::<DB>(self.shared.dialect, &self.shared.config)
     }
 
     /// The session options the bind's config sets.

@@ -9,8 +9,8 @@ use crate::backend::replication::Position;
 use crate::backend::{Backend, Dialect, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
 use crate::engine::{
-    Access, Conn, PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead,
-    pin_autocommit_end, pin_autocommit_next,
+    Access, Conn, PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead, pin_autocommit_end,
+    pin_autocommit_next,
 };
 use crate::error::{Op, is_connection_lost, is_connection_lost_code};
 use crate::hosts::{ReadToken, Route};
@@ -837,8 +837,7 @@ impl<DB: Backend> Session<DB> {
             }
             return Ok(());
         }
-        if self.reads_without_begin(options) && Box::pin(self.ready_without_begin(options)).await?
-        {
+        if self.reads_without_begin(options) && Box::pin(self.ready_without_begin(options)).await? {
             return Ok(());
         }
         self.attach_and_begin().await.map(drop)
@@ -1100,8 +1099,7 @@ impl<DB: Backend> Session<DB> {
             return Ok(());
         }
         // A read-write transaction on a connection made read-only for read sessions says so.
-        let read_write =
-            !self.options().read_only && self.conn_mut().access() != Access::AsOpened;
+        let read_write = !self.options().read_only && self.conn_mut().access() != Access::AsOpened;
         let sql = self.tx_sql()?;
         let begin = if read_write {
             &sql.begin_read_write

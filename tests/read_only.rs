@@ -126,7 +126,17 @@ async fn pg_read_session_runs_each_statement_in_a_transaction_of_its_own() {
         );
         assert!(!read.in_transaction());
         assert_eq!(setting(&mut read, "transaction_read_only").await, "on");
-        assert_eq!(setting(&mut read, "default_transaction_read_only").await, "on");
+        assert_eq!(
+            setting(&mut read, "default_transaction_read_only").await,
+            "on"
+        );
+        let source = fetch_string(
+            &mut read,
+            "SELECT source FROM pg_settings WHERE name = 'default_transaction_read_only'",
+        )
+        .await
+        .unwrap();
+        assert_eq!(source, "session", "set on the connection, by a SET");
         read.commit().await.unwrap(); // nothing to end
         read.rollback().await.unwrap();
         assert_eq!(backend_pid(&mut read).await, pid, "the same connection");
@@ -183,7 +193,10 @@ async fn pg_a_connection_made_read_only_serves_writers_again() {
         insert(&mut write, &db, 1).await.unwrap();
         assert_eq!(backend_pid(&mut write).await, pid, "the same connection");
         assert_eq!(setting(&mut write, "transaction_read_only").await, "off");
-        assert_eq!(setting(&mut write, "default_transaction_read_only").await, "on");
+        assert_eq!(
+            setting(&mut write, "default_transaction_read_only").await,
+            "on"
+        );
         write.commit().await.unwrap();
         drop(write);
         assert_eq!(committed(&db).await, 1);
@@ -195,7 +208,10 @@ async fn pg_a_connection_made_read_only_serves_writers_again() {
             .autocommit(true);
         insert(&mut auto, &db, 2).await.unwrap();
         assert_eq!(backend_pid(&mut auto).await, pid);
-        assert_eq!(setting(&mut auto, "default_transaction_read_only").await, "off");
+        assert_eq!(
+            setting(&mut auto, "default_transaction_read_only").await,
+            "off"
+        );
         drop(auto);
         assert_eq!(committed(&db).await, 2);
 
@@ -227,40 +243,46 @@ async fn one_transaction(session: &mut Session<Postgres>) -> bool {
 
 #[tokio::test]
 async fn pg_stronger_isolation_and_begin_keep_the_transaction() {
-    common::within_limit("pg_stronger_isolation_and_begin_keep_the_transaction", async {
-        let db = TestDb::new(Kind::Postgres).await;
-        let manager = db.manager(|c| c.max_connections(1));
-        for level in [IsolationLevel::RepeatableRead, IsolationLevel::Serializable] {
-            let mut read = manager
-                .read_session::<Postgres>("main")
-                .unwrap()
-                .isolation(level);
-            assert!(one_transaction(&mut read).await, "{level:?}");
-            let pid = backend_pid(&mut read).await;
-            assert_eq!(pg_state(&db, pid).await, "idle in transaction");
+    common::within_limit(
+        "pg_stronger_isolation_and_begin_keep_the_transaction",
+        async {
+            let db = TestDb::new(Kind::Postgres).await;
+            let manager = db.manager(|c| c.max_connections(1));
+            for level in [IsolationLevel::RepeatableRead, IsolationLevel::Serializable] {
+                let mut read = manager
+                    .read_session::<Postgres>("main")
+                    .unwrap()
+                    .isolation(level);
+                assert!(one_transaction(&mut read).await, "{level:?}");
+                let pid = backend_pid(&mut read).await;
+                assert_eq!(pg_state(&db, pid).await, "idle in transaction");
+                assert_eq!(setting(&mut read, "transaction_read_only").await, "on");
+                read.commit().await.unwrap();
+            }
+            // A transaction opened on purpose, and a savepoint.
+            let mut read = manager.read_session::<Postgres>("main").unwrap();
+            assert!(own_transaction(&mut read).await);
+            read.begin().await.unwrap();
+            assert!(read.in_transaction());
+            assert!(one_transaction(&mut read).await, "begin()");
             assert_eq!(setting(&mut read, "transaction_read_only").await, "on");
             read.commit().await.unwrap();
-        }
-        // A transaction opened on purpose, and a savepoint.
-        let mut read = manager.read_session::<Postgres>("main").unwrap();
-        assert!(own_transaction(&mut read).await);
-        read.begin().await.unwrap();
-        assert!(read.in_transaction());
-        assert!(one_transaction(&mut read).await, "begin()");
-        assert_eq!(setting(&mut read, "transaction_read_only").await, "on");
-        read.commit().await.unwrap();
-        assert!(own_transaction(&mut read).await, "after the commit, none again");
-        {
-            let mut savepoint = read.savepoint().await.unwrap();
-            assert!(savepoint.in_transaction());
-            assert!(one_transaction(&mut savepoint).await, "a savepoint");
-            savepoint.commit().await.unwrap();
-        }
-        read.commit().await.unwrap();
-        drop(read);
-        manager.close(Duration::from_secs(5)).await.unwrap();
-        db.finish().await;
-    })
+            assert!(
+                own_transaction(&mut read).await,
+                "after the commit, none again"
+            );
+            {
+                let mut savepoint = read.savepoint().await.unwrap();
+                assert!(savepoint.in_transaction());
+                assert!(one_transaction(&mut savepoint).await, "a savepoint");
+                savepoint.commit().await.unwrap();
+            }
+            read.commit().await.unwrap();
+            drop(read);
+            manager.close(Duration::from_secs(5)).await.unwrap();
+            db.finish().await;
+        },
+    )
     .await;
 }
 
@@ -281,7 +303,10 @@ async fn pg_a_stronger_server_default_is_learned_not_guessed() {
         let manager = BindManager::builder().bind("main", config).build().unwrap();
         let mut read = manager.read_session::<Postgres>("main").unwrap();
         assert!(one_transaction(&mut read).await, "the server's default");
-        assert_eq!(setting(&mut read, "transaction_isolation").await, "serializable");
+        assert_eq!(
+            setting(&mut read, "transaction_isolation").await,
+            "serializable"
+        );
         read.commit().await.unwrap();
         drop(read);
         // Asking for READ COMMITTED on such a connection: its statements would run at the
@@ -313,7 +338,10 @@ async fn pg_the_opt_out_restores_begin_and_leaves_the_connection_alone() {
         let pid = backend_pid(&mut read).await;
         assert_eq!(pg_state(&db, pid).await, "idle in transaction");
         assert_eq!(setting(&mut read, "transaction_read_only").await, "on");
-        assert_eq!(setting(&mut read, "default_transaction_read_only").await, "off");
+        assert_eq!(
+            setting(&mut read, "default_transaction_read_only").await,
+            "off"
+        );
         let err = insert(&mut read, &db, 1).await.unwrap_err();
         assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err}");
         drop(read);
@@ -331,13 +359,14 @@ async fn pg_a_read_session_cancelled_at_every_await_leaves_its_connection_clean(
         let setup = db.manager(|c| c);
         table::<Postgres>(&setup, &db).await;
         setup.close(Duration::from_secs(5)).await.unwrap();
-        let mut finished = false;
-        let mut polls = 1;
+        let (mut finished, mut polls) = (false, 1);
         while !finished {
             // A new connection each time: the cut may fall in the SET that makes it read-only.
             let manager = db.manager(|c| c.max_connections(1));
             let mut read = manager.read_session::<Postgres>("main").unwrap();
-            finished = cancel_after(own_transaction(&mut read), polls).await.is_some();
+            finished = cancel_after(own_transaction(&mut read), polls)
+                .await
+                .is_some();
             drop(read);
             // Whatever the cut left, the connection serves a writer and then a reader.
             let mut write = manager.session::<Postgres>("main").unwrap();
@@ -376,6 +405,7 @@ async fn pg_a_dead_connection_at_the_first_statement_is_replaced_unseen() {
         let mut read = manager.read_session::<Postgres>("main").unwrap();
         let second = backend_pid(&mut read).await;
         assert_ne!(second, first);
+        assert!(own_transaction(&mut read).await, "it ran without BEGIN");
         drop(read);
         pg_terminate(&db, second).await;
 
@@ -413,9 +443,12 @@ async fn counter(session: &mut Session<MySql>, name: &str) -> i64 {
 }
 
 async fn my_variable(session: &mut Session<MySql>, name: &str) -> i64 {
-    fetch_i64(&mut *session, sql(format!("SELECT CAST(@@{name} AS SIGNED)")))
-        .await
-        .unwrap()
+    fetch_i64(
+        &mut *session,
+        sql(format!("SELECT CAST(@@{name} AS SIGNED)")),
+    )
+    .await
+    .unwrap()
 }
 
 /// MariaDB's read-only error: SQLSTATE 25006, error 1792.
@@ -449,7 +482,10 @@ async fn mariadb_read_sessions_at_repeatable_read_keep_their_transaction() {
 async fn mariadb_read_sessions_at_read_committed_send_no_begin() {
     common::within_limit("mariadb_read_sessions_at_read_committed", async {
         let db = TestDb::new(Kind::MySql).await;
-        let manager = db.manager(|c| c.max_connections(1).isolation(IsolationLevel::ReadCommitted));
+        let manager = db.manager(|c| {
+            c.max_connections(1)
+                .isolation(IsolationLevel::ReadCommitted)
+        });
         table::<MySql>(&manager, &db).await;
         let mut read = manager.read_session::<MySql>("main").unwrap();
         let (begins, commits) = (
@@ -547,7 +583,9 @@ async fn mariadb_a_dead_connection_at_the_first_statement_is_replaced_unseen() {
                 .isolation(IsolationLevel::ReadCommitted)
         });
         let mut read = manager.read_session::<MySql>("main").unwrap();
-        let first = fetch_i64(&mut read, db.connection_id_query()).await.unwrap();
+        let first = fetch_i64(&mut read, db.connection_id_query())
+            .await
+            .unwrap();
         assert_eq!(my_variable(&mut read, "tx_read_only").await, 1);
         drop(read);
         db.kill_connection(first).await;
@@ -565,7 +603,9 @@ async fn mariadb_a_dead_connection_at_the_first_statement_is_replaced_unseen() {
         })
         .await;
         let mut read = manager.read_session::<MySql>("main").unwrap();
-        let second = fetch_i64(&mut read, db.connection_id_query()).await.unwrap();
+        let second = fetch_i64(&mut read, db.connection_id_query())
+            .await
+            .unwrap();
         assert_ne!(second, first);
         drop(read);
         assert_eq!(manager.status()[0].discarded, 1);
@@ -576,6 +616,17 @@ async fn mariadb_a_dead_connection_at_the_first_statement_is_replaced_unseen() {
 }
 
 // ----- the web layers: safe methods read-only, opt-in -----
+
+/// Whether the request's session runs its statements in transactions of their own: "true" or
+/// "false" (see [`own_transaction`]).
+async fn web_own_transaction(session: &mut dbscope::ScopedSession<Postgres>) -> String {
+    use sqlx::Row;
+    let row = sqlx::raw_sql("SELECT statement_timestamp() = transaction_timestamp()")
+        .fetch_one(session)
+        .await
+        .unwrap();
+    row.get::<bool, _>(0).to_string()
+}
 
 /// Inserts row `id` in the request's session: 201, or 500 with the statement's SQLSTATE.
 async fn web_write(
@@ -611,6 +662,16 @@ async fn check_safe_methods(db: &TestDb, base: &str) {
         request(&client, Method::POST, at("/rows/2")).await,
         (201, "written".to_owned()),
         "a POST writes"
+    );
+    assert_eq!(
+        request(&client, Method::GET, at("/own")).await,
+        (200, "true".to_owned()),
+        "a GET's read session runs without BEGIN"
+    );
+    assert_eq!(
+        request(&client, Method::POST, at("/own")).await,
+        (200, "false".to_owned()),
+        "a POST's session is in a transaction"
     );
     assert_eq!(
         request(&client, Method::GET, at("/side-effect/3")).await,
@@ -652,6 +713,10 @@ async fn axum_safe_methods_read_only_through_a_real_server() {
 
     type Db = DbSession<common::PgMain>;
 
+    async fn own(mut db: Db) -> String {
+        web_own_transaction(&mut db).await
+    }
+
     async fn write(
         State(table): State<std::sync::Arc<str>>,
         Path(id): Path<i64>,
@@ -668,6 +733,7 @@ async fn axum_safe_methods_read_only_through_a_real_server() {
         let table: std::sync::Arc<str> = db.table.as_str().into();
         let reads = Router::new()
             .route("/rows/{id}", get(write).post(write))
+            .route("/own", get(own).post(own))
             .route(
                 "/side-effect/{id}",
                 get(write).route_layer(ScopeLayer::new(&manager).read_only_safe_methods(false)),
@@ -701,11 +767,11 @@ async fn actix_safe_methods_read_only_through_a_real_server() {
 
     type Db = DbSession<common::PgMain>;
 
-    async fn write(
-        table: web::Data<String>,
-        id: web::Path<i64>,
-        mut db: Db,
-    ) -> HttpResponse {
+    async fn own(mut db: Db) -> String {
+        web_own_transaction(&mut db).await
+    }
+
+    async fn write(table: web::Data<String>, id: web::Path<i64>, mut db: Db) -> HttpResponse {
         let (status, body) = web_write(&mut db, &table, *id).await;
         HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body(body)
     }
@@ -724,6 +790,12 @@ async fn actix_safe_methods_read_only_through_a_real_server() {
                         .wrap(ScopeMiddleware::new(m).read_only_safe_methods(true))
                         .route("/{id}", web::get().to(write))
                         .route("/{id}", web::post().to(write)),
+                )
+                .service(
+                    web::resource("/own")
+                        .wrap(ScopeMiddleware::new(m).read_only_safe_methods(true))
+                        .get(own)
+                        .post(own),
                 )
                 .service(
                     web::scope("/side-effect")
@@ -781,6 +853,74 @@ async fn pg_a_stream_dropped_after_its_first_row_leaves_a_read_session_usable() 
         drop(read);
         let status = manager.status();
         assert_eq!((status[0].discarded, status[0].recovered), (0, 0));
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mariadb_a_read_session_cancelled_at_every_await_leaves_its_connection_clean() {
+    common::within_limit("mariadb_a_read_session_cancelled_at_every_await", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let rc = |c: BindConfig| c.isolation(IsolationLevel::ReadCommitted);
+        let setup = db.manager(rc);
+        table::<MySql>(&setup, &db).await;
+        setup.close(Duration::from_secs(5)).await.unwrap();
+        let (mut finished, mut polls) = (false, 1);
+        while !finished {
+            // A new connection each time (`autocommit = 0` from its setup): the cut may fall in
+            // the SET that turns autocommit on and makes it read-only.
+            let manager = db.manager(|c| rc(c).max_connections(1));
+            let mut read = manager.read_session::<MySql>("main").unwrap();
+            let count = format!("SELECT COUNT(*) FROM {}", db.table);
+            finished = cancel_after(fetch_i64(&mut read, sql(count)), polls)
+                .await
+                .is_some();
+            drop(read);
+            // Whatever the cut left, the connection (or its replacement) serves a writer, whose
+            // work commits, and then a reader, which cannot write.
+            let mut write = manager.session::<MySql>("main").unwrap();
+            insert(&mut write, &db, polls as i64).await.unwrap();
+            write.commit().await.unwrap();
+            drop(write);
+            let mut read = manager.read_session::<MySql>("main").unwrap();
+            let err = insert(&mut read, &db, -1).await.unwrap_err();
+            assert!(refused_as_read_only(&err), "{err}");
+            assert_eq!(my_variable(&mut read, "autocommit").await, 1);
+            drop(read);
+            manager.close(Duration::from_secs(5)).await.unwrap();
+            assert_eq!(committed(&db).await, polls as i64, "after {polls} polls");
+            polls += 1;
+            assert!(polls < 200, "the read never finished");
+        }
+        assert_eq!(db.open_transactions().await, Some(0));
+        db.finish().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pg_after_lending_the_raw_connection_the_next_session_states_its_mode() {
+    common::within_limit("pg_after_lending_the_raw_connection", async {
+        let db = TestDb::new(Kind::Postgres).await;
+        let manager = db.manager(|c| c.max_connections(1));
+        table::<Postgres>(&manager, &db).await;
+        let mut read = manager.read_session::<Postgres>("main").unwrap();
+        assert!(own_transaction(&mut read).await);
+        // Code on the raw connection may change what dbscope set.
+        let raw = read.connection().await.unwrap();
+        sqlx::raw_sql("SET default_transaction_read_only = off")
+            .execute(raw)
+            .await
+            .unwrap();
+        drop(read);
+        // The next read session makes the connection read-only again.
+        let mut read = manager.read_session::<Postgres>("main").unwrap();
+        let err = insert(&mut read, &db, 1).await.unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("25006"), "{err}");
+        drop(read);
+        assert_eq!(committed(&db).await, 0);
         manager.close(Duration::from_secs(5)).await.unwrap();
         db.finish().await;
     })

@@ -110,10 +110,16 @@ async fn main() -> ExitCode {
 /// One way of running a session.
 enum Contender {
     Dbscope(Bind<Postgres>),
-    SqlxPool { name: &'static str, pool: PgPool },
+    SqlxPool {
+        name: &'static str,
+        pool: PgPool,
+    },
     HandWritten(managed::Pool<PgManager>),
     /// A dbscope session of another kind, on a bind of its own: the read-only goals.
-    Reads { kind: Reads, bind: Bind<Postgres> },
+    Reads {
+        kind: Reads,
+        bind: Bind<Postgres>,
+    },
 }
 
 /// The read-only goals' dbscope sessions.
@@ -300,12 +306,15 @@ impl Setup {
         drop(session);
         check_session_transaction(before, during, after)?;
         // And that the read-only session runs without one, on a connection that refuses writes.
-        let Some(Contender::Reads { bind, .. }) = self
-            .contenders
-            .iter()
-            .map(|c| &**c)
-            .find(|c| matches!(c, Contender::Reads { kind: Reads::WithoutBegin, .. }))
-        else {
+        let Some(Contender::Reads { bind, .. }) = self.contenders.iter().map(|c| &**c).find(|c| {
+            matches!(
+                c,
+                Contender::Reads {
+                    kind: Reads::WithoutBegin,
+                    ..
+                }
+            )
+        }) else {
             return Err("no read-only contender".into());
         };
         let mut read = bind.read_session();
@@ -325,7 +334,10 @@ impl Setup {
             Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("25006") => {
                 Ok(())
             }
-            other => Err(format!("a write in the read-only session did not fail as read-only: {other:?}").into()),
+            other => Err(format!(
+                "a write in the read-only session did not fail as read-only: {other:?}"
+            )
+            .into()),
         }
     }
 
@@ -430,7 +442,8 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
     }
     print_ratio(contenders[hand_written].name(), hand_written);
 
-    let reads = |kind: Reads| position(|c| matches!(c, Contender::Reads { kind: k, .. } if *k == kind));
+    let reads =
+        |kind: Reads| position(|c| matches!(c, Contender::Reads { kind: k, .. } if *k == kind));
     let (read_only, autocommit, transactional) = (
         reads(Reads::WithoutBegin),
         reads(Reads::Autocommit),
@@ -439,7 +452,11 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
     let read_ratio = |other: usize| medians[read_only] / medians[other];
     for other in [autocommit, transactional, dbscope] {
         LINES.ratio(
-            &format!("{} / {}", contenders[read_only].name(), contenders[other].name()),
+            &format!(
+                "{} / {}",
+                contenders[read_only].name(),
+                contenders[other].name()
+            ),
             read_ratio(other),
             per_round(runs, read_only, other),
         );

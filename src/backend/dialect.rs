@@ -69,7 +69,11 @@ fn plain(begin: &'static str, begin_read_write: &'static str) -> TxSql {
 /// A transaction begun by `begin` and its access mode: READ ONLY, else READ WRITE for
 /// `begin_read_write`.
 fn with_access(begin: String, read_only: bool) -> TxSql {
-    let access = if read_only { " READ ONLY" } else { " READ WRITE" };
+    let access = if read_only {
+        " READ ONLY"
+    } else {
+        " READ WRITE"
+    };
     let stated = dynamic(format!("{begin}{access}"));
     TxSql {
         begin: if read_only {
@@ -315,7 +319,10 @@ mod tests {
     #[test]
     fn read_write_begins_say_so_and_read_only_ones_keep_their_mode() {
         let pg = |isolation, read_only| Dialect::Postgres.tx_sql(isolation, read_only).unwrap();
-        assert_eq!(pg(None, false).begin_read_write.as_str(), "BEGIN READ WRITE");
+        assert_eq!(
+            pg(None, false).begin_read_write.as_str(),
+            "BEGIN READ WRITE"
+        );
         assert_eq!(
             pg(Some(IsolationLevel::ReadCommitted), false)
                 .begin_read_write
@@ -323,7 +330,9 @@ mod tests {
             "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
         );
         assert_eq!(
-            pg(Some(IsolationLevel::ReadCommitted), false).begin.as_str(),
+            pg(Some(IsolationLevel::ReadCommitted), false)
+                .begin
+                .as_str(),
             "BEGIN ISOLATION LEVEL READ COMMITTED"
         );
         assert_eq!(pg(None, true).begin.as_str(), "BEGIN READ ONLY");
@@ -347,9 +356,15 @@ mod tests {
         let pg = |wanted, default| Dialect::Postgres.reads_alike_without_begin(wanted, default);
         assert!(pg(None, ReadCommitted));
         assert!(pg(Some(ReadCommitted), ReadCommitted));
-        assert!(pg(Some(ReadUncommitted), ReadCommitted), "the same level on PostgreSQL");
+        assert!(
+            pg(Some(ReadUncommitted), ReadCommitted),
+            "the same level on PostgreSQL"
+        );
         assert!(pg(None, ReadUncommitted));
-        assert!(!pg(None, RepeatableRead), "the server's default is stronger");
+        assert!(
+            !pg(None, RepeatableRead),
+            "the server's default is stronger"
+        );
         assert!(!pg(Some(RepeatableRead), ReadCommitted));
         assert!(!pg(Some(Serializable), ReadCommitted));
         assert!(
@@ -360,7 +375,10 @@ mod tests {
         assert!(my(None, ReadCommitted));
         assert!(my(Some(ReadCommitted), ReadCommitted));
         assert!(my(None, ReadUncommitted));
-        assert!(!my(None, RepeatableRead), "MySQL's default keeps its transaction");
+        assert!(
+            !my(None, RepeatableRead),
+            "MySQL's default keeps its transaction"
+        );
         assert!(!my(Some(ReadUncommitted), ReadCommitted));
         assert!(!my(Some(ReadCommitted), RepeatableRead));
         assert!(!Dialect::Sqlite.reads_alike_without_begin(None, ReadCommitted));

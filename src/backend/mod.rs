@@ -260,6 +260,16 @@ pub(crate) fn invalid_url(bind: &str, url: &DatabaseUrl, err: sqlx::Error) -> Er
     Error::invalid_url(bind, &url.redacted(), &url.scrub(&reason))
 }
 
+/// Whether a bind's connections can be made read-only on the server for its read-only
+/// sessions, which then need no BEGIN (see "Read-only sessions" on `Session`): PostgreSQL and
+/// MySQL/MariaDB on the native engine (which sends a first statement met by a dead connection
+/// again), not behind a transaction pooler (where a connection's settings do not stick).
+pub(crate) fn read_only_connections<DB: Backend>(dialect: Dialect, config: &BindConfig) -> bool {
+    DB::RESENDS_STATEMENTS
+        && dialect.read_only_sql().is_some()
+        && !config.connect.pooler.pools_transactions()
+}
+
 /// Statement logging: every statement at INFO when `echo` is on; otherwise only slow ones.
 pub(crate) fn log_settings<O: sqlx::ConnectOptions>(options: O, echo: bool) -> O {
     let level = if echo {

@@ -124,7 +124,7 @@ impl<DB: Backend> Hosts<DB> {
         // read sessions then need no SET to run without BEGIN (see "Read-only sessions" on
         // `Session`), and a write there, after a promotion, says READ WRITE.
         let read_only = config.session.read_only_without_begin
-            && crate::bind::read_only_connections::<DB>(dialect, config);
+            && crate::backend::read_only_connections::<DB>(dialect, config);
         for replica in &config.replicas {
             let options = DB::connect_options(name, replica, config)?;
             let (options, read_only) = match DB::read_only_at_connect(&options) {

@@ -195,11 +195,9 @@ where
         // actix routes, calls nested middleware and may start extracting in `call`: now, in
         // the request's scope.
         let safe = core::is_safe_method(request.method().as_str());
-        let call = self
-            .config
-            .call(request, safe, request_headers, |request| {
-                self.service.call(request)
-            });
+        let call = self.config.call(request, safe, request_headers, |request| {
+            self.service.call(request)
+        });
         let work = Box::pin(async move {
             let failure = || HttpResponse::new(status(FAILURE_STATUS));
             match call

@@ -163,9 +163,7 @@ impl LayerConfig {
         call: impl FnOnce(Q) -> Fut,
     ) -> Call<Q, Fut> {
         // Whether this layer says if the request's scope is read-only, and what.
-        let read_only = self
-            .safe_methods_read_only
-            .filter(|_| safe);
+        let read_only = self.safe_methods_read_only.filter(|_| safe);
         let Some(outer) = Scope::try_current() else {
             let tokens = self.tokens.as_ref().map_or_else(Vec::new, |carrier| {
                 carrier.read(headers(&request, carrier.request_header()).into_iter())
@@ -181,8 +179,8 @@ impl LayerConfig {
                         scope.read_only_by_method(true);
                     }
                     Call::Owned {
-                    // Frameworks route, call nested layers and may start extracting inside
-                    // `call`, before any future is polled: that runs inside the scope too.
+                        // Frameworks route, call nested layers and may start extracting inside
+                        // `call`, before any future is polled: that runs inside the scope too.
                         inner: scope.enter(|| call(request)),
                         scope,
                         config: self.clone(),

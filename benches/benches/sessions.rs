@@ -442,8 +442,12 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
     }
     print_ratio(contenders[hand_written].name(), hand_written);
 
-    let reads =
-        |kind: Reads| position(|c| matches!(c, Contender::Reads { kind: k, .. } if *k == kind));
+    let reads = |kind: Reads| {
+        contenders
+            .iter()
+            .position(|c| matches!(**c, Contender::Reads { kind: k, .. } if k == kind))
+            .expect("every kind of read contender is present")
+    };
     let (read_only, autocommit, transactional) = (
         reads(Reads::WithoutBegin),
         reads(Reads::Autocommit),

@@ -11,7 +11,7 @@ use futures_util::future::Either;
 
 use crate::backend::{self, Backend, Dialect, TxSql};
 use crate::config::{BindConfig, Engine, SessionConfig};
-use crate::engine::{BindStatus, Conn, PinCounts, Pool};
+use crate::engine::{BindStatus, Conn, PinCounts, Pool, Setup};
 use crate::hosts::{HostHook, Hosts, Route};
 use crate::observe::Observer;
 use crate::{DatabaseUrl, Error, Result};
@@ -163,12 +163,16 @@ fn open_as<DB: Backend>(
     let name: Arc<str> = Arc::from(name);
     // Only where a first statement met on a dead connection can be sent again (see
     // `Session`'s "Dead connections").
-    let setup = DB::RESENDS_STATEMENTS
-        .then(|| {
-            let session = &config.session;
-            dialect.connection_setup(session.isolation, session.read_only, session.autocommit)
-        })
+    let session = &config.session;
+    let sql = (DB::RESENDS_STATEMENTS && dialect == Dialect::MySql)
+        .then(|| dialect.connection_setup(session.isolation, session.read_only, session.autocommit))
         .flatten();
+    let setup = Setup {
+        // The setup makes the bind's isolation the connection's default.
+        isolation: sql.as_ref().and(session.isolation),
+        sql,
+        read_only: false,
+    };
     let observer = Arc::new(Observer::new(&name, &name, url, dialect, config));
     let pool = Pool::<DB>::new(
         name.clone(),
@@ -270,6 +274,15 @@ impl<DB: Backend> Bind<DB> {
     /// statements must then be unnamed, and sessions transactional.
     pub(crate) fn pools_transactions(&self) -> bool {
         self.shared.config.connect.pooler.pools_transactions()
+    }
+
+    /// Whether the bind's connections can be made read-only on the server for its read-only
+    /// sessions, which then need no BEGIN (see "Read-only sessions" on [`Session`](crate::Session)):
+    /// PostgreSQL and MySQL/MariaDB on the native engine (which sends a first statement met by a
+    /// dead connection again), not behind a transaction pooler (where a connection's settings
+    /// do not stick).
+    pub(crate) fn makes_connections_read_only(&self) -> bool {
+        backend::read_only_connections::<DB>(self.shared.dialect, &self.shared.config)
     }
 
     /// The session options the bind's config sets.

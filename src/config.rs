@@ -218,6 +218,12 @@ impl BindConfig {
         self
     }
 
+    /// Sets [`SessionConfig::read_only_without_begin`].
+    pub fn read_only_without_begin(mut self, on: bool) -> Self {
+        self.session.read_only_without_begin = on;
+        self
+    }
+
     /// Sets [`BindConfig::migrations`]: the directory this bind's migrations are read from.
     pub fn migrations(mut self, dir: impl Into<PathBuf>) -> Self {
         self.migrations = Some(dir.into());
@@ -409,8 +415,8 @@ pub enum JournalMode {
     Off,
 }
 
-/// How a bind's sessions begin their transactions; a session can override each.
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+/// How a bind's sessions begin their transactions; a session can override the first three.
+#[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct SessionConfig {
@@ -420,6 +426,24 @@ pub struct SessionConfig {
     pub read_only: bool,
     /// Run statements without BEGIN/COMMIT: each lands on its own. Default: `false`.
     pub autocommit: bool,
+    /// Let read-only sessions run without BEGIN/COMMIT where that cannot change what they see,
+    /// on connections the server itself keeps read-only (PostgreSQL's
+    /// `default_transaction_read_only`, MySQL's session `READ ONLY` access mode), set once per
+    /// connection. `false` keeps every read-only session in a `READ ONLY` transaction and leaves
+    /// the connections' settings alone. See "Read-only sessions" on
+    /// [`Session`](crate::Session) for the rule. Default: `true`.
+    pub read_only_without_begin: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            isolation: None,
+            read_only: false,
+            autocommit: false,
+            read_only_without_begin: true,
+        }
+    }
 }
 
 /// Transaction isolation level.
@@ -446,5 +470,18 @@ impl IsolationLevel {
             Self::RepeatableRead => "REPEATABLE READ",
             Self::Serializable => "SERIALIZABLE",
         }
+    }
+
+    /// The level a server names: PostgreSQL's `read committed`, MySQL's `READ-COMMITTED`.
+    pub(crate) fn from_server(name: &str) -> Option<Self> {
+        let name = name.trim().to_ascii_uppercase().replace('-', " ");
+        [
+            Self::ReadUncommitted,
+            Self::ReadCommitted,
+            Self::RepeatableRead,
+            Self::Serializable,
+        ]
+        .into_iter()
+        .find(|level| level.sql() == name)
     }
 }

@@ -18,7 +18,7 @@ use deadpool::managed::{self, PoolError};
 use sqlx::{Connection, SqlStr};
 
 use crate::backend::{Backend, Dialect, Options};
-use crate::config::PoolConfig;
+use crate::config::{IsolationLevel, PoolConfig};
 use crate::error::is_connection_lost;
 use crate::observe::{Discard, Observer, Stopwatch};
 use crate::{DatabaseUrl, Error, Result};
@@ -43,6 +43,35 @@ use conn_manager::{ConnManager, PooledConn};
 /// something about the bind's other connections: what killed this one may have killed them.
 pub(crate) fn is_dead(err: &sqlx::Error) -> bool {
     is_connection_lost(err) && !matches!(err, sqlx::Error::Protocol(_))
+}
+
+/// What dbscope knows of a connection's default access mode, which read-only sessions that run
+/// without BEGIN need the server to enforce (see "Read-only sessions" on
+/// [`Session`](crate::Session)): set once per connection, changed only when the next session
+/// needs the other mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// As the connection opened: dbscope has not changed it.
+    #[default]
+    AsOpened,
+    /// Read-only, enforced by the server (PostgreSQL's `default_transaction_read_only`, MySQL's
+    /// session access mode, with autocommit on): set by a read session, or by the connect
+    /// options of a replica's pool. A read-write transaction on it says READ WRITE.
+    ReadOnly,
+    /// Unknown: a change was cut off before its answer, or the raw connection was lent since
+    /// one. The next session states the mode it needs.
+    Unknown,
+}
+
+/// What a pool's new connections are made as they open.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Setup {
+    /// Run once by each, before its first checkout (see `Dialect::connection_setup`).
+    pub(crate) sql: Option<SqlStr>,
+    /// The default isolation level `sql` gives the connection, when it sets one.
+    pub(crate) isolation: Option<IsolationLevel>,
+    /// The connect options open it read-only (`Backend::read_only_at_connect`).
+    pub(crate) read_only: bool,
 }
 
 /// A point-in-time view of a bind's pool.
@@ -131,15 +160,15 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl<DB: Backend> Pool<DB> {
-    /// A pool for `bind` that opens connections with `options`, each running `setup` once as it
-    /// opens (see `Dialect::connection_setup`); opens none yet.
+    /// A pool for `bind` that opens connections with `options`, each made as `setup` says as it
+    /// opens; opens none yet.
     pub(crate) fn new(
         bind: Arc<str>,
         url: &DatabaseUrl,
         options: Options<DB>,
         dialect: Dialect,
         config: &PoolConfig,
-        setup: Option<SqlStr>,
+        setup: Setup,
         observer: Arc<Observer>,
     ) -> Self {
         let manager = ConnManager::new(bind.clone(), options, dialect, config, setup, observer);
@@ -188,17 +217,21 @@ impl<DB: Backend> Pool<DB> {
     }
 
     /// A pool of the same bind on another host (a replica, a host a hook chose), with the same
-    /// connection setup, `options` for that host, and an observer of its own (its metrics are
-    /// that host's). Opens nothing.
+    /// connection setup, `options` for that host (which open connections read-only when
+    /// `read_only`), and an observer of its own (its metrics are that host's). Opens nothing.
     pub(crate) fn sibling(
         &self,
         url: &DatabaseUrl,
         options: Options<DB>,
+        read_only: bool,
         config: &PoolConfig,
         observer: Arc<Observer>,
     ) -> Self {
         let manager = self.0.deadpool.manager();
-        let setup = manager.setup.clone();
+        let setup = Setup {
+            read_only,
+            ..manager.setup.clone()
+        };
         Self::new(
             self.0.bind.clone(),
             url,
@@ -228,7 +261,9 @@ impl<DB: Backend> Pool<DB> {
             ));
         };
         let dialect = self.0.deadpool.manager().dialect;
-        let pinned = pin::Pin::begin(self.0.bind.clone(), dialect, object, setup).await?;
+        // The outer transaction is read-write, whatever a read session made the connection.
+        let reset = (object.access != Access::AsOpened).then(|| dialect.read_write_sql());
+        let pinned = pin::Pin::begin(self.0.bind.clone(), dialect, object, reset, setup).await?;
         self.0
             .pin
             .set(Arc::new(pinned))
@@ -573,6 +608,49 @@ impl<DB: Backend> Conn<DB> {
     pub(crate) fn lost_implicit_transactions(&mut self) {
         if let Held::Pooled(obj) = &mut self.0 {
             obj.implicit_transactions = false;
+        }
+    }
+
+    /// The connection's default access mode, as far as dbscope knows. A test's pinned
+    /// connection is never changed: always [`Access::AsOpened`].
+    pub(crate) fn access(&self) -> Access {
+        match &self.0 {
+            Held::Pooled(obj) => obj.access,
+            Held::Pinned(_) => Access::AsOpened,
+        }
+    }
+
+    /// Records the connection's default access mode: [`Access::Unknown`] before a change is
+    /// sent, the new mode once the server has answered it.
+    pub(crate) fn set_access(&mut self, access: Access) {
+        if let Held::Pooled(obj) = &mut self.0 {
+            obj.access = access;
+        }
+    }
+
+    /// The connection's default isolation level, once known.
+    pub(crate) fn default_isolation(&self) -> Option<IsolationLevel> {
+        match &self.0 {
+            Held::Pooled(obj) => obj.isolation,
+            Held::Pinned(_) => None,
+        }
+    }
+
+    /// Records the connection's default isolation level, as the server named it.
+    pub(crate) fn learned_isolation(&mut self, level: IsolationLevel) {
+        if let Held::Pooled(obj) = &mut self.0 {
+            obj.isolation = Some(level);
+        }
+    }
+
+    /// The raw connection is lent out: what its borrower may change with a `SET` (the access
+    /// mode dbscope set, the default isolation) is known no more.
+    pub(crate) fn lent(&mut self) {
+        if let Held::Pooled(obj) = &mut self.0 {
+            if obj.access != Access::AsOpened {
+                obj.access = Access::Unknown;
+            }
+            obj.isolation = None;
         }
     }
 

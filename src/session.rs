@@ -6,10 +6,10 @@ use futures_util::TryStreamExt;
 use sqlx::{Connection, SqlStr};
 
 use crate::backend::replication::Position;
-use crate::backend::{Backend, TxSql, dialect};
+use crate::backend::{Backend, Dialect, TxSql, dialect};
 use crate::config::{IsolationLevel, SessionConfig};
 use crate::engine::{
-    Conn, PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead, pin_autocommit_end,
+    Access, Conn, PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead, pin_autocommit_end,
     pin_autocommit_next,
 };
 use crate::error::{Op, is_connection_lost, is_connection_lost_code};
@@ -74,6 +74,62 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 /// cancelled COMMIT stays unknown to the session all the same: its next operation fails with
 /// [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned). A connection found dead is discarded.
 ///
+/// # Read-only sessions
+///
+/// A read-only session ([`Bind::read_session`], `.read_only(true)`, a read-only scope or route,
+/// a bind with `session.read_only = true`) runs **without BEGIN and COMMIT** where that cannot
+/// change what it sees, on a connection the server itself keeps read-only: a write fails with
+/// the server's read-only error (SQLSTATE 25006 on PostgreSQL, error 1792 on MySQL/MariaDB)
+/// instead of landing, and a one-statement read costs one round trip instead of three. The
+/// rule, in one place:
+///
+/// - **PostgreSQL at READ COMMITTED** (its default; READ UNCOMMITTED is the same there): each
+///   statement takes its own snapshot inside a transaction too, so each runs in a transaction
+///   of its own, on a connection with `default_transaction_read_only = on`.
+/// - **MySQL/MariaDB at READ COMMITTED or READ UNCOMMITTED**: the same, on a connection with
+///   `autocommit = 1` and `SET SESSION TRANSACTION READ ONLY`. At MySQL's default REPEATABLE
+///   READ, a transaction's statements share one snapshot: read sessions begin with `START
+///   TRANSACTION READ ONLY`, as before.
+/// - **The level** is the session's (or the bind's) `isolation`, else the connection's default,
+///   asked of the server once per connection (`SHOW default_transaction_isolation`, in the
+///   round trip that makes the connection read-only; MySQL's `tx_isolation`, or known from a
+///   transactional bind's connection setup). Never guessed: the statements run at the
+///   connection's default, so that must be the level the session asked for, too.
+/// - **Keep their transaction** (`BEGIN READ ONLY`, as before): sessions at REPEATABLE READ or
+///   SERIALIZABLE, transactions opened on purpose ([`begin`](Session::begin), savepoints), SQLite
+///   (its snapshot spans the transaction), binds behind PgBouncer in transaction pooling mode
+///   (a connection's settings do not stick there), `engine = "any"` binds, a test's pinned
+///   connection (`dbscope::testing`'s transaction mode: savepoints, as before), and every
+///   session of a bind with `session.read_only_without_begin = false`, which also leaves the
+///   connections' settings alone.
+/// - **Autocommit read-only sessions** run on a read-only connection too, at any level: their
+///   writes fail instead of landing.
+///
+/// A connection keeps its mode, set once, and changes it only when a session needs the other:
+/// a transactional write session's BEGIN says `READ WRITE` (PostgreSQL: in the same round trip;
+/// MySQL: `START TRANSACTION READ WRITE`, its autocommit being on), an autocommit write session
+/// first sends `SET default_transaction_read_only = off` (MySQL: `SET SESSION TRANSACTION READ
+/// WRITE`). A replica's PostgreSQL connections open read-only (set in the startup packet, no
+/// round trip). A change cut off before its answer leaves the mode unknown, and the next
+/// session states the one it needs; so does lending the raw connection
+/// ([`connection`](Session::connection)). Change these settings through the session's options,
+/// not with `SET`.
+///
+/// What differs without a transaction:
+///
+/// - `now()` (PostgreSQL's transaction time) is each statement's own, as `statement_timestamp()`;
+/// - transaction-scoped locks (`pg_advisory_xact_lock`) are released at the end of their
+///   statement;
+/// - `SELECT … FOR UPDATE` is refused in a read-only transaction anyway (PostgreSQL; MySQL
+///   refuses it on a read-only connection too), so nothing is lost there;
+/// - a failed statement aborts nothing: the next one runs;
+/// - [`commit`](Session::commit) and [`rollback`](Session::rollback) cost no round trip, and
+///   [`in_transaction`](Session::in_transaction) says `false`.
+///
+/// What stays: a stream dropped after its first row leaves the session usable (see "Dropped
+/// streams"), and a first statement that meets a dead connection goes again on another (see
+/// "Dead connections").
+///
 /// # Dead connections
 ///
 /// A pooled connection can die while it sits idle: a server restart or failover, a killed
@@ -103,6 +159,10 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 /// - Once a bind has found one dead connection, each of its idle connections last known alive
 ///   before then is pinged on its next checkout, whatever `health_check` says, and replaced if
 ///   the ping fails: a restart that killed all of them costs one absorbed BEGIN and a ping each.
+/// - **Read-only sessions without BEGIN** (see "Read-only sessions") absorb a dead connection
+///   as a BEGIN does: at the `SET` that makes it read-only, or, when it already is, at their
+///   first statement, which goes again on another connection: on a read-only connection,
+///   nothing of it can have been written. A lost connection later is `is_retryable()`.
 /// - **Autocommit sessions** are not retried: their first statement is the first thing on the
 ///   wire, and a connection can die under a statement the server has run, and committed. It
 ///   fails with [`ErrorKind::Query`](crate::ErrorKind::Query), `is_connection_lost()` true and
@@ -175,7 +235,9 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 ///   send it later, before the next statement);
 /// - a stream dropped before its end **outside a transaction** (autocommit mode, no
 ///   [`begin`](Session::begin)): there the end of the statement is its commit, which may still
-///   fail after the rows (a deferred constraint, a serialization failure) and was never read;
+///   fail after the rows (a deferred constraint, a serialization failure) and was never read.
+///   Not so for a read-only session on a read-only connection (see "Read-only sessions"), whose
+///   statements have nothing to commit: there a dropped stream is as inside a transaction;
 /// - a cancelled `BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE` or `ROLLBACK TO` (its effect
 ///   on the transaction is unknown);
 /// - a cancelled statement future whose result was never handed back: `execute`, `fetch_one`,
@@ -248,6 +310,10 @@ struct TxState {
     /// A test's pinned PostgreSQL connection: the last autocommit statement's savepoint is
     /// still open (see `PIN_AUTOCOMMIT`); `aborted` says whether the statement failed.
     autocommit_savepoint: bool,
+    /// A read-only session's statements run outside any transaction, each in one of its own, on
+    /// a connection the server keeps read-only (see "Read-only sessions"): nothing to begin,
+    /// nothing to end, until the session's options change or its connection does.
+    bare: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -477,6 +543,8 @@ impl<DB: Backend> Session<DB> {
     fn with_options(mut self, change: impl FnOnce(&mut SessionConfig)) -> Self {
         let mut options = self.options();
         change(&mut options);
+        // What the next statement needs of the connection is decided anew.
+        self.tx.bare = false;
         let sql = self
             .bind
             .dialect()
@@ -556,7 +624,7 @@ impl<DB: Backend> Session<DB> {
             return Ok(());
         }
         let commit = self.commit_sql();
-        match self.exec_returning(commit).await {
+        match self.exec_returning(commit, DB::first_text).await {
             Ok(position) => {
                 self.conn_mut().ended(true);
                 self.end_transaction();
@@ -634,6 +702,7 @@ impl<DB: Backend> Session<DB> {
         self.ready().await?;
         self.tx.lent = true;
         self.tx.implicit = false; // what runs on it opens the transaction
+        self.conn_mut().lent();
         Ok(self.conn_mut().raw())
     }
 
@@ -738,14 +807,16 @@ impl<DB: Backend> Session<DB> {
         self.flush_pending_rollback().await
     }
 
-    /// Everything a statement needs first: a connection, and a transaction unless autocommit.
+    /// Everything a statement needs first: a connection, and a transaction unless autocommit
+    /// or a read-only session that runs without one.
     /// Blocking sessions call it before a statement, so that its errors reach them typed.
     pub(crate) async fn ready(&mut self) -> Result<()> {
-        if self.tx.depth > 0 && self.tx.wire == Wire::Idle && self.tx.pending_rollback_to.is_none()
-        {
-            return Ok(()); // the hot path: mid-transaction
+        let tx = &self.tx;
+        if (tx.depth > 0 || tx.bare) && tx.wire == Wire::Idle && tx.pending_rollback_to.is_none() {
+            return Ok(()); // the hot path: mid-transaction, or reading without one
         }
-        if self.options().autocommit {
+        let options = self.options();
+        if options.autocommit {
             if self.tx.depth == 0 && self.bind.pools_transactions() {
                 return Err(Error::unsupported(
                     self.bind.name(),
@@ -755,8 +826,8 @@ impl<DB: Backend> Session<DB> {
             // No BEGIN to try a connection with: a dead one fails the statement itself, which
             // may have run, so it is reported, never retried (see "Dead connections").
             self.attach().await?;
-            if self.tx.depth == 0 && self.conn_mut().has_implicit_transactions() {
-                Box::pin(self.autocommit_on()).await?; // once per connection
+            if self.tx.depth == 0 {
+                Box::pin(self.prepare_connection(options, false)).await?;
             }
             if self.tx.depth == 0
                 && self.conn_mut().is_pinned()
@@ -766,31 +837,146 @@ impl<DB: Backend> Session<DB> {
             }
             return Ok(());
         }
+        if self.reads_without_begin(options) && Box::pin(self.ready_without_begin(options)).await? {
+            return Ok(());
+        }
         self.attach_and_begin().await.map(drop)
     }
 
-    /// Puts a connection whose statements open transactions back to one transaction per
-    /// statement, for an autocommit session: `SET autocommit = 1`, absorbing a dead connection
-    /// as a BEGIN does (nothing of the session's has run yet). The connection keeps it: later
-    /// transactional sessions on it begin with BEGIN.
-    async fn autocommit_on(&mut self) -> Result<()> {
+    /// Whether the session is read-only and may run on a connection the server keeps
+    /// read-only: on a bind that can make them so, with `read_only_without_begin` on.
+    fn reads_without_begin(&self, options: SessionConfig) -> bool {
+        options.read_only
+            && options.read_only_without_begin
+            && self.bind.makes_connections_read_only()
+    }
+
+    /// A transactional read-only session's connection, outside any transaction: made
+    /// read-only, when the session reads alike without BEGIN there; `true` then.
+    async fn ready_without_begin(&mut self, options: SessionConfig) -> Result<bool> {
+        self.attach().await?;
+        if self.tx.depth > 0 {
+            return Ok(false); // in a transaction: `attach_and_begin` has nothing to do
+        }
+        self.prepare_connection(options, true).await
+    }
+
+    /// Makes the connection what the session's statements need outside a transaction, before
+    /// any of them runs there (`transactional`: a transactional session, which begins one when
+    /// this returns `false`):
+    ///
+    /// - a read-only session, on a bind that can: the connection made read-only, and `true`
+    ///   (for a transactional one, only at an isolation level where that reads alike, as
+    ///   [`Dialect::reads_alike_without_begin`](crate::backend::Dialect) says);
+    /// - an autocommit session that writes: the connection made read-write again, and MySQL's
+    ///   autocommit turned back on (`SET autocommit = 1`; the connection keeps it: later
+    ///   transactional sessions on it begin with BEGIN).
+    ///
+    /// A connection checked out for this session that turns out dead here (nothing of the
+    /// session's has run on it) is replaced once, as a BEGIN's would be.
+    async fn prepare_connection(
+        &mut self,
+        options: SessionConfig,
+        transactional: bool,
+    ) -> Result<bool> {
         let started = Instant::now();
         let fresh = self.tx.unproven;
-        let sql = SqlStr::from_static(dialect::AUTOCOMMIT_ON);
-        match self.exec_or_poison(sql.clone(), "SET autocommit").await {
-            Ok(()) => {}
+        match self.prepare_once(options, transactional).await {
             Err(e) if fresh && e.is_connection_lost() => {
-                tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at SET autocommit; trying another");
+                tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead before the session's first statement; trying another");
                 self.switch_connection(started).await?;
-                if self.conn_mut().has_implicit_transactions() {
-                    self.exec_or_poison(sql, "SET autocommit").await?;
-                } else {
-                    return Ok(());
-                }
+                self.prepare_once(options, transactional).await
             }
-            Err(e) => return Err(e),
+            other => other,
         }
-        self.conn_mut().lost_implicit_transactions();
+    }
+
+    async fn prepare_once(&mut self, options: SessionConfig, transactional: bool) -> Result<bool> {
+        if self.conn_mut().is_pinned() {
+            return Ok(false); // a test's connection keeps its settings
+        }
+        if self.reads_without_begin(options) {
+            if transactional && !self.reads_alike_without_begin(options.isolation).await? {
+                return Ok(false);
+            }
+            self.make_read_only().await?;
+            self.tx.bare = true;
+            return Ok(true);
+        }
+        if transactional {
+            return Ok(false); // its BEGIN says READ WRITE if the connection needs it
+        }
+        if self.conn_mut().access() != Access::AsOpened {
+            let sql = self.bind.dialect().read_write_sql();
+            self.set_access(sql, Access::AsOpened).await?;
+        }
+        if self.conn_mut().has_implicit_transactions() {
+            let sql = SqlStr::from_static(dialect::AUTOCOMMIT_ON);
+            self.exec_or_poison(sql, "SET autocommit").await?;
+            self.conn_mut().lost_implicit_transactions();
+        }
+        Ok(false)
+    }
+
+    /// Whether a read-only session asking for isolation `wanted` reads alike without BEGIN on
+    /// this connection, whose default level is asked of the server once (on PostgreSQL, in the
+    /// round trip that makes the connection read-only).
+    async fn reads_alike_without_begin(&mut self, wanted: Option<IsolationLevel>) -> Result<bool> {
+        use IsolationLevel::{ReadCommitted, ReadUncommitted};
+        if wanted.is_some_and(|level| !matches!(level, ReadCommitted | ReadUncommitted)) {
+            return Ok(false);
+        }
+        let dialect = self.bind.dialect();
+        let default = match self.conn_mut().default_isolation() {
+            Some(level) => level,
+            None => {
+                let and_read_only =
+                    dialect == Dialect::Postgres && self.conn_mut().access() != Access::ReadOnly;
+                if and_read_only {
+                    self.conn_mut().set_access(Access::Unknown);
+                }
+                let sql = SqlStr::from_static(dialect.isolation_query(and_read_only));
+                self.read_unread_before("SHOW").await?;
+                let answer = self
+                    .exec_returning(sql, DB::last_text)
+                    .await
+                    .map_err(|e| self.poisoned_by(e, "SHOW"))?;
+                if and_read_only {
+                    self.conn_mut().set_access(Access::ReadOnly);
+                }
+                let Some(level) = answer.as_deref().and_then(IsolationLevel::from_server) else {
+                    tracing::debug!(bind = %self.bind.name(), ?answer, "the server named an isolation level dbscope does not know; read sessions begin transactions");
+                    return Ok(false);
+                };
+                self.conn_mut().learned_isolation(level);
+                level
+            }
+        };
+        Ok(dialect.reads_alike_without_begin(wanted, default))
+    }
+
+    /// Makes the connection read-only, enforced by the server, unless it is already.
+    async fn make_read_only(&mut self) -> Result<()> {
+        if self.conn_mut().access() == Access::ReadOnly {
+            return Ok(());
+        }
+        let dialect = self.bind.dialect();
+        let sql = dialect
+            .read_only_sql()
+            .expect("binds that make connections read-only have the SQL for it");
+        self.set_access(sql, Access::ReadOnly).await?;
+        if dialect == Dialect::MySql {
+            self.conn_mut().lost_implicit_transactions(); // it turned autocommit on
+        }
+        Ok(())
+    }
+
+    /// Changes the connection's default access mode with `sql`: unknown until the server has
+    /// answered, so that a change cut off leaves the next session stating the mode it needs.
+    async fn set_access(&mut self, sql: &'static str, access: Access) -> Result<()> {
+        self.conn_mut().set_access(Access::Unknown);
+        self.exec_or_poison(SqlStr::from_static(sql), "SET").await?;
+        self.conn_mut().set_access(access);
         Ok(())
     }
 
@@ -881,7 +1067,7 @@ impl<DB: Backend> Session<DB> {
     /// checked out for it that has not answered yet: if it turns out dead, nothing can have
     /// committed (the transaction never ended), so the statement may go again on another.
     pub(super) fn may_resend(&self) -> bool {
-        DB::RESENDS_STATEMENTS && self.tx.implicit && self.tx.unproven
+        DB::RESENDS_STATEMENTS && (self.tx.implicit || self.tx.bare) && self.tx.unproven
     }
 
     /// Whether `err`, from the statement [`may_resend`](Self::may_resend) allowed, says the
@@ -890,11 +1076,17 @@ impl<DB: Backend> Session<DB> {
         self.tx.unproven && is_dead(err)
     }
 
-    /// After the first statement of a transaction begun without BEGIN met a dead connection:
-    /// begins again on another, within what is left of `acquire_timeout` since `started`.
-    pub(super) async fn begin_again(&mut self, started: Instant) -> Result<()> {
-        tracing::debug!(bind = %self.bind.name(), "a pooled connection was dead at a transaction's first statement; sending it again on another");
+    /// After the first statement of a transaction begun without BEGIN, or of a read-only
+    /// session running without one, met a dead connection: starts again on another, within
+    /// what is left of `acquire_timeout` since `started`.
+    pub(super) async fn start_again(&mut self, started: Instant) -> Result<()> {
+        tracing::debug!(bind = %self.bind.name(), "a pooled connection was dead at a session's first statement; sending it again on another");
+        let bare = self.tx.bare;
         self.switch_connection(started).await?;
+        let options = self.options();
+        if bare && (self.prepare_once(options, !options.autocommit).await? || options.autocommit) {
+            return Ok(());
+        }
         self.begin_transaction().await
     }
 
@@ -906,9 +1098,16 @@ impl<DB: Backend> Session<DB> {
             self.tx.implicit = true;
             return Ok(());
         }
+        // A read-write transaction on a connection made read-only for read sessions says so.
+        let read_write = !self.options().read_only && self.conn_mut().access() != Access::AsOpened;
         let sql = self.tx_sql()?;
+        let begin = if read_write {
+            &sql.begin_read_write
+        } else {
+            &sql.begin
+        };
         let (mut begin, mut end) = (
-            sql.begin.clone(),
+            begin.clone(),
             EndSql {
                 commit: sql.commit,
                 rollback: sql.rollback,
@@ -936,7 +1135,7 @@ impl<DB: Backend> Session<DB> {
         let Some(conn) = &self.conn else {
             return false;
         };
-        if !conn.has_implicit_transactions() {
+        if !conn.has_implicit_transactions() || conn.access() != Access::AsOpened {
             return false;
         }
         // A read session is READ ONLY, which the connection's setup did not make it unless the
@@ -995,11 +1194,16 @@ impl<DB: Backend> Session<DB> {
 
     /// Runs a transaction-control statement; any failure leaves its effect unknown, so it
     /// poisons the session.
-    ///
-    /// What a dropped stream left unread is read first, so that an error in it is not taken
-    /// for this statement's failure: a rollback (`ROLLBACK`, `ROLLBACK TO`) undoes that
-    /// statement anyway and goes on; the others report the error without poisoning.
     async fn exec_or_poison(&mut self, sql: SqlStr, what: &'static str) -> Result<()> {
+        self.read_unread_before(what).await?;
+        self.exec(sql).await.map_err(|e| self.poisoned_by(e, what))
+    }
+
+    /// What a dropped stream left unread is read first, so that an error in it is not taken
+    /// for the failure of the next statement of the session's own (`what`): a rollback
+    /// (`ROLLBACK`, `ROLLBACK TO`) undoes that statement anyway and goes on; the others report
+    /// the error without poisoning.
+    async fn read_unread_before(&mut self, what: &'static str) -> Result<()> {
         if let Err(e) = self.read_unread().await {
             let undone = what.starts_with("ROLLBACK") && self.tx.wire == Wire::Idle;
             if !undone {
@@ -1010,14 +1214,16 @@ impl<DB: Backend> Session<DB> {
                 ));
             }
         }
-        self.exec(sql).await.map_err(|e| {
-            // Even an answered failure leaves the statement's effect in doubt; a lost
-            // connection stays lost.
-            if self.tx.wire == Wire::Idle {
-                self.tx.wire = Wire::Broken;
-            }
-            Error::query(Some(self.bind.name()), Op::new(what), e)
-        })
+        Ok(())
+    }
+
+    /// The error of the session's own statement `what`, which poisons the session: even an
+    /// answered failure leaves the statement's effect in doubt; a lost connection stays lost.
+    fn poisoned_by(&mut self, err: sqlx::Error, what: &'static str) -> Error {
+        if self.tx.wire == Wire::Idle {
+            self.tx.wire = Wire::Broken;
+        }
+        Error::query(Some(self.bind.name()), Op::new(what), err)
     }
 
     /// Reads what a dropped stream left on the wire, if anything: sqlx reads it before any
@@ -1062,14 +1268,18 @@ impl<DB: Backend> Session<DB> {
         }
     }
 
-    /// [`exec`](Self::exec), keeping the first column of the last row as text.
-    async fn exec_returning(&mut self, sql: SqlStr) -> sqlx::Result<Option<String>> {
+    /// [`exec`](Self::exec), keeping `pick` of the last row (a column as text).
+    async fn exec_returning(
+        &mut self,
+        sql: SqlStr,
+        pick: fn(&DB::Row) -> Option<String>,
+    ) -> sqlx::Result<Option<String>> {
         let (raw, mut op) = self.start_op(Op::new("command"), true);
         let mut last = None;
         let result = DB::fetch_many(raw, sql)
             .try_for_each(|item| {
                 if let sqlx::Either::Right(row) = &item {
-                    last = DB::first_text(row);
+                    last = pick(row);
                 }
                 std::future::ready(Ok(()))
             })
@@ -1097,7 +1307,8 @@ impl<DB: Backend> Session<DB> {
     /// [`start_op`](Self::start_op) for a statement sqlx runs through the session: timed for
     /// `db.client.operation.duration`, in a `db.statement` span.
     fn start_statement(&mut self, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
-        let autocommit = self.tx.depth == 0;
+        // A read-only statement has no outcome to be unsure of.
+        let autocommit = self.tx.depth == 0 && !self.tx.bare;
         self.start(Op::statement(autocommit), may_abort, true)
     }
 

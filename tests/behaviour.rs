@@ -843,6 +843,9 @@ async fn options_changed_mid_transaction_apply_to_the_next_one<B: Suite>() {
     let manager = db.manager(|c| c.max_connections(1));
     create_table::<B>(&manager, &db).await;
     let mut session = manager.session::<B::Db>("main").unwrap().read_only(true);
+    // A read-only transaction opened on purpose: a read-only session's statements may run
+    // without one (see "Read-only sessions" on `Session`).
+    session.begin().await.unwrap();
     assert_eq!(count(&mut session, &db).await, 0); // a read-only transaction is open
     let mut session = session.read_only(false);
     assert!(

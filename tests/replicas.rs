@@ -145,6 +145,19 @@ async fn reads_on_the_replica_writes_on_the_primary(
             .await
             .expect_err("a read session cannot write");
         assert!(err.to_string().contains("read-only"), "{err}");
+        // No transaction around its statements, and no SET to make it read-only: the
+        // replica's connections open read-only (the server says the setting came from the
+        // client's startup packet, not a SET).
+        let (own, source): (bool, String) = sqlx::raw_sql(
+            "SELECT statement_timestamp() = transaction_timestamp(), \
+             (SELECT source FROM pg_settings WHERE name = 'default_transaction_read_only')",
+        )
+        .fetch_one(&mut read)
+        .await
+        .map(|row| (sqlx::Row::get(&row, 0), sqlx::Row::get(&row, 1)))
+        .expect("the read session's own view");
+        assert!(own, "each statement in a transaction of its own");
+        assert_eq!(source, "client");
     }
     // The server's own view: our read sessions' connections are on the replica.
     let mut replica_admin =

@@ -429,6 +429,54 @@ async fn autocommit_failure_on_postgres_undoes_only_its_statement() {
     .await;
 }
 
+/// In transaction mode, a read session runs on the test's pinned connection as before: in a
+/// savepoint of the test's transaction, which sees the test's writes, and without changing the
+/// connection's settings (a bind's read sessions elsewhere run without BEGIN on read-only
+/// connections: see tests/read_only.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_sessions_on_the_pinned_connection_stay_in_the_test_transaction() {
+    common::within_limit("read_sessions_on_the_pinned_connection", async {
+        let pg = Scratch::new(Kind::Postgres).await;
+        let t = TestDb::builder()
+            .config(config(&[("main", pg.bind())]))
+            .migrations("main", migrations(&pg.name, &[NOTES]))
+            .start()
+            .await
+            .expect("the test starts");
+        let mut write = t.manager().session::<sqlx::Postgres>("main").unwrap();
+        sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'seen')")
+            .execute(&mut write)
+            .await
+            .unwrap();
+        write.commit().await.unwrap();
+        drop(write);
+        let mut read = t.manager().read_session::<sqlx::Postgres>("main").unwrap();
+        let row = sqlx::raw_sql(
+            "SELECT statement_timestamp() = transaction_timestamp(), \
+             current_setting('default_transaction_read_only'), \
+             (SELECT COUNT(*) FROM notes)",
+        )
+        .fetch_one(&mut read)
+        .await
+        .unwrap();
+        assert!(!row.get::<bool, _>(0), "inside the test's transaction");
+        assert_eq!(
+            row.get::<String, _>(1),
+            "off",
+            "the pinned connection is left alone"
+        );
+        assert_eq!(row.get::<i64, _>(2), 1, "it sees the test's write");
+        read.commit().await.unwrap();
+        drop(read);
+        assert_eq!((t.commits("main"), t.rollbacks("main")), (Some(2), Some(0)));
+        t.finish().await.expect("the test transaction was intact");
+        assert_eq!(pg.count("SELECT COUNT(*) FROM notes").await, 0);
+        no_transaction_left(&pg).await;
+        pg.finish().await;
+    })
+    .await;
+}
+
 dbscope::bind_key!(PgBind: sqlx::Postgres = "pg");
 dbscope::bind_key!(MyBind: sqlx::MySql = "my");
 dbscope::bind_key!(LiteBind: sqlx::Sqlite = "lite");

@@ -13,6 +13,19 @@
 //! - **hand-written**: a minimal `deadpool::managed::Manager` of `PgConnection`s that recycles
 //!   without a ping, `BEGIN` and `COMMIT` sent as plain simple queries, as dbscope sends them.
 //!
+//! Three more dbscope contenders run the same select in the same interleaved run, for issue 14's
+//! read-only goals, each on a bind (and pool) of its own:
+//!
+//! - **read-only session (no BEGIN)**: `bind.read_session()`, the select, `commit()`: at READ
+//!   COMMITTED the select runs in a transaction of its own on a connection the server keeps
+//!   read-only, one round trip;
+//! - **autocommit session**: a bind with `autocommit = true`, the select, no transaction;
+//! - **transactional read session**: `bind.read_session()` on a bind with
+//!   `read_only_without_begin = false`: `BEGIN READ ONLY`, the select, `COMMIT`, as before.
+//!
+//! Goals: the read-only session at least 0.95× the autocommit session, and at least 2× the
+//! transactional read session.
+//!
 //! Every pool is created once and warmed up (1 s each, opening its connections); then each round
 //! runs every contender for a fixed time, forwards and backwards in turn (see the harness's
 //! `rounds`), so drift on the machine (PostgreSQL shares it) spreads over all of them. The
@@ -41,7 +54,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbscope::{Bind, BindManager};
+use dbscope::{Bind, BindConfig, BindManager};
 use dbscope_benches::server::{self, check_session_transaction};
 use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE, bench_manager};
 use dbscope_benches::{
@@ -59,6 +72,10 @@ const TASKS: usize = 16;
 const GOAL_VS_SQLX: f64 = 1.3;
 /// Goal: dbscope / hand-written loop (within 5 %).
 const GOAL_VS_HAND_WRITTEN: f64 = 0.95;
+/// Goal: read-only session without BEGIN / autocommit session.
+const GOAL_READ_ONLY_VS_AUTOCOMMIT: f64 = 0.95;
+/// Goal: read-only session without BEGIN / transactional read session.
+const GOAL_READ_ONLY_VS_TRANSACTIONAL: f64 = 2.0;
 
 const LINES: Lines = Lines {
     width: 42,
@@ -93,8 +110,27 @@ async fn main() -> ExitCode {
 /// One way of running a session.
 enum Contender {
     Dbscope(Bind<Postgres>),
-    SqlxPool { name: &'static str, pool: PgPool },
+    SqlxPool {
+        name: &'static str,
+        pool: PgPool,
+    },
     HandWritten(managed::Pool<PgManager>),
+    /// A dbscope session of another kind, on a bind of its own: the read-only goals.
+    Reads {
+        kind: Reads,
+        bind: Bind<Postgres>,
+    },
+}
+
+/// The read-only goals' dbscope sessions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// `bind.read_session()`: no BEGIN.
+    WithoutBegin,
+    /// A session of an autocommit bind.
+    Autocommit,
+    /// `bind.read_session()` on a bind with `read_only_without_begin = false`.
+    Transactional,
 }
 
 impl Contender {
@@ -103,6 +139,11 @@ impl Contender {
             Self::Dbscope(_) => "dbscope session",
             Self::SqlxPool { name, .. } => name,
             Self::HandWritten(_) => "hand-written deadpool loop",
+            Self::Reads { kind, .. } => match kind {
+                Reads::WithoutBegin => "dbscope read-only session (no BEGIN)",
+                Reads::Autocommit => "dbscope autocommit session",
+                Reads::Transactional => "dbscope transactional read session",
+            },
         }
     }
 
@@ -137,6 +178,18 @@ impl Contender {
                         return Err(e.into());
                     }
                 }
+            }
+            Self::Reads { kind, bind } => {
+                let mut session = match kind {
+                    Reads::WithoutBegin | Reads::Transactional => bind.read_session(),
+                    Reads::Autocommit => bind.session(),
+                };
+                let v: i32 = sqlx::query_scalar(SELECT)
+                    .bind(id)
+                    .fetch_one(&mut session)
+                    .await?;
+                session.commit().await?;
+                v
             }
         };
         if v != id {
@@ -182,6 +235,8 @@ struct Setup {
     admin: Admin,
     manager: BindManager,
     bind: Bind<Postgres>,
+    /// The read-only goals' binds.
+    reads: BindManager,
     contenders: Vec<Arc<Contender>>,
 }
 
@@ -192,6 +247,20 @@ impl Setup {
 
         let manager = bench_manager(settings)?;
         let bind = manager.bind::<Postgres>("bench")?;
+        let reads = BindManager::builder()
+            .bind("reads", read_bind(settings))
+            .bind("autocommit", read_bind(settings).autocommit(true))
+            .bind(
+                "transactional_reads",
+                read_bind(settings).read_only_without_begin(false),
+            )
+            .build()?;
+        let read = |kind, name| {
+            Ok::<_, dbscope::Error>(Contender::Reads {
+                kind,
+                bind: reads.bind::<Postgres>(name)?,
+            })
+        };
         let (sqlx_defaults, sqlx_no_test) = server::sqlx_pools(CONNECTIONS, &options);
         let hand_written = managed::Pool::builder(PgManager { options })
             .max_size(CONNECTIONS as usize)
@@ -208,12 +277,16 @@ impl Setup {
                 pool: sqlx_no_test,
             },
             Contender::HandWritten(hand_written),
+            read(Reads::WithoutBegin, "reads")?,
+            read(Reads::Autocommit, "autocommit")?,
+            read(Reads::Transactional, "transactional_reads")?,
         ];
         let contenders = contenders.into_iter().map(Arc::new).collect();
         Ok(Self {
             admin,
             manager,
             bind,
+            reads,
             contenders,
         })
     }
@@ -231,21 +304,58 @@ impl Setup {
         session.commit().await?;
         let after = self.admin.idle_in_transaction().await?;
         drop(session);
-        check_session_transaction(before, during, after)
+        check_session_transaction(before, during, after)?;
+        // And that the read-only session runs without one, on a connection that refuses writes.
+        let Some(Contender::Reads { bind, .. }) = self.contenders.iter().map(|c| &**c).find(|c| {
+            matches!(
+                c,
+                Contender::Reads {
+                    kind: Reads::WithoutBegin,
+                    ..
+                }
+            )
+        }) else {
+            return Err("no read-only contender".into());
+        };
+        let mut read = bind.read_session();
+        let _: i32 = sqlx::query_scalar(SELECT)
+            .bind(1)
+            .fetch_one(&mut read)
+            .await?;
+        let during = self.admin.idle_in_transaction().await?;
+        let write = sqlx::query("UPDATE dbscope_bench SET v = v WHERE id = 1")
+            .execute(&mut read)
+            .await;
+        drop(read);
+        if during != before {
+            return Err("the read-only session left its connection idle in transaction".into());
+        }
+        match write {
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("25006") => {
+                Ok(())
+            }
+            other => Err(format!(
+                "a write in the read-only session did not fail as read-only: {other:?}"
+            )
+            .into()),
+        }
     }
 
     /// Closes every pool, then checks that no connection was left inside a transaction and that
     /// the server committed a transaction per session counted.
     async fn close(self, sessions: u64) -> Result<(), BoxError> {
         print_teardown("dbscope bind", &[self.bind.status()]);
+        print_teardown("dbscope read binds", &self.reads.status());
         for contender in &self.contenders {
             match &**contender {
                 Contender::Dbscope(_) => {}
                 Contender::SqlxPool { pool, .. } => pool.close().await,
                 Contender::HandWritten(pool) => pool.close(),
+                Contender::Reads { .. } => {}
             }
         }
         self.manager.close(Duration::from_secs(5)).await?;
+        self.reads.close(Duration::from_secs(5)).await?;
         self.admin.final_checks(sessions, "sessions").await
     }
 }
@@ -332,6 +442,30 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
     }
     print_ratio(contenders[hand_written].name(), hand_written);
 
+    let reads = |kind: Reads| {
+        contenders
+            .iter()
+            .position(|c| matches!(**c, Contender::Reads { kind: k, .. } if k == kind))
+            .expect("every kind of read contender is present")
+    };
+    let (read_only, autocommit, transactional) = (
+        reads(Reads::WithoutBegin),
+        reads(Reads::Autocommit),
+        reads(Reads::Transactional),
+    );
+    let read_ratio = |other: usize| medians[read_only] / medians[other];
+    for other in [autocommit, transactional, dbscope] {
+        LINES.ratio(
+            &format!(
+                "{} / {}",
+                contenders[read_only].name(),
+                contenders[other].name()
+            ),
+            read_ratio(other),
+            per_round(runs, read_only, other),
+        );
+    }
+
     let vs_sqlx = ratio(best_sqlx);
     let vs_hand = ratio(hand_written);
     println!("\ngoals (on the ratios of the medians)");
@@ -344,4 +478,20 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
         verdict(vs_hand >= GOAL_VS_HAND_WRITTEN),
         (vs_hand - 1.0) * 100.0
     );
+    let (vs_auto, vs_tx) = (read_ratio(autocommit), read_ratio(transactional));
+    println!(
+        "  {}  read-only session (no BEGIN) >= {GOAL_READ_ONLY_VS_AUTOCOMMIT}x the autocommit \
+         session: {vs_auto:.2}x",
+        verdict(vs_auto >= GOAL_READ_ONLY_VS_AUTOCOMMIT)
+    );
+    println!(
+        "  {}  read-only session (no BEGIN) >= {GOAL_READ_ONLY_VS_TRANSACTIONAL}x the \
+         transactional read session: {vs_tx:.2}x",
+        verdict(vs_tx >= GOAL_READ_ONLY_VS_TRANSACTIONAL)
+    );
+}
+
+/// A bind of the read-only goals: as the `bench` bind.
+fn read_bind(settings: &Settings) -> BindConfig {
+    BindConfig::new(settings.url.as_str()).max_connections(CONNECTIONS)
 }

@@ -16,6 +16,9 @@ pub(crate) enum Dialect {
 #[derive(Clone, Debug)]
 pub(crate) struct TxSql {
     pub(crate) begin: SqlStr,
+    /// `begin`, saying READ WRITE: for a read-write transaction on a connection made read-only
+    /// for read sessions (see [`Dialect::read_only_sql`]), in the same round trip.
+    pub(crate) begin_read_write: SqlStr,
     pub(crate) commit: &'static str,
     pub(crate) rollback: &'static str,
 }
@@ -54,9 +57,31 @@ impl Dialect {
 const COMMIT: &str = "COMMIT";
 const ROLLBACK: &str = "ROLLBACK";
 
-fn plain(begin: &'static str) -> TxSql {
+fn plain(begin: &'static str, begin_read_write: &'static str) -> TxSql {
     TxSql {
         begin: SqlStr::from_static(begin),
+        begin_read_write: SqlStr::from_static(begin_read_write),
+        commit: COMMIT,
+        rollback: ROLLBACK,
+    }
+}
+
+/// A transaction begun by `begin` and its access mode: READ ONLY, else READ WRITE for
+/// `begin_read_write`.
+fn with_access(begin: String, read_only: bool) -> TxSql {
+    let access = if read_only {
+        " READ ONLY"
+    } else {
+        " READ WRITE"
+    };
+    let stated = dynamic(format!("{begin}{access}"));
+    TxSql {
+        begin: if read_only {
+            stated.clone()
+        } else {
+            dynamic(begin)
+        },
+        begin_read_write: stated,
         commit: COMMIT,
         rollback: ROLLBACK,
     }
@@ -64,28 +89,21 @@ fn plain(begin: &'static str) -> TxSql {
 
 fn pg_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> TxSql {
     if isolation.is_none() && !read_only {
-        return plain("BEGIN");
+        return plain("BEGIN", "BEGIN READ WRITE");
     }
     let mut begin = String::from("BEGIN");
     if let Some(level) = isolation {
         begin.push_str(" ISOLATION LEVEL ");
         begin.push_str(level.sql());
     }
-    if read_only {
-        begin.push_str(" READ ONLY");
-    }
-    TxSql {
-        begin: dynamic(begin),
-        commit: COMMIT,
-        rollback: ROLLBACK,
-    }
+    with_access(begin, read_only)
 }
 
 /// MySQL sets the isolation of the next transaction with its own statement; both go in one
 /// round trip.
 fn mysql_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> TxSql {
     if isolation.is_none() && !read_only {
-        return plain("BEGIN");
+        return plain("BEGIN", "START TRANSACTION READ WRITE");
     }
     let mut begin = String::new();
     if let Some(level) = isolation {
@@ -94,14 +112,7 @@ fn mysql_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> TxSql {
         begin.push_str("; ");
     }
     begin.push_str("START TRANSACTION");
-    if read_only {
-        begin.push_str(" READ ONLY");
-    }
-    TxSql {
-        begin: dynamic(begin),
-        commit: COMMIT,
-        rollback: ROLLBACK,
-    }
+    with_access(begin, read_only)
 }
 
 /// SQLite transactions are always serializable. Read-only is `PRAGMA query_only`, switched off
@@ -115,10 +126,12 @@ fn sqlite_tx_sql(isolation: Option<IsolationLevel>, read_only: bool) -> Result<T
         ));
     }
     if !read_only {
-        return Ok(plain("BEGIN"));
+        return Ok(plain("BEGIN", "BEGIN"));
     }
     Ok(TxSql {
         begin: SqlStr::from_static("PRAGMA query_only = ON; BEGIN"),
+        // SQLite connections are never made read-only for read sessions.
+        begin_read_write: SqlStr::from_static("PRAGMA query_only = ON; BEGIN"),
         commit: "PRAGMA query_only = OFF; COMMIT",
         rollback: "PRAGMA query_only = OFF; ROLLBACK",
     })
@@ -147,6 +160,69 @@ impl Dialect {
                 level.sql()
             )),
         })
+    }
+}
+
+impl Dialect {
+    /// Makes the connection read-only, enforced by the server, for the read sessions that run
+    /// without BEGIN: every later transaction of it is READ ONLY unless it says READ WRITE
+    /// ([`TxSql::begin_read_write`]). MySQL's also turns autocommit on, so that each statement
+    /// is a transaction of its own. `None` for SQLite, whose read sessions keep their
+    /// transaction.
+    pub(crate) fn read_only_sql(self) -> Option<&'static str> {
+        match self {
+            Self::Postgres => Some("SET default_transaction_read_only = on"),
+            Self::MySql => Some("SET autocommit = 1; SET SESSION TRANSACTION READ ONLY"),
+            Self::Sqlite => None,
+        }
+    }
+
+    /// Undoes [`read_only_sql`](Self::read_only_sql)'s access mode, for an autocommit session
+    /// that writes (MySQL's autocommit stays on).
+    pub(crate) fn read_write_sql(self) -> &'static str {
+        match self {
+            Self::Postgres => "SET default_transaction_read_only = off",
+            Self::MySql | Self::Sqlite => "SET SESSION TRANSACTION READ WRITE",
+        }
+    }
+
+    /// Asks the server the connection's default isolation level, in the last column of the last
+    /// row (PostgreSQL: first making the connection read-only when `and_read_only`, in the same
+    /// round trip). MySQL 8 and MariaDB 11.1 name it `transaction_isolation`, older servers
+    /// `tx_isolation`: `SHOW` answers for whichever the server has.
+    pub(crate) fn isolation_query(self, and_read_only: bool) -> &'static str {
+        match (self, and_read_only) {
+            (Self::Postgres, false) => "SHOW default_transaction_isolation",
+            (Self::Postgres, true) => {
+                "SET default_transaction_read_only = on; SHOW default_transaction_isolation"
+            }
+            (Self::MySql | Self::Sqlite, _) => {
+                "SHOW SESSION VARIABLES WHERE Variable_name IN ('transaction_isolation', 'tx_isolation')"
+            }
+        }
+    }
+
+    /// Whether a read-only session that asks for isolation `wanted` (`None`: the connection's
+    /// default) sees the same running without BEGIN, each statement in a transaction of its own
+    /// at the connection's default level `default`: only at READ COMMITTED (or lower), where
+    /// every statement takes its own snapshot inside a transaction too, and only when its
+    /// statements run at the level it asked for (PostgreSQL runs READ UNCOMMITTED as READ
+    /// COMMITTED).
+    pub(crate) fn reads_alike_without_begin(
+        self,
+        wanted: Option<IsolationLevel>,
+        default: IsolationLevel,
+    ) -> bool {
+        let class = |level: IsolationLevel| match (self, level) {
+            (Self::Postgres, IsolationLevel::ReadUncommitted) => IsolationLevel::ReadCommitted,
+            (_, level) => level,
+        };
+        let wanted = class(wanted.unwrap_or(default));
+        let lenient = matches!(
+            wanted,
+            IsolationLevel::ReadCommitted | IsolationLevel::ReadUncommitted
+        );
+        self != Self::Sqlite && lenient && wanted == class(default)
     }
 }
 
@@ -238,6 +314,91 @@ mod tests {
         assert_eq!(setup(Dialect::MySql, None, false, true), None);
         assert_eq!(setup(Dialect::Postgres, None, false, false), None);
         assert_eq!(setup(Dialect::Sqlite, None, false, false), None);
+    }
+
+    #[test]
+    fn read_write_begins_say_so_and_read_only_ones_keep_their_mode() {
+        let pg = |isolation, read_only| Dialect::Postgres.tx_sql(isolation, read_only).unwrap();
+        assert_eq!(
+            pg(None, false).begin_read_write.as_str(),
+            "BEGIN READ WRITE"
+        );
+        assert_eq!(
+            pg(Some(IsolationLevel::ReadCommitted), false)
+                .begin_read_write
+                .as_str(),
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE"
+        );
+        assert_eq!(
+            pg(Some(IsolationLevel::ReadCommitted), false)
+                .begin
+                .as_str(),
+            "BEGIN ISOLATION LEVEL READ COMMITTED"
+        );
+        assert_eq!(pg(None, true).begin.as_str(), "BEGIN READ ONLY");
+        let my = |isolation, read_only| Dialect::MySql.tx_sql(isolation, read_only).unwrap();
+        assert_eq!(
+            my(None, false).begin_read_write.as_str(),
+            "START TRANSACTION READ WRITE"
+        );
+        assert_eq!(
+            my(Some(IsolationLevel::Serializable), false)
+                .begin_read_write
+                .as_str(),
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; START TRANSACTION READ WRITE"
+        );
+        assert_eq!(my(None, true).begin.as_str(), "START TRANSACTION READ ONLY");
+    }
+
+    #[test]
+    fn only_read_committed_reads_run_without_begin() {
+        use IsolationLevel::*;
+        let pg = |wanted, default| Dialect::Postgres.reads_alike_without_begin(wanted, default);
+        assert!(pg(None, ReadCommitted));
+        assert!(pg(Some(ReadCommitted), ReadCommitted));
+        assert!(
+            pg(Some(ReadUncommitted), ReadCommitted),
+            "the same level on PostgreSQL"
+        );
+        assert!(pg(None, ReadUncommitted));
+        assert!(
+            !pg(None, RepeatableRead),
+            "the server's default is stronger"
+        );
+        assert!(!pg(Some(RepeatableRead), ReadCommitted));
+        assert!(!pg(Some(Serializable), ReadCommitted));
+        assert!(
+            !pg(Some(ReadCommitted), Serializable),
+            "its statements would run at the server's level"
+        );
+        let my = |wanted, default| Dialect::MySql.reads_alike_without_begin(wanted, default);
+        assert!(my(None, ReadCommitted));
+        assert!(my(Some(ReadCommitted), ReadCommitted));
+        assert!(my(None, ReadUncommitted));
+        assert!(
+            !my(None, RepeatableRead),
+            "MySQL's default keeps its transaction"
+        );
+        assert!(!my(Some(ReadUncommitted), ReadCommitted));
+        assert!(!my(Some(ReadCommitted), RepeatableRead));
+        assert!(!Dialect::Sqlite.reads_alike_without_begin(None, ReadCommitted));
+    }
+
+    #[test]
+    fn server_isolation_names_parse() {
+        assert_eq!(
+            IsolationLevel::from_server("read committed"),
+            Some(IsolationLevel::ReadCommitted)
+        );
+        assert_eq!(
+            IsolationLevel::from_server("REPEATABLE-READ"),
+            Some(IsolationLevel::RepeatableRead)
+        );
+        assert_eq!(
+            IsolationLevel::from_server("READ-UNCOMMITTED"),
+            Some(IsolationLevel::ReadUncommitted)
+        );
+        assert_eq!(IsolationLevel::from_server("snapshot"), None);
     }
 
     #[test]

@@ -84,6 +84,19 @@ pub trait Backend: Database + sealed::Sealed {
     #[doc(hidden)]
     fn first_text(row: &Self::Row) -> Option<String>;
 
+    /// The last column of `row` as text, if it is text (a `SHOW`'s value).
+    #[doc(hidden)]
+    fn last_text(row: &Self::Row) -> Option<String>;
+
+    /// `options` made to open connections read-only for their server's whole session, at no
+    /// round trip (PostgreSQL's `default_transaction_read_only` in the startup packet): for a
+    /// replica's pool. `None` where the driver cannot.
+    #[doc(hidden)]
+    fn read_only_at_connect(options: &Options<Self>) -> Option<Options<Self>> {
+        let _ = options;
+        None
+    }
+
     /// Asks the server for its role and replication position (binds with replicas; the
     /// backends that cannot have any are refused when the bind is built).
     #[doc(hidden)]
@@ -142,6 +155,13 @@ macro_rules! delegate_executor {
 
         fn first_text(row: &Self::Row) -> Option<String> {
             sqlx::Row::try_get::<Option<String>, _>(row, 0)
+                .ok()
+                .flatten()
+        }
+
+        fn last_text(row: &Self::Row) -> Option<String> {
+            let last = sqlx::Row::len(row).checked_sub(1)?;
+            sqlx::Row::try_get::<Option<String>, _>(row, last)
                 .ok()
                 .flatten()
         }
@@ -238,6 +258,16 @@ pub(crate) fn invalid_url(bind: &str, url: &DatabaseUrl, err: sqlx::Error) -> Er
         other => other.to_string(),
     };
     Error::invalid_url(bind, &url.redacted(), &url.scrub(&reason))
+}
+
+/// Whether a bind's connections can be made read-only on the server for its read-only
+/// sessions, which then need no BEGIN (see "Read-only sessions" on `Session`): PostgreSQL and
+/// MySQL/MariaDB on the native engine (which sends a first statement met by a dead connection
+/// again), not behind a transaction pooler (where a connection's settings do not stick).
+pub(crate) fn read_only_connections<DB: Backend>(dialect: Dialect, config: &BindConfig) -> bool {
+    DB::RESENDS_STATEMENTS
+        && dialect.read_only_sql().is_some()
+        && !config.connect.pooler.pools_transactions()
 }
 
 /// Statement logging: every statement at INFO when `echo` is on; otherwise only slow ones.

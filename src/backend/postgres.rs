@@ -39,6 +39,22 @@ impl Backend for Postgres {
 
     delegate_executor!();
 
+    // A read session that runs without BEGIN sends its first statement first: met by a dead
+    // connection, it goes again on another (see `Session`'s "Dead connections").
+    const RESENDS_STATEMENTS: bool = true;
+
+    fn copy_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
+        Some(arguments.clone())
+    }
+
+    fn read_only_at_connect(options: &PgConnectOptions) -> Option<PgConnectOptions> {
+        Some(
+            options
+                .clone()
+                .options([("default_transaction_read_only", "on")]),
+        )
+    }
+
     #[allow(private_interfaces)]
     fn probe(conn: &mut PgConnection) -> BoxFuture<'_, sqlx::Result<Probe>> {
         Box::pin(async move {

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::TryStreamExt;
-use sqlx::{ConnectOptions, Connection, SqlStr};
+use sqlx::{ConnectOptions, Connection};
 
 use super::checkout;
-use super::{Counters, bump, is_dead};
+use super::{Access, Counters, Setup, bump, is_dead};
 use crate::backend::{Backend, Dialect, Options};
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, IsolationLevel};
 use crate::observe::{Discard, Observer, Stopwatch};
 
 /// A pooled sqlx connection and what the pool needs to know about it.
@@ -29,6 +29,10 @@ pub(super) struct PooledConn<DB: Backend> {
     /// Counted as used in the pool's connection gauges (from its checkout until it is given
     /// back, or leaves the pool); otherwise counted as idle.
     pub(super) counted_used: bool,
+    /// Its default access mode, as far as dbscope knows.
+    pub(super) access: Access,
+    /// Its default isolation level, once known: from the setup, or asked of the server.
+    pub(super) isolation: Option<IsolationLevel>,
 }
 
 impl<DB: Backend> PooledConn<DB> {
@@ -59,9 +63,8 @@ pub(super) struct ConnManager<DB: Backend> {
     pub(super) max_lifetime: Option<Duration>,
     pub(super) counters: Counters,
     pub(super) observer: Arc<Observer>,
-    /// What each new connection runs once, before its first checkout (see
-    /// `Dialect::connection_setup`); a failure fails the connect.
-    pub(super) setup: Option<SqlStr>,
+    /// What each new connection is made as it opens (a failure of its SQL fails the connect).
+    pub(super) setup: Setup,
     /// Dead connections seen on this bind so far. A server restart (or a firewall's purge) kills
     /// every connection at once, so when one is found dead, the others last known alive before
     /// that are suspect: each is pinged on its next checkout, whatever `health_check` says.
@@ -74,7 +77,7 @@ impl<DB: Backend> ConnManager<DB> {
         options: Options<DB>,
         dialect: Dialect,
         pool: &crate::config::PoolConfig,
-        setup: Option<SqlStr>,
+        setup: Setup,
         observer: Arc<Observer>,
     ) -> Self {
         Self {
@@ -144,7 +147,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         let watch = Stopwatch::start();
         let connected = async {
             let mut raw = self.options.connect().await?;
-            if let Some(setup) = &self.setup {
+            if let Some(setup) = &self.setup.sql {
                 DB::fetch_many(&mut raw, setup.clone())
                     .try_for_each(|_| std::future::ready(Ok(())))
                     .await?;
@@ -163,8 +166,14 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
             clean: false,
             idle_since: Instant::now(),
             alive_at,
-            implicit_transactions: self.setup.is_some(),
             counted_used: false,
+            implicit_transactions: self.setup.sql.is_some(),
+            access: if self.setup.read_only {
+                Access::ReadOnly
+            } else {
+                Access::AsOpened
+            },
+            isolation: self.setup.isolation,
         })
     }
 

@@ -107,17 +107,25 @@ pub(crate) struct PinGuard<DB: Backend> {
 }
 
 impl<DB: Backend> Pin<DB> {
-    /// Opens the outer transaction on `conn` (BEGIN, and the guard savepoint) and pins it.
+    /// Opens the outer transaction on `conn` (BEGIN, and the guard savepoint) and pins it;
+    /// runs `reset` first, to make the connection read-write again.
     pub(super) async fn begin(
         bind: Arc<str>,
         dialect: Dialect,
         mut conn: managed::Object<ConnManager<DB>>,
+        reset: Option<&'static str>,
         setup: Vec<String>,
     ) -> Result<Self> {
         let begin = match dialect {
             Dialect::MySql => MYSQL_BEGIN,
             Dialect::Postgres | Dialect::Sqlite => PG_BEGIN,
         };
+        if let Some(reset) = reset {
+            run::<DB>(&mut conn.raw, reset)
+                .await
+                .map_err(|e| Error::test_database(Some(&bind), format!("`{reset}` failed"), e))?;
+            conn.access = super::Access::AsOpened;
+        }
         run::<DB>(&mut conn.raw, begin)
             .await
             .map_err(|e| Error::test_database(Some(&bind), format!("`{begin}` failed"), e))?;

@@ -120,10 +120,19 @@ impl<DB: Backend> Hosts<DB> {
         }
         let url = config.url.as_ref().expect("resolved binds have a URL");
         let mut hosts = vec![Host::new(url, primary_pool.clone())];
+        // A replica's connections open read-only where the driver can say so at connect: its
+        // read sessions then need no SET to run without BEGIN (see "Read-only sessions" on
+        // `Session`), and a write there, after a promotion, says READ WRITE.
+        let read_only = config.session.read_only_without_begin
+            && crate::backend::read_only_connections::<DB>(dialect, config);
         for replica in &config.replicas {
             let options = DB::connect_options(name, replica, config)?;
+            let (options, read_only) = match DB::read_only_at_connect(&options) {
+                Some(read_only_options) if read_only => (read_only_options, true),
+                _ => (options, false),
+            };
             let observer = host_observer(name, replica, dialect, config);
-            let pool = primary_pool.sibling(replica, options, &config.pool, observer);
+            let pool = primary_pool.sibling(replica, options, read_only, &config.pool, observer);
             hosts.push(Host::new(replica, pool));
         }
         Ok(Self(Arc::new(Inner {
@@ -237,7 +246,7 @@ impl<DB: Backend> Hosts<DB> {
         let options = DB::connect_options(&inner.bind, url, &inner.config)?;
         let observer = host_observer(&inner.bind, url, dialect, &inner.config);
         let primary = &inner.hosts[0].pool;
-        let pool = primary.sibling(url, options, &inner.config.pool, observer);
+        let pool = primary.sibling(url, options, false, &inner.config.pool, observer);
         extra.insert(url.expose().to_owned(), pool.clone());
         Ok(pool)
     }

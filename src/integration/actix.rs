@@ -194,7 +194,8 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         // actix routes, calls nested middleware and may start extracting in `call`: now, in
         // the request's scope.
-        let call = self.config.call(request, request_headers, |request| {
+        let safe = core::is_safe_method(request.method().as_str());
+        let call = self.config.call(request, safe, request_headers, |request| {
             self.service.call(request)
         });
         let work = Box::pin(async move {

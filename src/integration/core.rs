@@ -93,6 +93,12 @@ impl StatusPolicy {
 #[derive(Default)]
 struct RouteExceptions(StatusPolicy);
 
+/// Whether a request method is safe (RFC 9110): it asks for no change on the server. Such
+/// requests' scopes can be made read-only ([`LayerConfig::read_only_safe_methods`]).
+pub(crate) fn is_safe_method(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
 /// A scope layer's configuration: how it opens scopes (binds, mode, hooks) and which statuses
 /// commit. Behind `ScopeLayer` and `ScopeMiddleware`.
 #[derive(Clone, Debug)]
@@ -101,6 +107,9 @@ pub(crate) struct LayerConfig {
     policy: StatusPolicy,
     /// Where requests bring read tokens and responses take them: opt-in.
     tokens: Option<TokenCarrier>,
+    /// Whether the scopes of safe requests (GET, HEAD, OPTIONS) are read-only: `None` leaves
+    /// them as an outer layer made them (or not read-only, for the layer that opens them).
+    safe_methods_read_only: Option<bool>,
 }
 
 impl LayerConfig {
@@ -109,6 +118,7 @@ impl LayerConfig {
             scope: manager.scope(),
             policy: StatusPolicy::default(),
             tokens: None,
+            safe_methods_read_only: None,
         }
     }
 
@@ -119,6 +129,7 @@ impl LayerConfig {
             scope,
             policy: StatusPolicy::default(),
             tokens: None,
+            safe_methods_read_only: None,
         })
     }
 
@@ -134,16 +145,25 @@ impl LayerConfig {
         self.tokens = Some(carrier);
     }
 
+    pub(crate) fn read_only_safe_methods(&mut self, on: bool) {
+        self.safe_methods_read_only = Some(on);
+    }
+
     /// Takes a request: joins the scope an outer layer opened (adding this layer's binds, mode,
     /// hooks and status exceptions to it), or opens the request's own; then calls the inner
     /// service, through `call`, inside that scope. A scope that cannot be opened or joined
-    /// refuses the request, logged, without calling the inner service.
+    /// refuses the request, logged, without calling the inner service. `safe`: the request's
+    /// method is safe ([`is_safe_method`]), for
+    /// [`read_only_safe_methods`](Self::read_only_safe_methods).
     pub(crate) fn call<Q, Fut>(
         self: &Arc<Self>,
         request: Q,
+        safe: bool,
         headers: impl for<'a> Fn(&'a Q, &str) -> Vec<&'a str>,
         call: impl FnOnce(Q) -> Fut,
     ) -> Call<Q, Fut> {
+        // Whether this layer says if the request's scope is read-only, and what.
+        let read_only = self.safe_methods_read_only.filter(|_| safe);
         let Some(outer) = Scope::try_current() else {
             let tokens = self.tokens.as_ref().map_or_else(Vec::new, |carrier| {
                 carrier.read(headers(&request, carrier.request_header()).into_iter())
@@ -154,13 +174,18 @@ impl LayerConfig {
                 self.scope.clone().read_after_all(tokens).start()
             };
             return match started {
-                Ok(scope) => Call::Owned {
-                    // Frameworks route, call nested layers and may start extracting inside
-                    // `call`, before any future is polled: that runs inside the scope too.
-                    inner: scope.enter(|| call(request)),
-                    scope,
-                    config: self.clone(),
-                },
+                Ok(scope) => {
+                    if read_only == Some(true) {
+                        scope.read_only_by_method(true);
+                    }
+                    Call::Owned {
+                        // Frameworks route, call nested layers and may start extracting inside
+                        // `call`, before any future is polled: that runs inside the scope too.
+                        inner: scope.enter(|| call(request)),
+                        scope,
+                        config: self.clone(),
+                    }
+                }
                 Err(e) => {
                     log_failure("cannot open the request's scope; answering 500", &e);
                     Call::Refused(request)
@@ -173,6 +198,9 @@ impl LayerConfig {
         }
         if !self.policy.is_empty() {
             outer.extension_mut(|route: &mut RouteExceptions| route.0.merge(&self.policy));
+        }
+        if let Some(on) = read_only {
+            outer.read_only_by_method(on); // the route's word wins
         }
         Call::Joined(call(request))
     }
@@ -250,6 +278,24 @@ macro_rules! layer_type {
                 std::sync::Arc::make_mut(&mut self.config).read_tokens_in(
                     $crate::integration::tokens::TokenCarrier::Header(name.to_ascii_lowercase()),
                 );
+                self
+            }
+
+            /// Makes the scopes of safe requests (GET, HEAD and OPTIONS) read-only (`true`):
+            /// their sessions are [read sessions](crate::Bind::read_session), on a replica
+            /// where the bind has one, and the server refuses their writes (SQLSTATE 25006 on
+            /// PostgreSQL, error 1792 on MySQL/MariaDB); on PostgreSQL at READ COMMITTED they
+            /// read without BEGIN/COMMIT (see "Read-only sessions" on
+            /// [`Session`](crate::Session)). Other methods are left as they are. Off unless
+            /// asked for.
+            ///
+            /// On a layer that joins an outer one's scope (a route's), it decides for that
+            /// route: `true` makes its safe requests' scopes read-only, `false` undoes what an
+            /// outer layer's `read_only_safe_methods(true)` did (a GET that writes); a scope
+            /// built read-only ([`ScopeBuilder::read_only`](crate::ScopeBuilder::read_only))
+            /// stays so. Sessions the scope already has keep what they are.
+            pub fn read_only_safe_methods(mut self, on: bool) -> Self {
+                std::sync::Arc::make_mut(&mut self.config).read_only_safe_methods(on);
                 self
             }
 
@@ -586,6 +632,15 @@ pub(crate) use extractor_types;
 #[cfg(test)]
 mod tests {
     use super::StatusPolicy;
+
+    #[test]
+    fn get_head_and_options_are_safe() {
+        use super::is_safe_method;
+        assert!(is_safe_method("GET") && is_safe_method("HEAD") && is_safe_method("OPTIONS"));
+        for method in ["POST", "PUT", "PATCH", "DELETE", "get", "CONNECT"] {
+            assert!(!is_safe_method(method), "{method}");
+        }
+    }
 
     #[test]
     fn below_400_commits_unless_listed() {

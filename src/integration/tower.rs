@@ -110,9 +110,10 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // The service driven to readiness is called now, inside the request's scope.
-        let call = self
-            .config
-            .call(request, request_headers, |request| self.inner.call(request));
+        let safe = core::is_safe_method(request.method().as_str());
+        let call = self.config.call(request, safe, request_headers, |request| {
+            self.inner.call(request)
+        });
         let work = Box::pin(async move {
             match call
                 .outcome(|response| response.status().as_u16(), stamp)

@@ -416,7 +416,7 @@ impl Scope {
 
     /// Whether every session of the scope is a read session.
     pub(crate) fn is_read_only(&self) -> bool {
-        self.state().reads.read_only
+        self.state().reads.all()
     }
 
     /// Runs `work` inside this scope, sharing its sessions, without ending the scope when
@@ -464,7 +464,8 @@ impl Scope {
             hooks: Hooks::default(),
             source: self.inner.source.clone(),
             reads: Reads {
-                read_only: state.reads.read_only,
+                read_only: state.reads.all(),
+                by_method: false,
                 tokens: Vec::new(),
             },
         }
@@ -600,7 +601,7 @@ impl Scope {
     fn read_slot<DB: Backend>(&self, name: &str) -> Result<Arc<Slot<DB>>> {
         let written = {
             let state = self.state();
-            !state.reads.read_only
+            !state.reads.all()
                 && state
                     .slots
                     .iter()

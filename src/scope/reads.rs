@@ -11,11 +11,20 @@ use crate::{ReadToken, Result};
 /// read sessions must see.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Reads {
+    /// Asked for: `ScopeBuilder::read_only`, or a read-only route.
     pub(super) read_only: bool,
+    /// A web layer made the request's scope read-only for its safe method (GET, HEAD,
+    /// OPTIONS); a route's layer may say otherwise.
+    pub(super) by_method: bool,
     pub(super) tokens: Vec<ReadToken>,
 }
 
 impl Reads {
+    /// Whether the scope's sessions are read sessions.
+    pub(super) fn all(&self) -> bool {
+        self.read_only || self.by_method
+    }
+
     /// The token a read session of bind `name` is given.
     pub(super) fn token_for(&self, name: &str) -> Option<ReadToken> {
         self.tokens
@@ -53,6 +62,14 @@ impl ScopeBuilder {
 }
 
 impl Scope {
+    /// Makes the scope's sessions read sessions from now on (or, `false`, undoes that), for a
+    /// web layer that does so for safe request methods: sessions the scope already has keep
+    /// what they are.
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn read_only_by_method(&self, on: bool) {
+        self.state().reads.by_method = on;
+    }
+
     /// A handle to this scope's read session on bind `name`: see [`current_read_session`].
     ///
     /// # Errors

@@ -8,6 +8,7 @@ use std::time::Instant;
 use futures_core::Stream;
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
+use futures_util::future::Either as OneOf;
 use futures_util::{StreamExt, TryStreamExt};
 use sqlx::error::BoxDynError;
 use sqlx::{Either, Execute, Executor, SqlStr};
@@ -161,7 +162,7 @@ where
 impl<S> Drop for Tracked<'_, S> {
     fn drop(&mut self) {
         let tx = &mut *self.op.tx;
-        if tx.wire == Wire::Busy && self.lenient && self.yielded && tx.depth > 0 {
+        if tx.wire == Wire::Busy && self.lenient && self.yielded && (tx.depth > 0 || tx.bare) {
             tx.wire = Wire::Idle;
             tx.unread = true;
         }
@@ -276,7 +277,7 @@ impl<DB: Backend> Session<DB> {
         let (first, again) = Resend::split(query)?;
         match self.collect_results(first).await {
             Err(e) if self.lost_before_answering(&e) => {
-                self.begin_again(started).await.map_err(Error::into_sqlx)?;
+                self.start_again(started).await.map_err(Error::into_sqlx)?;
                 self.collect_results(again).await
             }
             other => other,
@@ -295,7 +296,7 @@ impl<DB: Backend> Session<DB> {
         let (first, again) = Resend::split(query)?;
         match self.collect_rows(first).await {
             Err(e) if self.lost_before_answering(&e) => {
-                self.begin_again(started).await.map_err(Error::into_sqlx)?;
+                self.start_again(started).await.map_err(Error::into_sqlx)?;
                 self.collect_rows(again).await
             }
             other => other,
@@ -317,7 +318,7 @@ impl<DB: Backend> Session<DB> {
         let (first, again) = Resend::split(query)?;
         match self.fetch_one_row(first).await {
             Err(e) if self.lost_before_answering(&e) => {
-                self.begin_again(started).await.map_err(Error::into_sqlx)?;
+                self.start_again(started).await.map_err(Error::into_sqlx)?;
                 self.fetch_one_row(again).await
             }
             other => other,
@@ -365,43 +366,19 @@ impl<DB: Backend> Session<DB> {
     }
 }
 
-impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
-    type Database = DB;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
+impl<DB: Backend> Session<DB> {
+    /// The stream of a statement [`may_resend`](Session::may_resend) allows, the session ready
+    /// for it: sent again on another connection when the first turns out dead before it
+    /// answered anything, within what is left of `acquire_timeout` since `started`.
+    fn resending<'e, 'q: 'e, E>(
+        &'e mut self,
         query: E,
+        started: Instant,
     ) -> BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>
     where
-        'c: 'e,
         E: 'q + Execute<'q, DB>,
     {
-        if !DB::RESENDS_STATEMENTS {
-            let start = async move {
-                self.ready().await.map_err(Error::into_sqlx)?;
-                let query = self.statement(query);
-                let (raw, op) = self.start_statement(true);
-                let query = op.trace(query);
-                Ok::<_, sqlx::Error>(Tracked::new(DB::fetch_many(raw, query), op, true))
-            };
-            return Box::pin(futures_util::stream::once(start).try_flatten());
-        }
         Box::pin(async_stream::stream! {
-            let started = Instant::now();
-            if let Err(e) = self.ready().await {
-                yield Err(e.into_sqlx());
-                return;
-            }
-            if !self.may_resend() {
-                let query = self.statement(query);
-                let (raw, op) = self.start_statement(true);
-                let query = op.trace(query);
-                let mut rows = Tracked::new(DB::fetch_many(raw, query), op, true);
-                while let Some(item) = rows.next().await {
-                    yield item;
-                }
-                return;
-            }
             let (first, again) = match Resend::split(query) {
                 Ok(split) => split,
                 Err(e) => {
@@ -428,7 +405,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
                 }
             }
             if lost {
-                if let Err(e) = self.begin_again(started).await {
+                if let Err(e) = self.start_again(started).await {
                     yield Err(e.into_sqlx());
                     return;
                 }
@@ -441,6 +418,36 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
                 }
             }
         })
+    }
+}
+
+impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
+    type Database = DB;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, DB>,
+    {
+        let start = async move {
+            let started = Instant::now();
+            self.ready().await.map_err(Error::into_sqlx)?;
+            if self.may_resend() {
+                return Ok(OneOf::Right(self.resending(query, started)));
+            }
+            let query = self.statement(query);
+            let (raw, op) = self.start_statement(true);
+            let query = op.trace(query);
+            Ok::<_, sqlx::Error>(OneOf::Left(Tracked::new(
+                DB::fetch_many(raw, query),
+                op,
+                true,
+            )))
+        };
+        Box::pin(futures_util::stream::once(start).try_flatten())
     }
 
     // `execute` and `fetch_all` collect the stream inside their future: cancelled part-way,

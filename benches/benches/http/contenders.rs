@@ -24,9 +24,11 @@ pub(crate) enum Kind {
     LayerAutocommit,
     SessionAutocommit,
     PgPoolSelect(SqlxPool),
+    /// The layer with safe methods read-only: the GET's read session runs without BEGIN.
+    LayerReadOnly,
 }
 
-pub(crate) const KINDS: [Kind; 10] = [
+pub(crate) const KINDS: [Kind; 11] = [
     Kind::Layer,
     Kind::SessionHandler,
     Kind::AxumSqlxTx(SqlxPool::Defaults),
@@ -34,6 +36,7 @@ pub(crate) const KINDS: [Kind; 10] = [
     Kind::PgPoolTx(SqlxPool::Defaults),
     Kind::PgPoolTx(SqlxPool::NoTest),
     Kind::LayerAutocommit,
+    Kind::LayerReadOnly,
     Kind::SessionAutocommit,
     Kind::PgPoolSelect(SqlxPool::Defaults),
     Kind::PgPoolSelect(SqlxPool::NoTest),
@@ -50,6 +53,7 @@ impl Kind {
             Self::PgPoolTx(Defaults) => "PgPool tx handler (defaults)",
             Self::PgPoolTx(NoTest) => "PgPool tx handler (test_before_acquire=false)",
             Self::LayerAutocommit => "dbscope layer, autocommit",
+            Self::LayerReadOnly => "dbscope layer, GET read-only (no BEGIN)",
             Self::SessionAutocommit => "dbscope session handler, autocommit",
             Self::PgPoolSelect(Defaults) => "PgPool bare select (defaults)",
             Self::PgPoolSelect(NoTest) => "PgPool bare select (test_before_acquire=false)",

@@ -13,6 +13,10 @@ const GOAL_VS_AXUM_SQLX_TX: f64 = 1.3;
 const GOAL_VS_SESSION_HANDLER: f64 = 0.95;
 /// Goal: dbscope layer in autocommit mode / best bare select on a `PgPool`.
 const GOAL_AUTOCOMMIT_VS_BARE: f64 = 0.9;
+/// The Python seed's figure for the same endpoint (requests/s), and the goal for the read
+/// route with safe methods read-only: 25 times it.
+const SEED_REQUESTS_PER_SECOND: f64 = 950.0;
+const GOAL_READ_ONLY_VS_SEED: f64 = 25.0;
 
 pub(crate) fn print_run(name: &str, run: &Run) {
     println!(
@@ -158,6 +162,10 @@ pub(crate) fn report(contenders: &[Contender], runs: &[Vec<Run>]) {
         figures.print_ratio(autocommit, figures.index(other));
     }
     figures.print_ratio(autocommit, layer);
+    let read_only = figures.index(Kind::LayerReadOnly);
+    for other in [Kind::LayerAutocommit, Kind::Layer] {
+        figures.print_ratio(read_only, figures.index(other));
+    }
 
     // Against sqlx, the goals name its defaults; the stricter line is against the configuration
     // without a ping on acquire (the way dbscope's default health check runs in steady use).
@@ -192,4 +200,13 @@ pub(crate) fn report(contenders: &[Contender], runs: &[Vec<Run>]) {
             GOAL_AUTOCOMMIT_VS_BARE,
         );
     }
+    let rate = figures.rates[read_only];
+    let goal = SEED_REQUESTS_PER_SECOND * GOAL_READ_ONLY_VS_SEED;
+    println!(
+        "  {}  {} >= {GOAL_READ_ONLY_VS_SEED}x the Python seed's {SEED_REQUESTS_PER_SECOND:.0} \
+         req/s ({goal:.0} req/s): {rate:.0} req/s, {:.1}x",
+        verdict(rate >= goal),
+        figures.name(read_only),
+        rate / SEED_REQUESTS_PER_SECOND
+    );
 }

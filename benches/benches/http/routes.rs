@@ -37,6 +37,8 @@ impl Kind {
                 .layer(ScopeLayer::new(&pools.manager)),
             Self::LayerAutocommit => routes(get(scoped::<false>), get(scoped::<true>))
                 .layer(ScopeLayer::with_scope(pools.manager.scope().autocommit())?),
+            Self::LayerReadOnly => routes(get(scoped::<false>), get(scoped::<true>))
+                .layer(ScopeLayer::new(&pools.manager).read_only_safe_methods(true)),
             Self::SessionHandler => routes(get(session_tx::<false>), get(session_tx::<true>))
                 .with_state(pools.manager.clone()),
             Self::SessionAutocommit => routes(
@@ -109,7 +111,8 @@ async fn probe<'c, const PROBE: bool>(
 
 type Db = DbSession<DefaultBind<Postgres>>;
 
-/// Behind a `ScopeLayer` (transactional or autocommit): the request's session.
+/// Behind a `ScopeLayer` (transactional, autocommit, or read-only for GET): the request's
+/// session.
 async fn scoped<const PROBE: bool>(
     Path(id): Path<i32>,
     mut db: Db,

@@ -30,8 +30,9 @@ const BUDGET_PROBE: usize = 256;
 /// `engine::reactor`), which the calling thread runs while the operation waits for the server:
 /// the socket's readiness wakes the caller itself, and this runtime's worker thread sleeps
 /// through every round trip. The worker drives the timers (`acquire_timeout` and the other
-/// deadlines), the sockets of SQLite's and of the replicas' prober, and the background work that
-/// needs no connection's socket (pool upkeep, scope hooks' tasks).
+/// deadlines), the replicas' prober and its sockets, and the background work of connections
+/// without a driver of their own (SQLite's, a test's pinned connection) or of none (pool
+/// upkeep, tasks spawned by scope hooks).
 pub(crate) struct Driver {
     runtime: Option<Runtime>,
     handle: Handle,

@@ -19,7 +19,7 @@
 //!   never competes with a caller for the reactor.
 //!
 //! Timers and spawned tasks of the foreground go to the runtime whose context the caller
-//! entered (the blocking faces' [`Driver`](crate::blocking)); only sockets belong to reactors.
+//! entered (the blocking faces' `Driver`); only sockets belong to reactors.
 
 use std::cell::RefCell;
 use std::fmt;

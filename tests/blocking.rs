@@ -1328,12 +1328,108 @@ fn many_threads_share_a_small_pool_pinging_every_checkout<B: Suite>() {
     finish(db);
 }
 
+/// A before-commit hook of a blocking scope that waits on two connections at once (two binds'
+/// sessions, joined): the calling thread can drive one connection's socket, so the other's is
+/// driven on a thread of its own for that wait.
+fn a_hook_waiting_on_two_connections_at_once_gets_both_answers<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = BindManager::builder()
+        .bind("main", db.config())
+        .bind("second", db.config())
+        .build()
+        .unwrap();
+    let slow = match B::KIND {
+        Kind::Postgres => "SELECT CAST(1 AS BIGINT) FROM pg_sleep(0.2)",
+        _ => "SELECT CAST(SLEEP(0.2) + 1 AS SIGNED)",
+    };
+    let answers = Arc::new(std::sync::Mutex::new(None));
+    let seen = answers.clone();
+    let scope = manager
+        .scope()
+        .bind("main")
+        .bind("second")
+        .before_commit(move || {
+            let seen = seen.clone();
+            async move {
+                let mut main = dbscope::current_session::<B::Db>("main").await?;
+                let mut second = dbscope::current_session::<B::Db>("second").await?;
+                let both = futures_util::future::join(
+                    common::fetch_i64(&mut main, slow),
+                    common::fetch_i64(&mut second, slow),
+                )
+                .await;
+                *seen.lock().unwrap() = Some((both.0?, both.1?));
+                Ok(())
+            }
+        });
+    within(Duration::from_secs(60), move || {
+        scope.run_blocking(|| {
+            for bind in ["main", "second"] {
+                let mut session = blocking::current_session::<B::Db>(bind)?;
+                session.execute(sqlx::query("SELECT 1"))?; // a connection each
+            }
+            Ok::<_, Error>(())
+        })
+    })
+    .unwrap();
+    assert_eq!(*answers.lock().unwrap(), Some((1, 1)));
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
+/// A connection's socket driven from threads of tokio's own: `spawn_blocking` on both runtime
+/// flavours, `block_in_place`, a thread that entered a runtime's context.
+fn calls_from_spawn_blocking_and_block_in_place_reach_the_server<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c.max_connections(1));
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let work = move |bind: BlockingBind<B::Db>| -> dbscope::Result<i64> {
+        let mut session = bind.session();
+        let select = match B::KIND {
+            Kind::Postgres => "SELECT CAST(42 AS BIGINT)",
+            _ => "SELECT CAST(42 AS SIGNED)",
+        };
+        let n = common::blocking_fetch_i64(&mut session, select)?;
+        session.commit()?;
+        Ok(n)
+    };
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = bind.clone();
+    let n = current.block_on(async move { tokio::task::spawn_blocking(move || work(b)).await });
+    assert_eq!(n.unwrap().unwrap(), 42);
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = bind.clone();
+    let n = multi.block_on(async move { tokio::task::spawn_blocking(move || work(b)).await });
+    assert_eq!(n.unwrap().unwrap(), 42);
+    let b = bind.clone();
+    let in_task =
+        async move { tokio::spawn(async move { tokio::task::block_in_place(|| work(b)) }).await };
+    let n = multi.block_on(in_task);
+    assert_eq!(n.unwrap().unwrap(), 42);
+    {
+        let _context = multi.handle().enter();
+        assert_eq!(work(bind.clone()).unwrap(), 42);
+    }
+    assert_eq!(bind.status().opened, 1, "one connection served them all");
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 common::blocking_tests!(postgres_server, common::Pg:
     a_connection_killed_mid_session_is_discarded_not_reused,
     health_check_always_replaces_a_dead_idle_connection,
     a_session_dropped_in_async_code_leaves_no_lock_and_keeps_its_connection,
     a_cut_off_session_is_recovered_on_its_own_connection,
     many_threads_share_a_small_pool_pinging_every_checkout,
+    a_hook_waiting_on_two_connections_at_once_gets_both_answers,
+    calls_from_spawn_blocking_and_block_in_place_reach_the_server,
 );
 common::blocking_tests!(mysql_server, common::MySql:
     a_connection_killed_mid_session_is_discarded_not_reused,
@@ -1341,6 +1437,8 @@ common::blocking_tests!(mysql_server, common::MySql:
     a_session_dropped_in_async_code_leaves_no_lock_and_keeps_its_connection,
     a_cut_off_session_is_recovered_on_its_own_connection,
     many_threads_share_a_small_pool_pinging_every_checkout,
+    a_hook_waiting_on_two_connections_at_once_gets_both_answers,
+    calls_from_spawn_blocking_and_block_in_place_reach_the_server,
 );
 
 // ----- polite closes, proved by PostgreSQL's own count of abandoned sessions -----

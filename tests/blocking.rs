@@ -1422,6 +1422,38 @@ fn calls_from_spawn_blocking_and_block_in_place_reach_the_server<B: Suite>() {
     finish(db);
 }
 
+/// A session kept in a thread-local, dropped as its thread exits, after the runtime's own
+/// thread-locals: no thread can be started for its rollback then, so it discards its
+/// connection and the server rolls back.
+fn a_session_dropped_as_its_thread_exits_leaves_nothing_open<B: Suite>() {
+    thread_local! {
+        static KEPT: std::cell::RefCell<Option<Box<dyn std::any::Any>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let (held, table) = (bind.clone(), db.table.clone());
+    thread::spawn(move || {
+        // Registered first, so destroyed after tokio's and dbscope's own thread-locals.
+        KEPT.with(|_| ());
+        let mut session = held.session();
+        let stmt = format!("INSERT INTO {table} (id, v) VALUES (1, 'kept')");
+        session.execute(sqlx::query(sql(stmt))).unwrap();
+        KEPT.set(Some(Box::new(session)));
+    })
+    .join()
+    .expect("the thread exits without a panic (a panic there would abort the process)");
+    eventually("the connection back or discarded", || {
+        bind.status().in_use == 0
+    });
+    assert_no_open_transaction(&db);
+    assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 common::blocking_tests!(postgres_server, common::Pg:
     a_connection_killed_mid_session_is_discarded_not_reused,
     health_check_always_replaces_a_dead_idle_connection,
@@ -1430,6 +1462,7 @@ common::blocking_tests!(postgres_server, common::Pg:
     many_threads_share_a_small_pool_pinging_every_checkout,
     a_hook_waiting_on_two_connections_at_once_gets_both_answers,
     calls_from_spawn_blocking_and_block_in_place_reach_the_server,
+    a_session_dropped_as_its_thread_exits_leaves_nothing_open,
 );
 common::blocking_tests!(mysql_server, common::MySql:
     a_connection_killed_mid_session_is_discarded_not_reused,
@@ -1439,6 +1472,7 @@ common::blocking_tests!(mysql_server, common::MySql:
     many_threads_share_a_small_pool_pinging_every_checkout,
     a_hook_waiting_on_two_connections_at_once_gets_both_answers,
     calls_from_spawn_blocking_and_block_in_place_reach_the_server,
+    a_session_dropped_as_its_thread_exits_leaves_nothing_open,
 );
 
 // ----- polite closes, proved by PostgreSQL's own count of abandoned sessions -----

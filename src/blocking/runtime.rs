@@ -76,10 +76,11 @@ impl Driver {
             // connection, and the server rolls back.
             return;
         }
-        if !may_block() {
-            // The session's drop hands its rollback to the connection's reactor, on a thread of
-            // its own; a connection without one (SQLite, a test's pinned connection) to this
-            // runtime.
+        if session.ends_without_round_trip() || !may_block() {
+            // Nothing to send (committed, say): the drop gives the connection back at once.
+            // Or the thread may not block: the drop hands the rollback to the connection's
+            // reactor, on a thread of its own; a connection without one (SQLite, a test's
+            // pinned connection) to this runtime, as a polite close after the pool closed.
             let _context = self.enter();
             drop(session);
             return;

@@ -27,6 +27,7 @@ mod checkout;
 mod conn_manager;
 mod host_status;
 mod pin;
+mod reactor;
 mod recovery;
 
 pub use host_status::{HostRole, HostStatus};
@@ -36,6 +37,8 @@ pub(crate) use pin::{
 };
 
 use conn_manager::{ConnManager, PooledConn};
+use reactor::Reactor;
+pub(crate) use reactor::block_on;
 
 /// The connection is dead: the network or the server closed it (an I/O error, a crashed
 /// SQLite worker, or the goodbye a server sends as it closes one). Unlike a protocol error (the
@@ -171,7 +174,36 @@ impl<DB: Backend> Pool<DB> {
         setup: Setup,
         observer: Arc<Observer>,
     ) -> Self {
-        let manager = ConnManager::new(bind.clone(), options, dialect, config, setup, observer);
+        Self::build(
+            bind,
+            url,
+            (options, dialect, setup),
+            config,
+            observer,
+            false,
+        )
+    }
+
+    /// [`new`](Pool::new), with connections that each open inside a [`Reactor`] of their own
+    /// when `reactors` is set (and the backend has sockets).
+    fn build(
+        bind: Arc<str>,
+        url: &DatabaseUrl,
+        (options, dialect, setup): (Options<DB>, Dialect, Setup),
+        config: &PoolConfig,
+        observer: Arc<Observer>,
+        reactors: bool,
+    ) -> Self {
+        let reactors = reactors && dialect != Dialect::Sqlite;
+        let manager = ConnManager::new(
+            bind.clone(),
+            options,
+            dialect,
+            config,
+            setup,
+            observer,
+            reactors,
+        );
         // deadpool's build fails only for timeouts without a runtime; the pool applies its own
         // deadline around checkout and sets none of deadpool's.
         let deadpool = managed::Pool::builder(manager)
@@ -195,19 +227,24 @@ impl<DB: Backend> Pool<DB> {
     }
 
     /// A second pool on the same database, with the same connect options (a second parse of
-    /// `sqlite::memory:` would name another database) and a life of its own.
+    /// `sqlite::memory:` would name another database) and a life of its own, for callers that
+    /// wait on their own threads (a bind's blocking face): its connections each open inside a
+    /// [`Reactor`] of their own, driven by the thread that uses them (see [`block_on`]), on
+    /// backends with sockets.
     pub(crate) fn twin(&self, config: &PoolConfig, observer: Arc<Observer>) -> Self {
         let manager = self.0.deadpool.manager();
-        let (options, dialect) = (manager.options.clone(), manager.dialect);
-        let setup = manager.setup.clone();
-        let twin = Self::new(
+        let connect = (
+            manager.options.clone(),
+            manager.dialect,
+            manager.setup.clone(),
+        );
+        let twin = Self::build(
             self.0.bind.clone(),
             &self.0.url,
-            options,
-            dialect,
+            connect,
             config,
-            setup,
             observer,
+            true,
         );
         // A pinned bind's blocking face runs on the same pinned connection.
         if let Some(pin) = self.0.pin.get() {
@@ -217,8 +254,9 @@ impl<DB: Backend> Pool<DB> {
     }
 
     /// A pool of the same bind on another host (a replica, a host a hook chose), with the same
-    /// connection setup, `options` for that host (which open connections read-only when
-    /// `read_only`), and an observer of its own (its metrics are that host's). Opens nothing.
+    /// connection setup (reactors included), `options` for that host (which open connections
+    /// read-only when `read_only`), and an observer of its own (its metrics are that host's).
+    /// Opens nothing.
     pub(crate) fn sibling(
         &self,
         url: &DatabaseUrl,
@@ -232,14 +270,14 @@ impl<DB: Backend> Pool<DB> {
             read_only,
             ..manager.setup.clone()
         };
-        Self::new(
+        let connect = (options, manager.dialect, setup);
+        Self::build(
             self.0.bind.clone(),
             url,
-            options,
-            manager.dialect,
+            connect,
             config,
-            setup,
             observer,
+            manager.reactors,
         )
     }
 
@@ -572,11 +610,54 @@ enum Held<DB: Backend> {
 }
 
 impl<DB: Backend> Conn<DB> {
-    /// The sqlx connection.
+    /// The sqlx connection, for an operation. A connection with a [`Reactor`] is noted as the
+    /// one the operation [`block_on`] polls waits for.
     pub(crate) fn raw(&mut self) -> &mut DB::Connection {
         match &mut self.0 {
-            Held::Pooled(obj) => &mut obj.raw,
+            Held::Pooled(obj) => {
+                if let Some(reactor) = &obj.reactor {
+                    reactor.touch();
+                }
+                &mut obj.raw
+            }
             Held::Pinned(pin) => pin.raw(),
+        }
+    }
+
+    /// The reactor the connection's socket is registered with, if it has one of its own.
+    fn reactor(&self) -> Option<&Reactor> {
+        match &self.0 {
+            Held::Pooled(obj) => obj.reactor.as_ref(),
+            Held::Pinned(_) => None,
+        }
+    }
+
+    /// The operation polled on this thread is done with this connection.
+    fn let_go(&self) {
+        if let Some(reactor) = self.reactor() {
+            reactor.forget();
+        }
+    }
+
+    /// Runs `work` on this connection in the background, where its socket is driven: a
+    /// connection with a [`Reactor`] on a thread of its own inside it, any other on the current
+    /// tokio runtime. With neither (no runtime), or late in the thread's exit (its thread-locals
+    /// going), `work` never runs and the connection is discarded: the server rolls back.
+    pub(crate) fn in_background<F>(self, work: impl FnOnce(Self) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.let_go();
+        let runtime = tokio::runtime::Handle::try_current();
+        if matches!(&runtime, Err(e) if e.is_thread_local_destroyed()) {
+            return self.discard();
+        }
+        if let Some(reactor) = self.reactor().cloned() {
+            return reactor.spawn(work(self));
+        }
+        match runtime {
+            Ok(runtime) => drop(runtime.spawn(work(self))),
+            Err(_) => self.discard(),
         }
     }
 
@@ -657,6 +738,7 @@ impl<DB: Backend> Conn<DB> {
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
     /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
     pub(crate) fn give_back(self) {
+        self.let_go();
         let mut obj = match self.0 {
             Held::Pooled(obj) => obj,
             Held::Pinned(pin) => return drop(pin),
@@ -684,6 +766,7 @@ impl<DB: Backend> Conn<DB> {
 
     /// [`discard`](Conn::discard), counted under `reason`; a pinned connection breaks its pin.
     fn discard_because(self, reason: Discard) {
+        self.let_go();
         let obj = match self.0 {
             Held::Pooled(obj) => obj,
             Held::Pinned(pin) => {
@@ -744,12 +827,19 @@ impl<DB: Backend> std::ops::Deref for ManagerRef<DB> {
     }
 }
 
-/// Closes a healthy connection politely (a Terminate message), in the background when a runtime
-/// is there, so the server logs no broken connection.
+/// Closes a healthy connection politely (a Terminate message), in the background, so the server
+/// logs no broken connection: a connection with a [`Reactor`] on a thread of its own inside it,
+/// any other on the current runtime when there is one (without, it is dropped: the socket
+/// closes).
 fn close_gracefully<DB: Backend>(conn: PooledConn<DB>) {
+    let reactor = conn.reactor.clone();
+    let close = async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
+    };
+    if let Some(reactor) = reactor {
+        return reactor.spawn(close);
+    }
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.raw.close()).await;
-        });
+        handle.spawn(close);
     }
 }

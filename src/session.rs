@@ -1417,12 +1417,7 @@ impl<DB: Backend> Session<DB> {
             self.bind.observer().metrics.transaction(false);
         }
         let undo = undo.then(|| pin_autocommit_end(true));
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(clean_up(CleanupGuard(Some(conn)), rollback, undo));
-            }
-            Err(_) => conn.discard(),
-        }
+        conn.in_background(|conn| clean_up(CleanupGuard(Some(conn)), rollback, undo));
     }
 }
 

@@ -46,11 +46,20 @@
 //! manager's [`close`](crate::BindManager::close),
 //! [`close_blocking`](crate::BindManager::close_blocking) and drop close it with the rest.
 //!
-//! The blocking faces of a manager share one small tokio runtime, started with the first of
-//! them: one worker thread that drives their sockets and timers. Each operation runs on the
-//! calling thread, which sleeps while it waits for the server; the pool serves any number of
-//! OS threads, each waiting at most `acquire_timeout` for a connection
+//! Each operation runs on the calling thread, as with the `postgres` crate's blocking client:
+//! a PostgreSQL or MySQL connection of a blocking face opens inside an I/O driver of its own (a
+//! current-thread tokio runtime: an `epoll` instance and a timer wheel, no thread), and the
+//! thread using the connection runs that driver while it waits for the server, so each reply
+//! wakes that thread directly, never another one in between. The pool serves any number of OS
+//! threads, each waiting at most `acquire_timeout` for a connection
 //! ([`ErrorKind::Timeout`](crate::ErrorKind::Timeout)).
+//!
+//! The blocking faces of a manager also share one small tokio runtime, started with the first
+//! of them, whose single worker thread runs the timers (`acquire_timeout` and the other
+//! deadlines), SQLite's wake-ups and the pool's upkeep. What has to talk to a connection while
+//! no caller does (opening it, a rollback for a session dropped in async code, recovery in the
+//! background, the polite goodbye when the pool closes or reaps it) runs on a short-lived
+//! thread inside the connection's own driver.
 //!
 //! # From async code
 //!
@@ -58,8 +67,8 @@
 //! returns [`ErrorKind::BlockingInAsync`](crate::ErrorKind::BlockingInAsync) at once, without touching
 //! the database: blocking there would stall the runtime, and deadlock a current-thread one. Use
 //! the async API there, or move the blocking code to `tokio::task::spawn_blocking`, where it
-//! works. A blocking session dropped in async code rolls back in the background, as an async
-//! session does.
+//! works. A blocking session dropped in async code rolls back in the background (on a
+//! short-lived thread of its connection's), as an async session does.
 
 mod bind;
 mod fetch;

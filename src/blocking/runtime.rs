@@ -4,17 +4,14 @@
 use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
-use std::thread::Thread;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::runtime::{EnterGuard, Handle, Runtime};
 use tokio::task::coop;
 
 use crate::backend::Backend;
+use crate::engine::block_on;
 use crate::{Error, Result, Session};
 
 /// How long a dropped blocking session may take to roll back before its connection is discarded
@@ -28,10 +25,14 @@ const BUDGET_PROBE: usize = 256;
 
 /// The tokio runtime of a manager's blocking binds.
 ///
-/// Its single worker thread drives the I/O reactor and the timers of every blocking connection,
-/// and runs their background work (rollbacks of sessions dropped where blocking is refused,
-/// polite closes, pool upkeep). Each operation itself runs on the calling thread, which polls it
-/// and sleeps while it waits: connections never hop threads, and the worker only wakes callers.
+/// Each operation runs on the calling thread, which polls it inside this runtime's context. A
+/// PostgreSQL or MySQL connection of a blocking face has an I/O driver of its own (see
+/// `engine::reactor`), which the calling thread runs while the operation waits for the server:
+/// the socket's readiness wakes the caller itself, and this runtime's worker thread sleeps
+/// through every round trip. The worker drives the timers (`acquire_timeout` and the other
+/// deadlines), the replicas' prober and its sockets, and the background work of connections
+/// without a driver of their own (SQLite's, a test's pinned connection) or of none (pool
+/// upkeep, tasks spawned by scope hooks).
 pub(crate) struct Driver {
     runtime: Option<Runtime>,
     handle: Handle,
@@ -52,22 +53,13 @@ impl Driver {
     }
 
     /// Runs `future` to completion on the calling thread, inside this runtime's context (its
-    /// sockets, timers and spawned tasks belong to this runtime). Check [`may_block`] first.
+    /// timers and spawned tasks belong to this runtime; the sockets of connections with a
+    /// reactor of their own are driven by this thread while it waits). Check [`may_block`]
+    /// first.
     pub(crate) fn run<F: Future>(&self, future: F) -> F::Output {
         let _context = self.handle.enter();
         let _polling = Polling::start();
-        let parker = PARKER
-            .try_with(Arc::clone)
-            .unwrap_or_else(|_| Arc::new(Parker::current()));
-        let waker = Waker::from(Arc::clone(&parker));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = pin!(future);
-        loop {
-            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
-            }
-            parker.wait();
-        }
+        block_on(future)
     }
 
     /// Enters this runtime's context without blocking: what is spawned meanwhile runs on it.
@@ -76,15 +68,20 @@ impl Driver {
     }
 
     /// Ends a session given up by blocking code: rolled back and its connection returned before
-    /// this returns; or, where the thread may not block, in the background on this runtime.
+    /// this returns; or, where the thread may not block, in the background (on a thread of the
+    /// connection's own, or on this runtime for a connection without a reactor).
     pub(crate) fn end<DB: Backend>(&self, session: Session<DB>) {
         if !session.is_connected() || thread_exiting() {
             // Exiting, no runtime can be entered: dropped here, the session discards its
             // connection, and the server rolls back.
             return;
         }
-        if !may_block() {
-            let _context = self.enter(); // the session's drop spawns its rollback here
+        if session.ends_without_round_trip() || !may_block() {
+            // Nothing to send (committed, say): the drop gives the connection back at once.
+            // Or the thread may not block: the drop hands the rollback to the connection's
+            // reactor, on a thread of its own; a connection without one (SQLite, a test's
+            // pinned connection) to this runtime, as a polite close after the pool closed.
+            let _context = self.enter();
             drop(session);
             return;
         }
@@ -171,7 +168,6 @@ thread_local! {
     /// Set while this thread polls one of our futures: a blocking call from inside it (in a
     /// closure given to `BlockingSession::run`) would wait on itself.
     static POLLING: Cell<bool> = const { Cell::new(false) };
-    static PARKER: Arc<Parker> = Arc::new(Parker::current());
 }
 
 /// Marks the thread as polling until dropped (on unwind too).
@@ -190,39 +186,5 @@ impl Polling {
 impl Drop for Polling {
     fn drop(&mut self) {
         POLLING.set(self.was);
-    }
-}
-
-/// Wakes a thread waiting in [`Driver::run`]. The flag makes wake-ups sticky and tells them from
-/// stray `unpark`s of other code on the thread.
-struct Parker {
-    thread: Thread,
-    notified: AtomicBool,
-}
-
-impl Parker {
-    fn current() -> Self {
-        Self {
-            thread: std::thread::current(),
-            notified: AtomicBool::new(false),
-        }
-    }
-
-    fn wait(&self) {
-        while !self.notified.swap(false, Ordering::Acquire) {
-            std::thread::park();
-        }
-    }
-}
-
-impl Wake for Parker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if !self.notified.swap(true, Ordering::Release) {
-            self.thread.unpark();
-        }
     }
 }

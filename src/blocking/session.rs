@@ -45,7 +45,8 @@ const LIVE: &str = "a blocking session holds its session until it ends";
 /// recovered before the drop returns, as an async session's is in the background (within 2 s:
 /// drained, rolled back, checked with the server; otherwise discarded). Dropped where blocking
 /// is refused (in async code), the rollback or recovery runs in the background instead, as for
-/// an async session. Dropped late in its thread's exit (kept in a thread-local that outlives
+/// an async session (on a short-lived thread that drives the connection's socket), and the drop
+/// returns at once. Dropped late in its thread's exit (kept in a thread-local that outlives
 /// the runtime's own), it discards its connection instead, and the server rolls back.
 ///
 /// # Calls from async code

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use futures_util::TryStreamExt;
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, SqlStr};
 
 use super::checkout;
+use super::reactor::Reactor;
 use super::{Access, Counters, Setup, bump, is_dead};
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::{HealthCheck, IsolationLevel};
@@ -33,6 +34,9 @@ pub(super) struct PooledConn<DB: Backend> {
     pub(super) access: Access,
     /// Its default isolation level, once known: from the setup, or asked of the server.
     pub(super) isolation: Option<IsolationLevel>,
+    /// The runtime the connection's socket is registered with, in a pool opened with
+    /// [reactors](ConnManager::reactors). Declared after `raw`, so that the socket goes first.
+    pub(super) reactor: Option<Reactor>,
 }
 
 impl<DB: Backend> PooledConn<DB> {
@@ -69,6 +73,10 @@ pub(super) struct ConnManager<DB: Backend> {
     /// every connection at once, so when one is found dead, the others last known alive before
     /// that are suspect: each is pinged on its next checkout, whatever `health_check` says.
     deaths: AtomicU64,
+    /// Each connection opens inside a [`Reactor`] of its own, which the thread using it drives
+    /// (see [`reactor`](super::reactor)); set for a bind's blocking face, on backends with
+    /// sockets.
+    pub(super) reactors: bool,
 }
 
 impl<DB: Backend> ConnManager<DB> {
@@ -79,8 +87,10 @@ impl<DB: Backend> ConnManager<DB> {
         pool: &crate::config::PoolConfig,
         setup: Setup,
         observer: Arc<Observer>,
+        reactors: bool,
     ) -> Self {
         Self {
+            reactors,
             bind,
             options,
             dialect,
@@ -111,7 +121,22 @@ impl<DB: Backend> ConnManager<DB> {
     }
 
     /// Pings a connection about to be handed out; a failure throws it away, and counts it.
+    /// A connection with a reactor is pinged only by a thread that drives it.
     async fn check(&self, conn: &mut PooledConn<DB>) -> RecycleResult<sqlx::Error> {
+        if let Some(reactor) = conn.reactor.clone() {
+            if !reactor.touch() {
+                // No thread drives this connection's socket here (the pool's upkeep, which
+                // gives it back unused): the checkout that uses it pings it.
+                return Ok(());
+            }
+            let pinged = self.ping(conn).await;
+            reactor.forget();
+            return pinged;
+        }
+        self.ping(conn).await
+    }
+
+    async fn ping(&self, conn: &mut PooledConn<DB>) -> RecycleResult<sqlx::Error> {
         // A checkout cancelled from here on lets the ping finish in the background.
         checkout::mark_worth_finishing();
         let deaths = self.deaths.load(Ordering::Relaxed);
@@ -145,16 +170,8 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         checkout::mark_worth_finishing();
         let alive_at = self.deaths.load(Ordering::Relaxed);
         let watch = Stopwatch::start();
-        let connected = async {
-            let mut raw = self.options.connect().await?;
-            if let Some(setup) = &self.setup.sql {
-                DB::fetch_many(&mut raw, setup.clone())
-                    .try_for_each(|_| std::future::ready(Ok(())))
-                    .await?;
-            }
-            Ok::<_, sqlx::Error>(raw)
-        };
-        let raw = connected
+        // Boxed: the rare path keeps every checkout's future small (and its type shallow).
+        let (raw, reactor) = Box::pin(self.open())
             .await
             .inspect_err(|_| bump(&self.counters.connect_errors))?;
         bump(&self.counters.created);
@@ -174,6 +191,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
                 Access::AsOpened
             },
             isolation: self.setup.isolation,
+            reactor,
         })
     }
 
@@ -205,6 +223,39 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
     fn detach(&self, conn: &mut PooledConn<DB>) {
         self.observer.metrics.gone(conn.counted_used);
     }
+}
+
+impl<DB: Backend> ConnManager<DB> {
+    /// Connects and runs the setup; in a pool with reactors, inside a new reactor, on a thread
+    /// of its own (the socket registers with the runtime it opens in), from wherever the
+    /// checkout runs.
+    async fn open(&self) -> Result<(DB::Connection, Option<Reactor>), sqlx::Error> {
+        let connect = connect::<DB>(self.options.clone(), self.setup.sql.clone());
+        if !self.reactors {
+            return Ok((connect.await?, None));
+        }
+        let reactor = Reactor::new()?;
+        let raw = reactor.run_apart(connect).await.unwrap_or_else(|| {
+            Err(sqlx::Error::Io(std::io::Error::other(
+                "could not start the thread that opens the connection",
+            )))
+        })?;
+        Ok((raw, Some(reactor)))
+    }
+}
+
+/// Opens a connection with `options` and runs `setup` on it.
+async fn connect<DB: Backend>(
+    options: Options<DB>,
+    setup: Option<SqlStr>,
+) -> Result<DB::Connection, sqlx::Error> {
+    let mut raw = options.connect().await?;
+    if let Some(setup) = setup {
+        DB::fetch_many(&mut raw, setup)
+            .try_for_each(|_| std::future::ready(Ok(())))
+            .await?;
+    }
+    Ok(raw)
 }
 
 /// Bumps a counter when dropped armed: a ping cut off (its checkout cancelled, and the time to

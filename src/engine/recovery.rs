@@ -36,16 +36,11 @@ use crate::backend::{Backend, Dialect};
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl<DB: Backend> Conn<DB> {
-    /// Hands a connection whose last operation was cut off (or failed mid-flight) to a
-    /// background task on the current runtime, which returns it to the pool once it is
-    /// provably clean, or discards it. With no runtime, discards it at once.
+    /// Hands a connection whose last operation was cut off (or failed mid-flight) to background
+    /// work ([`Conn::in_background`]: where its socket is driven), which returns it to the pool
+    /// once it is provably clean, or discards it. With nowhere to run, discards it at once.
     pub(crate) fn recover(self) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(self.recover_now());
-            }
-            Err(_) => self.discard(),
-        }
+        self.in_background(Conn::recover_now);
     }
 
     /// [`recover`](Conn::recover), awaited here. Cancel safe: dropped before it ends, the

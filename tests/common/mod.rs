@@ -236,7 +236,9 @@ impl TestDb {
         admin_connection(self.admin_url.as_deref().expect("server database")).await
     }
 
-    async fn admin_count(&self, query: String) -> i64 {
+    /// The count `query` returns, asked as the server's administrator (through the
+    /// `innodb_trx` gate when it reads that table).
+    pub async fn admin_count(&self, query: String) -> i64 {
         let _spaced = if query.contains("innodb_trx") {
             Some(innodb_trx_gate().await)
         } else {

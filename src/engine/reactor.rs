@@ -1,0 +1,277 @@
+//! A connection's own I/O driver, so that the thread using a connection waits for its socket
+//! itself, as the `postgres` crate's blocking client does (dbscope issue 14, item 4).
+//!
+//! A pool opened with reactors (a bind's blocking face, on PostgreSQL and MySQL) gives each
+//! connection a current-thread tokio runtime of its own, its [`Reactor`]: the connection is
+//! opened inside it, so its socket is registered with that runtime's I/O driver, which only a
+//! thread in the runtime's `block_on` runs. Two ways in:
+//!
+//! - **In the foreground**, [`block_on`] polls an operation on the calling thread. Each time the
+//!   operation reaches for a connection ([`Reactor::touch`], from `Conn::raw`), the connection's
+//!   reactor is noted; while the operation waits, the calling thread runs that reactor's driver
+//!   (its `epoll`), so the socket's readiness wakes the operation right there: no other thread
+//!   wakes up for a round trip. With no reactor noted (a pool wait, a connection of a pool
+//!   without reactors), the thread sleeps until its waker is called, from wherever.
+//! - **In the background**, [`Reactor::spawn`] and [`Reactor::run_apart`] run work on a thread
+//!   of its own inside the reactor: opening the connection, and whatever touches it outside a
+//!   caller's operation (a dropped session's rollback where the dropping thread may not block,
+//!   recovery, a polite close). A connection is held by one party at a time, so such a thread
+//!   never competes with a caller for the reactor.
+//!
+//! Timers and spawned tasks of the foreground go to the runtime whose context the caller
+//! entered (the blocking faces' `Driver`); only sockets belong to reactors.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+
+use futures_util::future::{Either, select};
+use futures_util::task::AtomicWaker;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+/// The name of the threads that run a connection's background work.
+const THREAD_NAME: &str = "dbscope-conn";
+
+/// A connection's own current-thread tokio runtime: its socket's I/O driver and its timers. A
+/// cheap handle.
+#[derive(Clone)]
+pub(crate) struct Reactor(Arc<Owned>);
+
+/// The runtime, shut down without waiting when the last handle goes: a connection may be
+/// dropped anywhere, async code included, where dropping a runtime the usual way panics.
+struct Owned(Option<Runtime>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Reactor {
+    /// A new reactor, for one connection.
+    pub(crate) fn new() -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Self(Arc::new(Owned(Some(runtime)))))
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.0.0.as_ref().expect("shut down only when dropped")
+    }
+
+    fn is(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Runs `work` inside this reactor, on the calling thread, until it ends.
+    fn block_on<F: Future>(&self, work: F) -> F::Output {
+        self.runtime().block_on(work)
+    }
+
+    /// Notes that the operation [`block_on`] is polling on this thread uses this reactor's
+    /// connection, so that its waits drive this reactor. `false` outside [`block_on`]: then no
+    /// thread drives this reactor for the caller.
+    pub(crate) fn touch(&self) -> bool {
+        let noted = TOUCHED.try_with(|touched| {
+            let mut touched = touched.borrow_mut();
+            let Some(touched) = touched.as_mut() else {
+                return false;
+            };
+            if !touched.last().is_some_and(|last| last.is(self)) {
+                touched.retain(|r| !r.is(self));
+                touched.push(self.clone());
+            }
+            true
+        });
+        noted.unwrap_or(false)
+    }
+
+    /// Notes that the operation polled on this thread is done with this reactor's connection
+    /// (given back, discarded, handed to background work).
+    pub(crate) fn forget(&self) {
+        let _ = TOUCHED.try_with(|touched| {
+            if let Some(touched) = touched.borrow_mut().as_mut() {
+                touched.retain(|r| !r.is(self));
+            }
+        });
+    }
+
+    /// Runs `work` to its end in the background, on a thread of its own inside this reactor.
+    /// If the thread cannot start, `work` is dropped unpolled: its guards decide what becomes of
+    /// the connection it holds.
+    pub(crate) fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let reactor = self.clone();
+        let started = std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || reactor.block_on(work));
+        if let Err(e) = started {
+            tracing::debug!(error = %e, "could not start a thread for a connection's background work");
+        }
+    }
+
+    /// Runs `work` on a thread of its own inside this reactor and waits for its output, from any
+    /// context; `None` when the thread could not start. Dropped before the end, it stops `work`
+    /// at its next wait (and drops what it made).
+    pub(crate) async fn run_apart<F>(&self, work: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.spawn(async move {
+            let mut tx = tx;
+            let output = match select(pin!(work), pin!(tx.closed())).await {
+                Either::Left((output, _)) => output,
+                Either::Right(((), _)) => return, // nobody waits any more
+            };
+            let _ = tx.send(output);
+        });
+        rx.await.ok()
+    }
+}
+
+impl fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reactor").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Inside [`block_on`]: the reactors of the connections the operation has touched and not
+    /// yet let go, the one touched last at the end. `None` outside.
+    static TOUCHED: RefCell<Option<Vec<Reactor>>> = const { RefCell::new(None) };
+    static SIGNAL: Arc<Signal> = Arc::new(Signal::current());
+}
+
+/// Runs `future` to completion on the calling thread: polls it, and while it waits, runs the
+/// I/O driver of the connection it last touched ([`Reactor::touch`]) until its waker is called,
+/// or sleeps when it touched none. The caller makes sure the thread may block.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let signal = SIGNAL
+        .try_with(Arc::clone)
+        .unwrap_or_else(|_| Arc::new(Signal::current()));
+    let waker = Waker::from(Arc::clone(&signal));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    let _touched = Touched::start();
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        wait(&signal);
+    }
+}
+
+/// Waits until `signal` is raised, running meanwhile the driver of the reactor touched last on
+/// this thread; in the rare operation that holds several connections at once, the others' each
+/// on a thread of its own for the length of this wait.
+fn wait(signal: &Arc<Signal>) {
+    let (last, several) = TOUCHED.with_borrow(|touched| {
+        let touched = touched.as_deref().unwrap_or_default();
+        (touched.last().cloned(), touched.len() > 1)
+    });
+    match last {
+        None => signal.wait(),
+        Some(last) if !several => last.block_on(signal.raised()),
+        Some(last) => {
+            let others = TOUCHED.with_borrow(|touched| {
+                let touched = touched.as_deref().unwrap_or_default();
+                touched[..touched.len() - 1].to_vec()
+            });
+            std::thread::scope(|scope| {
+                let done: Vec<_> = others
+                    .iter()
+                    .map(|reactor| {
+                        let done = Arc::new(Signal::current());
+                        let raised = Arc::clone(&done);
+                        scope.spawn(move || reactor.block_on(raised.raised()));
+                        done
+                    })
+                    .collect();
+                last.block_on(signal.raised());
+                done.iter().for_each(|d| d.wake_by_ref());
+            });
+        }
+    }
+}
+
+/// Marks this thread as inside [`block_on`], with nothing touched yet, until dropped (on unwind
+/// too); restores what was there before.
+struct Touched(Option<Vec<Reactor>>);
+
+impl Touched {
+    fn start() -> Self {
+        Self(TOUCHED.replace(Some(Vec::new())))
+    }
+}
+
+impl Drop for Touched {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        let _ = TOUCHED.try_with(|touched| touched.replace(before));
+    }
+}
+
+/// Wakes a thread waiting in [`block_on`], sleeping or inside a reactor. The flag makes wake-ups
+/// sticky and tells them from stray `unpark`s of other code on the thread.
+struct Signal {
+    thread: Thread,
+    raised: AtomicBool,
+    /// The waker of the reactor the thread waits in, if it does.
+    reactor: AtomicWaker,
+}
+
+impl Signal {
+    fn current() -> Self {
+        Self {
+            thread: std::thread::current(),
+            raised: AtomicBool::new(false),
+            reactor: AtomicWaker::new(),
+        }
+    }
+
+    /// Sleeps until raised, then lowers it.
+    fn wait(&self) {
+        while !self.raised.swap(false, Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+
+    /// Ready once raised (lowering it), for a wait inside a reactor.
+    fn raised(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.reactor.register(cx.waker());
+            if self.raised.swap(false, Ordering::Acquire) {
+                self.reactor.take(); // a later raise must not wake a reactor nobody waits in
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.raised.swap(true, Ordering::Release) {
+            self.thread.unpark();
+            self.reactor.wake();
+        }
+    }
+}

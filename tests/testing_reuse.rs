@@ -16,7 +16,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use common::{PG_DEFAULT, PG_ENV, server_url, sql};
+use common::{
+    PG_DEFAULT, PG_ENV, SLOT_PREFIX, server_url, slot_lease_holders as lease_holders, sql,
+};
 use dbscope::testing::{Mode, TestContext, TestDb, TestDbBuilder};
 use dbscope::{BindConfig, Config};
 use sqlx::{Connection, PgConnection, Row};
@@ -26,7 +28,6 @@ const CHILD_TAG: &str = "DBSCOPE_REUSE_CHILD_TAG";
 const CHILD_OWNER: &str = "DBSCOPE_REUSE_CHILD_OWNER";
 /// A child prints this and its database's name once it holds its slot.
 const LEASED: &str = "LEASED ";
-const SLOT_PREFIX: &str = "dbscope_test_slot_";
 
 /// The template: seed rows in `colours` (with a trigger that would write to `audit` if a reset
 /// fired it), empty tables referencing them, and a sequence whose value is not its start.
@@ -558,23 +559,6 @@ fn slot_lock(name: &str) -> (i64, i64) {
         i64::try_from(digest & 0x7fff_ffff).unwrap(),
         n.parse().unwrap(),
     )
-}
-
-/// The pids holding slot `name`'s lease.
-async fn lease_holders(name: &str) -> Vec<i32> {
-    let (key, n) = slot_lock(name);
-    let mut admin = connect(None).await;
-    let pids = sqlx::query_scalar(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted \
-         AND classid = $1::int8::oid AND objid = $2::int8::oid",
-    )
-    .bind(key)
-    .bind(n)
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
-    admin.close().await.unwrap();
-    pids
 }
 
 /// Two processes at once, each holding a lease, have different slots; the slot an earlier

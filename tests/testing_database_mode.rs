@@ -1,7 +1,8 @@
-//! The testing toolkit's database mode, through `#[dbscope::test]`, on PostgreSQL (a clone of a
-//! migrated template), MariaDB (created and migrated) and SQLite (a file of its own): a test
-//! that fails still has its databases dropped, two processes at once never collide, and
-//! databases left by a process that is gone are dropped. The failing and concurrent tests run
+//! The testing toolkit's database mode, through `#[dbscope::test]`, on PostgreSQL (a slot of a
+//! migrated template, leased: see tests/testing_reuse.rs), MariaDB (created and migrated) and
+//! SQLite (a file of its own): a test that fails still has its databases dropped (its slot
+//! given back), two processes at once never collide, and databases left by a process that is
+//! gone are dropped. The failing and concurrent tests run
 //! as child processes of this binary (`child_uses_its_own_databases`, with `CHILD_OUT` set), and
 //! this process checks the server afterwards.
 
@@ -10,7 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{MYSQL_DEFAULT, MYSQL_ENV, PG_DEFAULT, PG_ENV, server_url, sql};
+use common::{
+    MYSQL_DEFAULT, MYSQL_ENV, PG_DEFAULT, PG_ENV, SLOT_PREFIX, server_url, slot_lease_holders, sql,
+};
 use dbscope::testing::{Mode, TestContext};
 use sqlx::{Connection, Row};
 
@@ -92,17 +95,24 @@ async fn admin(var: &str, default: &str) -> sqlx::AnyConnection {
         .expect("reach the test server")
 }
 
-/// Whether each server still has a database of `names` (pg, my, lite in that order).
+/// Whether each server still holds a database of `names` (pg, my, lite in that order) for its
+/// test. On PostgreSQL, a slot the test leased: whether its lease is still held (given back, the
+/// slot stays for the next test); any other database: whether it exists.
 async fn still_there(names: &[String]) -> Vec<bool> {
-    let mut pg = admin(PG_ENV, PG_DEFAULT).await;
-    let query = format!(
-        "SELECT COUNT(*) FROM pg_database WHERE datname = '{}'",
-        names[0]
-    );
-    let in_pg: i64 = sqlx::query_scalar(sql(query))
-        .fetch_one(&mut pg)
-        .await
-        .unwrap();
+    let in_pg = if names[0].starts_with(SLOT_PREFIX) {
+        !slot_lease_holders(&names[0]).await.is_empty()
+    } else {
+        let mut pg = admin(PG_ENV, PG_DEFAULT).await;
+        let query = format!(
+            "SELECT COUNT(*) FROM pg_database WHERE datname = '{}'",
+            names[0]
+        );
+        let count: i64 = sqlx::query_scalar(sql(query))
+            .fetch_one(&mut pg)
+            .await
+            .unwrap();
+        count == 1
+    };
     let mut my = admin(MYSQL_ENV, MYSQL_DEFAULT).await;
     let query = format!(
         "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{}'",
@@ -112,7 +122,7 @@ async fn still_there(names: &[String]) -> Vec<bool> {
         .fetch_one(&mut my)
         .await
         .unwrap();
-    vec![in_pg == 1, in_my == 1, Path::new(&names[2]).exists()]
+    vec![in_pg, in_my == 1, Path::new(&names[2]).exists()]
 }
 
 fn stdout(output: &Output) -> String {
@@ -155,6 +165,7 @@ async fn failing_test_leaves_nothing_and_leftovers_are_dropped() {
         assert!(!output.status.success(), "the child failed: {printed}");
         assert!(printed.contains("failing on purpose"), "{printed}");
         assert_eq!(names.len(), 3, "{printed}");
+        assert!(names[0].starts_with(SLOT_PREFIX), "a slot: {names:?}");
         assert_eq!(
             still_there(&names).await,
             [false, false, false],
@@ -170,8 +181,8 @@ async fn failing_test_leaves_nothing_and_leftovers_are_dropped() {
     .await;
 }
 
-/// Two processes at once, each with databases of its own on the same servers, from the same
-/// PostgreSQL template.
+/// Two processes at once, each with databases of its own on the same servers (on PostgreSQL,
+/// two slots of the same template).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_at_once_never_collide() {
     common::within_limit("two_processes_at_once_never_collide", async {
@@ -181,9 +192,13 @@ async fn two_processes_at_once_never_collide() {
         assert!(out_a.status.success(), "{}", stdout(&out_a));
         assert!(out_b.status.success(), "{}", stdout(&out_b));
         assert_eq!((names_a.len(), names_b.len()), (3, 3));
-        for (a, b) in names_a.iter().zip(&names_b) {
+        // On PostgreSQL the two may lease the same slot one after the other: the slots of
+        // two leases held at once are compared in tests/testing_reuse.rs.
+        for (a, b) in names_a.iter().zip(&names_b).skip(1) {
             assert_ne!(a, b, "each process names its own databases");
         }
+        assert!(names_a[0].starts_with(SLOT_PREFIX), "{names_a:?}");
+        assert!(names_b[0].starts_with(SLOT_PREFIX), "{names_b:?}");
         assert_eq!(still_there(&names_a).await, [false, false, false]);
         assert_eq!(still_there(&names_b).await, [false, false, false]);
         let mut pg = admin(PG_ENV, PG_DEFAULT).await;

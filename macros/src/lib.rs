@@ -17,6 +17,7 @@ use syn::{Expr, ExprLit, ItemFn, Lit, LitStr, Meta, MetaNameValue, Token, parse_
 /// #[dbscope::test(migrations(main = "migrations"))]       // per bind, paths from the crate root
 /// #[dbscope::test(fixtures(main = ["fixtures/users.sql"]))]
 /// #[dbscope::test(keep)]                                  // database mode: keep the databases
+/// #[dbscope::test(reuse = false)]                         // database mode: always a fresh clone
 /// #[dbscope::test(capture_after_commit)]                  // hold after-commit hooks for the test
 /// ```
 ///
@@ -74,6 +75,13 @@ fn builder_steps(arg: Meta) -> syn::Result<Vec<TokenStream2>> {
     match (key.as_str(), &arg) {
         ("keep", Meta::Path(_)) => Ok(vec![quote!(.keep(true))]),
         ("capture_after_commit", Meta::Path(_)) => Ok(vec![quote!(.capture_after_commit(true))]),
+        ("reuse", Meta::NameValue(nv)) => match &nv.value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Bool(reuse),
+                ..
+            }) => Ok(vec![quote!(.reuse(#reuse))]),
+            other => Err(syn::Error::new_spanned(other, "reuse is `true` or `false`")),
+        },
         (
             "config",
             Meta::NameValue(MetaNameValue {
@@ -122,8 +130,8 @@ fn builder_steps(arg: Meta) -> syn::Result<Vec<TokenStream2>> {
         _ => Err(syn::Error::new_spanned(
             arg,
             "expected `mode = \"..\"`, `config = \"..\"` (or `config = a_fn`), \
-             `migrations(bind = \"..\")`, `fixtures(bind = [\"..\"])`, `keep` or \
-             `capture_after_commit`",
+             `migrations(bind = \"..\")`, `fixtures(bind = [\"..\"])`, `keep`, \
+             `reuse = false` or `capture_after_commit`",
         )),
     }
 }

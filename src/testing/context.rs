@@ -270,18 +270,19 @@ impl Cleanup {
         std::mem::take(self)
     }
 
-    /// Drops the databases, or says where they are when kept.
+    /// Drops the databases (gives leased slots back), or says where they are when kept.
     async fn run(mut self) -> Result<()> {
         let made = std::mem::take(&mut self.made);
         if self.keep {
+            // A kept database is never a slot (keep turns reuse off), so none is reused.
             for db in &made {
                 eprintln!("dbscope: kept the test database of {}", db.describe());
             }
             return Ok(());
         }
         let mut first = None;
-        for db in &made {
-            if let Err(e) = db.drop_now().await {
+        for db in made {
+            if let Err(e) = db.end().await {
                 first.get_or_insert(e);
             }
         }
@@ -291,6 +292,9 @@ impl Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // Leased slots go back with their connections, dropped here: their next lease resets
+        // them. Nothing to await, so nothing waits on the runtime this may be dropped on.
+        self.made.retain(|db| !db.is_leased());
         if self.made.is_empty() {
             return;
         }

@@ -4,13 +4,17 @@
 //!
 //! Test databases are named `dbscope_test_<pid>_<n>`: the process and a counter, so concurrent
 //! runs on one server never collide, and a leftover names the process that made it. The first
-//! test database a process makes on a server drops the ones whose process is gone.
+//! test database a process makes on a server drops the ones whose process is gone. On
+//! PostgreSQL, with reuse on, a test leases one of its template's slots instead
+//! (`dbscope_test_slot_<hash>_<n>`, see the `slot` module), which the clean-up leaves alone.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use futures_util::future::BoxFuture;
 use sqlx::{AssertSqlSafe, Connection};
 
 use super::source::Loaded;
@@ -20,7 +24,17 @@ use crate::{DatabaseUrl, Error, Result};
 /// The prefix of every test database (and SQLite file).
 const PREFIX: &str = "dbscope_test_";
 /// The prefix of PostgreSQL templates: one per migration set.
-const TEMPLATE_PREFIX: &str = "dbscope_tpl_";
+pub(super) const TEMPLATE_PREFIX: &str = "dbscope_tpl_";
+/// The prefix of PostgreSQL slots, reused databases of a template: test databases, but never a
+/// crashed run's leftovers.
+pub(super) const SLOT_PREFIX: &str = "dbscope_test_slot_";
+
+/// A slot's lease (PostgreSQL reuse): the slot goes back, not away, when the test ends.
+pub(super) trait Lease: Send + fmt::Debug {
+    /// Gives the slot back to the next test. Dropped instead, the lease goes with its
+    /// connection, once the server sees it closed.
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
 
 /// One bind's database server, as the test's configuration names it.
 pub(super) struct ServerDb<'a> {
@@ -39,6 +53,8 @@ pub(super) struct MadeDb {
     name: String,
     url: String,
     path: Option<PathBuf>,
+    /// A slot's lease: released, not dropped, at the end.
+    lease: Option<Box<dyn Lease>>,
 }
 
 impl<'a> ServerDb<'a> {
@@ -84,11 +100,13 @@ impl<'a> ServerDb<'a> {
         }
     }
 
-    /// Creates the test's database, migrated.
+    /// Creates the test's database, migrated; with `reuse`, on PostgreSQL with migrations, it
+    /// leases a slot of the template instead, reset to the template's state.
     pub(super) async fn create(
         &self,
         migrations: Option<&Loaded<'_>>,
         fixtures: &[String],
+        reuse: bool,
     ) -> Result<MadeDb> {
         let name = next_name();
         let mut made = MadeDb {
@@ -98,6 +116,7 @@ impl<'a> ServerDb<'a> {
             name: name.clone(),
             url: String::new(),
             path: None,
+            lease: None,
         };
         match self.dialect {
             Dialect::Sqlite => {
@@ -119,6 +138,15 @@ impl<'a> ServerDb<'a> {
                     (Dialect::Postgres, Some(m)) => Some(self.template(&mut admin, m).await?),
                     _ => None,
                 };
+                let leased = match (reuse, &template, migrations) {
+                    (true, Some(t), Some(m)) => self.lease(t, m.digest()).await?,
+                    _ => None,
+                };
+                if let Some(slot) = leased {
+                    admin.close().await.ok();
+                    made = slot;
+                    return self.seeded(made, fixtures).await;
+                }
                 let create = match &template {
                     Some(t) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{t}\""),
                     None => format!("CREATE DATABASE {name}"),
@@ -136,11 +164,32 @@ impl<'a> ServerDb<'a> {
                 }
             }
         }
+        self.seeded(made, fixtures).await
+    }
+
+    /// `made`, its fixtures run; ended (dropped, or its lease released) if one fails.
+    async fn seeded(&self, made: MadeDb, fixtures: &[String]) -> Result<MadeDb> {
         if let Err(e) = self.seed(&made, fixtures).await {
-            made.drop_now().await.ok();
+            made.end().await.ok();
             return Err(e);
         }
         Ok(made)
+    }
+
+    /// A slot of `template`, leased (see the `slot` module); `None` when there is none to have.
+    #[cfg(feature = "postgres")]
+    async fn lease(&self, template: &str, digest: u64) -> Result<Option<MadeDb>> {
+        let slots = super::slot::Slots {
+            bind: self.bind,
+            url: self.url,
+        };
+        slots.lease(template, digest).await
+    }
+
+    /// Without the PostgreSQL driver there is no PostgreSQL template to lease a slot of.
+    #[cfg(not(feature = "postgres"))]
+    async fn lease(&self, _template: &str, _digest: u64) -> Result<Option<MadeDb>> {
+        Ok(None)
     }
 
     /// Runs the fixtures on a test database.
@@ -268,6 +317,7 @@ impl<'a> ServerDb<'a> {
                 url: String::new(),
                 name,
                 path: None,
+                lease: None,
             };
             match made.drop_on(admin).await {
                 Ok(()) => {
@@ -334,6 +384,43 @@ impl<'a> ServerDb<'a> {
 }
 
 impl MadeDb {
+    /// Slot `name` of a template on the server at `admin_url`, leased for one test.
+    #[cfg(feature = "postgres")]
+    pub(super) fn leased(
+        bind: &str,
+        admin_url: &str,
+        name: String,
+        url: String,
+        lease: Box<dyn Lease>,
+    ) -> Self {
+        Self {
+            bind: bind.to_owned(),
+            dialect: Dialect::Postgres,
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+            path: None,
+            lease: Some(lease),
+        }
+    }
+
+    /// Whether the database is a leased slot (given back, not dropped, at the end).
+    pub(super) fn is_leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Ends the test's use of the database: a slot goes back to the next test, any other
+    /// database is dropped.
+    pub(super) async fn end(mut self) -> Result<()> {
+        match self.lease.take() {
+            Some(lease) => {
+                lease.release().await;
+                Ok(())
+            }
+            None => self.drop_now().await,
+        }
+    }
+
     /// The URL the test's bind uses.
     pub(super) fn url(&self) -> &str {
         &self.url
@@ -357,7 +444,7 @@ impl MadeDb {
     }
 
     /// Drops the database now (its SQLite files, on SQLite).
-    pub(super) async fn drop_now(&self) -> Result<()> {
+    async fn drop_now(&self) -> Result<()> {
         if let Some(path) = &self.path {
             for suffix in ["", "-wal", "-shm", "-journal"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -391,7 +478,11 @@ fn next_name() -> String {
 }
 
 /// A test database whose process is gone (only on Linux, where `/proc` says; elsewhere none is).
+/// Never a slot: slots outlive their processes on purpose.
 fn is_orphan(name: &str) -> bool {
+    if name.starts_with(SLOT_PREFIX) {
+        return false;
+    }
     let Some(pid) = name
         .strip_prefix(PREFIX)
         .and_then(|rest| rest.split('_').next())
@@ -405,7 +496,7 @@ fn is_orphan(name: &str) -> bool {
 }
 
 /// `url` with its database replaced by `name`.
-fn with_database(url: &str, name: &str) -> Result<String> {
+pub(super) fn with_database(url: &str, name: &str) -> Result<String> {
     let mut parsed = url::Url::parse(url)
         .map_err(|e| Error::test_database(None, "cannot parse a bind's URL".to_owned(), e))?;
     parsed.set_path(&format!("/{name}"));

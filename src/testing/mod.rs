@@ -27,6 +27,10 @@
 
 mod context;
 mod database;
+#[cfg(feature = "postgres")]
+mod reset;
+#[cfg(feature = "postgres")]
+mod slot;
 mod source;
 
 use std::collections::BTreeMap;
@@ -88,6 +92,7 @@ pub struct TestDbBuilder {
     fixtures: BTreeMap<String, Vec<source::Fixture>>,
     keep: bool,
     capture_after_commit: bool,
+    no_reuse: bool,
 }
 
 impl TestDbBuilder {
@@ -143,6 +148,40 @@ impl TestDbBuilder {
         self
     }
 
+    /// Database mode on PostgreSQL with migrations: whether a test may get a database a test
+    /// before it used, reset to the template's state (on by default), or always a fresh clone
+    /// of the template (`false`), dropped at the end. [`keep`](Self::keep) turns reuse off.
+    ///
+    /// A template has up to 16 such databases ("slots", `dbscope_test_slot_<hash>_<n>`), which
+    /// stay on the server between runs; a test leases a free one for its life (a session
+    /// advisory lock, so a crashed process's lease goes with its connection), and finding all
+    /// 16 leased it gets a fresh clone. On each lease, before the fixtures run:
+    ///
+    /// - the schema is verified unchanged since the slot's last reset, from the server: no row
+    ///   of any of the database's own catalogs (`pg_class`, `pg_attribute`, `pg_proc`,
+    ///   `pg_constraint`, `pg_depend`, `pg_largeobject_metadata`, … all but the statistics) was
+    ///   written since, and each has the template's row count; nor the database's row in
+    ///   `pg_database`, nor any `ALTER DATABASE … SET`. Any DDL (CREATE, ALTER, DROP, GRANT,
+    ///   COMMENT, a function, a view, an extension, a large object, TRUNCATE, REFRESH
+    ///   MATERIALIZED VIEW, VACUUM FULL), or a slot that cannot be verified, is dropped and
+    ///   cloned afresh from the template, as without reuse;
+    /// - other connections still on it (a previous test's leaked pool) are terminated;
+    /// - the data goes back to the template's: tables empty in the template are truncated if
+    ///   they have rows; tables with rows in the template (seed data of the migrations) are
+    ///   truncated and copied back from the template when a row of theirs was written or
+    ///   deleted; every sequence is set back to the template's value.
+    ///
+    /// Not reset, as they are not the database's: roles, tablespaces and other cluster-wide
+    /// objects (a role a test creates outlives it, reuse or not), and the statistics counters
+    /// (`pg_stat_*`). Fixtures that run DDL make every lease clone afresh: put DDL in the
+    /// migrations. Resetting rows back needs the right to set `session_replication_role`
+    /// (superusers have it; `GRANT SET ON PARAMETER` on PostgreSQL 15+ gives it); without it
+    /// such a lease clones afresh. PostgreSQL 14 or later; older servers always clone.
+    pub fn reuse(mut self, reuse: bool) -> Self {
+        self.no_reuse = !reuse;
+        self
+    }
+
     /// Holds the after-commit hooks of the app's scopes instead of running them when their
     /// scope commits: the test sees how many there are with
     /// [`captured_after_commit`](TestContext::captured_after_commit) and runs them, if it
@@ -180,6 +219,7 @@ impl TestDbBuilder {
             }
         }
         let keep = self.keep || env_flag(KEEP_ENV);
+        let reuse = !self.no_reuse && !keep;
         let mut cleanup = Cleanup::new(keep);
         let mut copies = Vec::new();
         let mut test_config = Config::default();
@@ -204,7 +244,7 @@ impl TestDbBuilder {
                     }
                 }
                 Mode::Database => {
-                    let made = server.create(migrations.as_ref(), &fixtures).await?;
+                    let made = server.create(migrations.as_ref(), &fixtures, reuse).await?;
                     bind.url = Some(made.url().into());
                     database = Some(made.name());
                     cleanup.add(made);

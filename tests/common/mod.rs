@@ -331,6 +331,36 @@ pub fn server_url(var: &str, default: &str) -> String {
     }
 }
 
+/// How the testing toolkit names a PostgreSQL slot: `dbscope_test_slot_<template hash>_<n>`.
+pub const SLOT_PREFIX: &str = "dbscope_test_slot_";
+
+/// The sessions holding the lease of the testing toolkit's slot `slot` on the PostgreSQL test
+/// server: its advisory lock `(key, n)`, `key` the template hash's low 31 bits, as `pg_locks`
+/// shows it in any database.
+pub async fn slot_lease_holders(slot: &str) -> Vec<i32> {
+    let (hash, n) = slot
+        .strip_prefix(SLOT_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .unwrap_or_else(|| panic!("not a slot: {slot}"));
+    let digest = u64::from_str_radix(hash, 16).expect("a template hash");
+    let key = i64::try_from(digest & 0x7fff_ffff).expect("31 bits");
+    let n: i64 = n.parse().expect("a slot number");
+    let mut admin = sqlx::PgConnection::connect(&server_url(PG_ENV, PG_DEFAULT))
+        .await
+        .expect("reach the PostgreSQL test server");
+    let holders = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND granted \
+         AND classid = $1::int8::oid AND objid = $2::int8::oid",
+    )
+    .bind(key)
+    .bind(n)
+    .fetch_all(&mut admin)
+    .await
+    .expect("read pg_locks");
+    admin.close().await.ok();
+    holders
+}
+
 /// `url` with its password, if any, replaced by `***`, for messages.
 fn masked(url: &str) -> String {
     match url::Url::parse(url) {

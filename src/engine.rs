@@ -611,7 +611,7 @@ enum Held<DB: Backend> {
 
 impl<DB: Backend> Conn<DB> {
     /// The sqlx connection, for an operation. A connection with a [`Reactor`] is noted as the
-    /// one the operation [`block_on`] polls waits for.
+    /// one whose socket the operation polled by [`block_on`] on this thread waits on.
     pub(crate) fn raw(&mut self) -> &mut DB::Connection {
         match &mut self.0 {
             Held::Pooled(obj) => {
@@ -632,8 +632,9 @@ impl<DB: Backend> Conn<DB> {
         }
     }
 
-    /// The operation polled on this thread is done with this connection.
-    fn let_go(&self) {
+    /// The operation polled on this thread is done with this connection: its waits need not
+    /// drive the connection's reactor any more.
+    fn stop_driving(&self) {
         if let Some(reactor) = self.reactor() {
             reactor.forget();
         }
@@ -647,7 +648,7 @@ impl<DB: Backend> Conn<DB> {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.let_go();
+        self.stop_driving();
         let runtime = tokio::runtime::Handle::try_current();
         if matches!(&runtime, Err(e) if e.is_thread_local_destroyed()) {
             return self.discard();
@@ -738,7 +739,7 @@ impl<DB: Backend> Conn<DB> {
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
     /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
     pub(crate) fn give_back(self) {
-        self.let_go();
+        self.stop_driving();
         let mut obj = match self.0 {
             Held::Pooled(obj) => obj,
             Held::Pinned(pin) => return drop(pin),
@@ -766,7 +767,7 @@ impl<DB: Backend> Conn<DB> {
 
     /// [`discard`](Conn::discard), counted under `reason`; a pinned connection breaks its pin.
     fn discard_because(self, reason: Discard) {
-        self.let_go();
+        self.stop_driving();
         let obj = match self.0 {
             Held::Pooled(obj) => obj,
             Held::Pinned(pin) => {

@@ -816,29 +816,37 @@ impl<DB: Backend> Session<DB> {
             return Ok(()); // the hot path: mid-transaction, or reading without one
         }
         let options = self.options();
-        if options.autocommit {
-            if self.tx.depth == 0 && self.bind.pools_transactions() {
+        let reads = !options.autocommit && self.reads_without_begin(options);
+        if options.autocommit || reads {
+            if options.autocommit && self.tx.depth == 0 && self.bind.pools_transactions() {
                 return Err(Error::unsupported(
                     self.bind.name(),
                     AUTOCOMMIT_BEHIND_POOLER,
                 ));
             }
-            // No BEGIN to try a connection with: a dead one fails the statement itself, which
-            // may have run, so it is reported, never retried (see "Dead connections").
+            // No BEGIN to try a connection with: an autocommit session's dead one fails the
+            // statement itself, which may have run, so it is reported, never retried (see
+            // "Dead connections"); a read-only session's statement goes again.
             self.attach().await?;
             if self.tx.depth == 0 {
-                Box::pin(self.prepare_connection(options, false)).await?;
+                let bare = match self.prepared_already(options, reads) {
+                    Some(bare) => bare,
+                    // Boxed: the rare round trips keep the common path's future small.
+                    None => Box::pin(self.prepare_connection(options, reads)).await?,
+                };
+                if reads && bare {
+                    return Ok(());
+                }
             }
-            if self.tx.depth == 0
-                && self.conn_mut().is_pinned()
-                && self.bind.dialect().aborts_on_error()
-            {
-                Box::pin(self.next_autocommit_savepoint()).await?;
+            if options.autocommit {
+                if self.tx.depth == 0
+                    && self.conn_mut().is_pinned()
+                    && self.bind.dialect().aborts_on_error()
+                {
+                    Box::pin(self.next_autocommit_savepoint()).await?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if self.reads_without_begin(options) && Box::pin(self.ready_without_begin(options)).await? {
-            return Ok(());
         }
         self.attach_and_begin().await.map(drop)
     }
@@ -851,14 +859,33 @@ impl<DB: Backend> Session<DB> {
             && self.bind.makes_connections_read_only()
     }
 
-    /// A transactional read-only session's connection, outside any transaction: made
-    /// read-only, when the session reads alike without BEGIN there; `true` then.
-    async fn ready_without_begin(&mut self, options: SessionConfig) -> Result<bool> {
-        self.attach().await?;
-        if self.tx.depth > 0 {
-            return Ok(false); // in a transaction: `attach_and_begin` has nothing to do
+    /// What [`prepare_connection`](Self::prepare_connection) would answer, when the connection
+    /// needs no round trip for it (the common case: it is what the last session left); `None`
+    /// when it does.
+    fn prepared_already(&mut self, options: SessionConfig, transactional: bool) -> Option<bool> {
+        let conn = self.conn.as_ref()?;
+        if conn.is_pinned() {
+            return Some(false);
         }
-        self.prepare_connection(options, true).await
+        if self.reads_without_begin(options) {
+            if transactional {
+                let default = conn.default_isolation()?;
+                let dialect = self.bind.dialect();
+                if !dialect.reads_alike_without_begin(options.isolation, default) {
+                    return Some(false);
+                }
+            }
+            if conn.access() != Access::ReadOnly {
+                return None;
+            }
+            self.tx.bare = true;
+            return Some(true);
+        }
+        if transactional {
+            return Some(false);
+        }
+        let plain = conn.access() == Access::AsOpened && !conn.has_implicit_transactions();
+        plain.then_some(false)
     }
 
     /// Makes the connection what the session's statements need outside a transaction, before

@@ -410,10 +410,11 @@ impl<DB: Backend> Bind<DB> {
         Session::new(self.clone())
     }
 
-    /// A new read session: its transactions are READ ONLY, and on a bind with replicas it goes
-    /// to a healthy replica within `max_lag` (two chosen at random, the less busy one), else to
-    /// the primary (or fails, with `fallback = "fail"`). Its host is chosen at its first
-    /// checkout and kept for its life. On a bind without replicas, a read-only session.
+    /// A new read session: read-only (without BEGIN where that reads alike, else in READ ONLY
+    /// transactions: see "Read-only sessions" on [`Session`]), and on a bind with replicas it
+    /// goes to a healthy replica within `max_lag` (two chosen at random, the less busy one),
+    /// else to the primary (or fails, with `fallback = "fail"`). Its host is chosen at its
+    /// first checkout and kept for its life. On a bind without replicas, a read-only session.
     pub fn read_session(&self) -> Session<DB> {
         Session::routed(self.clone(), Route::read(None))
     }
@@ -524,7 +525,8 @@ impl<DB: Backend> Session<DB> {
         self.with_options(|o| o.isolation = Some(level))
     }
 
-    /// Makes the session's next transactions read-only (or not).
+    /// Makes the session read-only (or not) from its next transaction on: its writes fail on
+    /// the server. See "Read-only sessions" for when it runs without BEGIN.
     pub fn read_only(self, on: bool) -> Self {
         self.with_options(|o| o.read_only = on)
     }

@@ -575,8 +575,11 @@ impl<DB: Backend> Session<DB> {
 
     /// Opens a transaction now, checking a connection out if needed; a no-op when one is open.
     ///
-    /// Statements begin one by themselves, so this is needed only in autocommit mode, or to learn
-    /// about a checkout problem as a typed error before the first statement.
+    /// Statements begin one by themselves, so this is needed only in autocommit mode, for a
+    /// read-only session that needs a transaction (one `now()`, transaction-scoped locks: at
+    /// READ COMMITTED it runs without one otherwise, see "Read-only sessions"; a snapshot
+    /// shared by its statements needs REPEATABLE READ), or to learn about a checkout problem as
+    /// a typed error before the first statement.
     ///
     /// # Errors
     ///
@@ -686,8 +689,10 @@ impl<DB: Backend> Session<DB> {
         self.tx.depth
     }
 
-    /// The session's raw sqlx connection, checked out and inside the session's transaction, for
-    /// APIs that want a `&mut PgConnection` and the like (`COPY`, `LISTEN`, migrations).
+    /// The session's raw sqlx connection, checked out and inside the session's transaction (a
+    /// read-only session running without one lends it outside any, read-only: see "Read-only
+    /// sessions"), for APIs that want a `&mut PgConnection` and the like (`COPY`, `LISTEN`,
+    /// migrations).
     ///
     /// Work cancelled on the raw connection is invisible to the session, so it treats the
     /// connection as unverified: when the session ends, it is rolled back or pinged before it

@@ -410,10 +410,11 @@ impl<DB: Backend> Bind<DB> {
         Session::new(self.clone())
     }
 
-    /// A new read session: its transactions are READ ONLY, and on a bind with replicas it goes
-    /// to a healthy replica within `max_lag` (two chosen at random, the less busy one), else to
-    /// the primary (or fails, with `fallback = "fail"`). Its host is chosen at its first
-    /// checkout and kept for its life. On a bind without replicas, a read-only session.
+    /// A new read session: read-only (without BEGIN where that reads alike, else in READ ONLY
+    /// transactions: see "Read-only sessions" on [`Session`]), and on a bind with replicas it
+    /// goes to a healthy replica within `max_lag` (two chosen at random, the less busy one),
+    /// else to the primary (or fails, with `fallback = "fail"`). Its host is chosen at its
+    /// first checkout and kept for its life. On a bind without replicas, a read-only session.
     pub fn read_session(&self) -> Session<DB> {
         Session::routed(self.clone(), Route::read(None))
     }
@@ -524,7 +525,8 @@ impl<DB: Backend> Session<DB> {
         self.with_options(|o| o.isolation = Some(level))
     }
 
-    /// Makes the session's next transactions read-only (or not).
+    /// Makes the session read-only (or not) from its next transaction on: its writes fail on
+    /// the server. See "Read-only sessions" for when it runs without BEGIN.
     pub fn read_only(self, on: bool) -> Self {
         self.with_options(|o| o.read_only = on)
     }
@@ -573,8 +575,11 @@ impl<DB: Backend> Session<DB> {
 
     /// Opens a transaction now, checking a connection out if needed; a no-op when one is open.
     ///
-    /// Statements begin one by themselves, so this is needed only in autocommit mode, or to learn
-    /// about a checkout problem as a typed error before the first statement.
+    /// Statements begin one by themselves, so this is needed only in autocommit mode, for a
+    /// read-only session that needs a transaction (one `now()`, transaction-scoped locks: at
+    /// READ COMMITTED it runs without one otherwise, see "Read-only sessions"; a snapshot
+    /// shared by its statements needs REPEATABLE READ), or to learn about a checkout problem as
+    /// a typed error before the first statement.
     ///
     /// # Errors
     ///
@@ -684,8 +689,10 @@ impl<DB: Backend> Session<DB> {
         self.tx.depth
     }
 
-    /// The session's raw sqlx connection, checked out and inside the session's transaction, for
-    /// APIs that want a `&mut PgConnection` and the like (`COPY`, `LISTEN`, migrations).
+    /// The session's raw sqlx connection, checked out and inside the session's transaction (a
+    /// read-only session running without one lends it outside any, read-only: see "Read-only
+    /// sessions"), for APIs that want a `&mut PgConnection` and the like (`COPY`, `LISTEN`,
+    /// migrations).
     ///
     /// Work cancelled on the raw connection is invisible to the session, so it treats the
     /// connection as unverified: when the session ends, it is rolled back or pinged before it
@@ -816,29 +823,37 @@ impl<DB: Backend> Session<DB> {
             return Ok(()); // the hot path: mid-transaction, or reading without one
         }
         let options = self.options();
-        if options.autocommit {
-            if self.tx.depth == 0 && self.bind.pools_transactions() {
+        let reads = !options.autocommit && self.reads_without_begin(options);
+        if options.autocommit || reads {
+            if options.autocommit && self.tx.depth == 0 && self.bind.pools_transactions() {
                 return Err(Error::unsupported(
                     self.bind.name(),
                     AUTOCOMMIT_BEHIND_POOLER,
                 ));
             }
-            // No BEGIN to try a connection with: a dead one fails the statement itself, which
-            // may have run, so it is reported, never retried (see "Dead connections").
+            // No BEGIN to try a connection with: an autocommit session's dead one fails the
+            // statement itself, which may have run, so it is reported, never retried (see
+            // "Dead connections"); a read-only session's statement goes again.
             self.attach().await?;
             if self.tx.depth == 0 {
-                Box::pin(self.prepare_connection(options, false)).await?;
+                let bare = match self.prepared_already(options, reads) {
+                    Some(bare) => bare,
+                    // Boxed: the rare round trips keep the common path's future small.
+                    None => Box::pin(self.prepare_connection(options, reads)).await?,
+                };
+                if reads && bare {
+                    return Ok(());
+                }
             }
-            if self.tx.depth == 0
-                && self.conn_mut().is_pinned()
-                && self.bind.dialect().aborts_on_error()
-            {
-                Box::pin(self.next_autocommit_savepoint()).await?;
+            if options.autocommit {
+                if self.tx.depth == 0
+                    && self.conn_mut().is_pinned()
+                    && self.bind.dialect().aborts_on_error()
+                {
+                    Box::pin(self.next_autocommit_savepoint()).await?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if self.reads_without_begin(options) && Box::pin(self.ready_without_begin(options)).await? {
-            return Ok(());
         }
         self.attach_and_begin().await.map(drop)
     }
@@ -851,14 +866,33 @@ impl<DB: Backend> Session<DB> {
             && self.bind.makes_connections_read_only()
     }
 
-    /// A transactional read-only session's connection, outside any transaction: made
-    /// read-only, when the session reads alike without BEGIN there; `true` then.
-    async fn ready_without_begin(&mut self, options: SessionConfig) -> Result<bool> {
-        self.attach().await?;
-        if self.tx.depth > 0 {
-            return Ok(false); // in a transaction: `attach_and_begin` has nothing to do
+    /// What [`prepare_connection`](Self::prepare_connection) would answer, when the connection
+    /// needs no round trip for it (the common case: it is what the last session left); `None`
+    /// when it does.
+    fn prepared_already(&mut self, options: SessionConfig, transactional: bool) -> Option<bool> {
+        let conn = self.conn.as_ref()?;
+        if conn.is_pinned() {
+            return Some(false);
         }
-        self.prepare_connection(options, true).await
+        if self.reads_without_begin(options) {
+            if transactional {
+                let default = conn.default_isolation()?;
+                let dialect = self.bind.dialect();
+                if !dialect.reads_alike_without_begin(options.isolation, default) {
+                    return Some(false);
+                }
+            }
+            if conn.access() != Access::ReadOnly {
+                return None;
+            }
+            self.tx.bare = true;
+            return Some(true);
+        }
+        if transactional {
+            return Some(false);
+        }
+        let plain = conn.access() == Access::AsOpened && !conn.has_implicit_transactions();
+        plain.then_some(false)
     }
 
     /// Makes the connection what the session's statements need outside a transaction, before

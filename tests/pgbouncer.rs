@@ -4,8 +4,9 @@
 //! Without `connect.pooler`, sqlx's named prepared statements meet each other on the server
 //! connections the bouncer shares out: `prepared statement "sqlx_s_1" already exists` (42P05),
 //! or `… does not exist` (26000). With `Pooler::PgbouncerTransaction`, sessions, scopes,
-//! savepoints, health-check pings, the recovery of a cut-off statement and concurrent sessions
-//! all work, and the server shows nothing left idle in a transaction; autocommit statements,
+//! savepoints, health-check pings, the recovery of a cut-off statement, concurrent sessions and
+//! read sessions (in their READ ONLY transaction) all work, and the server shows nothing left
+//! idle in a transaction; autocommit statements,
 //! which could be parsed on one server connection and executed on another, are refused with a
 //! typed error.
 
@@ -157,6 +158,32 @@ async fn with_the_switch_sessions_savepoints_and_scopes_work() {
         .await
         .expect("scope");
 
+        // A read session keeps its READ ONLY transaction: no connection setting sticks here.
+        let mut read = bind.read_session();
+        let at = "SELECT transaction_timestamp()::text, current_setting('transaction_read_only')";
+        let first_at: (String, String) = sqlx::query_as(at)
+            .fetch_one(&mut read)
+            .await
+            .expect("a read");
+        let second_at: (String, String) = sqlx::query_as(at)
+            .fetch_one(&mut read)
+            .await
+            .expect("a second read");
+        assert_eq!(first_at, second_at, "one transaction");
+        assert_eq!(first_at.1, "on", "a read-only one");
+        read.commit().await.expect("commit the read");
+        drop(read);
+        // The database's one server connection was not made read-only.
+        let mut next = bind.session();
+        let default: String =
+            sqlx::query_scalar("SELECT current_setting('default_transaction_read_only')")
+                .fetch_one(&mut next)
+                .await
+                .expect("a read in the next session");
+        assert_eq!(default, "off");
+        next.commit().await.expect("commit");
+        drop(next);
+
         let mut admin = rig.admin().await;
         let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM notes ORDER BY id")
             .fetch_all(&mut admin)
@@ -167,6 +194,7 @@ async fn with_the_switch_sessions_savepoints_and_scopes_work() {
             [1, 3],
             "the savepoint's row undone, the others committed"
         );
+
         common::eventually("nothing idle in transaction", || async {
             rig.idle_in_transaction().await == 0
         })

@@ -345,7 +345,12 @@ impl Setup {
     /// the server committed a transaction per session counted.
     async fn close(self, sessions: u64) -> Result<(), BoxError> {
         print_teardown("dbscope bind", &[self.bind.status()]);
-        print_teardown("dbscope read binds", &self.reads.status());
+        for bind in self.reads.status() {
+            println!(
+                "  dbscope bind `{}`: opened {} connections, discarded {}, checkout timeouts {}",
+                bind.name, bind.opened, bind.discarded, bind.timeouts
+            );
+        }
         for contender in &self.contenders {
             match &**contender {
                 Contender::Dbscope(_) => {}
@@ -454,15 +459,13 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
         reads(Reads::Transactional),
     );
     let read_ratio = |other: usize| medians[read_only] / medians[other];
+    println!("\nratios: read-only session (no BEGIN) / other, of the medians; and round by round");
     for other in [autocommit, transactional, dbscope] {
-        LINES.ratio(
-            &format!(
-                "{} / {}",
-                contenders[read_only].name(),
-                contenders[other].name()
-            ),
+        println!(
+            "  read-only (no BEGIN) / {:<36} {:>5.2}x   {:.2}",
+            contenders[other].name(),
             read_ratio(other),
-            per_round(runs, read_only, other),
+            per_round(runs, read_only, other)
         );
     }
 

@@ -39,8 +39,9 @@ impl Reads {
 pub(super) type Written = Arc<Mutex<Vec<ReadToken>>>;
 
 impl ScopeBuilder {
-    /// Makes every session of the scope a [read session](crate::Bind::read_session): READ
-    /// ONLY, and on a bind with replicas, on a replica.
+    /// Makes every session of the scope a [read session](crate::Bind::read_session):
+    /// read-only (without BEGIN where that reads alike: see "Read-only sessions" on
+    /// [`Session`](crate::Session)), and on a bind with replicas, on a replica.
     pub fn read_only(mut self) -> Self {
         self.reads.read_only = true;
         self
@@ -100,7 +101,8 @@ impl Scope {
 /// A handle to the current scope's read session on bind `name`.
 ///
 /// A read session goes to a replica within the bind's `max_lag` (past the scope's token for the
-/// bind, if it was given one) in a READ ONLY transaction. **Sticky after write:** once the
+/// bind, if it was given one), read-only (see "Read-only sessions" on
+/// [`Session`](crate::Session)). **Sticky after write:** once the
 /// scope's own session of that bind has been used, the read session *is* that session, on the
 /// primary, so reads see the scope's own writes. In a [read-only](ScopeBuilder::read_only)
 /// scope, [`current_session`](crate::current_session) returns the read session too.

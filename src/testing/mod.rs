@@ -14,8 +14,11 @@
 //!   PostgreSQL each statement of an autocommit session runs in a savepoint of its own, so that
 //!   its failure undoes only itself, as outside the test.
 //! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
-//!   end, failed test or not. PostgreSQL clones it from a template migrated once per migration
-//!   set; MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in the temp dir.
+//!   end, failed test or not. PostgreSQL builds a template once per migration set and leases
+//!   the test one of its slots, a database a test before it used, reset to the template's state
+//!   and verified so (see [`reuse`](TestDbBuilder::reuse), on by default; off, each test gets a
+//!   clone of the template); MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in
+//!   the temp dir.
 //!
 //! After-commit hooks run when the app's scope commits, unless the test
 //! [captures them](TestDbBuilder::capture_after_commit) to run them itself.
@@ -57,7 +60,8 @@ pub const KEEP_ENV: &str = "DBSCOPE_TEST_KEEP";
 pub enum Mode {
     /// One connection per bind, inside a test transaction that rolls back at the end.
     Transaction,
-    /// A database per bind and test, dropped at the end.
+    /// A database per bind and test, dropped at the end (on PostgreSQL, by default, a reused
+    /// database reset to the template's: see [`TestDbBuilder::reuse`]).
     Database,
 }
 
@@ -201,11 +205,14 @@ impl TestDbBuilder {
     /// [`BindManagerBuilder::build`](crate::BindManagerBuilder::build);
     /// [`ErrorKind::TestDatabase`](crate::ErrorKind::TestDatabase) when a database cannot be
     /// reached, created, migrated or seeded; [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind)
-    /// for migrations or fixtures of a bind the config lacks. What was created is dropped.
+    /// for migrations or fixtures of a bind the config lacks. What was created is dropped (a
+    /// leased slot given back).
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe in effect: databases created so far are dropped when the future is dropped.
+    /// Cancel safe in effect: databases created so far are dropped when the future is dropped,
+    /// and a slot being leased or reset is given back with its connection (the next lease
+    /// verifies it, whatever state it was left in).
     pub async fn start(self) -> Result<TestContext> {
         let config = match self.config {
             ConfigSource::Env => Config::from_env()?,
@@ -283,7 +290,7 @@ impl TestDbBuilder {
 /// # Cancel safety
 ///
 /// Not meant to be cancelled: it is a test's whole body. Dropped, its databases are dropped all
-/// the same (on a thread of their own).
+/// the same (on a thread of their own), its slots given back.
 pub async fn run_test<F, Fut>(builder: TestDbBuilder, body: F)
 where
     F: FnOnce(TestContext) -> Fut,

@@ -168,7 +168,8 @@ impl Scratch {
         Self::with_owner(tag, std::process::id(), true)
     }
 
-    /// In a child: its parent's template, if it is one.
+    /// In a child: its parent's template, if it is one (its migrations written by the parent:
+    /// a child that wrote them again could have another child read them half written).
     fn of_parent() -> Option<Self> {
         let tag = std::env::var(CHILD_TAG).ok()?;
         let owner = std::env::var(CHILD_OWNER).ok()?.parse().ok()?;
@@ -177,9 +178,11 @@ impl Scratch {
 
     fn with_owner(tag: &str, owner: u32, owned: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("dbscope_reuse_{owner}_{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let migration = format!("-- tests/testing_reuse.rs: {tag}, process {owner}\n{SCHEMA}");
-        std::fs::write(dir.join("1_schema.sql"), migration).unwrap();
+        if owned {
+            std::fs::create_dir_all(&dir).unwrap();
+            let migration = format!("-- tests/testing_reuse.rs: {tag}, process {owner}\n{SCHEMA}");
+            std::fs::write(dir.join("1_schema.sql"), migration).unwrap();
+        }
         let tag = tag.to_owned();
         Self { tag, dir, owned }
     }

@@ -169,18 +169,22 @@ impl TestDbBuilder {
     ///   COMMENT, a function, a view, an extension, a large object, TRUNCATE, REFRESH
     ///   MATERIALIZED VIEW, VACUUM FULL), or a slot that cannot be verified, is dropped and
     ///   cloned afresh from the template, as without reuse;
-    /// - other connections still on it (a previous test's leaked pool) are terminated;
-    /// - the data goes back to the template's: tables empty in the template are truncated if
-    ///   they have rows; tables with rows in the template (seed data of the migrations) are
-    ///   truncated and copied back from the template when a row of theirs was written or
-    ///   deleted; every sequence is set back to the template's value.
+    /// - the slot is closed to connections until its reset is done, and other connections
+    ///   still on it (a previous test's leaked pool) are terminated;
+    /// - the data goes back to the template's, in one transaction, with no trigger of the
+    ///   app's firing (`session_replication_role = replica`): tables empty in the template are
+    ///   emptied if they have rows (DELETE up to 10,000 rows, TRUNCATE beyond); tables with rows
+    ///   in the template (seed data of the migrations) are emptied and refilled with the
+    ///   template's rows when a row of theirs was written or deleted; every sequence that moved
+    ///   is set back to the template's value.
     ///
     /// Not reset, as they are not the database's: roles, tablespaces and other cluster-wide
     /// objects (a role a test creates outlives it, reuse or not), and the statistics counters
     /// (`pg_stat_*`). Fixtures that run DDL make every lease clone afresh: put DDL in the
-    /// migrations. Resetting rows back needs the right to set `session_replication_role`
+    /// migrations. Resetting rows in place needs the right to set `session_replication_role`
     /// (superusers have it; `GRANT SET ON PARAMETER` on PostgreSQL 15+ gives it); without it
-    /// such a lease clones afresh. PostgreSQL 14 or later; older servers always clone.
+    /// tables are truncated, and a lease that must refill seed rows (or whose schema has
+    /// triggers) clones afresh. PostgreSQL 14 or later; older servers always clone.
     pub fn reuse(mut self, reuse: bool) -> Self {
         self.no_reuse = !reuse;
         self

@@ -34,7 +34,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// Why a slot cannot be reset in place: it is cloned afresh instead.
@@ -63,8 +62,10 @@ struct Table {
     name: String,
     partitioned: bool,
     rows: i64,
-    /// The rows, as `COPY … (FORMAT binary)` gives them, for a table that has some.
-    data: Option<Vec<u8>>,
+    /// For a table with rows: the INSERT that puts them back, written by the server from the
+    /// template (its rows in their text form, each column through its type's own output and
+    /// input, as COPY's text format).
+    restore: Option<String>,
 }
 
 #[derive(Debug)]
@@ -164,7 +165,7 @@ impl Baseline {
                         name,
                         partitioned,
                         rows: 0,
-                        data: None,
+                        restore: None,
                     });
                 }
             }
@@ -191,8 +192,10 @@ impl Baseline {
                 }
             }
         }
-        for table in tables.iter_mut().filter(|t| t.rows > 0) {
-            table.data = Some(copy_out(conn, &table.name).await?);
+        for (table, &oid) in tables.iter_mut().zip(&table_oids) {
+            if table.rows > 0 {
+                table.restore = Some(restore_sql(conn, oid, &table.name).await?);
+            }
         }
         let edges = dependent_tables(conn, &table_oids).await?;
         let user_triggers: bool =
@@ -320,7 +323,7 @@ impl Baseline {
                 (false, Some(_)) => plan.delete.push(i),
                 (false, None) => continue,
             }
-            if table.data.is_some() {
+            if table.restore.is_some() {
                 plan.restore.push(i);
             }
         }
@@ -350,14 +353,18 @@ impl Baseline {
         }
     }
 
-    /// Runs `plan` in one transaction.
+    /// Runs `plan` in one transaction, in one round trip.
     async fn apply(&self, slot: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
         if plan.truncate.is_empty() && plan.delete.is_empty() && plan.setval.is_empty() {
             return Ok(());
         }
-        let mut head = vec!["BEGIN".to_owned()];
+        // Not waiting for the disk: see the slot module on why a lost reset is no harm.
+        let mut batch = vec![
+            "BEGIN".to_owned(),
+            "SET LOCAL synchronous_commit = off".to_owned(),
+        ];
         if plan.replica {
-            head.push("SET LOCAL session_replication_role = replica".to_owned());
+            batch.push("SET LOCAL session_replication_role = replica".to_owned());
         }
         if !plan.truncate.is_empty() {
             let names: Vec<String> = plan
@@ -373,35 +380,24 @@ impl Baseline {
                     }
                 })
                 .collect();
-            head.push(format!("TRUNCATE {}", names.join(", ")));
+            batch.push(format!("TRUNCATE {}", names.join(", ")));
         }
         for &i in &plan.delete {
-            head.push(format!("DELETE FROM ONLY {}", self.tables[i].name));
+            batch.push(format!("DELETE FROM ONLY {}", self.tables[i].name));
         }
-        sqlx::raw_sql(AssertSqlSafe(head.join("; ")))
-            .execute(&mut *slot)
-            .await?;
         for &i in &plan.restore {
-            let table = &self.tables[i];
-            let data = table.data.as_deref().expect("restored tables have rows");
-            let copy = format!("COPY {} FROM STDIN (FORMAT binary)", table.name);
-            let mut copy = slot.copy_in_raw(&copy).await?;
-            copy.send(data).await?;
-            copy.finish().await?;
+            let insert = self.tables[i].restore.as_deref();
+            batch.push(insert.expect("restored tables have rows").to_owned());
         }
-        let mut tail: Vec<String> = plan
-            .setval
-            .iter()
-            .map(|&i| {
-                let seq = &self.sequences[i];
-                format!(
-                    "SELECT setval({}::oid::regclass, {}, {})",
-                    seq.oid, seq.last_value, seq.is_called
-                )
-            })
-            .collect();
-        tail.push("COMMIT".to_owned());
-        sqlx::raw_sql(AssertSqlSafe(tail.join("; ")))
+        for &i in &plan.setval {
+            let seq = &self.sequences[i];
+            batch.push(format!(
+                "SELECT setval({}::oid::regclass, {}, {})",
+                seq.oid, seq.last_value, seq.is_called
+            ));
+        }
+        batch.push("COMMIT".to_owned());
+        sqlx::raw_sql(AssertSqlSafe(batch.join(";\n")))
             .execute(&mut *slot)
             .await?;
         Ok(())
@@ -452,13 +448,22 @@ async fn dependent_tables(
         .collect())
 }
 
-/// A table's rows, in COPY's binary format.
-async fn copy_out(conn: &mut PgConnection, table: &str) -> Result<Vec<u8>, sqlx::Error> {
-    let sql = format!("COPY {table} TO STDOUT (FORMAT binary)");
-    let mut stream = conn.copy_out_raw(&sql).await?;
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.try_next().await? {
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data)
+/// The INSERT that puts table `oid`'s rows back as they are now: all its columns but the
+/// generated ones (computed again), identity columns included (`OVERRIDING SYSTEM VALUE`), the
+/// rows as an array of the table's row type, quoted by the server (`%L`).
+async fn restore_sql(conn: &mut PgConnection, oid: i64, name: &str) -> Result<String, sqlx::Error> {
+    let sql = format!(
+        "WITH c AS (SELECT attname, attnum FROM pg_attribute WHERE attrelid = {oid} \
+         AND attnum > 0 AND NOT attisdropped AND attgenerated = '') \
+         SELECT format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM unnest(%L::%s[]) r', \
+           $1::text, \
+           (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM c), \
+           (SELECT string_agg('(r).' || quote_ident(attname), ', ' ORDER BY attnum) FROM c), \
+           (SELECT array_agg(t)::text FROM ONLY {name} t), \
+           $1::text)"
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_one(conn)
+        .await
 }

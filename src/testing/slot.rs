@@ -14,6 +14,10 @@
 //! first transaction id after the reset. The next lease proves from the server that nothing in
 //! the slot's catalogs changed since then ([`Baseline::reset`]), or clones it afresh. While it
 //! is reset the slot takes no connection, and the reset's is the only one on it.
+//!
+//! The closing, the reset and the mark commit with `synchronous_commit = off`, not waiting for
+//! the disk: the server writes its log in order, so a crash of the server that lost the mark
+//! leaves the mark before, older than the reset's writes, and the next lease clones afresh.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -263,6 +267,7 @@ impl Slots<'_> {
     ) -> std::result::Result<(), sqlx::Error> {
         let sql = format!(
             "DO $dbscope$ BEGIN \
+               PERFORM set_config('synchronous_commit', 'off', true); \
                ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true; \
                IF EXISTS (SELECT 1 FROM pg_stat_activity a JOIN pg_database d ON d.oid = a.datid \
                           WHERE d.datname = '{name}' AND a.pid <> {slot_pid} \
@@ -410,6 +415,7 @@ async fn close(
     let xid = watermark.0 & 0xffff_ffff;
     let sql = format!(
         "DO $dbscope$ BEGIN \
+           PERFORM set_config('synchronous_commit', 'off', true); \
            IF EXISTS (SELECT 1 FROM pg_database d WHERE d.oid = {oid} \
                       AND (age(d.xmin) <= age('{xid}'::xid) OR EXISTS \
                            (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))) \

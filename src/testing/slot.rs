@@ -301,7 +301,10 @@ impl Slots<'_> {
                 .await
                 .map_err(|e| self.failed("cannot list the server's databases", e))?;
         oid.ok_or_else(|| {
-            let what = format!("the template `{database}` is gone: was it dropped by hand?");
+            let what = format!(
+                "the template `{database}` is gone (dropped while the tests ran?): run the tests \
+                 again, which builds it anew"
+            );
             Error::test_database(Some(self.bind), what, "no such database")
         })
     }

@@ -235,3 +235,31 @@ async fn kept_databases_stay() {
     })
     .await;
 }
+
+/// The PostgreSQL bind alone, at the test server.
+fn pg_only() -> dbscope::Config {
+    let mut config = dbscope::Config::default();
+    let url = server_url(PG_ENV, PG_DEFAULT);
+    config
+        .binds
+        .insert("pg".into(), dbscope::BindConfig::new(url));
+    config
+}
+
+/// `reuse = false` in the attribute: a clone of the template of the test's own, not a slot.
+#[dbscope::test(
+    mode = "database",
+    reuse = false,
+    config = pg_only,
+    migrations(pg = "tests/testing/migrations")
+)]
+async fn attribute_turns_reuse_off(t: TestContext) -> Result<(), dbscope::Error> {
+    let name = t.database("pg").expect("database mode");
+    assert!(name.starts_with("dbscope_test_"), "{name}");
+    assert!(!name.starts_with(SLOT_PREFIX), "not a slot: {name}");
+    let row = t
+        .fetch_one::<sqlx::Postgres, _>("pg", sqlx::query("SELECT count(*) FROM notes"))
+        .await?;
+    assert_eq!(row.get::<i64, _>(0), 0, "migrated, from the template");
+    Ok(())
+}

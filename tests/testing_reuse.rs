@@ -168,7 +168,8 @@ impl Scratch {
         Self::with_owner(tag, std::process::id(), true)
     }
 
-    /// In a child: its parent's template, if it is one.
+    /// In a child: its parent's template, if it is one (its migrations written by the parent:
+    /// a child that wrote them again could have another child read them half written).
     fn of_parent() -> Option<Self> {
         let tag = std::env::var(CHILD_TAG).ok()?;
         let owner = std::env::var(CHILD_OWNER).ok()?.parse().ok()?;
@@ -177,9 +178,11 @@ impl Scratch {
 
     fn with_owner(tag: &str, owner: u32, owned: bool) -> Self {
         let dir = std::env::temp_dir().join(format!("dbscope_reuse_{owner}_{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let migration = format!("-- tests/testing_reuse.rs: {tag}, process {owner}\n{SCHEMA}");
-        std::fs::write(dir.join("1_schema.sql"), migration).unwrap();
+        if owned {
+            std::fs::create_dir_all(&dir).unwrap();
+            let migration = format!("-- tests/testing_reuse.rs: {tag}, process {owner}\n{SCHEMA}");
+            std::fs::write(dir.join("1_schema.sql"), migration).unwrap();
+        }
         let tag = tag.to_owned();
         Self { tag, dir, owned }
     }
@@ -418,19 +421,98 @@ async fn ddl_makes_the_next_lease_clone_afresh() {
             t.finish().await.unwrap();
             last_oid = oid;
         }
-        // A setting of the database's own (ALTER DATABASE … SET), made from outside it.
-        let (t, _, oid) = scratch.lease().await;
-        assert_eq!(oid, last_oid);
-        let set = format!("ALTER DATABASE \"{name}\" SET work_mem = '8MB'");
-        exec(&mut connect(None).await, &set).await;
-        t.finish().await.unwrap();
-        let (t, _, oid) = scratch.lease().await;
-        assert_ne!(oid, last_oid, "cloned afresh after ALTER DATABASE … SET");
-        let settings = "SELECT count(*) FROM pg_db_role_setting WHERE setdatabase = \
-                        (SELECT oid FROM pg_database WHERE datname = current_database())";
-        assert_eq!(int(&t, settings).await, 0);
-        t.finish().await.unwrap();
+        // Changes to the database itself, made from outside it: its row in pg_database, and a
+        // setting of its own.
+        let outside = [
+            (
+                format!("ALTER DATABASE \"{name}\" CONNECTION LIMIT 50"),
+                "SELECT datconnlimit::int8 FROM pg_database WHERE datname = current_database()",
+                -1,
+            ),
+            (
+                format!("ALTER DATABASE \"{name}\" SET work_mem = '8MB'"),
+                "SELECT count(*) FROM pg_db_role_setting WHERE setdatabase = \
+                 (SELECT oid FROM pg_database WHERE datname = current_database())",
+                0,
+            ),
+        ];
+        for (alter, probe, expected) in outside {
+            let (t, _, oid) = scratch.lease().await;
+            assert_eq!(oid, last_oid, "reused before `{alter}`");
+            exec(&mut connect(None).await, &alter).await;
+            t.finish().await.unwrap();
+            let (t, _, oid) = scratch.lease().await;
+            assert_ne!(oid, last_oid, "cloned afresh after `{alter}`");
+            assert_eq!(int(&t, probe).await, expected, "{alter}");
+            t.finish().await.unwrap();
+            last_oid = oid;
+        }
     })
+    .await;
+}
+
+/// The file of table `table` in database `database`: TRUNCATE gives a table a new one, DELETE
+/// does not.
+async fn filenode(database: &str, table: &str) -> i64 {
+    let mut conn = connect(Some(database)).await;
+    let node = sqlx::query_scalar("SELECT pg_relation_filenode($1::text::regclass)::int8")
+        .bind(table)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    node
+}
+
+/// A table with more rows than a DELETE is worth is truncated (a new file), and so is a table
+/// referencing it, though it has two rows; the seed rows are copied back; and the slot is
+/// still reused after (the TRUNCATE's catalog writes come before its watermark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_tables_are_truncated_with_those_referencing_them() {
+    common::within_limit(
+        "big_tables_are_truncated_with_those_referencing_them",
+        async {
+            let scratch = Scratch::new("big").await;
+            let (t, name, first_oid) = scratch.lease().await;
+            exec_on(&name, DIRTY).await;
+            let many =
+                "INSERT INTO colours (name) SELECT 'c' || g FROM generate_series(1, 10001) g";
+            exec_on(&name, many).await;
+            let (colours, notes, tags) = (
+                filenode(&name, "colours").await,
+                filenode(&name, "notes").await,
+                filenode(&name, "tags").await,
+            );
+            t.finish().await.unwrap();
+
+            let (t, again, oid) = scratch.lease().await;
+            assert_eq!(
+                (again.as_str(), oid),
+                (name.as_str(), first_oid),
+                "the same slot"
+            );
+            assert_template_state(&t).await;
+            assert_ne!(
+                filenode(&name, "colours").await,
+                colours,
+                "colours truncated"
+            );
+            assert_ne!(
+                filenode(&name, "notes").await,
+                notes,
+                "notes truncated with colours"
+            );
+            assert_eq!(
+                filenode(&name, "tags").await,
+                tags,
+                "tags (two rows) deleted from"
+            );
+            t.finish().await.unwrap();
+            let (t, _, oid) = scratch.lease().await;
+            assert_eq!(oid, first_oid, "still reused after a TRUNCATE of its own");
+            t.finish().await.unwrap();
+        },
+    )
     .await;
 }
 

@@ -33,8 +33,8 @@ pub(super) struct BindCopy {
 /// # Drop behavior
 ///
 /// Dropped without `finish` (a test that panicked), the test's databases are dropped all the
-/// same, on a thread of their own, and a pinned connection closes with the manager, so the
-/// server rolls its transaction back.
+/// same, on a thread of their own (a leased slot goes back with its lease's connection), and a
+/// pinned connection closes with the manager, so the server rolls its transaction back.
 #[derive(Clone)]
 pub struct TestContext {
     inner: Arc<Inner>,
@@ -77,8 +77,9 @@ impl TestContext {
         &self.inner.manager
     }
 
-    /// Database mode: the name of bind `bind`'s test database (on SQLite, its file's path);
-    /// `None` in transaction mode.
+    /// Database mode: the name of bind `bind`'s test database (on SQLite, its file's path; on
+    /// PostgreSQL with reuse, its slot, `dbscope_test_slot_<hash>_<n>`); `None` in transaction
+    /// mode.
     pub fn database(&self, bind: &str) -> Option<&str> {
         self.copy(bind)?.database.as_deref()
     }
@@ -197,8 +198,9 @@ impl TestContext {
     }
 
     /// Ends the test: stops the servers it started, checks each pinned transaction is still
-    /// the test's and rolls it back, closes the manager, and drops the test's databases (or
-    /// keeps them, saying where, with `keep`).
+    /// the test's and rolls it back, closes the manager, and drops the test's databases (gives
+    /// its slots back for the next test, which resets them; or keeps them, saying where, with
+    /// `keep`).
     ///
     /// # Errors
     ///

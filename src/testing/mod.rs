@@ -14,8 +14,11 @@
 //!   PostgreSQL each statement of an autocommit session runs in a savepoint of its own, so that
 //!   its failure undoes only itself, as outside the test.
 //! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
-//!   end, failed test or not. PostgreSQL clones it from a template migrated once per migration
-//!   set; MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in the temp dir.
+//!   end, failed test or not. PostgreSQL builds a template once per migration set and leases
+//!   the test one of its slots, a database a test before it used, reset to the template's state
+//!   and verified so (see [`reuse`](TestDbBuilder::reuse), on by default; off, each test gets a
+//!   clone of the template); MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in
+//!   the temp dir.
 //!
 //! After-commit hooks run when the app's scope commits, unless the test
 //! [captures them](TestDbBuilder::capture_after_commit) to run them itself.
@@ -57,7 +60,8 @@ pub const KEEP_ENV: &str = "DBSCOPE_TEST_KEEP";
 pub enum Mode {
     /// One connection per bind, inside a test transaction that rolls back at the end.
     Transaction,
-    /// A database per bind and test, dropped at the end.
+    /// A database per bind and test, dropped at the end (on PostgreSQL, by default, a reused
+    /// database reset to the template's: see [`TestDbBuilder::reuse`]).
     Database,
 }
 
@@ -165,18 +169,22 @@ impl TestDbBuilder {
     ///   COMMENT, a function, a view, an extension, a large object, TRUNCATE, REFRESH
     ///   MATERIALIZED VIEW, VACUUM FULL), or a slot that cannot be verified, is dropped and
     ///   cloned afresh from the template, as without reuse;
-    /// - other connections still on it (a previous test's leaked pool) are terminated;
-    /// - the data goes back to the template's: tables empty in the template are truncated if
-    ///   they have rows; tables with rows in the template (seed data of the migrations) are
-    ///   truncated and copied back from the template when a row of theirs was written or
-    ///   deleted; every sequence is set back to the template's value.
+    /// - the slot is closed to connections until its reset is done, and other connections
+    ///   still on it (a previous test's leaked pool) are terminated;
+    /// - the data goes back to the template's, in one transaction, with no trigger of the
+    ///   app's firing (`session_replication_role = replica`): tables empty in the template are
+    ///   emptied if they have rows (DELETE up to 10,000 rows, TRUNCATE beyond); tables with rows
+    ///   in the template (seed data of the migrations) are emptied and refilled with the
+    ///   template's rows when a row of theirs was written or deleted; every sequence that moved
+    ///   is set back to the template's value.
     ///
     /// Not reset, as they are not the database's: roles, tablespaces and other cluster-wide
     /// objects (a role a test creates outlives it, reuse or not), and the statistics counters
     /// (`pg_stat_*`). Fixtures that run DDL make every lease clone afresh: put DDL in the
-    /// migrations. Resetting rows back needs the right to set `session_replication_role`
+    /// migrations. Resetting rows in place needs the right to set `session_replication_role`
     /// (superusers have it; `GRANT SET ON PARAMETER` on PostgreSQL 15+ gives it); without it
-    /// such a lease clones afresh. PostgreSQL 14 or later; older servers always clone.
+    /// tables are truncated, and a lease that must refill seed rows (or whose schema has
+    /// triggers) clones afresh. PostgreSQL 14 or later; older servers always clone.
     pub fn reuse(mut self, reuse: bool) -> Self {
         self.no_reuse = !reuse;
         self
@@ -201,11 +209,14 @@ impl TestDbBuilder {
     /// [`BindManagerBuilder::build`](crate::BindManagerBuilder::build);
     /// [`ErrorKind::TestDatabase`](crate::ErrorKind::TestDatabase) when a database cannot be
     /// reached, created, migrated or seeded; [`ErrorKind::UnknownBind`](crate::ErrorKind::UnknownBind)
-    /// for migrations or fixtures of a bind the config lacks. What was created is dropped.
+    /// for migrations or fixtures of a bind the config lacks. What was created is dropped (a
+    /// leased slot given back).
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe in effect: databases created so far are dropped when the future is dropped.
+    /// Cancel safe in effect: databases created so far are dropped when the future is dropped,
+    /// and a slot being leased or reset is given back with its connection (the next lease
+    /// verifies it, whatever state it was left in).
     pub async fn start(self) -> Result<TestContext> {
         let config = match self.config {
             ConfigSource::Env => Config::from_env()?,
@@ -283,7 +294,7 @@ impl TestDbBuilder {
 /// # Cancel safety
 ///
 /// Not meant to be cancelled: it is a test's whole body. Dropped, its databases are dropped all
-/// the same (on a thread of their own).
+/// the same (on a thread of their own), its slots given back.
 pub async fn run_test<F, Fut>(builder: TestDbBuilder, body: F)
 where
     F: FnOnce(TestContext) -> Fut,

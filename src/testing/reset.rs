@@ -14,21 +14,26 @@
 //! `pg_statistic` and `pg_statistic_ext_data`. VACUUM and ANALYZE update `pg_class` in place,
 //! keeping its `xmin`. The database's own row in `pg_database` (GRANT on it, ALTER DATABASE)
 //! and its settings in `pg_db_role_setting` (ALTER DATABASE … SET, which a clone never copies)
-//! are checked the same way.
+//! are checked the same way, by the lease, as it closes the slot to connections.
 //!
-//! **Data.** A table empty in the template and with a row now is truncated. A table with rows
-//! in the template is restored (truncated, then its rows copied in from the template, read once
-//! per process) when its row count differs or a row has an `xmin` at or after the watermark:
-//! the same test, exact, with no hashing. Every sequence whose `last_value` or `is_called`
-//! differs is set back with `setval`. Tables that must go with a truncated one (referencing it,
-//! or its partitions) are truncated too, and restored if they had rows. The reset runs with
-//! `session_replication_role = replica` when it copies rows in or the schema has triggers of its
-//! own, so that no trigger fires and no foreign key is checked while the template's rows go back.
+//! **Data.** A table empty in the template and with a row now is emptied. A table with rows in
+//! the template is restored (emptied, then its rows copied in from the template, read once per
+//! process) when its row count differs or a row has an `xmin` at or after the watermark: the
+//! same test, exact, with no hashing. Every sequence whose `last_value` or `is_called` differs
+//! is set back with `setval`. All in one transaction, with `session_replication_role = replica`
+//! so that no trigger of the app's fires and no foreign key is checked meanwhile.
+//!
+//! A table is emptied with DELETE up to [`DELETE_MAX`] rows, with one TRUNCATE beyond: TRUNCATE
+//! makes new files for the table and each of its indexes, tens of milliseconds on a slow disk,
+//! where deleting a test's few rows takes a fraction of one. (TRUNCATE also gives the table a new
+//! `pg_class` row, which the slot's watermark, taken after, covers.) Tables that must go with a
+//! truncated one (referencing it, or its partitions) are truncated too, and restored if they had
+//! rows. A role that may not set `session_replication_role` gets TRUNCATE alone, and a fresh
+//! clone when rows must be copied back or the schema has triggers of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// Why a slot cannot be reset in place: it is cloned afresh instead.
@@ -47,6 +52,8 @@ pub(super) struct Watermark(pub(super) u64);
 
 /// The oldest watermark trusted, in transactions: beyond it `age()` comparisons could wrap.
 const WATERMARK_MAX_AGE: i64 = 1 << 30;
+/// The most rows a table is emptied of with DELETE rather than TRUNCATE.
+const DELETE_MAX: i64 = 10_000;
 
 /// A table of the template's, as the reset needs it.
 #[derive(Debug)]
@@ -55,8 +62,10 @@ struct Table {
     name: String,
     partitioned: bool,
     rows: i64,
-    /// The rows, as `COPY … (FORMAT binary)` gives them, for a table that has some.
-    data: Option<Vec<u8>>,
+    /// For a table with rows: the INSERT that puts them back, written by the server from the
+    /// template (its rows in their text form, each column through its type's own output and
+    /// input, as COPY's text format).
+    restore: Option<String>,
 }
 
 #[derive(Debug)]
@@ -80,6 +89,8 @@ pub(super) struct Baseline {
     sequences: Vec<Sequence>,
     /// Triggers other than foreign keys' exist.
     user_triggers: bool,
+    /// The server's version (`server_version_num`).
+    server_version: u32,
     /// The query that surveys a slot (see [`Baseline::survey_sql`]).
     survey: String,
 }
@@ -87,7 +98,10 @@ pub(super) struct Baseline {
 /// What a slot's reset does.
 #[derive(Debug, Default)]
 struct Plan {
+    /// With `session_replication_role = replica`.
+    replica: bool,
     truncate: Vec<usize>,
+    delete: Vec<usize>,
     restore: Vec<usize>,
     setval: Vec<usize>,
 }
@@ -114,6 +128,7 @@ impl Baseline {
     }
 
     async fn read(conn: &mut PgConnection) -> Result<Self, Stale> {
+        let server_version = conn.server_version_num().unwrap_or_default();
         let catalogs = catalog_counts(conn).await?;
         let relations: Vec<(i64, String, String)> = sqlx::query_as(
             "SELECT c.oid::int8, format('%I.%I', n.nspname, c.relname), c.relkind::text \
@@ -150,7 +165,7 @@ impl Baseline {
                         name,
                         partitioned,
                         rows: 0,
-                        data: None,
+                        restore: None,
                     });
                 }
             }
@@ -177,8 +192,10 @@ impl Baseline {
                 }
             }
         }
-        for table in tables.iter_mut().filter(|t| t.rows > 0) {
-            table.data = Some(copy_out(conn, &table.name).await?);
+        for (table, &oid) in tables.iter_mut().zip(&table_oids) {
+            if table.rows > 0 {
+                table.restore = Some(restore_sql(conn, oid, &table.name).await?);
+            }
         }
         let edges = dependent_tables(conn, &table_oids).await?;
         let user_triggers: bool =
@@ -191,6 +208,7 @@ impl Baseline {
             edges,
             sequences: seqs,
             user_triggers,
+            server_version,
             survey: String::new(),
         };
         baseline.survey = baseline.survey_sql();
@@ -198,19 +216,23 @@ impl Baseline {
     }
 
     /// One query reading all a slot's reset needs, as rows `(kind, index, a, b)`:
-    /// `p`: the connection's pid; `w`: transactions since the watermark; `d`: the database's
-    /// oid, and 1 if its row changed plus 2 if it has settings of its own; `c`: a catalog's row
-    /// count and rows at or after the watermark; `e`: 1 if a table empty in the template has a
-    /// row; `t`: a table with rows in the template, the same as `c`; `s`: a sequence's
-    /// `last_value` and `is_called`. `$1` is the watermark's 32-bit xid, `$2` the whole of it.
+    /// `w`: transactions since the watermark; `r`: 1 if the role may set
+    /// `session_replication_role`; `d`: the database's oid; `c`: a catalog's row count and rows at or after the watermark;
+    /// `e`: the rows of a table empty in the template (counted up to [`DELETE_MAX`] + 1); `t`: a
+    /// table with rows in the template, as `c`; `s`: a sequence's `last_value` and `is_called`.
+    /// `$1` is the watermark's 32-bit xid, `$2` the whole of it.
     fn survey_sql(&self) -> String {
         let new = "count(*) FILTER (WHERE age(xmin) <= age($1::xid))";
+        let replica = match self.server_version {
+            150_000.. => "has_parameter_privilege('session_replication_role', 'SET')",
+            _ => "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+        };
         let mut parts = vec![
-            "SELECT 'p'::text, 0, pg_backend_pid()::int8, 0::int8".to_owned(),
-            "SELECT 'w', 0, pg_snapshot_xmax(pg_current_snapshot())::text::int8 - $2, 0".to_owned(),
-            "SELECT 'd', 0, d.oid::int8, ((age(d.xmin) <= age($1::xid))::int + 2 * (EXISTS \
-             (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))::int)::int8 \
-             FROM pg_database d WHERE d.datname = current_database()"
+            "SELECT 'w'::text, 0, pg_snapshot_xmax(pg_current_snapshot())::text::int8 - $2, \
+             0::int8"
+                .to_owned(),
+            format!("SELECT 'r', 0, ({replica})::int::int8, 0"),
+            "SELECT 'd', 0, oid::int8, 0 FROM pg_database WHERE datname = current_database()"
                 .to_owned(),
         ];
         for (i, (catalog, _)) in self.catalogs.iter().enumerate() {
@@ -222,7 +244,10 @@ impl Baseline {
                 continue;
             }
             parts.push(match table.rows {
-                0 => format!("SELECT 'e', {i}, (EXISTS (SELECT 1 FROM ONLY {name}))::int::int8, 0"),
+                0 => format!(
+                    "SELECT 'e', {i}, (SELECT count(*) FROM (SELECT FROM ONLY {name} LIMIT {}) s), 0",
+                    DELETE_MAX + 1
+                ),
                 _ => format!("SELECT 't', {i}, count(*), {new} FROM ONLY {name}"),
             });
         }
@@ -236,63 +261,82 @@ impl Baseline {
     }
 
     /// Verifies slot `oid`'s schema and puts its data back to the template's, on `slot` (a
-    /// connection to it); its pid.
+    /// connection to it, alone on it).
     pub(super) async fn reset(
         &self,
         slot: &mut PgConnection,
         oid: i64,
         watermark: Watermark,
-    ) -> Result<i32, Stale> {
+    ) -> Result<(), Stale> {
+        let whole =
+            i64::try_from(watermark.0).map_err(|_| Stale("a watermark out of range".into()))?;
         let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(AssertSqlSafe(self.survey.clone()))
             .bind((watermark.0 & 0xffff_ffff).to_string())
-            .bind(i64::try_from(watermark.0).map_err(|_| Stale("a watermark out of range".into()))?)
+            .bind(whole)
             .fetch_all(&mut *slot)
             .await?;
-        let mut pid = 0;
-        let mut dirty = vec![false; self.tables.len()];
-        let mut plan = Plan::default();
+        // Per table: its rows now, if they are not the template's.
+        let mut dirty = vec![None; self.tables.len()];
+        let mut replica = false;
+        let mut setval = Vec::new();
         for (kind, i, a, b) in rows {
             let i = usize::try_from(i).expect("our own indices");
             match kind.as_str() {
-                "p" => pid = i32::try_from(a).expect("a pid"),
                 "w" if !(0..=WATERMARK_MAX_AGE).contains(&a) => {
                     return Err(Stale(format!("its watermark is {a} transactions old")));
                 }
+                "r" => replica = a == 1,
                 "d" if a != oid => return Err(Stale("it is not the database looked up".into())),
-                "d" if b & 1 != 0 => {
-                    return Err(Stale(
-                        "the database was altered (ALTER DATABASE, GRANT)".into(),
-                    ));
-                }
-                "d" if b & 2 != 0 => {
-                    return Err(Stale(
-                        "the database has settings (ALTER DATABASE … SET)".into(),
-                    ));
-                }
                 "c" if b > 0 || a != self.catalogs[i].1 => {
                     let catalog = &self.catalogs[i].0;
                     return Err(Stale(format!("{catalog} changed since the last reset")));
                 }
-                "e" => dirty[i] = a == 1,
-                "t" => dirty[i] = b > 0 || a != self.tables[i].rows,
+                "e" if a > 0 => dirty[i] = Some(a),
+                "t" if b > 0 || a != self.tables[i].rows => dirty[i] = Some(a),
                 "s" => {
                     let seq = &self.sequences[i];
                     if (a, b == 1) != (seq.last_value, seq.is_called) {
-                        plan.setval.push(i);
+                        setval.push(i);
                     }
                 }
                 _ => {}
             }
         }
-        self.close_over(&mut dirty);
-        for (i, table) in self.tables.iter().enumerate().filter(|(i, _)| dirty[*i]) {
-            plan.truncate.push(i);
-            if table.data.is_some() {
+        let mut plan = self.plan(&dirty, replica)?;
+        plan.setval = setval;
+        self.apply(slot, &plan).await?;
+        Ok(())
+    }
+
+    /// How to empty (and refill) the tables whose rows now are `dirty`'s.
+    fn plan(&self, dirty: &[Option<i64>], replica: bool) -> Result<Plan, Stale> {
+        // DELETE needs the replica role: it would fire the app's triggers and check foreign keys.
+        let mut truncate: Vec<bool> = dirty
+            .iter()
+            .map(|rows| rows.is_some_and(|n| !replica || n > DELETE_MAX))
+            .collect();
+        self.close_over(&mut truncate);
+        let mut plan = Plan::default();
+        for (i, table) in self.tables.iter().enumerate() {
+            match (truncate[i], dirty[i]) {
+                (true, _) => plan.truncate.push(i),
+                (false, Some(_)) => plan.delete.push(i),
+                (false, None) => continue,
+            }
+            if table.restore.is_some() {
                 plan.restore.push(i);
             }
         }
-        self.apply(slot, &plan).await?;
-        Ok(pid)
+        let emptied = !plan.truncate.is_empty() || !plan.delete.is_empty();
+        if !replica && (!plan.restore.is_empty() || (self.user_triggers && emptied)) {
+            return Err(Stale(
+                "putting its rows back takes setting session_replication_role, which the role \
+                 may not"
+                    .into(),
+            ));
+        }
+        plan.replica = replica && emptied;
+        Ok(plan)
     }
 
     /// Adds to `truncate` every table that must be truncated with one in it.
@@ -309,14 +353,18 @@ impl Baseline {
         }
     }
 
-    /// Runs `plan` in one transaction.
+    /// Runs `plan` in one transaction, in one round trip.
     async fn apply(&self, slot: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-        if plan.truncate.is_empty() && plan.setval.is_empty() {
+        if plan.truncate.is_empty() && plan.delete.is_empty() && plan.setval.is_empty() {
             return Ok(());
         }
-        let mut head = String::from("BEGIN;");
-        if !plan.restore.is_empty() || (self.user_triggers && !plan.truncate.is_empty()) {
-            head.push_str(" SET LOCAL session_replication_role = replica;");
+        // Not waiting for the disk: see the slot module on why a lost reset is no harm.
+        let mut batch = vec![
+            "BEGIN".to_owned(),
+            "SET LOCAL synchronous_commit = off".to_owned(),
+        ];
+        if plan.replica {
+            batch.push("SET LOCAL session_replication_role = replica".to_owned());
         }
         if !plan.truncate.is_empty() {
             let names: Vec<String> = plan
@@ -332,32 +380,24 @@ impl Baseline {
                     }
                 })
                 .collect();
-            head.push_str(&format!(" TRUNCATE {};", names.join(", ")));
+            batch.push(format!("TRUNCATE {}", names.join(", ")));
         }
-        sqlx::raw_sql(AssertSqlSafe(head))
-            .execute(&mut *slot)
-            .await?;
+        for &i in &plan.delete {
+            batch.push(format!("DELETE FROM ONLY {}", self.tables[i].name));
+        }
         for &i in &plan.restore {
-            let table = &self.tables[i];
-            let data = table.data.as_deref().expect("restored tables have rows");
-            let copy = format!("COPY {} FROM STDIN (FORMAT binary)", table.name);
-            let mut copy = slot.copy_in_raw(&copy).await?;
-            copy.send(data).await?;
-            copy.finish().await?;
+            let insert = self.tables[i].restore.as_deref();
+            batch.push(insert.expect("restored tables have rows").to_owned());
         }
-        let mut tail: Vec<String> = plan
-            .setval
-            .iter()
-            .map(|&i| {
-                let seq = &self.sequences[i];
-                format!(
-                    "SELECT setval({}::oid::regclass, {}, {});",
-                    seq.oid, seq.last_value, seq.is_called
-                )
-            })
-            .collect();
-        tail.push("COMMIT".to_owned());
-        sqlx::raw_sql(AssertSqlSafe(tail.join(" ")))
+        for &i in &plan.setval {
+            let seq = &self.sequences[i];
+            batch.push(format!(
+                "SELECT setval({}::oid::regclass, {}, {})",
+                seq.oid, seq.last_value, seq.is_called
+            ));
+        }
+        batch.push("COMMIT".to_owned());
+        sqlx::raw_sql(AssertSqlSafe(batch.join(";\n")))
             .execute(&mut *slot)
             .await?;
         Ok(())
@@ -408,13 +448,22 @@ async fn dependent_tables(
         .collect())
 }
 
-/// A table's rows, in COPY's binary format.
-async fn copy_out(conn: &mut PgConnection, table: &str) -> Result<Vec<u8>, sqlx::Error> {
-    let sql = format!("COPY {table} TO STDOUT (FORMAT binary)");
-    let mut stream = conn.copy_out_raw(&sql).await?;
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.try_next().await? {
-        data.extend_from_slice(&chunk);
-    }
-    Ok(data)
+/// The INSERT that puts table `oid`'s rows back as they are now: all its columns but the
+/// generated ones (computed again), identity columns included (`OVERRIDING SYSTEM VALUE`), the
+/// rows as an array of the table's row type, quoted by the server (`%L`).
+async fn restore_sql(conn: &mut PgConnection, oid: i64, name: &str) -> Result<String, sqlx::Error> {
+    let sql = format!(
+        "WITH c AS (SELECT attname, attnum FROM pg_attribute WHERE attrelid = {oid} \
+         AND attnum > 0 AND NOT attisdropped AND attgenerated = '') \
+         SELECT format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM unnest(%L::%s[]) r', \
+           $1::text, \
+           (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM c), \
+           (SELECT string_agg('(r).' || quote_ident(attname), ', ' ORDER BY attnum) FROM c), \
+           (SELECT array_agg(t)::text FROM ONLY {name} t), \
+           $1::text)"
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_one(conn)
+        .await
 }

@@ -12,7 +12,12 @@
 //! A slot is marked, after each reset or clone, with a comment on the database (kept in the
 //! shared catalog `pg_shdescription`, outside what is verified): the template's oid and the
 //! first transaction id after the reset. The next lease proves from the server that nothing in
-//! the slot's catalogs changed since then ([`Baseline::reset`]), or clones it afresh.
+//! the slot's catalogs changed since then ([`Baseline::reset`]), or clones it afresh. While it
+//! is reset the slot takes no connection, and the reset's is the only one on it.
+//!
+//! The closing, the reset and the mark commit with `synchronous_commit = off`, not waiting for
+//! the disk: the server writes its log in order, so a crash of the server that lost the mark
+//! leaves the mark before, older than the reset's writes, and the next lease clones afresh.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -167,7 +172,7 @@ impl Slots<'_> {
         let mut resetter = None;
         if let Some((oid, mark)) = self.look_up(conn, name).await? {
             match self
-                .reset(conn, url, oid, mark, template, template_oid)
+                .reset(conn, url, (oid, name), mark, template, template_oid)
                 .await
             {
                 Ok(slot) => resetter = Some(slot),
@@ -209,13 +214,14 @@ impl Slots<'_> {
         self.clone_slot(conn, name, template).await
     }
 
-    /// Resets slot `oid` in place, verified; the connection that did it and its pid, left
-    /// open until the mark is written (the mark checks no other connection is on the slot).
+    /// Resets slot `oid` in place, verified; the connection that did it, left open until the
+    /// mark is written. From its connecting until the mark, the slot takes no connection
+    /// (`ALLOW_CONNECTIONS false`), so nobody comes and goes unseen while it is reset.
     async fn reset(
         &self,
         conn: &mut PgConnection,
         url: &str,
-        oid: i64,
+        (oid, name): (i64, &str),
         mark: Option<String>,
         template: &str,
         template_oid: i64,
@@ -227,12 +233,20 @@ impl Slots<'_> {
         if marked_template != template_oid {
             return Err(Stale("it was cloned from another template".into()));
         }
-        terminate_others(conn, oid).await?;
         let template_url =
             super::database::with_database(self.url, template).map_err(|e| Stale(e.to_string()))?;
         let baseline = Baseline::of(&template_url, template_oid).await?;
         let mut slot = PgConnection::connect(url).await?;
-        match baseline.reset(&mut slot, oid, watermark).await {
+        let reset = async {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut slot)
+                .await?;
+            close(conn, (oid, name), watermark).await?;
+            terminate_others(conn, oid, pid).await?;
+            baseline.reset(&mut slot, oid, watermark).await?;
+            Ok(pid)
+        };
+        match reset.await {
             Ok(pid) => Ok((slot, pid)),
             Err(stale) => {
                 slot.close().await.ok();
@@ -241,8 +255,9 @@ impl Slots<'_> {
         }
     }
 
-    /// Writes the slot's mark: its template and the first transaction id after the reset,
-    /// after checking that no client but `slot_pid` (the reset's own connection) is on it.
+    /// Opens the slot to connections again and writes its mark: its template, and the first
+    /// transaction id after this one (which changes its `pg_database` row), having checked
+    /// that no client but `slot_pid` (the reset's own connection, if any) is on it.
     async fn mark(
         &self,
         conn: &mut PgConnection,
@@ -252,6 +267,8 @@ impl Slots<'_> {
     ) -> std::result::Result<(), sqlx::Error> {
         let sql = format!(
             "DO $dbscope$ BEGIN \
+               PERFORM set_config('synchronous_commit', 'off', true); \
+               ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true; \
                IF EXISTS (SELECT 1 FROM pg_stat_activity a JOIN pg_database d ON d.oid = a.datid \
                           WHERE d.datname = '{name}' AND a.pid <> {slot_pid} \
                           AND a.backend_type = 'client backend') THEN \
@@ -259,7 +276,7 @@ impl Slots<'_> {
                END IF; \
                EXECUTE format('COMMENT ON DATABASE %I IS %L', '{name}', \
                  '{MARK}{template_oid}, reset before xid ' \
-                 || pg_snapshot_xmax(pg_current_snapshot())::text); \
+                 || (pg_current_xact_id()::text::int8 + 1)::text); \
              END $dbscope$"
         );
         sqlx::raw_sql(AssertSqlSafe(sql))
@@ -284,7 +301,10 @@ impl Slots<'_> {
                 .await
                 .map_err(|e| self.failed("cannot list the server's databases", e))?;
         oid.ok_or_else(|| {
-            let what = format!("the template `{database}` is gone: was it dropped by hand?");
+            let what = format!(
+                "the template `{database}` is gone (dropped while the tests ran?): run the tests \
+                 again, which builds it anew"
+            );
             Error::test_database(Some(self.bind), what, "no such database")
         })
     }
@@ -386,12 +406,44 @@ impl Slots<'_> {
     }
 }
 
-/// Ends every other connection on slot `oid` (a previous test's leaked pool), waiting for
-/// each to be gone.
-async fn terminate_others(conn: &mut PgConnection, oid: i64) -> std::result::Result<(), Stale> {
+/// Closes slot `oid` (`name`) to connections, having checked, in the same transaction, that
+/// its `pg_database` row is unchanged since `watermark` (no GRANT on it, no ALTER DATABASE,
+/// the last mark's own aside) and that it has no settings of its own (ALTER DATABASE … SET: a
+/// clone never copies the template's).
+async fn close(
+    conn: &mut PgConnection,
+    (oid, name): (i64, &str),
+    watermark: Watermark,
+) -> std::result::Result<(), Stale> {
+    let xid = watermark.0 & 0xffff_ffff;
+    let sql = format!(
+        "DO $dbscope$ BEGIN \
+           PERFORM set_config('synchronous_commit', 'off', true); \
+           IF EXISTS (SELECT 1 FROM pg_database d WHERE d.oid = {oid} \
+                      AND (age(d.xmin) <= age('{xid}'::xid) OR EXISTS \
+                           (SELECT 1 FROM pg_db_role_setting s WHERE s.setdatabase = d.oid))) \
+           THEN \
+             RAISE EXCEPTION 'the database was altered since its last reset \
+               (ALTER DATABASE, GRANT on it)'; \
+           END IF; \
+           ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false; \
+         END $dbscope$"
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// Ends every client connection on slot `oid` but the reset's own (`keep`): a previous test's
+/// leaked pool, say. Waits for each to be gone. Autovacuum is left alone: it gives way to the
+/// reset's locks by itself.
+async fn terminate_others(
+    conn: &mut PgConnection,
+    oid: i64,
+    keep: i32,
+) -> std::result::Result<(), Stale> {
     let sql = format!(
         "SELECT count(pg_terminate_backend(pid, {TERMINATE_WAIT_MS})) FROM pg_stat_activity \
-         WHERE datid = {oid} AND pid <> pg_backend_pid()"
+         WHERE datid = {oid} AND pid <> {keep} AND backend_type = 'client backend'"
     );
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
     Ok(())

@@ -271,9 +271,32 @@ async fn with_the_switch_pings_and_recovery_of_a_cut_statement_work() {
             session.commit().await.unwrap();
         }
         // A statement cut off mid-flight: its connection is recovered through the bouncer.
+        // Cut once the server shows it running (not after a number of polls, which a loaded
+        // machine can spend still checking the connection out).
         let mut cut = bind.session();
-        let slow = sqlx::query("SELECT pg_sleep(1)").execute(&mut cut);
-        assert!(common::cancel_after(slow, 50).await.is_none(), "cut off");
+        let mut admin = rig.admin().await;
+        {
+            let mut slow = std::pin::pin!(sqlx::query("SELECT pg_sleep(1)").execute(&mut cut));
+            loop {
+                let polled =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(slow.as_mut().poll(cx))).await;
+                assert!(
+                    polled.is_pending(),
+                    "the sleep ended before it was seen running"
+                );
+                let running: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE state = 'active' AND query = 'SELECT pg_sleep(1)'",
+                )
+                .fetch_one(&mut admin)
+                .await
+                .expect("pg_stat_activity");
+                if running == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         drop(cut);
         common::eventually("the cut-off connection recovered", || async {
             bind.status().recovered >= 1

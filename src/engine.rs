@@ -26,6 +26,7 @@ use crate::{DatabaseUrl, Error, Result};
 mod checkout;
 mod conn_manager;
 mod host_status;
+mod kept;
 mod pin;
 mod reactor;
 mod recovery;
@@ -291,6 +292,9 @@ impl<DB: Backend> Pool<DB> {
     /// `setup` runs inside the outer transaction, first (a test's fixtures).
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) async fn pin(&self, setup: Vec<String>) -> Result<()> {
+        // The connection may be one an earlier test kept, and is kept for the next one.
+        let manager = self.0.deadpool.manager();
+        manager.kept_across_tests.store(true, Ordering::Relaxed);
         let conn = self.checkout().await?;
         let Held::Pooled(object) = conn.0 else {
             return Err(Error::test_isolation(
@@ -756,6 +760,28 @@ impl<DB: Backend> Conn<DB> {
             }
             _ => close_gracefully(managed::Object::take(obj)),
         }
+    }
+
+    /// Takes a pinned connection whose outer transaction ended cleanly out of the pool, and
+    /// [keeps](kept) it for the next test of the same options on this runtime; gives it back
+    /// where connections are not kept.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn keep_for_next_test(self) {
+        let Held::Pooled(mut obj) = self.0 else {
+            return self.give_back();
+        };
+        let Some(pool) = managed::Object::pool(&obj) else {
+            return Conn(Held::Pooled(obj)).give_back();
+        };
+        let manager = pool.manager();
+        let (Some(key), None) = (manager.kept_key(), &obj.reactor) else {
+            return Conn(Held::Pooled(obj)).give_back();
+        };
+        manager.observer.metrics.used_since(checked_out_at(&obj));
+        // As the rollback left it: read-write, as the pin made it; its level learned again.
+        obj.access = Access::AsOpened;
+        obj.isolation = manager.setup.isolation;
+        kept::keep(key, managed::Object::take(obj));
     }
 
     /// Takes the connection out of the pool for good and closes it without a goodbye: for

@@ -7,7 +7,9 @@ use quote::quote;
 use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, ItemFn, Lit, LitStr, Meta, MetaNameValue, Token, parse_macro_input};
 
-/// Runs an `async fn(t: TestContext)` as a tokio test on per-test copies of the app's binds.
+/// Runs an `async fn(t: TestContext)` as a test on per-test copies of the app's binds, on the
+/// one runtime every such test of the binary shares (`dbscope::testing::runtime()`), so that
+/// transaction mode's PostgreSQL connection passes from one test to the next.
 ///
 /// ```text
 /// #[dbscope::test]                                        // binds from the environment
@@ -56,11 +58,11 @@ fn expand(args: Punctuated<Meta, Token![,]>, item: ItemFn) -> syn::Result<TokenS
     let output = &sig.output;
     Ok(quote! {
         #(#attrs)*
-        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        #vis async fn #name() {
+        #[::core::prelude::v1::test]
+        #vis fn #name() {
             async fn body(#inputs) #output #block
             let builder = ::dbscope::testing::TestDb::builder() #(#steps)*;
-            ::dbscope::testing::run_test(builder, body).await
+            ::dbscope::testing::runtime().block_on(::dbscope::testing::run_test(builder, body))
         }
     })
 }

@@ -1,7 +1,7 @@
 //! What deadpool calls to open, check and expire the connections of one bind.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -77,6 +77,9 @@ pub(super) struct ConnManager<DB: Backend> {
     /// (see [`reactor`](super::reactor)); set for a bind's blocking face, on backends with
     /// sockets.
     pub(super) reactors: bool,
+    /// Set once the pool is pinned for a test: its connection is [kept](super::kept) for the
+    /// next test when the test ends cleanly, and taken from there instead of opened.
+    pub(super) kept_across_tests: AtomicBool,
 }
 
 impl<DB: Backend> ConnManager<DB> {
@@ -101,7 +104,50 @@ impl<DB: Backend> ConnManager<DB> {
             counters: Counters::default(),
             observer,
             deaths: AtomicU64::new(0),
+            kept_across_tests: AtomicBool::new(false),
         }
+    }
+
+    /// What a connection of this pool is [kept](super::kept) under from one test to the next:
+    /// all its connect options and setup. `None` where connections are not kept: backends other
+    /// than PostgreSQL (MySQL's session variables outlive a rollback, and sqlx cannot reset a
+    /// MySQL session), and blocking faces (each connection has a runtime of its own).
+    pub(super) fn kept_key(&self) -> Option<String> {
+        self.keeps_connections().then(|| {
+            format!(
+                "{}\u{0}{:?}\u{0}{:?}",
+                self.bind,
+                self.options,
+                self.setup.sql.as_ref().map(SqlStr::as_str)
+            )
+        })
+    }
+
+    /// Whether this pool's pinned connection is [kept](super::kept) for the next test.
+    pub(super) fn keeps_connections(&self) -> bool {
+        self.dialect == Dialect::Postgres && !self.reactors && DB::NAME == "PostgreSQL"
+    }
+
+    /// A connection kept from an earlier test of the same runtime and options, alive (pinged);
+    /// dead ones on the way are dropped.
+    async fn take_kept(&self) -> Option<PooledConn<DB>> {
+        if !self.kept_across_tests.load(Ordering::Relaxed) {
+            return None;
+        }
+        let key = self.kept_key()?;
+        while let Some(mut conn) = super::kept::take::<PooledConn<DB>>(&key) {
+            if conn.raw.ping().await.is_ok() {
+                conn.clean = false;
+                conn.idle_since = Instant::now();
+                conn.alive_at = self.deaths.load(Ordering::Relaxed);
+                conn.counted_used = false;
+                conn.isolation = self.setup.isolation;
+                self.observer.metrics.opened();
+                tracing::debug!(bind = %self.bind, "took a connection kept from an earlier test");
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// Records a connection found dead: the connections last seen alive before now are suspect.
@@ -168,6 +214,9 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
     async fn create(&self) -> Result<PooledConn<DB>, sqlx::Error> {
         // A checkout cancelled from here on lets the connect finish in the background.
         checkout::mark_worth_finishing();
+        if let Some(kept) = self.take_kept().await {
+            return Ok(kept);
+        }
         let alive_at = self.deaths.load(Ordering::Relaxed);
         let watch = Stopwatch::start();
         // Boxed: the rare path keeps every checkout's future small (and its type shallow).

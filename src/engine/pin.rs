@@ -74,6 +74,14 @@ const MYSQL_BEGIN: &str = "START TRANSACTION; SAVEPOINT dbscope_pin";
 /// The check, and the rollback after it, in one round trip when the check passes (a failed
 /// statement stops the rest of the script).
 const GUARD_CHECK_AND_ROLLBACK: &str = "ROLLBACK TO SAVEPOINT dbscope_pin; ROLLBACK";
+/// The same, on a PostgreSQL connection to be [kept](super::kept) for the next test: then
+/// clears what a rollback leaves (session advisory locks, sequences' `currval`), and returns a
+/// row unless the test prepared a statement with SQL's `PREPARE`, which nothing short of
+/// `DEALLOCATE ALL` (sqlx's own statements too) clears: such a connection is closed instead.
+const GUARD_CHECK_ROLLBACK_AND_CLEAR: &str = "ROLLBACK TO SAVEPOINT dbscope_pin; ROLLBACK; \
+     DISCARD SEQUENCES; \
+     SELECT 1 AS dbscope_kept FROM (SELECT pg_advisory_unlock_all()) AS unlocked \
+     WHERE NOT EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql)";
 
 /// How a pinned bind's sessions ended, counted while the pin lasts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,26 +200,35 @@ impl<DB: Backend> Pin<DB> {
         let Some(mut conn) = slot.conn.take() else {
             return Ok(self.counts());
         };
+        let keepable = conn.reactor.is_none()
+            && managed::Object::pool(&conn).is_some_and(|pool| pool.manager().keeps_connections());
         let verdict = match slot.broken.take() {
             Some(why) => Err(why),
-            None => self.check_isolation(&mut conn.raw).await,
+            None => self.check_isolation(&mut conn.raw, keepable).await,
         };
         // The check rolled back when it passed. Whatever the verdict, nothing of the test may
         // stay: roll back, or close the socket.
         let rolled_back = match verdict {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(_) => run::<DB>(&mut conn.raw, "ROLLBACK").await,
         };
-        match rolled_back {
-            Ok(()) if verdict.is_ok() => Conn(Held::Pooled(conn)).give_back(),
+        match (rolled_back, &verdict) {
+            (Ok(()), Ok(true)) => Conn(Held::Pooled(conn)).keep_for_next_test(),
+            (Ok(()), Ok(false)) => Conn(Held::Pooled(conn)).give_back(),
             _ => Conn(Held::Pooled(conn)).discard(),
         }
         verdict.map_err(|why| Error::test_isolation(&self.bind, &why))?;
         Ok(self.counts())
     }
 
-    /// `Ok` when the outer transaction is still the one the pin began, and then rolled back.
-    async fn check_isolation(&self, raw: &mut DB::Connection) -> std::result::Result<(), String> {
+    /// `Ok` when the outer transaction is still the one the pin began, and then rolled back;
+    /// `Ok(true)` when the connection is also cleared to be kept for the next test (asked for
+    /// with `keep`, on PostgreSQL).
+    async fn check_isolation(
+        &self,
+        raw: &mut DB::Connection,
+        keep: bool,
+    ) -> std::result::Result<bool, String> {
         if self.dialect == Dialect::MySql && !mysql_in_transaction::<DB>(raw).await {
             return Err(
                 "it was committed: MySQL and MariaDB commit implicitly before and after \
@@ -219,12 +236,22 @@ impl<DB: Backend> Pin<DB> {
                     .into(),
             );
         }
-        run::<DB>(raw, GUARD_CHECK_AND_ROLLBACK).await.map_err(|e| {
+        let gone = |e: sqlx::Error| {
             format!(
                 "a statement of the test or the app committed or rolled it back (its savepoint \
                  `dbscope_pin` is gone: {e})"
             )
-        })
+        };
+        if !keep {
+            return run::<DB>(raw, GUARD_CHECK_AND_ROLLBACK)
+                .await
+                .map(|()| false)
+                .map_err(gone);
+        }
+        let rows = rows::<DB>(raw, GUARD_CHECK_ROLLBACK_AND_CLEAR)
+            .await
+            .map_err(gone)?;
+        Ok(rows == 1)
     }
 }
 
@@ -279,11 +306,16 @@ impl<DB: Backend> PinGuard<DB> {
 /// MySQL/MariaDB: whether a transaction is open on the connection (one row back, or none).
 async fn mysql_in_transaction<DB: Backend>(raw: &mut DB::Connection) -> bool {
     let sql = "SELECT 1 AS dbscope_in_transaction FROM DUAL WHERE @@in_transaction = 1";
-    let rows: sqlx::Result<Vec<DB::Row>> = DB::fetch_many(raw, SqlStr::from_static(sql))
-        .try_filter_map(|step| std::future::ready(Ok(step.right())))
-        .try_collect()
-        .await;
-    rows.is_ok_and(|rows| rows.len() == 1)
+    rows::<DB>(raw, sql).await.is_ok_and(|rows| rows == 1)
+}
+
+/// Runs `sql`, every result read; how many rows it returned.
+async fn rows<DB: Backend>(raw: &mut DB::Connection, sql: &'static str) -> sqlx::Result<usize> {
+    DB::fetch_many(raw, SqlStr::from_static(sql))
+        .try_fold(0, |rows, step| {
+            std::future::ready(Ok(rows + usize::from(step.is_right())))
+        })
+        .await
 }
 
 /// Runs one command, every result read.

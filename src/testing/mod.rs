@@ -12,7 +12,9 @@
 //!   task runs in the same transaction. At the end everything rolls back; a test that lost the
 //!   transaction on the way (an implicit commit by DDL on MariaDB) fails, saying so. On
 //!   PostgreSQL each statement of an autocommit session runs in a savepoint of its own, so that
-//!   its failure undoes only itself, as outside the test.
+//!   its failure undoes only itself, as outside the test. A PostgreSQL connection whose test
+//!   ended cleanly is rolled back, cleared and kept for the next test of the binary, which then
+//!   opens none (see [`runtime`]).
 //! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
 //!   end, failed test or not. PostgreSQL builds a template once per migration set and leases
 //!   the test one of its slots, a database a test before it used, reset to the template's state
@@ -283,8 +285,49 @@ impl TestDbBuilder {
     }
 }
 
+/// The runtime [`#[dbscope::test]`](crate::test) runs every test of a binary on: multi-thread,
+/// with two workers, made on first use.
+///
+/// One runtime for all the tests lets transaction mode keep a PostgreSQL connection from one
+/// test to the next: a socket belongs to the runtime it was opened in and dies with it. A test
+/// whose transaction ended cleanly leaves its connection rolled back, its session advisory
+/// locks released and its sequences' `currval` forgotten (`DISCARD SEQUENCES`), for the next
+/// test of the same bind options on this runtime; one where the test ran SQL's `PREPARE` is
+/// closed instead. Opening a PostgreSQL connection costs the server a process, which is most of
+/// what a transaction-mode test costs otherwise.
+///
+/// Tests written with the builder under `#[tokio::test]` get a runtime each, so each connects;
+/// to share, run them here:
+///
+/// ```no_run
+/// # use dbscope::testing::TestDb;
+/// #[test]
+/// fn a_test() {
+///     dbscope::testing::runtime().block_on(async {
+///         let t = TestDb::builder().start().await.unwrap();
+///         // … the test, on t.manager() …
+///         t.finish().await.unwrap();
+///     })
+/// }
+/// ```
+///
+/// # Panics
+///
+/// When the runtime cannot be made (the OS refuses its threads).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("dbscope-test")
+            .enable_all()
+            .build()
+            .expect("the tests' runtime")
+    })
+}
+
 /// Runs a test body on a context from `builder`: what [`#[dbscope::test]`](crate::test)
-/// expands to. The body's panic or `Err` fails the test after the clean-up has run; so does a
+/// expands to, on [`runtime`]. The body's panic or `Err` fails the test after the clean-up has run; so does a
 /// failed clean-up (a lost test transaction).
 ///
 /// # Panics

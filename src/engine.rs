@@ -345,7 +345,7 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) async fn checkout_within(&self, budget: Duration) -> Result<Conn<DB>> {
         let shared = &*self.0;
         let watch = Stopwatch::start();
-        let deadline = tokio::time::Instant::now() + budget;
+        let deadline = tokio::time::Instant::from_std(watch.started()) + budget;
         if let Some(pin) = shared.pin.get() {
             return pin.checkout(deadline, shared.acquire_timeout).await;
         }
@@ -749,12 +749,13 @@ impl<DB: Backend> Conn<DB> {
             Held::Pinned(pin) => return drop(pin),
         };
         obj.clean = true;
-        obj.idle_since = Instant::now();
+        let now = Instant::now();
+        obj.idle_since = now;
         let since = checked_out_at(&obj);
         match managed::Object::pool(&obj) {
             Some(pool) if !pool.is_closed() => {
                 let observer = &pool.manager().observer;
-                observer.metrics.used_since(since);
+                observer.metrics.used_from_to(since, now);
                 obj.count_idle(observer);
                 drop(obj);
             }

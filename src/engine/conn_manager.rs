@@ -256,11 +256,17 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
             self.observer.metrics.discarded(Discard::UnknownState);
             return Err(RecycleError::message("connection was not released clean"));
         }
-        if self.is_expired(metrics) || self.is_idle_too_long(conn) {
+        // One clock reading for the three ages.
+        let now = Instant::now();
+        let idle = now.saturating_duration_since(conn.idle_since);
+        let age = now.saturating_duration_since(metrics.created);
+        if self.max_lifetime.is_some_and(|max| age >= max)
+            || self.idle_timeout.is_some_and(|max| idle >= max)
+        {
             return Err(RecycleError::message("connection expired"));
         }
         let suspect = conn.alive_at < self.deaths.load(Ordering::Relaxed);
-        if suspect || self.health_check.should_ping(conn.idle_since.elapsed()) {
+        if suspect || self.health_check.should_ping(idle) {
             self.check(conn).await?;
         }
         conn.clean = false;

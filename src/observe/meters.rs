@@ -156,7 +156,13 @@ impl PoolMetrics {
 
     /// A connection checked out at `since` came back (or was thrown away).
     pub(crate) fn used_since(&self, since: Instant) {
-        self.use_time.record(since.elapsed().as_secs_f64());
+        self.used_from_to(since, Instant::now());
+    }
+
+    /// A connection checked out at `since` came back at `now`.
+    pub(crate) fn used_from_to(&self, since: Instant, now: Instant) {
+        self.use_time
+            .record(now.saturating_duration_since(since).as_secs_f64());
     }
 
     pub(crate) fn operation(&self, watch: Stopwatch, failed: bool) {
@@ -236,6 +242,11 @@ pub(crate) struct Stopwatch(Instant);
 impl Stopwatch {
     pub(crate) fn start() -> Self {
         Self(Instant::now())
+    }
+
+    /// When it started: a clock reading for whoever also needs one then.
+    pub(crate) fn started(&self) -> Instant {
+        self.0
     }
 
     fn seconds(self) -> f64 {

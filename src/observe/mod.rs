@@ -57,12 +57,23 @@ impl Observer {
 
     /// A span for a new session, a child of the current span: disabled (and nearly free) when
     /// no subscriber wants `dbscope` spans at INFO.
+    ///
+    /// Before any subscriber is set, not even built: tracing's `log` feature (which sqlx turns
+    /// on) would otherwise hand each disabled span's fields to the `log` crate, a few hundred
+    /// instructions per span for records nobody reads.
     pub(crate) fn session_span(&self) -> tracing::Span {
+        if !tracing::dispatcher::has_been_set() {
+            return tracing::Span::none();
+        }
         spans::session(&self.target)
     }
 
-    /// A span for one statement of the session whose span is `parent`.
+    /// A span for one statement of the session whose span is `parent` (none when `parent` is
+    /// none: see [`session_span`](Self::session_span)).
     pub(crate) fn statement_span(&self, parent: &tracing::Span) -> tracing::Span {
+        if parent.is_none() {
+            return tracing::Span::none();
+        }
         spans::statement(parent, &self.target)
     }
 

@@ -1,7 +1,7 @@
 //! Transaction mode keeps a PostgreSQL connection from one test to the next on the same
 //! runtime (`dbscope::testing::runtime()`, which `#[dbscope::test]` runs every test on), and
 //! only a clean one: rolled back, its session advisory locks released, its sequences' `currval`
-//! forgotten. A test that ran SQL's `PREPARE`, lost its transaction or had its connection killed
+//! and sqlx's prepared statements forgotten. A test that ran SQL's `PREPARE`, lost its transaction or had its connection killed
 //! passes on nothing; another runtime shares nothing; MariaDB connections are never kept.
 //! Which connection a test got is read from the server (`pg_backend_pid()`,
 //! `pg_stat_activity`, `pg_locks`).
@@ -159,6 +159,46 @@ fn a_clean_test_passes_its_connection_on_cleared() {
             "the setting rolled back"
         );
         assert!(row.get::<bool, _>(1), "the temp table rolled back");
+        second.finish().await.expect("a clean end");
+    });
+}
+
+/// A statement sqlx prepared on a table the test made (rolled back since) is not reused on the
+/// next test's table of the same name and another shape.
+#[test]
+fn statements_prepared_during_a_test_are_forgotten() {
+    dbscope::testing::runtime().block_on(async {
+        let url = pg_url("statements");
+        let select = "SELECT * FROM dbscope_kept_shape";
+        let first = start(&url).await;
+        let pid = backend_pid(&first).await;
+        app(
+            &first,
+            "CREATE TABLE dbscope_kept_shape (a int); INSERT INTO dbscope_kept_shape VALUES (1)",
+        )
+        .await
+        .expect("the first test's table");
+        let row = first
+            .fetch_one::<sqlx::Postgres, _>("main", sqlx::query(select))
+            .await
+            .expect("a prepared select");
+        assert_eq!(row.get::<i32, _>(0), 1);
+        first.finish().await.expect("a clean end");
+
+        let second = start(&url).await;
+        assert_eq!(backend_pid(&second).await, pid, "kept");
+        app(
+            &second,
+            "CREATE TABLE dbscope_kept_shape (a text, b int); \
+             INSERT INTO dbscope_kept_shape VALUES ('two', 2)",
+        )
+        .await
+        .expect("the second test's table");
+        let row = second
+            .fetch_one::<sqlx::Postgres, _>("main", sqlx::query(select))
+            .await
+            .expect("the same select, on the new table");
+        assert_eq!(row.get::<String, _>(0), "two");
         second.finish().await.expect("a clean end");
     });
 }

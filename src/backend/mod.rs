@@ -109,6 +109,15 @@ pub trait Backend: Database + sealed::Sealed {
             ))
         })
     }
+
+    /// Closes the statements sqlx prepared and cached on `conn`, for a connection that passes
+    /// from one test to the next (see `engine::kept`); nothing on backends whose connections
+    /// are never kept.
+    #[doc(hidden)]
+    fn forget_statements(conn: &mut Self::Connection) -> BoxFuture<'_, sqlx::Result<()>> {
+        let _ = conn;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Implements [`Backend`]'s executor plumbing for a database whose `&mut Connection` is an

@@ -55,6 +55,10 @@ impl Backend for Postgres {
         )
     }
 
+    fn forget_statements(conn: &mut PgConnection) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(sqlx::Connection::clear_cached_statements(conn))
+    }
+
     #[allow(private_interfaces)]
     fn probe(conn: &mut PgConnection) -> BoxFuture<'_, sqlx::Result<Probe>> {
         Box::pin(async move {

@@ -16,8 +16,10 @@
 //! - **A clean session.** The outer transaction rolled back, so every setting, table, lock and
 //!   row of the test went with it. What a rollback leaves is cleared in the same round trip:
 //!   session advisory locks (`pg_advisory_unlock_all()`) and sequences' `currval`
-//!   (`DISCARD SEQUENCES`). A connection where the test prepared a statement with SQL's
-//!   `PREPARE` (which no rollback undoes) is closed instead of kept.
+//!   (`DISCARD SEQUENCES`). sqlx's prepared statements are closed (one more round trip), so
+//!   none prepared on a table the test changed meets the next test's. A connection where the
+//!   test prepared a statement with SQL's `PREPARE` (which no rollback undoes) is closed
+//!   instead of kept.
 //! - **A check before reuse**: a kept connection is pinged when taken; a dead one (the server
 //!   restarted, or its database was dropped) is thrown away and the next one tried, or a new one
 //!   opened.

@@ -212,8 +212,16 @@ impl<DB: Backend> Pin<DB> {
             Ok(_) => Ok(()),
             Err(_) => run::<DB>(&mut conn.raw, "ROLLBACK").await,
         };
+        // sqlx's statements prepared during the test go too: one on a table the test changed
+        // (DDL, rolled back since) could meet the next test's table of the same name and fail
+        // ("cached plan must not change result type"), as on no fresh connection.
+        let cleared = match verdict {
+            Ok(true) => DB::forget_statements(&mut conn.raw).await.is_ok(),
+            _ => false,
+        };
         match (rolled_back, &verdict) {
-            (Ok(()), Ok(true)) => Conn(Held::Pooled(conn)).keep_for_next_test(),
+            (Ok(()), Ok(true)) if cleared => Conn(Held::Pooled(conn)).keep_for_next_test(),
+            (Ok(()), Ok(true)) => Conn(Held::Pooled(conn)).discard(),
             (Ok(()), Ok(false)) => Conn(Held::Pooled(conn)).give_back(),
             _ => Conn(Held::Pooled(conn)).discard(),
         }

@@ -291,7 +291,9 @@ impl TestDbBuilder {
 /// One runtime for all the tests lets transaction mode keep a PostgreSQL connection from one
 /// test to the next: a socket belongs to the runtime it was opened in and dies with it. A test
 /// whose transaction ended cleanly leaves its connection rolled back, its session advisory
-/// locks released and its sequences' `currval` forgotten (`DISCARD SEQUENCES`), for the next
+/// locks released, its sequences' `currval` forgotten (`DISCARD SEQUENCES`) and sqlx's
+/// prepared statements closed (a statement prepared on a table the test changed must not meet
+/// the next test's), for the next
 /// test of the same bind options on this runtime; one where the test ran SQL's `PREPARE` is
 /// closed instead. Opening a PostgreSQL connection costs the server a process, which is most of
 /// what a transaction-mode test costs otherwise.

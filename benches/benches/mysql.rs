@@ -31,15 +31,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbscope::{Bind, BindConfig, BindManager, IsolationLevel};
+use dbscope_benches::sessions;
 use dbscope_benches::sessions::{CONNECTIONS, Lines, Run};
 use dbscope_benches::{
-    BoxError, Failure, Ids, Rounds, Settings, cpu, exit_code, per_round, print_teardown,
-    setup_problem, verdict,
+    BoxError, Failure, Rounds, Settings, exit_code, per_round, print_teardown, setup_problem,
+    verdict,
 };
 use deadpool::managed::{self, Metrics, RecycleResult};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Executor, MySql, MySqlConnection};
-use tokio::task::JoinSet;
 
 const URL_ENV: &str = "DBSCOPE_TEST_MYSQL_URL";
 const URL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED";
@@ -92,6 +92,16 @@ enum Contender {
         pool: MySqlPool,
     },
     HandWritten(managed::Pool<MyManager>),
+}
+
+impl sessions::Contender for Contender {
+    fn name(&self) -> &'static str {
+        Self::name(self)
+    }
+
+    fn run_once(&self, id: i32) -> impl Future<Output = Result<(), BoxError>> + Send {
+        Self::run_once(self, id)
+    }
 }
 
 impl Contender {
@@ -307,32 +317,9 @@ impl Setup {
 
 // ----- measuring and the report -----
 
+/// Runs `TASKS` tasks doing sessions back to back for `duration`.
 async fn measure(contender: &Arc<Contender>, duration: Duration) -> Result<Run, Failure> {
-    let cpu_before = cpu::process_cpu_time();
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = JoinSet::new();
-    for task in 0..TASKS {
-        let contender = Arc::clone(contender);
-        tasks.spawn(async move {
-            let mut ids = Ids::new(task as u64, ROWS);
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                contender
-                    .run_once(ids.next_id())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                done += 1;
-            }
-            Ok::<u64, String>(done)
-        });
-    }
-    let mut outcomes = Vec::with_capacity(TASKS);
-    while let Some(joined) = tasks.join_next().await {
-        outcomes
-            .push(joined.unwrap_or_else(|e| Err(format!("task panicked or was cancelled: {e}"))));
-    }
-    Run::tally(contender.name(), outcomes, start, cpu_before)
+    sessions::measure_tasks(contender, TASKS, ROWS, duration).await
 }
 
 async fn bench(contenders: &[Arc<Contender>], settings: &Settings) -> Result<u64, Failure> {

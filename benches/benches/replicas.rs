@@ -26,16 +26,16 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbscope::{Bind, BindConfig, BindManager, HostRole};
+use dbscope_benches::sessions;
 use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE};
 use dbscope_benches::{
-    Admin, Backends, BoxError, Failure, Ids, Rounds, Settings, cpu, exit_code, per_round,
-    print_teardown, server, setup_problem, verdict,
+    Admin, Backends, BoxError, Failure, Rounds, Settings, exit_code, per_round, print_teardown,
+    server, setup_problem, verdict,
 };
 use sqlx::Postgres;
-use tokio::task::JoinSet;
 
 const TASKS: usize = 16;
 /// Goal: routed / plain.
@@ -54,6 +54,16 @@ const LINES: Lines = Lines {
 enum Contender {
     Plain(Bind<Postgres>),
     Routed(Bind<Postgres>),
+}
+
+impl sessions::Contender for Contender {
+    fn name(&self) -> &'static str {
+        Self::name(self)
+    }
+
+    fn run_once(&self, id: i32) -> impl Future<Output = Result<(), BoxError>> + Send {
+        Self::run_once(self, id)
+    }
 }
 
 impl Contender {
@@ -139,32 +149,9 @@ async fn open(settings: &Settings) -> Result<(Admin, BindManager), BoxError> {
     Ok((admin, manager))
 }
 
+/// Runs `TASKS` tasks doing sessions back to back for `duration`.
 async fn measure(contender: &Arc<Contender>, duration: Duration) -> Result<Run, Failure> {
-    let cpu_before = cpu::process_cpu_time();
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = JoinSet::new();
-    for task in 0..TASKS {
-        let contender = Arc::clone(contender);
-        tasks.spawn(async move {
-            let mut ids = Ids::new(task as u64, TABLE.rows);
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                contender
-                    .run_once(ids.next_id())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                done += 1;
-            }
-            Ok::<u64, String>(done)
-        });
-    }
-    let mut outcomes = Vec::with_capacity(TASKS);
-    while let Some(joined) = tasks.join_next().await {
-        outcomes
-            .push(joined.unwrap_or_else(|e| Err(format!("task panicked or was cancelled: {e}"))));
-    }
-    Run::tally(contender.name(), outcomes, start, cpu_before)
+    sessions::measure_tasks(contender, TASKS, TABLE.rows, duration).await
 }
 
 async fn bench(contenders: &[Arc<Contender>], settings: &Settings) -> Result<u64, Failure> {

@@ -52,19 +52,19 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbscope::{Bind, BindConfig, BindManager};
 use dbscope_benches::server::{self, check_session_transaction};
+use dbscope_benches::sessions;
 use dbscope_benches::sessions::{CONNECTIONS, Lines, Run, SELECT, TABLE, bench_manager};
 use dbscope_benches::{
-    Admin, Backends, BoxError, Failure, Ids, Rounds, Settings, cpu, exit_code, per_round,
-    print_teardown, setup_problem, verdict,
+    Admin, Backends, BoxError, Failure, Rounds, Settings, exit_code, per_round, print_teardown,
+    setup_problem, verdict,
 };
 use deadpool::managed::{self, Metrics, RecycleResult};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, Executor, PgConnection, Postgres};
-use tokio::task::JoinSet;
 
 const TASKS: usize = 16;
 
@@ -131,6 +131,16 @@ enum Reads {
     Autocommit,
     /// `bind.read_session()` on a bind with `read_only_without_begin = false`.
     Transactional,
+}
+
+impl sessions::Contender for Contender {
+    fn name(&self) -> &'static str {
+        Self::name(self)
+    }
+
+    fn run_once(&self, id: i32) -> impl Future<Output = Result<(), BoxError>> + Send {
+        Self::run_once(self, id)
+    }
 }
 
 impl Contender {
@@ -367,34 +377,9 @@ impl Setup {
 
 // ----- measuring -----
 
-/// Runs `TASKS` tasks doing sessions back to back for `duration`. A task stops at its first
-/// error; any error fails the measurement.
+/// Runs `TASKS` tasks doing sessions back to back for `duration`.
 async fn measure(contender: &Arc<Contender>, duration: Duration) -> Result<Run, Failure> {
-    let cpu_before = cpu::process_cpu_time();
-    let start = Instant::now();
-    let deadline = start + duration;
-    let mut tasks = JoinSet::new();
-    for task in 0..TASKS {
-        let contender = Arc::clone(contender);
-        tasks.spawn(async move {
-            let mut ids = Ids::new(task as u64, TABLE.rows);
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                contender
-                    .run_once(ids.next_id())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                done += 1;
-            }
-            Ok::<u64, String>(done)
-        });
-    }
-    let mut outcomes = Vec::with_capacity(TASKS);
-    while let Some(joined) = tasks.join_next().await {
-        outcomes
-            .push(joined.unwrap_or_else(|e| Err(format!("task panicked or was cancelled: {e}"))));
-    }
-    Run::tally(contender.name(), outcomes, start, cpu_before)
+    sessions::measure_tasks(contender, TASKS, TABLE.rows, duration).await
 }
 
 /// Warm-up, then the interleaved rounds, then the report; returns how many sessions ran in all.

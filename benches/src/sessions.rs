@@ -2,11 +2,14 @@
 //! work, a "session" (check a connection out of a pool of [`CONNECTIONS`], `BEGIN`, [`SELECT`],
 //! `COMMIT`, return the connection), its table, what a run counts, and the report's lines.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbscope::{BindConfig, BindManager};
+use tokio::task::JoinSet;
 
-use crate::{Failure, Measured, Settings, Summary, Table, cpu, rounds};
+use crate::{BoxError, Failure, Ids, Measured, Settings, Summary, Table, cpu, rounds};
 
 /// Connections per pool.
 pub const CONNECTIONS: u32 = 8;
@@ -187,4 +190,48 @@ fn cpu_text(cpu_us: Option<f64>) -> String {
         || "client CPU n/a".to_owned(),
         |us| format!("client CPU {us:5.1} µs"),
     )
+}
+
+/// A contender of a benchmark whose tasks run sessions back to back.
+pub trait Contender: Send + Sync + 'static {
+    /// Its name in the report.
+    fn name(&self) -> &'static str;
+
+    /// One session, on row `id`.
+    fn run_once(&self, id: i32) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// Runs `tasks` tokio tasks doing `contender`'s sessions back to back, on ids spread over
+/// `1..=rows`, for `duration`. A task stops at its first error; any error fails the measurement.
+pub async fn measure_tasks<C: Contender>(
+    contender: &Arc<C>,
+    tasks: usize,
+    rows: i32,
+    duration: Duration,
+) -> Result<Run, Failure> {
+    let cpu_before = cpu::process_cpu_time();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut set = JoinSet::new();
+    for task in 0..tasks {
+        let contender = Arc::clone(contender);
+        set.spawn(async move {
+            let mut ids = Ids::new(task as u64, rows);
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                contender
+                    .run_once(ids.next_id())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                done += 1;
+            }
+            Ok::<u64, String>(done)
+        });
+    }
+    let mut outcomes = Vec::with_capacity(tasks);
+    while let Some(joined) = set.join_next().await {
+        outcomes
+            .push(joined.unwrap_or_else(|e| Err(format!("task panicked or was cancelled: {e}"))));
+    }
+    Run::tally(contender.name(), outcomes, start, cpu_before)
 }

@@ -74,6 +74,38 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 /// cancelled COMMIT stays unknown to the session all the same: its next operation fails with
 /// [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned). A connection found dead is discarded.
 ///
+/// # Round trips
+///
+/// On PostgreSQL, a transaction's BEGIN is not sent on its own when it need not be: it waits for
+/// the transaction's first statement. When that statement has no parameters (a `&str`, or
+/// `sqlx::raw_sql`, which sqlx sends as a simple query; not `sqlx::query` even without binds,
+/// which uses the extended protocol), the BEGIN goes **in the same message**, `BEGIN; <sql>`: a
+/// one-statement transaction costs two round trips instead of three. The rule:
+///
+/// - **A statement with parameters** sends the BEGIN first, on its own, as before. So do
+///   [`connection`](Session::connection) and blocking sessions' raw access; a
+///   [`savepoint`](Session::savepoint) first sends `BEGIN; SAVEPOINT …`, one message.
+/// - **A transaction in which nothing ran** ([`begin`](Session::begin), then
+///   [`commit`](Session::commit) or [`rollback`](Session::rollback)) sends nothing at all.
+/// - **If the message fails**, the session cannot tell whether BEGIN ran: the server parses the
+///   whole message before it runs any of it, so a syntax error anywhere in it means BEGIN never
+///   ran and no transaction is open, while any other error came after BEGIN, leaving the
+///   transaction open and aborted. To the application it is aborted either way, so the session
+///   refuses further statements and savepoints itself, unsent, with
+///   [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted), until the
+///   transaction ends: [`rollback`](Session::rollback) (or a drop) rolls it back as usual, and
+///   [`commit`](Session::commit) rolls it back and returns `TransactionAborted`. Never does a
+///   statement the application meant inside the transaction run in autocommit.
+/// - **What the application sees is unchanged**: BEGIN's own result is not among the results
+///   of `fetch_many`, nor in `execute`'s `rows_affected`. The position of a syntax error
+///   (`PgDatabaseError::position`) counts from the start of the message, BEGIN included.
+/// - **A dead connection** met by the message, on a connection checked out for it, before the
+///   server answered anything, is replaced and the message sent again (see "Dead
+///   connections"): the transaction never ended, so nothing of it can have committed.
+/// - Not for a test's pinned connection (its transaction is a savepoint, begun as before),
+///   MySQL, SQLite and `engine = "any"` binds (unchanged), or sessions that send no BEGIN
+///   anyway (autocommit, read-only without BEGIN).
+///
 /// # Read-only sessions
 ///
 /// A read-only session ([`Bind::read_session`], `.read_only(true)`, a read-only scope or route,
@@ -136,7 +168,9 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 /// backend, a firewall dropping idle connections. A session finds out on its first operation:
 ///
 /// - **Transactional sessions** (the default) begin with BEGIN, before anything of yours has
-///   run. When the BEGIN on a connection checked out for it fails because the connection is
+///   run (on PostgreSQL, perhaps in one message with your first statement: see "Round trips";
+///   met by a dead connection, that message goes again as a BEGIN would, nothing of it having
+///   committed). When the BEGIN on a connection checked out for it fails because the connection is
 ///   dead (an I/O error or a closed connection, or the goodbye a server sends as it closes
 ///   one: SQLSTATE class 08, 57P, MariaDB's 70100; never any other database error), the
 ///   session discards it and begins once more on another connection, within what is left of
@@ -596,6 +630,9 @@ impl<DB: Backend> Session<DB> {
     }
 
     /// Opens a transaction now, checking a connection out if needed; a no-op when one is open.
+    /// On PostgreSQL the BEGIN itself waits for the first statement, and goes in its message if
+    /// it can (see "Round trips" on [`Session`]): a transaction in which nothing runs sends
+    /// nothing.
     ///
     /// Statements begin one by themselves, so this is needed only in autocommit mode, for a
     /// read-only session that needs a transaction (one `now()`, transaction-scoped locks: at
@@ -606,7 +643,7 @@ impl<DB: Backend> Session<DB> {
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Closed`](crate::ErrorKind::Closed) from the checkout;
-    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when BEGIN fails; [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when BEGIN fails (not on PostgreSQL, where it is sent later); [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
     /// A connection checked out for this BEGIN and found dead by it is replaced once, as
     /// described under "Dead connections" on [`Session`].
@@ -729,7 +766,9 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::begin`].
+    /// As [`Session::begin`] (a pending BEGIN is sent here, so its errors are too), and
+    /// [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted) after the
+    /// transaction's first statement failed (see "Round trips" on [`Session`]).
     ///
     /// # Cancel safety
     ///

@@ -211,6 +211,12 @@ impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for PoolerSafe<E> {
     }
 }
 
+/// What `fetch_many` yields: a statement's results and rows.
+type Results<'e, DB> = BoxStream<
+    'e,
+    sqlx::Result<Either<<DB as sqlx::Database>::QueryResult, <DB as sqlx::Database>::Row>>,
+>;
+
 /// A statement taken apart: to be sent a second time (what the first statement of a
 /// transaction begun without BEGIN becomes, in case its connection turns out dead: see
 /// [`Session::may_resend`]), or to see whether it has arguments (whether it can carry a pending
@@ -431,7 +437,7 @@ impl<DB: Backend> Session<DB> {
         &'e mut self,
         query: E,
         lenient: bool,
-    ) -> Tracked<'e, BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>>
+    ) -> Tracked<'e, Results<'e, DB>>
     where
         E: 'q + Execute<'q, DB>,
     {

@@ -108,7 +108,7 @@ pub enum ErrorKind {
     /// in an unknown state.
     Poisoned,
     /// The transaction was aborted by an earlier failed statement (PostgreSQL) and was rolled
-    /// back.
+    /// back; or, refusing a statement, its first statement failed and it awaits the rollback.
     TransactionAborted,
     /// A scope's session was asked for outside any scope.
     NoScope,
@@ -848,6 +848,18 @@ impl Error {
                 "bind `{bind}`: the transaction was aborted by an earlier error and has been \
                  rolled back; nothing was committed. Use a savepoint around statements that may \
                  fail"
+            ),
+        )
+    }
+
+    /// A statement (or savepoint) refused, unsent: the message that carried the transaction's
+    /// BEGIN with its first statement failed (see "Round trips" on `Session`).
+    pub(crate) fn first_statement_failed(bind: &str) -> Self {
+        Self::new(
+            ErrorKind::TransactionAborted,
+            Some(bind),
+            format!(
+                "bind `{bind}`: the transaction's first statement failed, which aborted it;                  nothing more runs in it: call `rollback()` (a `commit()` rolls it back) and                  start again"
             ),
         )
     }

@@ -47,7 +47,9 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::begin`], and [`ErrorKind::Query`](crate::ErrorKind::Query) when SAVEPOINT fails.
+    /// As [`Session::begin`], and [`ErrorKind::Query`](crate::ErrorKind::Query) when SAVEPOINT (or
+    /// the BEGIN sent with it) fails; [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted)
+    /// after the transaction's first statement failed (see "Round trips" on [`Session`]).
     ///
     /// # Cancel safety
     ///

@@ -74,6 +74,38 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 /// cancelled COMMIT stays unknown to the session all the same: its next operation fails with
 /// [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned). A connection found dead is discarded.
 ///
+/// # Round trips
+///
+/// On PostgreSQL, a transaction's BEGIN is not sent on its own when it need not be: it waits for
+/// the transaction's first statement. When that statement has no parameters (a `&str`, or
+/// `sqlx::raw_sql`, which sqlx sends as a simple query; not `sqlx::query` even without binds,
+/// which uses the extended protocol), the BEGIN goes **in the same message**, `BEGIN; <sql>`: a
+/// one-statement transaction costs two round trips instead of three. The rule:
+///
+/// - **A statement with parameters** sends the BEGIN first, on its own, as before. So do
+///   [`connection`](Session::connection) and blocking sessions' raw access; a
+///   [`savepoint`](Session::savepoint) first sends `BEGIN; SAVEPOINT …`, one message.
+/// - **A transaction in which nothing ran** ([`begin`](Session::begin), then
+///   [`commit`](Session::commit) or [`rollback`](Session::rollback)) sends nothing at all.
+/// - **If the message fails**, the session cannot tell whether BEGIN ran: the server parses the
+///   whole message before it runs any of it, so a syntax error anywhere in it means BEGIN never
+///   ran and no transaction is open, while any other error came after BEGIN, leaving the
+///   transaction open and aborted. To the application it is aborted either way, so the session
+///   refuses further statements and savepoints itself, unsent, with
+///   [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted), until the
+///   transaction ends: [`rollback`](Session::rollback) (or a drop) rolls it back as usual, and
+///   [`commit`](Session::commit) rolls it back and returns `TransactionAborted`. Never does a
+///   statement the application meant inside the transaction run in autocommit.
+/// - **What the application sees is unchanged**: BEGIN's own result is not among the results
+///   of `fetch_many`, nor in `execute`'s `rows_affected`. The position of a syntax error
+///   (`PgDatabaseError::position`) counts from the start of the message, BEGIN included.
+/// - **A dead connection** met by the message, on a connection checked out for it, before the
+///   server answered anything, is replaced and the message sent again (see "Dead
+///   connections"): the transaction never ended, so nothing of it can have committed.
+/// - Not for a test's pinned connection (its transaction is a savepoint, begun as before),
+///   MySQL, SQLite and `engine = "any"` binds (unchanged), or sessions that send no BEGIN
+///   anyway (autocommit, read-only without BEGIN).
+///
 /// # Read-only sessions
 ///
 /// A read-only session ([`Bind::read_session`], `.read_only(true)`, a read-only scope or route,
@@ -136,7 +168,9 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 /// backend, a firewall dropping idle connections. A session finds out on its first operation:
 ///
 /// - **Transactional sessions** (the default) begin with BEGIN, before anything of yours has
-///   run. When the BEGIN on a connection checked out for it fails because the connection is
+///   run (on PostgreSQL, perhaps in one message with your first statement: see "Round trips";
+///   met by a dead connection, that message goes again as a BEGIN would, nothing of it having
+///   committed). When the BEGIN on a connection checked out for it fails because the connection is
 ///   dead (an I/O error or a closed connection, or the goodbye a server sends as it closes
 ///   one: SQLSTATE class 08, 57P, MariaDB's 70100; never any other database error), the
 ///   session discards it and begins once more on another connection, within what is left of
@@ -307,6 +341,16 @@ struct TxState {
     /// The connection was checked out for this session and has not answered yet: a dead one
     /// fails before anything of the session's has run on a server (see "Dead connections").
     unproven: bool,
+    /// PostgreSQL: the open transaction's BEGIN, not sent yet. The next statement without
+    /// parameters carries it in its own message; anything else sends it first (see "Round
+    /// trips"). Nothing is open on the server, and ending it takes no round trip.
+    pending_begin: Option<SqlStr>,
+    /// The message in flight carries the transaction's BEGIN with its first statement.
+    piggybacked: bool,
+    /// That message failed: whether its BEGIN ran is unknown (not after a syntax error anywhere
+    /// in it), so the session refuses statements itself until the transaction rolls back,
+    /// rather than let the next one run in autocommit.
+    begin_failed: bool,
     /// A test's pinned PostgreSQL connection: the last autocommit statement's savepoint is
     /// still open (see `PIN_AUTOCOMMIT`); `aborted` says whether the statement failed.
     autocommit_savepoint: bool,
@@ -358,6 +402,7 @@ impl TxState {
                 // sqlx read what a dropped stream left before this round trip could succeed.
                 self.unread = false;
                 self.unproven = false;
+                self.piggybacked = false;
             }
             Err(e) => self.settle_err(e, aborts_on_error),
         }
@@ -368,7 +413,14 @@ impl TxState {
         self.lent || self.unread
     }
 
+    /// Whether the open transaction has reached the server yet: not when it was begun without
+    /// BEGIN (MySQL's `autocommit = 0`) or its BEGIN is still pending, and nothing ran since.
+    fn unopened(&self) -> bool {
+        self.implicit || self.pending_begin.is_some()
+    }
+
     fn settle_err(&mut self, err: &sqlx::Error, aborts_on_error: bool) {
+        let piggybacked = std::mem::take(&mut self.piggybacked);
         if is_dead(err) {
             self.wire = Wire::Lost;
             return;
@@ -385,6 +437,10 @@ impl TxState {
         let in_savepoint = self.depth > 0 || self.autocommit_savepoint;
         if aborts_on_error && in_savepoint && matches!(err, sqlx::Error::Database(_)) {
             self.aborted = true;
+        }
+        if piggybacked {
+            self.aborted = true;
+            self.begin_failed = true;
         }
         self.wire = Wire::Idle;
     }
@@ -574,6 +630,9 @@ impl<DB: Backend> Session<DB> {
     }
 
     /// Opens a transaction now, checking a connection out if needed; a no-op when one is open.
+    /// On PostgreSQL the BEGIN itself waits for the first statement, and goes in its message if
+    /// it can (see "Round trips" on [`Session`]): a transaction in which nothing runs sends
+    /// nothing.
     ///
     /// Statements begin one by themselves, so this is needed only in autocommit mode, for a
     /// read-only session that needs a transaction (one `now()`, transaction-scoped locks: at
@@ -584,7 +643,7 @@ impl<DB: Backend> Session<DB> {
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), [`ErrorKind::Connect`](crate::ErrorKind::Connect), [`ErrorKind::Closed`](crate::ErrorKind::Closed) from the checkout;
-    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when BEGIN fails; [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) when BEGIN fails (not on PostgreSQL, where it is sent later); [`ErrorKind::Poisoned`](crate::ErrorKind::Poisoned) after a cancelled operation.
     ///
     /// A connection checked out for this BEGIN and found dead by it is replaced once, as
     /// described under "Dead connections" on [`Session`].
@@ -624,7 +683,7 @@ impl<DB: Backend> Session<DB> {
             self.rollback_transaction().await?;
             return Err(Error::transaction_aborted(self.bind.name()));
         }
-        if self.tx.implicit && self.tx.depth == 1 {
+        if self.tx.unopened() && self.tx.depth == 1 {
             self.end_transaction(); // nothing ran: nothing to commit
             return Ok(());
         }
@@ -676,9 +735,16 @@ impl<DB: Backend> Session<DB> {
         if self.attach_and_begin().await? && self.options().autocommit {
             return Ok(1);
         }
+        if self.tx.begin_failed {
+            return Err(Error::first_statement_failed(self.bind.name()));
+        }
         let level = self.tx.depth + 1;
-        self.exec_or_poison(dialect::savepoint(level), "SAVEPOINT")
-            .await?;
+        let savepoint = dialect::savepoint(level);
+        if self.tx.pending_begin.is_some() {
+            self.send_begin(Some(savepoint)).await?; // `BEGIN; SAVEPOINT …`: one round trip
+        } else {
+            self.exec_or_poison(savepoint, "SAVEPOINT").await?;
+        }
         self.tx.depth = level;
         Ok(level)
     }
@@ -700,13 +766,16 @@ impl<DB: Backend> Session<DB> {
     ///
     /// # Errors
     ///
-    /// As [`Session::begin`].
+    /// As [`Session::begin`] (a pending BEGIN is sent here, so its errors are too), and
+    /// [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted) after the
+    /// transaction's first statement failed (see "Round trips" on [`Session`]).
     ///
     /// # Cancel safety
     ///
     /// As [`Session::begin`].
     pub async fn connection(&mut self) -> Result<&mut DB::Connection> {
         self.ready().await?;
+        self.send_begin(None).await?; // what runs on it runs in the transaction
         self.tx.lent = true;
         self.tx.implicit = false; // what runs on it opens the transaction
         self.conn_mut().lent();
@@ -815,12 +884,17 @@ impl<DB: Backend> Session<DB> {
     }
 
     /// Everything a statement needs first: a connection, and a transaction unless autocommit
-    /// or a read-only session that runs without one.
+    /// or a read-only session that runs without one. On PostgreSQL the transaction's BEGIN may
+    /// be left pending, for the statement to send (see "Round trips").
     /// Blocking sessions call it before a statement, so that its errors reach them typed.
     pub(crate) async fn ready(&mut self) -> Result<()> {
         let tx = &self.tx;
-        if (tx.depth > 0 || tx.bare) && tx.wire == Wire::Idle && tx.pending_rollback_to.is_none() {
+        let idle = tx.wire == Wire::Idle && tx.pending_rollback_to.is_none();
+        if (tx.depth > 0 || tx.bare) && idle && !tx.begin_failed {
             return Ok(()); // the hot path: mid-transaction, or reading without one
+        }
+        if tx.begin_failed && idle {
+            return Err(Error::first_statement_failed(self.bind.name()));
         }
         let options = self.options();
         let reads = !options.autocommit && self.reads_without_begin(options);
@@ -1101,7 +1175,7 @@ impl<DB: Backend> Session<DB> {
     /// checked out for it that has not answered yet: if it turns out dead, nothing can have
     /// committed (the transaction never ended), so the statement may go again on another.
     pub(super) fn may_resend(&self) -> bool {
-        DB::RESENDS_STATEMENTS && (self.tx.implicit || self.tx.bare) && self.tx.unproven
+        DB::RESENDS_STATEMENTS && (self.tx.unopened() || self.tx.bare) && self.tx.unproven
     }
 
     /// Whether `err`, from the statement [`may_resend`](Self::may_resend) allowed, says the
@@ -1155,11 +1229,48 @@ impl<DB: Backend> Session<DB> {
                 commit: PIN_COMMIT,
                 rollback: PIN_ROLLBACK,
             };
+        } else if DB::PIGGYBACKS_BEGIN {
+            // PostgreSQL: the BEGIN goes with the first statement (see "Round trips").
+            self.tx.depth = 1;
+            self.tx.end = end;
+            self.tx.pending_begin = Some(begin);
+            return Ok(());
         }
         self.exec_or_poison(begin, "BEGIN").await?;
         self.tx.depth = 1;
         self.tx.end = end;
         Ok(())
+    }
+
+    /// Sends the pending BEGIN, if any, with `then` in the same message (a savepoint); without
+    /// one, sends nothing. A connection checked out for it that turns out dead is replaced
+    /// once, as under "Dead connections": nothing of the session's has run on it.
+    async fn send_begin(&mut self, then: Option<SqlStr>) -> Result<()> {
+        let Some(begin) = self.tx.pending_begin.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let fresh = self.tx.unproven;
+        let sql = joined(&begin, then.as_ref());
+        match self.exec_or_poison(sql, "BEGIN").await {
+            Err(e) if fresh && e.is_connection_lost() => {
+                tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at BEGIN; beginning on another");
+                let budget = self
+                    .bind
+                    .acquire_timeout()
+                    .saturating_sub(started.elapsed());
+                // Boxed: the rare path keeps the common one's future small.
+                Box::pin(self.begin_on_another(budget)).await?;
+                match self.tx.pending_begin.take() {
+                    Some(begin) => {
+                        let sql = joined(&begin, then.as_ref());
+                        self.exec_or_poison(sql, "BEGIN").await
+                    }
+                    None => Ok(()),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Whether the next transaction opens with its first statement: the connection's setup
@@ -1179,7 +1290,7 @@ impl<DB: Backend> Session<DB> {
     }
 
     async fn rollback_transaction(&mut self) -> Result<()> {
-        if self.tx.implicit && self.tx.depth == 1 {
+        if self.tx.unopened() && self.tx.depth == 1 {
             self.end_transaction(); // nothing ran: nothing is open on the server
             return Ok(());
         }
@@ -1205,6 +1316,8 @@ impl<DB: Backend> Session<DB> {
     fn end_transaction(&mut self) {
         self.tx.depth = 0;
         self.tx.implicit = false;
+        self.tx.pending_begin = None;
+        self.tx.begin_failed = false;
         self.tx.pending_rollback_to = None;
         self.tx.aborted = false;
         self.tx.lent = false;
@@ -1360,6 +1473,10 @@ impl<DB: Backend> Session<DB> {
             span,
             ..
         } = self;
+        debug_assert!(
+            !may_abort || tx.pending_begin.is_none(),
+            "a pending BEGIN is sent before anything that needs the transaction"
+        );
         tx.wire = Wire::Busy;
         // Whatever goes to the server now opens the transaction begun without BEGIN.
         tx.implicit = false;
@@ -1379,7 +1496,7 @@ impl<DB: Backend> Session<DB> {
     /// flight, nothing to roll back or verify. Dropping it then gives its connection back clean.
     pub(crate) fn ends_without_round_trip(&self) -> bool {
         let tx = &self.tx;
-        (tx.depth == 0 || tx.implicit)
+        (tx.depth == 0 || tx.unopened())
             && !(tx.autocommit_savepoint && tx.aborted)
             && tx.wire == Wire::Idle
             && !tx.unverified()
@@ -1405,6 +1522,14 @@ impl<DB: Backend> Session<DB> {
     pub(crate) async fn rollback_savepoint(&mut self, level: u32) -> Result<()> {
         self.savepoint_dropped(level);
         self.attach().await
+    }
+}
+
+/// `begin`, and `then` after it in the same message.
+fn joined(begin: &SqlStr, then: Option<&SqlStr>) -> SqlStr {
+    match then {
+        Some(then) => dialect::piggybacked(begin, then.as_str()),
+        None => begin.clone(),
     }
 }
 
@@ -1441,7 +1566,7 @@ impl<DB: Backend> Session<DB> {
         // An autocommit statement's savepoint that succeeded may stay: its work is kept in the
         // test's transaction either way. One that failed is rolled back, uncounted.
         let undo = self.tx.depth == 0 && self.tx.autocommit_savepoint && self.tx.aborted;
-        if (self.tx.depth == 0 || self.tx.implicit) && !self.tx.unverified() && !undo {
+        if (self.tx.depth == 0 || self.tx.unopened()) && !self.tx.unverified() && !undo {
             conn.give_back();
             return;
         }

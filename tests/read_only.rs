@@ -618,9 +618,14 @@ async fn mariadb_a_dead_connection_at_the_first_statement_is_replaced_unseen() {
 // ----- the web layers: safe methods read-only, opt-in -----
 
 /// Whether the request's session runs its statements in transactions of their own: "true" or
-/// "false" (see [`own_transaction`]).
+/// "false" (see [`own_transaction`]). Asked by its second statement: a transaction's first one
+/// without parameters carries its BEGIN, in one message (tests/piggyback.rs).
 async fn web_own_transaction(session: &mut dbscope::ScopedSession<Postgres>) -> String {
     use sqlx::Row;
+    sqlx::raw_sql("SELECT 1")
+        .execute(&mut *session)
+        .await
+        .unwrap();
     let row = sqlx::raw_sql("SELECT statement_timestamp() = transaction_timestamp()")
         .fetch_one(session)
         .await

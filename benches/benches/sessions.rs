@@ -26,6 +26,16 @@
 //! Goals: the read-only session at least 0.95× the autocommit session, and at least 2× the
 //! transactional read session.
 //!
+//! One more pair, for issue 14's BEGIN in the first statement's message (PostgreSQL), on the
+//! `bench` bind and the hand-written pool, the select sent as `raw_sql` with the id in its text
+//! (no parameters: a simple query):
+//!
+//! - **dbscope raw_sql session**: `bind.session()`, the `raw_sql` select, `commit()`: BEGIN goes
+//!   in the select's message, two round trips;
+//! - **hand-written raw_sql loop**: `BEGIN`, the same `raw_sql` select, `COMMIT`: three.
+//!
+//! Reported: their ratio (no goal).
+//!
 //! Every pool is created once and warmed up (1 s each, opening its connections); then each round
 //! runs every contender for a fixed time, forwards and backwards in turn (see the harness's
 //! `rounds`), so drift on the machine (PostgreSQL shares it) spreads over all of them. The
@@ -120,6 +130,10 @@ enum Contender {
         kind: Reads,
         bind: Bind<Postgres>,
     },
+    /// A dbscope session whose select is a `raw_sql`: its BEGIN goes in the select's message.
+    RawSql(Bind<Postgres>),
+    /// The hand-written loop with the `raw_sql` select: BEGIN, select, COMMIT.
+    HandWrittenRawSql(managed::Pool<PgManager>),
 }
 
 /// The read-only goals' dbscope sessions.
@@ -154,6 +168,8 @@ impl Contender {
                 Reads::Autocommit => "dbscope autocommit session",
                 Reads::Transactional => "dbscope transactional read session",
             },
+            Self::RawSql(_) => "dbscope raw_sql session (BEGIN in it)",
+            Self::HandWrittenRawSql(_) => "hand-written loop, raw_sql select",
         }
     }
 
@@ -201,6 +217,22 @@ impl Contender {
                 session.commit().await?;
                 v
             }
+            Self::RawSql(bind) => {
+                let mut session = bind.session();
+                let row = raw_select(id).fetch_one(&mut session).await?;
+                session.commit().await?;
+                sqlx::Row::try_get(&row, 0)?
+            }
+            Self::HandWrittenRawSql(pool) => {
+                let mut conn = pool.get().await?;
+                match hand_written_raw_sql(&mut conn, id).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        drop(managed::Object::take(conn));
+                        return Err(e.into());
+                    }
+                }
+            }
         };
         if v != id {
             return Err(format!("{}: id {id} read v = {v}", self.name()).into());
@@ -217,6 +249,20 @@ async fn hand_written_transaction(conn: &mut PgConnection, id: i32) -> sqlx::Res
         .await?;
     conn.execute("COMMIT").await?;
     Ok(v)
+}
+
+/// The point select without parameters: sqlx sends it as a simple query.
+fn raw_select(id: i32) -> sqlx::RawSql {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SELECT v FROM dbscope_bench WHERE id = {id}"
+    )))
+}
+
+async fn hand_written_raw_sql(conn: &mut PgConnection, id: i32) -> sqlx::Result<i32> {
+    conn.execute("BEGIN").await?;
+    let row = raw_select(id).fetch_one(&mut *conn).await?;
+    conn.execute("COMMIT").await?;
+    sqlx::Row::try_get(&row, 0)
 }
 
 /// The hand-written loop's pool manager: connects, and recycles without any check.
@@ -286,10 +332,12 @@ impl Setup {
                 name: "sqlx PgPool (test_before_acquire=false)",
                 pool: sqlx_no_test,
             },
-            Contender::HandWritten(hand_written),
+            Contender::HandWritten(hand_written.clone()),
             read(Reads::WithoutBegin, "reads")?,
             read(Reads::Autocommit, "autocommit")?,
             read(Reads::Transactional, "transactional_reads")?,
+            Contender::RawSql(bind.clone()),
+            Contender::HandWrittenRawSql(hand_written),
         ];
         let contenders = contenders.into_iter().map(Arc::new).collect();
         Ok(Self {
@@ -365,8 +413,8 @@ impl Setup {
             match &**contender {
                 Contender::Dbscope(_) => {}
                 Contender::SqlxPool { pool, .. } => pool.close().await,
-                Contender::HandWritten(pool) => pool.close(),
-                Contender::Reads { .. } => {}
+                Contender::HandWritten(pool) | Contender::HandWrittenRawSql(pool) => pool.close(),
+                Contender::Reads { .. } | Contender::RawSql(_) => {}
             }
         }
         self.manager.close(Duration::from_secs(5)).await?;
@@ -453,6 +501,16 @@ fn report(contenders: &[Arc<Contender>], runs: &[Vec<Run>]) {
             per_round(runs, read_only, other)
         );
     }
+
+    let raw_sql = position(|c| matches!(c, Contender::RawSql(_)));
+    let raw_hand = position(|c| matches!(c, Contender::HandWrittenRawSql(_)));
+    println!(
+        "\nratio: {} / {}, of the medians; and round by round\n  {:>5.2}x   {:.2}",
+        contenders[raw_sql].name(),
+        contenders[raw_hand].name(),
+        medians[raw_sql] / medians[raw_hand],
+        per_round(runs, raw_sql, raw_hand)
+    );
 
     let vs_sqlx = ratio(best_sqlx);
     let vs_hand = ratio(hand_written);

@@ -238,6 +238,13 @@ fn dynamic(sql: String) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(std::sync::Arc::<str>::from(sql)))
 }
 
+/// A transaction's `begin` and its first statement `then`, in one simple-query message: the
+/// server parses it all before it runs any, and runs BEGIN first (see "Round trips" on
+/// `Session`).
+pub(crate) fn piggybacked(begin: &SqlStr, then: &str) -> SqlStr {
+    dynamic(format!("{}; {then}", begin.as_str()))
+}
+
 /// `SAVEPOINT` for the level `depth` (2 and up: level 1 is the transaction itself).
 pub(crate) fn savepoint(depth: u32) -> SqlStr {
     dynamic(format!("SAVEPOINT dbscope_{depth}"))

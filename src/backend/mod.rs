@@ -73,6 +73,12 @@ pub trait Backend: Database + sealed::Sealed {
     #[doc(hidden)]
     const RESENDS_STATEMENTS: bool = false;
 
+    /// Whether a transaction's BEGIN may go in the same simple-query message as its first
+    /// statement without parameters, the driver sending such a statement as it is (PostgreSQL):
+    /// see "Round trips" on `Session`.
+    #[doc(hidden)]
+    const PIGGYBACKS_BEGIN: bool = false;
+
     /// A copy of a statement's arguments, where this database's arguments can be copied.
     #[doc(hidden)]
     fn copy_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {

@@ -43,6 +43,9 @@ impl Backend for Postgres {
     // connection, it goes again on another (see `Session`'s "Dead connections").
     const RESENDS_STATEMENTS: bool = true;
 
+    // sqlx sends a statement without arguments as a simple query, whose string may hold several.
+    const PIGGYBACKS_BEGIN: bool = true;
+
     fn copy_arguments(arguments: &Self::Arguments) -> Option<Self::Arguments> {
         Some(arguments.clone())
     }

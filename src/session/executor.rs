@@ -105,6 +105,9 @@ impl InFlight<'_> {
 struct Tracked<'e, S> {
     inner: S,
     op: InFlight<'e>,
+    /// The statement carries the transaction's BEGIN: the first result is BEGIN's, not the
+    /// caller's, and is skipped.
+    begin_result: bool,
     /// The caller reads this stream item by item (`fetch`, `fetch_many`): the items it got are
     /// results it has seen. Not so for the futures that collect a stream inside (`execute`,
     /// `fetch_all`): cancelled, their caller has seen nothing.
@@ -114,28 +117,34 @@ struct Tracked<'e, S> {
 }
 
 impl<'e, S> Tracked<'e, S> {
-    fn new(inner: S, op: InFlight<'e>, lenient: bool) -> Self {
+    fn new(inner: S, op: InFlight<'e>, lenient: bool, begin_result: bool) -> Self {
         Self {
             inner,
             op,
+            begin_result,
             lenient,
             yielded: false,
         }
     }
 }
 
-impl<T, S> Stream for Tracked<'_, S>
+impl<A, B, S> Stream for Tracked<'_, S>
 where
-    S: Stream<Item = sqlx::Result<T>> + Unpin,
+    S: Stream<Item = sqlx::Result<Either<A, B>>> + Unpin,
 {
-    type Item = sqlx::Result<T>;
+    type Item = sqlx::Result<Either<A, B>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let item = {
+        let mut item = {
             let _entered = this.op.span().map(tracing::Span::enter);
             ready!(this.inner.poll_next_unpin(cx))
         };
+        if this.begin_result && matches!(item, Some(Ok(Either::Left(_)))) {
+            this.begin_result = false;
+            let _entered = this.op.span().map(tracing::Span::enter);
+            item = ready!(this.inner.poll_next_unpin(cx));
+        }
         let item = match item {
             Some(Ok(row)) => {
                 this.yielded = true;
@@ -151,6 +160,7 @@ where
                 if this.op.tx.wire == Wire::Busy {
                     this.op.tx.wire = Wire::Idle;
                     this.op.tx.unread = false;
+                    this.op.tx.piggybacked = false;
                 }
                 None
             }
@@ -165,6 +175,9 @@ impl<S> Drop for Tracked<'_, S> {
         if tx.wire == Wire::Busy && self.lenient && self.yielded && (tx.depth > 0 || tx.bare) {
             tx.wire = Wire::Idle;
             tx.unread = true;
+            // BEGIN's result came before the caller's: the transaction is open, and the server
+            // refuses what follows an error left unread.
+            tx.piggybacked = false;
         }
     }
 }
@@ -198,9 +211,16 @@ impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for PoolerSafe<E> {
     }
 }
 
-/// A statement taken apart, to be sent a second time: what the first statement of a transaction
-/// begun without BEGIN becomes, in case its connection turns out dead (see
-/// [`Session::may_resend`]).
+/// What `fetch_many` yields: a statement's results and rows.
+type Results<'e, DB> = BoxStream<
+    'e,
+    sqlx::Result<Either<<DB as sqlx::Database>::QueryResult, <DB as sqlx::Database>::Row>>,
+>;
+
+/// A statement taken apart: to be sent a second time (what the first statement of a
+/// transaction begun without BEGIN becomes, in case its connection turns out dead: see
+/// [`Session::may_resend`]), or to see whether it has arguments (whether it can carry a pending
+/// BEGIN).
 struct Resend<DB: Backend> {
     sql: SqlStr,
     arguments: Option<DB::Arguments>,
@@ -208,28 +228,27 @@ struct Resend<DB: Backend> {
 }
 
 impl<DB: Backend> Resend<DB> {
-    /// The statement, and a copy of it for a second try.
-    fn split<'q>(mut query: impl Execute<'q, DB>) -> sqlx::Result<(Self, Self)> {
+    fn take<'q>(mut query: impl Execute<'q, DB>) -> sqlx::Result<Self> {
         let persistent = query.persistent();
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
-        let copy = arguments.as_ref().map(|arguments| {
+        Ok(Self {
+            sql: query.sql(),
+            arguments,
+            persistent,
+        })
+    }
+
+    /// A copy, for a second try.
+    fn copy(&self) -> Self {
+        let arguments = self.arguments.as_ref().map(|arguments| {
             DB::copy_arguments(arguments)
                 .expect("a backend that resends statements copies their arguments")
         });
-        let sql = query.sql();
-        let again = Self {
-            sql: sql.clone(),
-            arguments: copy,
-            persistent,
-        };
-        Ok((
-            Self {
-                sql,
-                arguments,
-                persistent,
-            },
-            again,
-        ))
+        Self {
+            sql: self.sql.clone(),
+            arguments,
+            persistent: self.persistent,
+        }
     }
 }
 
@@ -251,12 +270,49 @@ impl<'q, DB: Backend> Execute<'q, DB> for Resend<DB> {
     }
 }
 
+/// A statement, after the transaction's pending BEGIN in the same simple-query message when
+/// there is one (`begin`): the statement has no arguments, so sqlx sends its text as it is.
+struct Piggyback<E> {
+    inner: E,
+    begin: Option<SqlStr>,
+}
+
+impl<'q, DB: Backend, E: Execute<'q, DB>> Execute<'q, DB> for Piggyback<E> {
+    fn sql(self) -> SqlStr {
+        let sql = self.inner.sql();
+        match &self.begin {
+            Some(begin) => crate::backend::dialect::piggybacked(begin, sql.as_str()),
+            None => sql,
+        }
+    }
+
+    fn statement(&self) -> Option<&DB::Statement> {
+        self.inner.statement()
+    }
+
+    fn take_arguments(
+        &mut self,
+    ) -> Result<Option<<DB as sqlx::Database>::Arguments>, sqlx::error::BoxDynError> {
+        let arguments = self.inner.take_arguments()?;
+        debug_assert!(
+            self.begin.is_none() || arguments.is_none(),
+            "only a statement without arguments carries a BEGIN"
+        );
+        Ok(arguments)
+    }
+
+    fn persistent(&self) -> bool {
+        self.inner.persistent()
+    }
+}
+
 /// The bodies of the `Executor` methods, unboxed, so that a scope's handle runs them inside its
 /// own boxed future (one allocation per statement, not two).
 ///
 /// Each sends the first statement of a transaction begun without BEGIN a second time, on
 /// another connection, when the first connection turns out dead before it answered anything
-/// ([`Session::may_resend`]).
+/// ([`Session::may_resend`]). With a BEGIN pending (PostgreSQL), a statement without arguments
+/// carries it; one with arguments sends it first, alone.
 impl<DB: Backend> Session<DB> {
     fn statement<E>(&self, query: E) -> PoolerSafe<E> {
         PoolerSafe {
@@ -265,16 +321,38 @@ impl<DB: Backend> Session<DB> {
         }
     }
 
+    /// Whether the statement goes as given: nothing to resend, no BEGIN pending.
+    fn goes_as_given(&self) -> bool {
+        !self.may_resend() && self.tx.pending_begin.is_none()
+    }
+
+    /// The first statement of a transaction that may be resent or has a BEGIN pending, taken
+    /// apart; with arguments, it cannot carry the BEGIN, which goes first, alone.
+    async fn take_first<'q, E>(&mut self, query: E) -> sqlx::Result<Resend<DB>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        let first = Resend::take(query)?;
+        if first.arguments.is_some() {
+            self.send_begin(None).await.map_err(Error::into_sqlx)?;
+        }
+        Ok(first)
+    }
+
     pub(crate) async fn run_execute<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
     where
         E: 'q + Execute<'q, DB>,
     {
         let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
-        if !self.may_resend() {
+        if self.goes_as_given() {
             return self.collect_results(query).await;
         }
-        let (first, again) = Resend::split(query)?;
+        let first = self.take_first(query).await?;
+        if !self.may_resend() {
+            return self.collect_results(first).await;
+        }
+        let again = first.copy();
         match self.collect_results(first).await {
             Err(e) if self.lost_before_answering(&e) => {
                 self.start_again(started).await.map_err(Error::into_sqlx)?;
@@ -290,10 +368,14 @@ impl<DB: Backend> Session<DB> {
     {
         let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
-        if !self.may_resend() {
+        if self.goes_as_given() {
             return self.collect_rows(query).await;
         }
-        let (first, again) = Resend::split(query)?;
+        let first = self.take_first(query).await?;
+        if !self.may_resend() {
+            return self.collect_rows(first).await;
+        }
+        let again = first.copy();
         match self.collect_rows(first).await {
             Err(e) if self.lost_before_answering(&e) => {
                 self.start_again(started).await.map_err(Error::into_sqlx)?;
@@ -312,10 +394,14 @@ impl<DB: Backend> Session<DB> {
     {
         let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
-        if !self.may_resend() {
+        if self.goes_as_given() {
             return self.fetch_one_row(query).await;
         }
-        let (first, again) = Resend::split(query)?;
+        let first = self.take_first(query).await?;
+        if !self.may_resend() {
+            return self.fetch_one_row(first).await;
+        }
+        let again = first.copy();
         match self.fetch_one_row(first).await {
             Err(e) if self.lost_before_answering(&e) => {
                 self.start_again(started).await.map_err(Error::into_sqlx)?;
@@ -325,15 +411,47 @@ impl<DB: Backend> Session<DB> {
         }
     }
 
+    /// Starts a statement, the session ready for it, carrying the pending BEGIN if there is
+    /// one (the statement then has no arguments: see `take_first`).
+    fn send<'e, 'q: 'e, E>(
+        &'e mut self,
+        query: E,
+    ) -> (
+        &'e mut DB::Connection,
+        InFlight<'e>,
+        Piggyback<Traced<PoolerSafe<E>>>,
+    )
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        let query = self.statement(query);
+        let begin = self.tx.pending_begin.take();
+        let (raw, op) = self.start_statement(true);
+        op.tx.piggybacked = begin.is_some();
+        let inner = op.trace(query);
+        (raw, op, Piggyback { inner, begin })
+    }
+
+    /// [`send`](Self::send), as a stream of its results (the BEGIN's skipped).
+    fn send_tracked<'e, 'q: 'e, E>(
+        &'e mut self,
+        query: E,
+        lenient: bool,
+    ) -> Tracked<'e, Results<'e, DB>>
+    where
+        E: 'q + Execute<'q, DB>,
+    {
+        let (raw, op, query) = self.send(query);
+        let begin_result = query.begin.is_some();
+        Tracked::new(DB::fetch_many(raw, query), op, lenient, begin_result)
+    }
+
     /// Runs a statement, the session ready for it, and collects its results.
     async fn collect_results<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
     where
         E: 'q + Execute<'q, DB>,
     {
-        let query = self.statement(query);
-        let (raw, op) = self.start_statement(true);
-        let query = op.trace(query);
-        Tracked::new(DB::fetch_many(raw, query), op, false)
+        self.send_tracked(query, false)
             .try_filter_map(|step| std::future::ready(Ok(step.left())))
             .try_collect()
             .await
@@ -344,10 +462,7 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
-        let query = self.statement(query);
-        let (raw, op) = self.start_statement(true);
-        let query = op.trace(query);
-        Tracked::new(DB::fetch_many(raw, query), op, false)
+        self.send_tracked(query, false)
             .try_filter_map(|step| std::future::ready(Ok(step.right())))
             .try_collect()
             .await
@@ -358,18 +473,17 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
-        let query = self.statement(query);
-        let (raw, op) = self.start_statement(true);
-        let query = op.trace(query);
+        let (raw, op, query) = self.send(query);
         let span = op.span().cloned().unwrap_or_else(tracing::Span::none);
         op.finish(DB::fetch_optional(raw, query).instrument(span).await)
     }
 }
 
 impl<DB: Backend> Session<DB> {
-    /// The stream of a statement [`may_resend`](Session::may_resend) allows, the session ready
-    /// for it: sent again on another connection when the first turns out dead before it
-    /// answered anything, within what is left of `acquire_timeout` since `started`.
+    /// The stream of a statement that does not go as given (it may be resent, or a BEGIN is
+    /// pending), the session ready for it: sent again on another connection when the first
+    /// turns out dead before it answered anything, within what is left of `acquire_timeout`
+    /// since `started`.
     fn resending<'e, 'q: 'e, E>(
         &'e mut self,
         query: E,
@@ -379,21 +493,20 @@ impl<DB: Backend> Session<DB> {
         E: 'q + Execute<'q, DB>,
     {
         Box::pin(async_stream::stream! {
-            let (first, again) = match Resend::split(query) {
-                Ok(split) => split,
+            let first = match self.take_first(query).await {
+                Ok(first) => first,
                 Err(e) => {
                     yield Err(e);
                     return;
                 }
             };
+            let again = self.may_resend().then(|| first.copy());
             let mut lost = false;
             {
-                let first = self.statement(first);
-                let (raw, op) = self.start_statement(true);
-                let first = op.trace(first);
-                let mut rows = Tracked::new(DB::fetch_many(raw, first), op, true);
+                let mut rows = self.send_tracked(first, true);
                 while let Some(item) = rows.next().await {
                     if let Err(e) = &item
+                        && again.is_some()
                         && !rows.yielded
                         && rows.op.tx.unproven
                         && crate::engine::is_dead(e)
@@ -404,15 +517,12 @@ impl<DB: Backend> Session<DB> {
                     yield item;
                 }
             }
-            if lost {
+            if lost && let Some(again) = again {
                 if let Err(e) = self.start_again(started).await {
                     yield Err(e.into_sqlx());
                     return;
                 }
-                let again = self.statement(again);
-                let (raw, op) = self.start_statement(true);
-                let again = op.trace(again);
-                let mut rows = Tracked::new(DB::fetch_many(raw, again), op, true);
+                let mut rows = self.send_tracked(again, true);
                 while let Some(item) = rows.next().await {
                     yield item;
                 }
@@ -435,17 +545,10 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         let start = async move {
             let started = Instant::now();
             self.ready().await.map_err(Error::into_sqlx)?;
-            if self.may_resend() {
+            if !self.goes_as_given() {
                 return Ok(OneOf::Right(self.resending(query, started)));
             }
-            let query = self.statement(query);
-            let (raw, op) = self.start_statement(true);
-            let query = op.trace(query);
-            Ok::<_, sqlx::Error>(OneOf::Left(Tracked::new(
-                DB::fetch_many(raw, query),
-                op,
-                true,
-            )))
+            Ok::<_, sqlx::Error>(OneOf::Left(self.send_tracked(query, true)))
         };
         Box::pin(futures_util::stream::once(start).try_flatten())
     }

@@ -83,6 +83,7 @@ async fn main() -> ExitCode {
         &format!("DROP DATABASE {scratch} WITH (FORCE)"),
     )
     .await;
+    let _ = std::fs::remove_dir_all(&dir);
     if let Some(e) = failed {
         eprintln!("\nBENCHMARK FAILED: {e}");
         return ExitCode::from(1);

@@ -40,7 +40,7 @@ const PG_CTL_LIMIT: Duration = Duration::from_secs(PG_CTL_WAIT_SECS + 30);
 /// How long the teardown in `Drop` may take before it gives up on stopping the server politely
 /// and kills it.
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(20);
-/// The prefix of the clusters' directories in the temp dir: `dbscope-pg-<pid>-<n>`.
+/// The prefix of the clusters' directories in the temp dir: `dbscope-pg-<pid>-<start>-<n>`.
 const DIR_PREFIX: &str = "dbscope-pg-";
 
 /// How [`Cluster::stop`] shuts the server down (`pg_ctl stop -m <mode>`).
@@ -240,9 +240,12 @@ impl Paths {
     /// A fresh directory for a cluster, owned by the user the server runs as.
     fn create() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        // The process's start time too: a pid is soon reused, and a dead process's leftovers
+        // under the same pid must never be taken for this one's.
         let name = format!(
-            "{DIR_PREFIX}{}-{}",
+            "{DIR_PREFIX}{}-{}-{}",
             std::process::id(),
+            process_nonce(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let root = std::env::temp_dir().join(name);
@@ -479,6 +482,17 @@ fn remove_stale_clusters() {
         );
         stale.teardown();
     }
+}
+
+/// This process's start, in nanoseconds since the epoch: with its pid, a name no other
+/// process has used.
+pub fn process_nonce() -> u128 {
+    static NONCE: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    })
 }
 
 /// Whether process `pid` runs: a zombie (killed, not yet reaped, as happens in containers

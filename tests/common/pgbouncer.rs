@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use crate::cluster::{free_port, is_alive, run_bounded, running_as_root};
+use crate::cluster::{free_port, is_alive, process_nonce, run_bounded, running_as_root};
 
 /// How long PgBouncer may take to answer after it was started.
 const START_LIMIT: Duration = Duration::from_secs(30);
-/// The prefix of the bouncers' directories in the temp dir: `dbscope-pgb-<pid>-<n>`.
+/// The prefix of the bouncers' directories in the temp dir: `dbscope-pgb-<pid>-<start>-<n>`.
 const DIR_PREFIX: &str = "dbscope-pgb-";
 
 /// A running throwaway PgBouncer; killed and removed when dropped.
@@ -55,8 +55,9 @@ impl PgBouncer {
         remove_stale_bouncers();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
-            "{DIR_PREFIX}{}-{}",
+            "{DIR_PREFIX}{}-{}-{}",
             std::process::id(),
+            process_nonce(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let root = std::env::temp_dir().join(name);

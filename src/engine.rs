@@ -345,7 +345,8 @@ impl<DB: Backend> Pool<DB> {
     pub(crate) async fn checkout_within(&self, budget: Duration) -> Result<Conn<DB>> {
         let shared = &*self.0;
         let watch = Stopwatch::start();
-        let deadline = tokio::time::Instant::from_std(watch.started()) + budget;
+        // tokio's clock, not the stopwatch's: a test runtime's paused clock must govern it.
+        let deadline = tokio::time::Instant::now() + budget;
         if let Some(pin) = shared.pin.get() {
             return pin.checkout(deadline, shared.acquire_timeout).await;
         }

@@ -244,11 +244,6 @@ impl Stopwatch {
         Self(Instant::now())
     }
 
-    /// When it started: a clock reading for whoever also needs one then.
-    pub(crate) fn started(&self) -> Instant {
-        self.0
-    }
-
     fn seconds(self) -> f64 {
         self.0.elapsed().as_secs_f64()
     }

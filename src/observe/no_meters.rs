@@ -30,6 +30,7 @@ impl PoolMetrics {
     pub(crate) fn created(&self, _watch: Stopwatch) {}
     pub(crate) fn waited(&self, _watch: Stopwatch) {}
     pub(crate) fn used_since(&self, _since: Instant) {}
+    pub(crate) fn used_from_to(&self, _since: Instant, _now: Instant) {}
     pub(crate) fn operation(&self, _watch: Stopwatch, _failed: bool) {}
     pub(crate) fn discarded(&self, _reason: Discard) {}
     pub(crate) fn recovered(&self) {}

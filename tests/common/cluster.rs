@@ -250,13 +250,8 @@ impl Paths {
         );
         let root = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir(&root).unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
         let as_postgres = running_as_root();
-        if as_postgres {
-            let (uid, gid) = postgres_user();
-            std::os::unix::fs::chown(&root, Some(uid), Some(gid))
-                .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", root.display()));
-        }
+        make_root(&root, as_postgres);
         Self {
             data: root.join("data"),
             log: root.join("server.log"),
@@ -280,9 +275,48 @@ impl Paths {
             "--encoding=UTF8",
             "--no-sync",
         ];
-        if let Err(why) = self.run("initdb", &args, INITDB_LIMIT) {
-            panic!("initdb of the throwaway cluster failed: {why}");
+        let Err(why) = self.run("initdb", &args, INITDB_LIMIT) else {
+            return;
+        };
+        // Seen twice in CI, in tests/pgbouncer.rs and on a process's first cluster: initdb could
+        // not be started (spawn: ENOENT) though its directory had just been written to; the
+        // cause is not found. Such a failure is said loudly, with what exists, and initdb tried
+        // once more (in a directory made again if it is gone). Any other failure is final.
+        let spawn_failed = why.contains(CANNOT_RUN);
+        if self.root.exists() && !spawn_failed {
+            panic!(
+                "initdb of the throwaway cluster failed: {why}{}",
+                self.facts()
+            );
         }
+        eprintln!(
+            "throwaway cluster: initdb did not start ({why}){}; trying once more",
+            self.facts()
+        );
+        if !self.root.exists() {
+            make_root(&self.root, self.as_postgres);
+        }
+        if let Err(why) = self.run("initdb", &args, INITDB_LIMIT) {
+            panic!(
+                "initdb of the throwaway cluster failed twice: {why}{}",
+                self.facts()
+            );
+        }
+    }
+
+    /// What a failed spawn may hinge on: whether the directory, the binary and `runuser` exist.
+    fn facts(&self) -> String {
+        let runuser = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join("runuser").exists())
+        });
+        format!(
+            " [directory {} exists: {}; {} exists: {}; runuser on PATH: {runuser}; as postgres: {}]",
+            self.root.display(),
+            self.root.exists(),
+            self.bin.join("initdb").display(),
+            self.bin.join("initdb").exists(),
+            self.as_postgres,
+        )
     }
 
     /// A copy of the server on 127.0.0.1:`port`, made a standby of it (`pg_basebackup -R`).
@@ -413,9 +447,22 @@ impl Paths {
     }
 }
 
+/// Makes a cluster's directory, owned by `postgres` when the tests run as root.
+fn make_root(root: &Path, as_postgres: bool) {
+    std::fs::create_dir(root).unwrap_or_else(|e| panic!("creating {}: {e}", root.display()));
+    if as_postgres {
+        let (uid, gid) = postgres_user();
+        std::os::unix::fs::chown(root, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", root.display()));
+    }
+}
+
+/// How [`run_bounded`] says that a command could not be started at all.
+const CANNOT_RUN: &str = "cannot run it";
+
 /// Runs `command`, killing it if it outlives `limit`.
 pub fn run_bounded(command: &mut Command, limit: Duration) -> Result<ExitStatus, String> {
-    let mut child = command.spawn().map_err(|e| format!("cannot run it: {e}"))?;
+    let mut child = command.spawn().map_err(|e| format!("{CANNOT_RUN}: {e}"))?;
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {

@@ -254,8 +254,9 @@ impl Signal {
     /// the thread yields: the connection's holder runs meanwhile, and a thread that never slept
     /// costs no wake-up (a futex round and, as often as not, a move to the other processor).
     /// With 16 threads on 8 connections (`--bench blocking`) this took dbscope from about 0.60x
-    /// to 0.68x the tuned r2d2 loop, whose `parking_lot` condvar yields the same way. Yielding
-    /// to nobody returns at once, so the cost is bounded: a few system calls before the sleep.
+    /// to 0.68x the tuned r2d2 loop, whose pool lock (a `parking_lot` mutex) yields the same way
+    /// before it parks. Yielding to nobody returns at once, so the cost is bounded: a few system
+    /// calls before the sleep.
     fn wait(&self) {
         for _ in 0..YIELDS_BEFORE_SLEEP {
             if self.raised.swap(false, Ordering::Acquire) {

@@ -10,6 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{
     MYSQL_DEFAULT, MYSQL_ENV, PG_DEFAULT, PG_ENV, SLOT_PREFIX, server_url, slot_lease_holders, sql,
@@ -98,9 +99,30 @@ async fn admin(var: &str, default: &str) -> sqlx::AnyConnection {
 /// Whether each server still holds a database of `names` (pg, my, lite in that order) for its
 /// test. On PostgreSQL, a slot the test leased: whether its lease is still held (given back, the
 /// slot stays for the next test); any other database: whether it exists.
+/// Whether a slot's lease is still held once the server has caught up with the processes that
+/// ended. The backend of a child that has exited may still hold the lease for a moment, until
+/// the server notices the closed socket, and a child of a test running beside this one may
+/// lease the same slot meanwhile (a clean CI run saw one or the other). So the lease counts as
+/// held only if it is held throughout [`LEASE_SETTLES`], asked every 100 ms.
+async fn slot_stays_leased(slot: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + LEASE_SETTLES;
+    loop {
+        if slot_lease_holders(slot).await.is_empty() {
+            return false;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How long a slot's lease may take to be seen released after its holder ended.
+const LEASE_SETTLES: Duration = Duration::from_secs(30);
+
 async fn still_there(names: &[String]) -> Vec<bool> {
     let in_pg = if names[0].starts_with(SLOT_PREFIX) {
-        !slot_lease_holders(&names[0]).await.is_empty()
+        slot_stays_leased(&names[0]).await
     } else {
         let mut pg = admin(PG_ENV, PG_DEFAULT).await;
         let query = format!(

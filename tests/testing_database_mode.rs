@@ -96,9 +96,6 @@ async fn admin(var: &str, default: &str) -> sqlx::AnyConnection {
         .expect("reach the test server")
 }
 
-/// Whether each server still holds a database of `names` (pg, my, lite in that order) for its
-/// test. On PostgreSQL, a slot the test leased: whether its lease is still held (given back, the
-/// slot stays for the next test); any other database: whether it exists.
 /// Whether a slot's lease is still held once the server has caught up with the processes that
 /// ended. The backend of a child that has exited may still hold the lease for a moment, until
 /// the server notices the closed socket, and a child of a test running beside this one may
@@ -120,6 +117,9 @@ async fn slot_stays_leased(slot: &str) -> bool {
 /// How long a slot's lease may take to be seen released after its holder ended.
 const LEASE_SETTLES: Duration = Duration::from_secs(30);
 
+/// Whether each server still holds a database of `names` (pg, my, lite in that order) for its
+/// test. On PostgreSQL, a slot the test leased: whether its lease is still held (given back, the
+/// slot stays for the next test); any other database: whether it exists.
 async fn still_there(names: &[String]) -> Vec<bool> {
     let in_pg = if names[0].starts_with(SLOT_PREFIX) {
         slot_stays_leased(&names[0]).await

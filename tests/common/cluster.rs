@@ -309,12 +309,13 @@ impl Paths {
         let runuser = std::env::var_os("PATH").is_some_and(|path| {
             std::env::split_paths(&path).any(|dir| dir.join("runuser").exists())
         });
+        let initdb = self.bin.join("initdb");
         format!(
             " [directory {} exists: {}; {} exists: {}; runuser on PATH: {runuser}; as postgres: {}]",
             self.root.display(),
             self.root.exists(),
-            self.bin.join("initdb").display(),
-            self.bin.join("initdb").exists(),
+            initdb.display(),
+            initdb.exists(),
             self.as_postgres,
         )
     }

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
@@ -162,14 +162,14 @@ thread_local! {
 
 /// Runs `future` to completion on the calling thread: polls it, and while it waits, runs the
 /// I/O driver of the connection it last touched ([`Reactor::touch`]) until its waker is called,
-/// or sleeps when it touched none. The caller makes sure the thread may block.
-pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+/// or sleeps when it touched none. The caller makes sure the thread may block, and pins the
+/// future where it builds it (no copy of it on the way in).
+pub(crate) fn block_on<F: Future + ?Sized>(mut future: Pin<&mut F>) -> F::Output {
     let signal = SIGNAL
         .try_with(Arc::clone)
         .unwrap_or_else(|_| Arc::new(Signal::current()));
     let waker = Waker::from(Arc::clone(&signal));
     let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
     let _touched = Touched::start();
     loop {
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {

@@ -1,11 +1,12 @@
-//! The harness dbscope's three benchmarks share (`benches/sessions.rs`, `benches/blocking.rs`,
-//! `benches/http/`): their settings from the environment, the warm-up and the interleaved rounds,
-//! medians, CPU readings from `/proc`, the report's ratios and verdicts, and the checks on the
-//! PostgreSQL server before and after measuring.
+//! The harness dbscope's benchmarks share (`benches/*.rs`, `benches/http/`, `benches/sweep/`):
+//! their settings from the environment, the warm-up and the interleaved rounds, medians, CPU
+//! readings from `/proc`, histograms of each session's latency, the report's ratios and
+//! verdicts, and the checks on the PostgreSQL server before and after measuring.
 //!
 //! Not a public API: it changes with the benchmarks.
 
 pub mod cpu;
+pub mod latency;
 pub mod rounds;
 pub mod server;
 pub mod sessions;

@@ -62,7 +62,6 @@
 //! transaction per PostgreSQL session counted.
 
 mod contenders;
-mod latency;
 mod report;
 mod setup;
 
@@ -77,8 +76,8 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
 use crate::contenders::{Contender, Db};
-use crate::latency::Latencies;
 use crate::setup::Setup;
+use dbscope_benches::latency::{self, Latencies};
 
 /// The task counts, comma-separated.
 const TASKS_ENV: &str = "BENCH_TASKS";

@@ -6,7 +6,7 @@ use dbscope_benches::sessions::Run;
 use dbscope_benches::{Measured, Summary, per_round, verdict};
 
 use crate::contenders::{Contender, Db};
-use crate::latency::Latencies;
+use dbscope_benches::latency::Latencies;
 
 /// Goal: dbscope / the hand-written loop at 16 and 32 tasks (within 3 %).
 const GOAL_VS_HAND_WRITTEN: f64 = 0.97;

@@ -361,26 +361,50 @@ impl<'a> ServerDb<'a> {
 
     async fn connect(&self, url: &str) -> Result<sqlx::AnyConnection> {
         sqlx::any::install_default_drivers();
-        sqlx::AnyConnection::connect(url).await.map_err(|e| {
-            let what = format!(
-                "cannot reach {} to set the test's database up",
-                DatabaseUrl::new(url).redacted()
-            );
-            Error::test_database(Some(self.bind), what, e)
-        })
+        admin_connect(self.bind, url, "set the test's database up").await
     }
 
     async fn exec(&self, conn: &mut sqlx::AnyConnection, sql: &str) -> Result<()> {
-        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(conn)
-            .await
-            .map(drop)
-            .map_err(|e| self.failed(&format!("`{sql}` failed"), e))
+        admin_exec(self.bind, conn, sql).await
     }
 
     fn failed(&self, what: &str, source: impl Into<crate::BoxError>) -> Error {
-        Error::test_database(Some(self.bind), what.to_owned(), source)
+        admin_failed(self.bind, what, source)
     }
+}
+
+/// An admin connection to `url`, for the test databases of `bind`; `purpose` completes "cannot
+/// reach the server to …" in the error.
+pub(super) async fn admin_connect<C: Connection>(
+    bind: &str,
+    url: &str,
+    purpose: &str,
+) -> Result<C> {
+    C::connect(url).await.map_err(|e| {
+        let what = format!(
+            "cannot reach {} to {purpose}",
+            DatabaseUrl::new(url).redacted()
+        );
+        Error::test_database(Some(bind), what, e)
+    })
+}
+
+/// Runs `sql` on an admin connection, for the test databases of `bind`.
+pub(super) async fn admin_exec<C>(bind: &str, conn: &mut C, sql: &str) -> Result<()>
+where
+    C: Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+{
+    sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(|e| admin_failed(bind, &format!("`{sql}` failed"), e))
+}
+
+/// A failure to set up or tear down the test databases of `bind`.
+pub(super) fn admin_failed(bind: &str, what: &str, source: impl Into<crate::BoxError>) -> Error {
+    Error::test_database(Some(bind), what.to_owned(), source)
 }
 
 impl MadeDb {

@@ -26,9 +26,9 @@ use std::sync::Mutex;
 use futures_util::future::BoxFuture;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use super::database::{Lease, MadeDb, SLOT_PREFIX};
+use super::database::{Lease, MadeDb, SLOT_PREFIX, admin_connect, admin_exec, admin_failed};
 use super::reset::{Baseline, Stale, Watermark};
-use crate::{DatabaseUrl, Error, Result};
+use crate::{Error, Result};
 
 /// The most slots a template gets on a server: a test finding them all leased gets a database
 /// of its own, cloned and dropped, as without reuse.
@@ -384,25 +384,15 @@ impl Slots<'_> {
     }
 
     async fn connect(&self, url: &str) -> Result<PgConnection> {
-        PgConnection::connect(url).await.map_err(|e| {
-            let what = format!(
-                "cannot reach {} to lease a test database",
-                DatabaseUrl::new(url).redacted()
-            );
-            Error::test_database(Some(self.bind), what, e)
-        })
+        admin_connect(self.bind, url, "lease a test database").await
     }
 
     async fn exec(&self, conn: &mut PgConnection, sql: &str) -> Result<()> {
-        sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
-            .execute(conn)
-            .await
-            .map(drop)
-            .map_err(|e| self.failed(&format!("`{sql}` failed"), e))
+        admin_exec(self.bind, conn, sql).await
     }
 
     fn failed(&self, what: &str, source: impl Into<crate::BoxError>) -> Error {
-        Error::test_database(Some(self.bind), what.to_owned(), source)
+        admin_failed(self.bind, what, source)
     }
 }
 

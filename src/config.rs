@@ -258,6 +258,10 @@ pub enum Engine {
 #[non_exhaustive]
 pub struct PoolConfig {
     /// Most connections open at once. Default: 10.
+    ///
+    /// When all are in use, checkouts wait in the order they asked: a connection given back
+    /// goes to the checkout that has waited longest, never to a newcomer (the one that gave it
+    /// back included), so no caller starves while others are served.
     pub max_connections: u32,
     /// Connections kept open once the bind has been used (or connected eagerly); the pool
     /// starts with none. Default: 0.

@@ -81,3 +81,53 @@ pub fn p50_p99(histogram: &Histogram<u64>) -> (f64, f64) {
 fn ms(nanos: u64) -> f64 {
     nanos as f64 / 1e6
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms_histogram(values: impl IntoIterator<Item = u64>) -> Histogram<u64> {
+        let mut histogram = histogram();
+        for ms in values {
+            record(&mut histogram, Duration::from_millis(ms));
+        }
+        histogram
+    }
+
+    /// Within the histogram's 3 significant digits.
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= want / 500.0
+    }
+
+    #[test]
+    fn rounds_merge_and_keep_their_own_p99() {
+        let mut latencies = Latencies::new();
+        latencies.add(&ms_histogram(1..=50));
+        latencies.add(&ms_histogram(51..=100)); // a second slice of the same round
+        latencies.end_round();
+        latencies.add(&ms_histogram(std::iter::repeat_n(1_000, 100)));
+        latencies.end_round();
+
+        let round_p99 = latencies.round_p99();
+        assert_eq!(round_p99.len(), 2);
+        assert!(
+            close(round_p99[0], 99.0),
+            "first round's p99: {}",
+            round_p99[0]
+        );
+        assert!(
+            close(round_p99[1], 1_000.0),
+            "second round's p99: {}",
+            round_p99[1]
+        );
+        assert!(close(latencies.quantile(0.5), 100.0), "p50 of both rounds");
+        assert!(close(latencies.quantile(1.0), 1_000.0), "the slowest");
+    }
+
+    #[test]
+    fn the_slowest_sessions_count_at_the_bound() {
+        let mut histogram = histogram();
+        record(&mut histogram, HIGHEST * 2);
+        assert!(close(ms(histogram.max()), ms(HIGHEST.as_nanos() as u64)));
+    }
+}

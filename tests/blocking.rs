@@ -11,7 +11,7 @@ mod common;
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -807,6 +807,67 @@ fn many_threads_share_a_small_pool_without_deadlock<B: Suite>() {
     finish(db);
 }
 
+/// Threads waiting for a connection are served in the order they asked, and a thread that gives
+/// its connection back and asks again waits behind them: the hand-over `PoolConfig`'s
+/// `max_connections` documents (r2d2 lets such a thread take its connection straight back).
+///
+/// Deterministic: each waiter is seen queued (`status().waiting`) before the next one starts,
+/// and the pool's one connection passes from each thread to the next, each noting its turn
+/// while it holds the connection.
+fn waiting_threads_are_served_in_the_order_they_asked<B: Suite>() {
+    const WAITERS: usize = 5;
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| {
+        c.max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .health_check(HealthCheck::Never)
+    });
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let order = within(Duration::from_secs(120), move || {
+        let turns = Arc::new(Mutex::new(Vec::new()));
+        let mut held = bind.session();
+        held.execute(sqlx::query("SELECT 1")).unwrap(); // the pool's only connection
+        let waiters: Vec<_> = (0..WAITERS)
+            .map(|w| {
+                let (mine, turns) = (bind.clone(), turns.clone());
+                let waiter = thread::spawn(move || {
+                    let mut session = mine.session();
+                    session.execute(sqlx::query("SELECT 1"))?;
+                    turns.lock().unwrap().push(format!("waiter {w}"));
+                    session.commit() // and dropped: the connection goes to the next in line
+                });
+                eventually(&format!("waiter {w} queued"), || {
+                    bind.status().waiting == w + 1
+                });
+                waiter
+            })
+            .collect();
+        held.commit().unwrap();
+        drop(held); // to waiter 0
+        let mut again = bind.session();
+        again.execute(sqlx::query("SELECT 1")).unwrap();
+        turns
+            .lock()
+            .unwrap()
+            .push("the thread that gave it back".to_owned());
+        drop(again);
+        for waiter in waiters {
+            waiter
+                .join()
+                .expect("waiter thread")
+                .expect("waiter served");
+        }
+        Arc::try_unwrap(turns).unwrap().into_inner().unwrap()
+    });
+    let mut expected: Vec<String> = (0..WAITERS).map(|w| format!("waiter {w}")).collect();
+    expected.push("the thread that gave it back".to_owned());
+    assert_eq!(order, expected);
+    let status = blocking_status::<B>(&manager);
+    assert_eq!((status.in_use, status.timeouts), (0, 0), "{status:?}");
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 fn threads_that_wait_past_the_acquire_timeout_get_timeout_errors<B: Suite>() {
     let db = census(TestDb::new(B::KIND));
     let manager = db.manager(|c| c.max_connections(2).acquire_timeout(Duration::from_secs(1)));
@@ -1590,6 +1651,7 @@ macro_rules! blocking_suite_tests {
             connect_blocking_opens_a_connection_eagerly,
             min_connections_and_idle_timeout_are_honoured_on_the_blocking_face,
             many_threads_share_a_small_pool_without_deadlock,
+            waiting_threads_are_served_in_the_order_they_asked,
             threads_that_wait_past_the_acquire_timeout_get_timeout_errors,
             a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session,
             a_panic_inside_a_scope_rolls_back,

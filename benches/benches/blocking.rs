@@ -317,24 +317,10 @@ fn measure(
             .collect();
         (outcomes, start, cpu_before)
     });
-    let mut histograms = Vec::with_capacity(outcomes.len());
-    let counts: Vec<Result<u64, String>> = outcomes
-        .into_iter()
-        .map(|outcome| {
-            outcome.map(|(done, histogram)| {
-                histograms.push(histogram);
-                done
-            })
-        })
-        .collect();
+    let (counts, histograms) = latency::split(outcomes);
     // The clock stops here, before the histograms are merged.
     let run = Run::tally(contender.name(), counts.iter().cloned(), start, cpu_before)?;
-    let mut merged = latency::histogram();
-    for histogram in &histograms {
-        merged
-            .add(histogram)
-            .expect("histograms of the same bounds add up");
-    }
+    let merged = latency::merged(&histograms);
     let counts: Vec<u64> = counts.into_iter().flatten().collect();
     let fewest = counts.iter().copied().min().unwrap_or(0);
     let most = counts.iter().copied().max().unwrap_or(0);

@@ -18,6 +18,36 @@ pub fn record(histogram: &mut Histogram<u64>, latency: Duration) {
     histogram.saturating_record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
 }
 
+/// Splits the outcomes of a measurement's tasks or threads (each its session count and its
+/// histogram, or its error) into the counts, for `Run::tally`, and the histograms, for
+/// [`merged`] once the clock has stopped.
+pub fn split<E>(
+    outcomes: Vec<Result<(u64, Histogram<u64>), E>>,
+) -> (Vec<Result<u64, E>>, Vec<Histogram<u64>>) {
+    let mut histograms = Vec::with_capacity(outcomes.len());
+    let counts = outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.map(|(done, histogram)| {
+                histograms.push(histogram);
+                done
+            })
+        })
+        .collect();
+    (counts, histograms)
+}
+
+/// All of `histograms` in one.
+pub fn merged(histograms: &[Histogram<u64>]) -> Histogram<u64> {
+    let mut merged = histogram();
+    for histogram in histograms {
+        merged
+            .add(histogram)
+            .expect("histograms of the same bounds add up");
+    }
+    merged
+}
+
 /// One cell's latencies: the sessions of the round in progress, and those of every round done.
 #[derive(Debug)]
 pub struct Latencies {

@@ -252,25 +252,10 @@ async fn measure(
                 ),
             )
         })?;
-    let mut histograms = Vec::with_capacity(outcomes.len());
-    let counts: Vec<Result<u64, String>> = outcomes
-        .into_iter()
-        .map(|outcome| {
-            outcome.map(|(done, histogram)| {
-                histograms.push(histogram);
-                done
-            })
-        })
-        .collect();
+    let (counts, histograms) = latency::split(outcomes);
     // The clock stops here, before the histograms are merged.
     let run = Run::tally(contender.name(), counts, start, cpu_before)?;
-    let mut merged = latency::histogram();
-    for histogram in &histograms {
-        merged
-            .add(histogram)
-            .expect("histograms of the same bounds add up");
-    }
-    Ok((run, merged))
+    Ok((run, latency::merged(&histograms)))
 }
 
 /// Every task's outcome, or, if some are still running at `limit`, how many (they are

@@ -353,16 +353,20 @@ impl<DB: Backend> Pool<DB> {
         self.start_upkeep();
         // One deadline for all of it: the SQLite keeper's first connection included.
         let get = async {
-            if let Some(keeper) = &shared.keeper {
-                shared.hold_database(keeper).await?;
+            if let Some(keeper) = &shared.keeper
+                && !keeper.held.load(Ordering::Acquire)
+            {
+                // Boxed, like deadpool's `get` below: what a session's statement future holds
+                // of a checkout is then a few words, not the kilobytes these rare paths take.
+                Box::pin(shared.hold_database(keeper)).await?;
             }
+            let get = checkout::get(&shared.deadpool, deadline);
             if shared.deadpool.status().available > 0 {
-                // An idle connection to take: deadpool hands it over at once (a ping at most),
-                // with nothing half-done to finish if this checkout is cut off.
-                return Ok(shared.deadpool.get().await);
+                // An idle connection to take: deadpool hands it over at once (a ping at most).
+                return Ok(get.await);
             }
             let _pending = shared.metrics().pending();
-            Ok(checkout::get(&shared.deadpool, deadline).await)
+            Ok(get.await)
         };
         match tokio::time::timeout_at(deadline, get).await {
             Ok(Err(e)) => Err(e),

@@ -1,6 +1,6 @@
 //! The engine under the faults of production, proven on the server: connections the server
 //! killed while they sat in the pool, sessions cut off mid-operation, a storm of client
-//! timeouts, and checkouts cancelled while their connection is still being opened.
+//! timeouts, and checkouts cancelled while their connection is still being opened or pinged.
 //!
 //! The storm prints its figures:
 //! `cargo test --all-features --test reliability timeout_storm -- --nocapture`.
@@ -454,11 +454,15 @@ async fn a_timeout_storm_reuses_its_connections<B: Suite>() {
 // ----- checkouts cancelled while connecting -----
 
 /// A TCP proxy in front of the test's server that holds every connection it accepts until
-/// [`open`](SlowServer::open): a server slow to answer a connect.
+/// [`open`](SlowServer::open): a server slow to answer a connect. Once open, it can also hold
+/// what the server sends back, from [`stall`](SlowServer::stall) to
+/// [`resume`](SlowServer::resume): a server slow to answer a ping.
 struct SlowServer {
     port: u16,
     accepted: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
+    /// Whether the server's bytes reach the client.
+    flowing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl SlowServer {
@@ -473,15 +477,21 @@ impl SlowServer {
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let (counter, held) = (accepted.clone(), gate.clone());
+        let flowing = Arc::new(tokio::sync::watch::Sender::new(true));
+        let (counter, held, switch) = (accepted.clone(), gate.clone(), flowing.clone());
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let (held, target) = (held.clone(), target.clone());
+                let (held, target, switch) = (held.clone(), target.clone(), switch.clone());
                 tokio::spawn(async move {
                     drop(held.acquire().await);
-                    let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let (mut from_client, to_client) = client.into_split();
+                    let (from_server, mut to_server) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                    });
+                    let _ = forward_when_flowing(from_server, to_client, switch.subscribe()).await;
                 });
             }
         });
@@ -489,7 +499,17 @@ impl SlowServer {
             port,
             accepted,
             gate,
+            flowing,
         }
+    }
+
+    /// Holds what the server sends from now on, until [`resume`](Self::resume).
+    fn stall(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    fn resume(&self) {
+        self.flowing.send_replace(true);
     }
 
     /// The test's URL, through this proxy.
@@ -505,6 +525,26 @@ impl SlowServer {
 
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies the server's bytes to the client, each read only once the switch says they flow.
+async fn forward_when_flowing(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut flowing: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        if flowing.wait_for(|flowing| *flowing).await.is_err() {
+            return Ok(()); // the proxy is gone
+        }
+        to.write_all(&buf[..n]).await?;
     }
 }
 
@@ -583,6 +623,58 @@ async fn a_connect_finishing_in_the_background_keeps_its_slot<B: Suite>() {
     db.finish().await;
 }
 
+/// The same for a pooled connection whose health-check ping is cut off: the ping finishes
+/// in the background and the connection goes back to the pool, instead of being thrown away
+/// (and a connect paid for the next checkout).
+async fn a_checkout_cancelled_while_pinging_keeps_its_connection<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let slow = SlowServer::start(&db).await;
+    slow.open();
+    let url = slow.url(&db);
+    let manager = db.manager(|c| {
+        let mut c = c.max_connections(1).health_check(HealthCheck::Always);
+        c.url = Some(url.as_str().into());
+        c
+    });
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    let pooled = settled(|| bind.status()).await;
+    assert_eq!((pooled.opened, pooled.idle), (1, 1), "{pooled:?}");
+
+    // The idle connection's ping gets no answer until the proxy lets it through.
+    slow.stall();
+    let mut session = bind.session();
+    let begin = tokio::time::timeout(Duration::from_millis(50), session.begin()).await;
+    assert!(
+        begin.is_err(),
+        "the ping cannot finish while its answer is held"
+    );
+    drop(session);
+    assert_eq!(
+        bind.status().discarded,
+        0,
+        "cut off in its ping, the connection is kept"
+    );
+
+    slow.resume();
+    let status = settled(|| bind.status()).await;
+    assert_eq!(
+        (status.opened, status.idle, status.discarded),
+        (1, 1, 0),
+        "the ping finished in the background and the connection was pooled: {status:?}"
+    );
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    assert_eq!((bind.status().opened, slow.accepted()), (1, 1));
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 // ----- blocking sessions -----
 
 /// The blocking face: the same recovery, done before the session's drop returns.
@@ -645,6 +737,7 @@ macro_rules! server_tests {
             an_autocommit_statement_on_a_dead_connection_is_reported_then_suspects_are_pinged,
             a_checkout_cancelled_while_connecting_pools_its_connection,
             a_connect_finishing_in_the_background_keeps_its_slot,
+            a_checkout_cancelled_while_pinging_keeps_its_connection,
         );
     };
 }

@@ -267,7 +267,9 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         }
         let suspect = conn.alive_at < self.deaths.load(Ordering::Relaxed);
         if suspect || self.health_check.should_ping(idle) {
-            self.check(conn).await?;
+            // Boxed: the ping is the rare path; inline, it would make every checkout's future
+            // (deadpool's `get`, which holds this one) several times larger.
+            Box::pin(self.check(conn)).await?;
         }
         conn.clean = false;
         Ok(())

@@ -326,17 +326,15 @@ impl<DB: Backend> Session<DB> {
         !self.may_resend() && self.tx.pending_begin.is_none()
     }
 
-    /// The first statement of a transaction that may be resent or has a BEGIN pending, taken
-    /// apart; with arguments, it cannot carry the BEGIN, which goes first, alone.
-    async fn take_first<'q, E>(&mut self, query: E) -> sqlx::Result<Resend<DB>>
-    where
-        E: 'q + Execute<'q, DB>,
-    {
-        let first = Resend::take(query)?;
-        if first.arguments.is_some() {
+    /// Sends a pending BEGIN alone before the first statement of a transaction (one that may
+    /// be resent or has a BEGIN pending, taken apart) when that statement has arguments: it
+    /// cannot carry the BEGIN. (The caller takes the statement apart, not this future: holding
+    /// the statement here too would make every statement's future larger.)
+    async fn begin_before(&mut self, first_has_arguments: bool) -> sqlx::Result<()> {
+        if first_has_arguments {
             self.send_begin(None).await.map_err(Error::into_sqlx)?;
         }
-        Ok(first)
+        Ok(())
     }
 
     pub(crate) async fn run_execute<'q, E>(&mut self, query: E) -> sqlx::Result<DB::QueryResult>
@@ -348,7 +346,8 @@ impl<DB: Backend> Session<DB> {
         if self.goes_as_given() {
             return self.collect_results(query).await;
         }
-        let first = self.take_first(query).await?;
+        let first = Resend::take(query)?;
+        self.begin_before(first.arguments.is_some()).await?;
         if !self.may_resend() {
             return self.collect_results(first).await;
         }
@@ -371,7 +370,8 @@ impl<DB: Backend> Session<DB> {
         if self.goes_as_given() {
             return self.collect_rows(query).await;
         }
-        let first = self.take_first(query).await?;
+        let first = Resend::take(query)?;
+        self.begin_before(first.arguments.is_some()).await?;
         if !self.may_resend() {
             return self.collect_rows(first).await;
         }
@@ -397,7 +397,8 @@ impl<DB: Backend> Session<DB> {
         if self.goes_as_given() {
             return self.fetch_one_row(query).await;
         }
-        let first = self.take_first(query).await?;
+        let first = Resend::take(query)?;
+        self.begin_before(first.arguments.is_some()).await?;
         if !self.may_resend() {
             return self.fetch_one_row(first).await;
         }
@@ -412,7 +413,7 @@ impl<DB: Backend> Session<DB> {
     }
 
     /// Starts a statement, the session ready for it, carrying the pending BEGIN if there is
-    /// one (the statement then has no arguments: see `take_first`).
+    /// one (the statement then has no arguments: see `begin_before`).
     fn send<'e, 'q: 'e, E>(
         &'e mut self,
         query: E,
@@ -493,13 +494,17 @@ impl<DB: Backend> Session<DB> {
         E: 'q + Execute<'q, DB>,
     {
         Box::pin(async_stream::stream! {
-            let first = match self.take_first(query).await {
+            let first = match Resend::take(query) {
                 Ok(first) => first,
                 Err(e) => {
                     yield Err(e);
                     return;
                 }
             };
+            if let Err(e) = self.begin_before(first.arguments.is_some()).await {
+                yield Err(e);
+                return;
+            }
             let again = self.may_resend().then(|| first.copy());
             let mut lost = false;
             {

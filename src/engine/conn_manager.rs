@@ -211,37 +211,11 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
     type Type = PooledConn<DB>;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PooledConn<DB>, sqlx::Error> {
-        // A checkout cancelled from here on lets the connect finish in the background.
-        checkout::mark_worth_finishing();
-        if let Some(kept) = self.take_kept().await {
-            return Ok(kept);
-        }
-        let alive_at = self.deaths.load(Ordering::Relaxed);
-        let watch = Stopwatch::start();
-        // Boxed: the rare path keeps every checkout's future small (and its type shallow).
-        let (raw, reactor) = Box::pin(self.open())
-            .await
-            .inspect_err(|_| bump(&self.counters.connect_errors))?;
-        bump(&self.counters.created);
-        self.observer.metrics.created(watch);
-        self.observer.metrics.opened();
-        tracing::debug!(bind = %self.bind, "opened a connection");
-        Ok(PooledConn {
-            raw,
-            clean: false,
-            idle_since: Instant::now(),
-            alive_at,
-            counted_used: false,
-            implicit_transactions: self.setup.sql.is_some(),
-            access: if self.setup.read_only {
-                Access::ReadOnly
-            } else {
-                Access::AsOpened
-            },
-            isolation: self.setup.isolation,
-            reactor,
-        })
+    fn create(&self) -> impl Future<Output = Result<PooledConn<DB>, sqlx::Error>> + Send {
+        // Boxed: deadpool's `get` holds this future, and every checkout's box holds that one;
+        // inline, the rare connect would make the box of every checkout a third larger (and,
+        // past 1 KiB, too large for glibc's per-thread cache of freed blocks).
+        Box::pin(self.create_pooled())
     }
 
     async fn recycle(
@@ -283,6 +257,40 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
 }
 
 impl<DB: Backend> ConnManager<DB> {
+    /// A new connection for the pool: one kept from an earlier test, or a fresh one.
+    async fn create_pooled(&self) -> Result<PooledConn<DB>, sqlx::Error> {
+        // A checkout cancelled from here on lets the connect finish in the background.
+        checkout::mark_worth_finishing();
+        if let Some(kept) = self.take_kept().await {
+            return Ok(kept);
+        }
+        let alive_at = self.deaths.load(Ordering::Relaxed);
+        let watch = Stopwatch::start();
+        let (raw, reactor) = self
+            .open()
+            .await
+            .inspect_err(|_| bump(&self.counters.connect_errors))?;
+        bump(&self.counters.created);
+        self.observer.metrics.created(watch);
+        self.observer.metrics.opened();
+        tracing::debug!(bind = %self.bind, "opened a connection");
+        Ok(PooledConn {
+            raw,
+            clean: false,
+            idle_since: Instant::now(),
+            alive_at,
+            counted_used: false,
+            implicit_transactions: self.setup.sql.is_some(),
+            access: if self.setup.read_only {
+                Access::ReadOnly
+            } else {
+                Access::AsOpened
+            },
+            isolation: self.setup.isolation,
+            reactor,
+        })
+    }
+
     /// Connects and runs the setup; in a pool with reactors, inside a new reactor, on a thread
     /// of its own (the socket registers with the runtime it opens in), from wherever the
     /// checkout runs.

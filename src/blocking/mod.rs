@@ -59,9 +59,9 @@
 //! gives a connection back take it again at once while others wait. With more threads than
 //! connections that saves r2d2 hand-overs and costs its waiting threads: in one run of
 //! `cargo bench -p dbscope-benches --bench blocking` (16 threads, 8 connections), a tuned
-//! `r2d2_postgres` loop ran 1.36 times dbscope's sessions per second, at a p99 latency 5.4 times
-//! dbscope's (12.8 ms against 2.4 ms). With as many threads as connections, where no thread
-//! waits for one, dbscope ran 0.99 times its sessions per second at the same p99 (1.4 ms).
+//! `r2d2_postgres` loop ran 1.17 times dbscope's sessions per second, at a p99 latency 8 times
+//! dbscope's (14.5 ms against 1.8 ms). With as many threads as connections, where no thread
+//! waits for one, dbscope ran 0.98 times its sessions per second at the same p99 (1.1 ms).
 //!
 //! The blocking faces of a manager also share one small tokio runtime, started with the first
 //! of them, whose single worker thread runs the timers (`acquire_timeout` and the other

@@ -548,6 +548,36 @@ async fn forward_when_flowing(
     }
 }
 
+/// One short session on `bind`, committed.
+async fn one_session<B: Suite>(bind: &dbscope::Bind<B::Db>) {
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+}
+
+/// After a cancelled checkout's `what` (connect or ping) was let through: it finished in the
+/// background, its connection is pooled, and the next session uses it, the only connection
+/// that ever reached the server. Ends the test.
+async fn kept_and_used_again<B: Suite>(
+    db: TestDb,
+    slow: SlowServer,
+    manager: BindManager,
+    bind: dbscope::Bind<B::Db>,
+    what: &str,
+) {
+    let status = settled(|| bind.status()).await;
+    assert_eq!(
+        (status.opened, status.idle, status.discarded),
+        (1, 1, 0),
+        "the {what} finished in the background and the connection was pooled: {status:?}"
+    );
+    one_session::<B>(&bind).await;
+    assert_eq!((bind.status().opened, slow.accepted()), (1, 1));
+    assert_eq!(db.server_connections().await, Some(1));
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 /// A bind of `max_connections` behind a [`SlowServer`], and a checkout on it cancelled while
 /// its connection is still being opened.
 async fn cut_off_while_connecting<B: Suite>(
@@ -580,20 +610,7 @@ async fn a_checkout_cancelled_while_connecting_pools_its_connection<B: Suite>() 
     .await;
 
     slow.open();
-    let status = settled(|| bind.status()).await;
-    assert_eq!(
-        (status.opened, status.idle, status.discarded),
-        (1, 1, 0),
-        "the connect finished in the background and was pooled: {status:?}"
-    );
-    let mut session = bind.session();
-    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-    session.commit().await.unwrap();
-    drop(session);
-    assert_eq!((bind.status().opened, slow.accepted()), (1, 1));
-    assert_eq!(db.server_connections().await, Some(1));
-    manager.close(Duration::from_secs(5)).await.unwrap();
-    db.finish().await;
+    kept_and_used_again::<B>(db, slow, manager, bind, "connect").await;
 }
 
 async fn a_connect_finishing_in_the_background_keeps_its_slot<B: Suite>() {
@@ -637,10 +654,7 @@ async fn a_checkout_cancelled_while_pinging_keeps_its_connection<B: Suite>() {
         c
     });
     let bind = manager.bind::<B::Db>("main").unwrap();
-    let mut session = bind.session();
-    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-    session.commit().await.unwrap();
-    drop(session);
+    one_session::<B>(&bind).await;
     let pooled = settled(|| bind.status()).await;
     assert_eq!((pooled.opened, pooled.idle), (1, 1), "{pooled:?}");
 
@@ -660,19 +674,7 @@ async fn a_checkout_cancelled_while_pinging_keeps_its_connection<B: Suite>() {
     );
 
     slow.resume();
-    let status = settled(|| bind.status()).await;
-    assert_eq!(
-        (status.opened, status.idle, status.discarded),
-        (1, 1, 0),
-        "the ping finished in the background and the connection was pooled: {status:?}"
-    );
-    let mut session = bind.session();
-    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-    session.commit().await.unwrap();
-    drop(session);
-    assert_eq!((bind.status().opened, slow.accepted()), (1, 1));
-    manager.close(Duration::from_secs(5)).await.unwrap();
-    db.finish().await;
+    kept_and_used_again::<B>(db, slow, manager, bind, "ping").await;
 }
 
 // ----- blocking sessions -----

@@ -882,6 +882,103 @@ async fn a_task_outliving_its_scope_is_told_so<B: Suite>() {
     finish::<B>(manager, db).await;
 }
 
+/// An atomic block whose end cannot take the session in time (other code of the scope holds
+/// it past `acquire_timeout`) fails, and its work rolls back, whether the work succeeded or not:
+/// the scope, which goes on and commits, never commits the block's rows.
+async fn an_atomic_block_that_cannot_end_in_time_rolls_back<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
+    create_table::<B>(&manager, &db).await;
+    dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        for (id, work_ok) in [(2, true), (3, false)] {
+            let (go, may_take) = tokio::sync::oneshot::channel();
+            let (taken, is_taken) = tokio::sync::oneshot::channel();
+            let (returned, has_returned) = tokio::sync::oneshot::channel::<()>();
+            let block = async {
+                let ended = dbscope::atomic::<B::Db>("main")
+                    .run(async {
+                        insert::<B>(&db, id).await?;
+                        go.send(()).unwrap();
+                        is_taken.await.unwrap(); // the sibling has the session now
+                        if work_ok {
+                            Ok(())
+                        } else {
+                            Err(AppError::Refused)
+                        }
+                    })
+                    .await;
+                returned.send(()).unwrap();
+                ended
+            };
+            let holder = async {
+                may_take.await.unwrap();
+                let lease = current_session::<B::Db>("main").await?.lock().await?;
+                taken.send(()).unwrap();
+                has_returned.await.unwrap(); // held until the block has given up
+                drop(lease);
+                Ok::<_, AppError>(())
+            };
+            let (ended, held) = tokio::join!(block, holder);
+            held?;
+            let err = ended.unwrap_err().db();
+            assert_eq!(err.kind(), dbscope::ErrorKind::SessionLocked, "{err}");
+        }
+        assert_eq!(
+            visible::<B>(&db).await?,
+            1,
+            "neither block's row is left in the scope's transaction"
+        );
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
+
+/// Hooks that a before-commit hook adds run too: its before-commit ones after the others, its
+/// after-commit ones once the scope has committed.
+async fn hooks_added_by_a_before_commit_hook_run_too<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let log: Log = Arc::default();
+    let first = log.clone();
+    manager
+        .scope()
+        .before_commit(move || {
+            let log = first.clone();
+            async move {
+                log_to(&log, "before");
+                let scope = Scope::current()?;
+                let (before, after) = (log.clone(), log.clone());
+                scope.before_commit(move || {
+                    let log = before.clone();
+                    async move {
+                        log_to(&log, "added before");
+                        Ok(())
+                    }
+                });
+                scope.after_commit(move || {
+                    let log = after.clone();
+                    async move { log_to(&log, "added after") }
+                });
+                Ok(())
+            }
+        })
+        .run(async {
+            insert::<B>(&db, 1).await?;
+            Ok::<_, AppError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["before", "added before", "added after"]
+    );
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
+
 async fn declared_binds_are_checked<B: Suite>() {
     let (db, manager) = setup::<B>().await;
     let unknown = manager.scope().bind("nope").validate().unwrap_err();
@@ -949,6 +1046,8 @@ macro_rules! scope_tests {
             a_task_outliving_its_scope_is_told_so,
             declared_binds_are_checked,
             a_stream_dropped_after_its_first_row_leaves_the_scope_usable,
+            an_atomic_block_that_cannot_end_in_time_rolls_back,
+            hooks_added_by_a_before_commit_hook_run_too,
         );
     };
 }

@@ -227,9 +227,14 @@ impl<DB: Backend> Block<DB> {
         let Some(mut guard) = self.guard.take() else {
             return Ok(());
         };
-        let slot = guard.slot.take().expect("the guard holds its slot");
+        let slot = Arc::clone(guard.slot.as_ref().expect("the guard holds its slot"));
         let level = guard.level;
+        // Armed until the session is taken: a wait for it that fails (other code of the scope
+        // holds it past `acquire_timeout`) or is cancelled leaves the block to roll back before
+        // the session's next use, whatever the work's outcome was. Disarmed with the session
+        // in hand, what follows is the session's own to track.
         let mut session = slot.lock().await?;
+        guard.slot = None;
         if session.depth() < level {
             return Ok(()); // the work ended the block's transaction itself
         }

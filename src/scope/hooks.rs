@@ -53,17 +53,13 @@ impl Hooks {
             .extend(other.after_rollback.iter().cloned());
     }
 
-    /// Runs the before-commit hooks in order; the first error vetoes the commit and stops the
-    /// rest.
     pub(crate) fn has_before_commit(&self) -> bool {
         !self.before_commit.is_empty()
     }
 
-    pub(crate) async fn run_before_commit(&self) -> Result<(), BoxError> {
-        for hook in &self.before_commit {
-            hook().await?;
-        }
-        Ok(())
+    /// The before-commit hook at `index` in registration order, if there is one by now.
+    pub(crate) fn before_commit_at(&self, index: usize) -> Option<BeforeCommit> {
+        self.before_commit.get(index).cloned()
     }
 
     pub(crate) async fn run_after(&self, committed: bool) {

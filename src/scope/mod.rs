@@ -563,14 +563,14 @@ impl Scope {
     /// in the order of first use; otherwise (or on a veto or failure) rolls them all back.
     /// Connections go back to the pool; then the after-commit or after-rollback hooks run.
     pub(crate) async fn finish(&self, commit: bool) -> Result<()> {
-        let hooks = self.hooks().clone();
         let mut outcome = Ok(());
-        if commit
-            && hooks.has_before_commit()
-            && let Err(veto) = self.attach(hooks.run_before_commit()).await
-        {
+        let before_commit = commit && self.hooks().has_before_commit();
+        if before_commit && let Err(veto) = self.attach(self.run_before_commit()).await {
             outcome = Err(Error::commit_vetoed(veto));
         }
+        // Read after the before-commit hooks: the after-commit and after-rollback hooks they
+        // added run too.
+        let hooks = self.hooks().clone();
         let slots = {
             let mut state = self.state();
             state.ended = true;
@@ -662,6 +662,21 @@ impl Scope {
 
     fn hooks(&self) -> MutexGuard<'_, Hooks> {
         lock(&self.inner.hooks)
+    }
+
+    /// Runs the before-commit hooks in the order they were added, those added by a
+    /// before-commit hook included (after the others); the first error vetoes the commit and
+    /// stops the rest.
+    async fn run_before_commit(&self) -> std::result::Result<(), BoxError> {
+        let mut next = 0;
+        loop {
+            let hook = self.hooks().before_commit_at(next);
+            let Some(hook) = hook else {
+                return Ok(());
+            };
+            hook().await?;
+            next += 1;
+        }
     }
 }
 

@@ -937,6 +937,82 @@ async fn an_atomic_block_that_cannot_end_in_time_rolls_back<B: Suite>() {
     finish::<B>(manager, db).await;
 }
 
+/// Code that still holds the session when the scope ends keeps nothing of it: the scope fails
+/// with `SessionHeld`, and once that code lets go the session rolls back and every handle of
+/// the scope says it ended, so nothing can commit what the scope did not.
+async fn a_session_held_past_the_scope_rolls_back_when_let_go<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.acquire_timeout(Duration::from_millis(300)));
+    create_table::<B>(&manager, &db).await;
+    let kept = Mutex::new(None);
+    let err = dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        let handle = current_session::<B::Db>("main").await?;
+        let lease = handle.lock().await?;
+        *kept.lock().unwrap() = Some((handle, lease)); // both outlive the scope's work
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap_err()
+    .db();
+    assert_eq!(err.kind(), dbscope::ErrorKind::SessionHeld, "{err}");
+    let (mut handle, lease) = kept.lock().unwrap().take().unwrap();
+    drop(lease);
+    let ended = |e: dbscope::Error| {
+        assert_eq!(e.kind(), dbscope::ErrorKind::ScopeEnded, "{e}");
+    };
+    let stmt = format!("INSERT INTO {} (id, v) VALUES (2, 'b')", db.table);
+    ended(
+        sqlx::query(sql(stmt))
+            .execute(&mut handle)
+            .await
+            .map_err(dbscope::Error::from)
+            .unwrap_err(),
+    );
+    ended(handle.commit().await.unwrap_err());
+    assert_settled::<B>(&manager, &db).await;
+    assert_eq!(committed::<B>(&manager, &db).await, 0);
+    finish::<B>(manager, db).await;
+}
+
+/// A scope cut off (its future dropped, as a disconnecting client's request is) ends for the
+/// tasks attached to it as well: they are told so, and cannot commit what its owner never did.
+async fn a_cancelled_scope_ends_for_its_attached_tasks<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let (attached, is_attached) = tokio::sync::oneshot::channel();
+    let (go, may_go) = tokio::sync::oneshot::channel::<()>();
+    let (outcome, task_outcome) = tokio::sync::oneshot::channel();
+    let table = db.table.clone();
+    let owner = dbscope::scope(&manager, async {
+        insert::<B>(&db, 1).await?;
+        let task = Scope::current()?.attach(async move {
+            let result = async {
+                let mut handle = current_session::<B::Db>("main").await?;
+                attached.send(()).unwrap();
+                may_go.await.ok();
+                let stmt = format!("INSERT INTO {table} (id, v) VALUES (2, 'b')");
+                sqlx::query(sql(stmt)).execute(&mut handle).await?;
+                handle.commit().await
+            }
+            .await;
+            outcome.send(result).unwrap();
+        });
+        tokio::spawn(task);
+        std::future::pending::<()>().await; // the owner never finishes: it is cut off
+        Ok::<_, AppError>(())
+    });
+    tokio::select! {
+        _ = owner => unreachable!("the owner never finishes"),
+        _ = is_attached => {} // the owner's future is dropped here
+    }
+    go.send(()).unwrap();
+    let err = task_outcome.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), dbscope::ErrorKind::ScopeEnded, "{err}");
+    assert_settled::<B>(&manager, &db).await;
+    assert_eq!(committed::<B>(&manager, &db).await, 0);
+    finish::<B>(manager, db).await;
+}
+
 /// Hooks that a before-commit hook adds run too: its before-commit ones after the others, its
 /// after-commit ones once the scope has committed.
 async fn hooks_added_by_a_before_commit_hook_run_too<B: Suite>() {
@@ -1047,6 +1123,8 @@ macro_rules! scope_tests {
             declared_binds_are_checked,
             a_stream_dropped_after_its_first_row_leaves_the_scope_usable,
             an_atomic_block_that_cannot_end_in_time_rolls_back,
+            a_session_held_past_the_scope_rolls_back_when_let_go,
+            a_cancelled_scope_ends_for_its_attached_tasks,
             hooks_added_by_a_before_commit_hook_run_too,
         );
     };

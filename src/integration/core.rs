@@ -361,12 +361,13 @@ where
             Call::Joined(inner) => return Outcome::Inner(inner.await),
             Call::Refused(request) => return Outcome::Refused(request),
         };
+        let owner = scope.own();
         let result = scope.attach(inner).await;
         let commit = match &result {
             Ok(response) => config.commits(&scope, status(response)),
             Err(_) => false,
         };
-        match (scope.finish(commit).await, result) {
+        match (owner.finish(commit).await, result) {
             (Err(e), Ok(response)) => {
                 log_failure("the request's commit failed; answering 500", &e);
                 Outcome::CommitFailed(response)

@@ -274,8 +274,9 @@ impl ScopeBuilder {
         E: From<Error>,
     {
         let scope = self.start()?;
+        let owner = scope.own();
         let result = scope.attach(work).await;
-        match scope.finish(result.is_ok()).await {
+        match owner.finish(result.is_ok()).await {
             Ok(()) => result,
             Err(e) => Err(result.err().unwrap_or_else(|| e.into())),
         }
@@ -574,7 +575,8 @@ impl Scope {
         let slots = {
             let mut state = self.state();
             state.ended = true;
-            std::mem::take(&mut state.slots)
+            // Left in the state too: an owner cut off from here on gives up what is not ended.
+            state.slots.clone()
         };
         if outcome.is_ok() {
             outcome = if commit {
@@ -594,6 +596,28 @@ impl Scope {
             _ => hooks.run_after(committed).await,
         }
         outcome
+    }
+
+    /// The scope's owner, which ends it with [`Owner::finish`]; dropped before that has
+    /// finished, it gives the scope up.
+    pub(crate) fn own(&self) -> Owner {
+        Owner {
+            scope: self.clone(),
+            finished: false,
+        }
+    }
+
+    /// Gives up a scope its owner did not finish: no session is lent again, and each rolls
+    /// back, at once where no code holds it, else when that code lets go.
+    fn abandon(&self) {
+        let slots = {
+            let mut state = self.state();
+            state.ended = true;
+            state.slots.clone()
+        };
+        for slot in slots {
+            slot.abandon();
+        }
     }
 
     /// The read slot of bind `name`, or its write slot once that has been used (sticky after
@@ -676,6 +700,33 @@ impl Scope {
             };
             hook().await?;
             next += 1;
+        }
+    }
+}
+
+/// The code that opened a scope and ends it. Dropped before [`finish`](Owner::finish) has
+/// finished (the owner's future cancelled, a panic), it gives the scope up: tasks attached to it
+/// get [`ErrorKind::ScopeEnded`](crate::ErrorKind::ScopeEnded) from then on, and every session
+/// rolls back, at once where no code holds it, else when that code lets go. Without it, a task
+/// attached to the scope would keep its sessions, and could commit what the owner never did.
+pub(crate) struct Owner {
+    scope: Scope,
+    finished: bool,
+}
+
+impl Owner {
+    /// Ends the scope: see [`Scope::finish`].
+    pub(crate) async fn finish(mut self, commit: bool) -> Result<()> {
+        let outcome = self.scope.finish(commit).await;
+        self.finished = true;
+        outcome
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.scope.abandon();
         }
     }
 }

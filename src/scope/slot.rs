@@ -33,6 +33,9 @@ pub(crate) struct Slot<DB: Backend> {
     read: bool,
     /// Code of the scope has taken the session (run a statement on it): for sticky-after-write.
     used: AtomicBool,
+    /// The scope has ended (or its owner gave it up): no more leases, whatever the session's
+    /// fate.
+    ended: AtomicBool,
     /// Where its commit's read token goes, on a bind with replicas.
     written: Option<Written>,
 }
@@ -58,6 +61,10 @@ pub(crate) trait ErasedSlot: Send + Sync {
     /// [`end`](ErasedSlot::end) without awaiting, when that needs no round trip (no
     /// transaction open, the session free); `None` otherwise.
     fn end_now(&self, commit: bool) -> Option<Ended>;
+    /// Rolls the session back without waiting, for a scope whose owner gave it up (its future
+    /// dropped, or panicking) before ending it: at once if the session is free, else when the
+    /// code that holds it lets go. No lease is lent from then on.
+    fn abandon(self: Arc<Self>);
     fn is_read(&self) -> bool;
     fn used(&self) -> bool;
 }
@@ -81,6 +88,7 @@ impl<DB: Backend> Slot<DB> {
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
             dropped_level: AtomicU32::new(0),
             used: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             written,
         }
     }
@@ -106,6 +114,9 @@ impl<DB: Backend> Slot<DB> {
     }
 
     fn lend(&self, mut guard: OwnedMutexGuard<Option<Session<DB>>>) -> Result<SessionLease<DB>> {
+        if self.ended.load(Ordering::Acquire) {
+            return Err(Error::scope_ended(&self.name));
+        }
         let Some(session) = guard.as_mut() else {
             return Err(Error::scope_ended(&self.name));
         };
@@ -139,6 +150,31 @@ impl<DB: Backend> Slot<DB> {
             });
     }
 
+    /// Sends the session's read token, if it committed on a bind with replicas, where the
+    /// scope collects them.
+    fn keep_read_token(&self, session: &Session<DB>) {
+        if let (Some(written), Some(token)) = (&self.written, session.read_token()) {
+            lock_written(written).push(token.clone());
+        }
+    }
+
+    /// Takes the session out once no code holds it, and drops it (rolling back what is open,
+    /// its connection back clean): at once when it is free, else in the background, when the
+    /// code that holds it lets go. No lease is lent from then on.
+    fn give_up(self: Arc<Self>) {
+        self.ended.store(true, Ordering::Release);
+        if let Ok(mut guard) = self.session.try_lock() {
+            drop(guard.take());
+            return;
+        }
+        // Without a runtime, the session goes with the slot's last handle.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                drop(self.session.lock().await.take());
+            });
+        }
+    }
+
     fn take_dropped_level(&self) -> Option<u32> {
         match self.dropped_level.swap(0, Ordering::AcqRel) {
             0 => None,
@@ -158,12 +194,15 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
 
     fn end(self: Arc<Self>, commit: bool) -> BoxFuture<'static, Ended> {
         Box::pin(async move {
+            self.ended.store(true, Ordering::Release);
             let free = self.session.try_lock().ok();
             let guard = match free {
                 Some(guard) => Ok(guard),
                 None => tokio::time::timeout(self.patience, self.session.lock()).await,
             };
             let Ok(mut guard) = guard else {
+                // Rolled back when the code that holds it lets go; it gets no lease again.
+                Arc::clone(&self).give_up();
                 return Ended::StillHeld(Error::session_held(&self.name, self.patience));
             };
             let Some(mut session) = guard.take() else {
@@ -176,9 +215,7 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
                 close_quietly(session).await;
                 return Ended::CommitFailed(e);
             }
-            if let (Some(written), Some(token)) = (&self.written, session.read_token()) {
-                lock_written(written).push(token.clone());
-            }
+            self.keep_read_token(&session);
             close_quietly(session).await;
             ended(commit)
         })
@@ -192,6 +229,10 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
         self.used.load(Ordering::Relaxed)
     }
 
+    fn abandon(self: Arc<Self>) {
+        self.give_up();
+    }
+
     fn end_now(&self, commit: bool) -> Option<Ended> {
         let mut guard = self.session.try_lock().ok()?;
         if self.dropped_level.load(Ordering::Acquire) != 0 {
@@ -200,6 +241,7 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
         match guard.as_ref() {
             None => Some(Ended::RolledBack),
             Some(session) if session.ends_without_round_trip() => {
+                self.ended.store(true, Ordering::Release);
                 drop(guard.take()); // gives its connection back clean
                 Some(ended(commit))
             }

@@ -507,6 +507,30 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(
         .unwrap();
     let tokens = kept.unwrap().read_tokens();
     assert_eq!(tokens.len(), 1, "one token per bind committed");
+    // A commit before the scope's end (an atomic block's, here) leaves its token too, though
+    // the scope then ends with nothing left to commit.
+    let mut early = None;
+    manager
+        .scope()
+        .run(async {
+            early = Some(Scope::current()?);
+            dbscope::atomic::<Postgres>("default")
+                .run(async {
+                    let mut db = dbscope::current_session::<Postgres>("default").await?;
+                    sqlx::query("INSERT INTO replica_rows (id) VALUES (21)")
+                        .execute(&mut db)
+                        .await?;
+                    Ok::<_, dbscope::Error>(())
+                })
+                .await
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        early.unwrap().read_tokens().len(),
+        1,
+        "an early commit's token"
+    );
     manager
         .scope()
         .read_only()

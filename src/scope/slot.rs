@@ -241,6 +241,8 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
         match guard.as_ref() {
             None => Some(Ended::RolledBack),
             Some(session) if session.ends_without_round_trip() => {
+                // An early commit's read token counts as the scope's last one would.
+                self.keep_read_token(session);
                 self.ended.store(true, Ordering::Release);
                 drop(guard.take()); // gives its connection back clean
                 Some(ended(commit))

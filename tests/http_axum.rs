@@ -616,3 +616,63 @@ mod commit_failure {
         db.finish().await;
     }
 }
+
+/// A route's layer that declares a bind joins an app-wide layer that serves every bind: the
+/// route gets its bind (with its mode) and keeps every other. SQLite, in memory.
+mod route_binds {
+    use super::*;
+
+    use dbscope::BindConfig;
+    use sqlx::Sqlite;
+
+    /// The bind key of the route's own bind.
+    struct Analytics;
+    impl dbscope::BindKey for Analytics {
+        type Database = Sqlite;
+        const NAME: &'static str = "analytics";
+    }
+
+    /// Uses both binds: the app's default one, and the route's, in autocommit.
+    async fn both(
+        mut main: DbSession<DefaultBind<Sqlite>>,
+        mut analytics: DbSession<Analytics>,
+    ) -> Result<String, DbError> {
+        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *main).await?;
+        let two: i64 = sqlx::query_scalar("SELECT 2")
+            .fetch_one(&mut *analytics)
+            .await?;
+        let main_open = main.in_transaction().await?;
+        let analytics_open = analytics.in_transaction().await?;
+        Ok(format!("{one} {two} {main_open} {analytics_open}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_route_layer_adds_its_bind_to_a_scope_that_serves_every_bind() {
+        let manager = BindManager::builder()
+            .bind("default", BindConfig::new("sqlite::memory:"))
+            .bind("analytics", BindConfig::new("sqlite::memory:"))
+            .build()
+            .unwrap();
+        let analytics = ScopeLayer::with_scope(
+            manager
+                .scope()
+                .bind_with_mode("analytics", TransactionMode::Autocommit),
+        )
+        .unwrap();
+        let router = Router::new()
+            .route("/both", get(both).route_layer(analytics))
+            .layer(ScopeLayer::new(&manager));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/both", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let response = reqwest::Client::new().get(url).send().await.unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(
+            (status, response.text().await.unwrap().as_str()),
+            (200, "1 2 true false"),
+            "the default bind in a transaction, the route's in autocommit"
+        );
+        task.abort();
+        manager.close(Duration::from_secs(5)).await.unwrap();
+    }
+}

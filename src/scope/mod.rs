@@ -140,6 +140,8 @@ pub struct ScopeBuilder {
     manager: BindManager,
     mode: Option<TransactionMode>,
     binds: Vec<(String, Option<TransactionMode>)>,
+    /// Serves every bind, the declared ones with their modes (a new scope of one that does).
+    every_bind: bool,
     hooks: Hooks,
     source: Option<Arc<dyn SessionSource>>,
     reads: Reads,
@@ -159,6 +161,7 @@ impl BindManager {
             manager: self.clone(),
             mode: None,
             binds: Vec::new(),
+            every_bind: false,
             hooks: Hooks::default(),
             source: None,
             reads: Reads::default(),
@@ -297,13 +300,13 @@ impl ScopeBuilder {
     /// Opens the scope, not yet entered.
     pub(crate) fn start(&self) -> Result<Scope> {
         self.validate()?;
-        let declared = (!self.binds.is_empty()).then(|| self.binds.clone());
         Ok(Scope {
             inner: Arc::new(Inner {
                 manager: self.manager.clone(),
                 state: Mutex::new(State {
                     mode: self.mode.unwrap_or_default(),
-                    declared,
+                    every_bind: self.every_bind || self.binds.is_empty(),
+                    declared: self.binds.clone(),
                     slots: Vec::new(),
                     ended: false,
                     reads: self.reads.clone(),
@@ -346,8 +349,10 @@ struct Inner {
 
 struct State {
     mode: TransactionMode,
-    /// The binds the scope serves, when it declares them; `None` serves every bind.
-    declared: Option<Vec<(String, Option<TransactionMode>)>>,
+    /// Whether the scope serves every bind (it declared none), not only the declared ones.
+    every_bind: bool,
+    /// The binds the scope declares, each with its own mode if it has one.
+    declared: Vec<(String, Option<TransactionMode>)>,
     /// The sessions in the order of their first use, which is the order they commit in.
     slots: Vec<Arc<dyn ErasedSlot>>,
     ended: bool,
@@ -360,13 +365,11 @@ impl State {
     }
 
     fn mode_for(&self, name: &str) -> Result<TransactionMode> {
-        let Some(declared) = &self.declared else {
-            return Ok(self.mode);
-        };
-        match declared.iter().find(|(n, _)| n == name) {
+        match self.declared.iter().find(|(n, _)| n == name) {
             Some((_, mode)) => Ok(mode.unwrap_or(self.mode)),
+            None if self.every_bind => Ok(self.mode),
             None => {
-                let declared = declared.iter().map(|(n, _)| n.clone()).collect();
+                let declared = self.declared.iter().map(|(n, _)| n.clone()).collect();
                 Err(Error::bind_not_in_scope(name, declared))
             }
         }
@@ -461,7 +464,8 @@ impl Scope {
         ScopeBuilder {
             manager: self.inner.manager.clone(),
             mode: Some(state.mode),
-            binds: state.declared.clone().unwrap_or_default(),
+            binds: state.declared.clone(),
+            every_bind: state.every_bind,
             hooks: Hooks::default(),
             source: self.inner.source.clone(),
             reads: Reads {
@@ -521,17 +525,17 @@ impl Scope {
             .reads
             .tokens
             .extend(builder.reads.tokens.iter().cloned());
-        if !builder.binds.is_empty() {
-            let declared = state.declared.get_or_insert_with(Vec::new);
-            if let Some((dup, _)) = builder
-                .binds
-                .iter()
-                .find(|(n, _)| declared.iter().any(|(d, _)| d == n))
-            {
-                return Err(Error::duplicate_scope_bind(dup));
-            }
-            declared.extend(builder.binds.iter().cloned());
+        // The layer's binds join the scope's: a scope that serves every bind still does (the
+        // layer's binds with their modes), one that declares its binds serves the layer's too.
+        let declared = &mut state.declared;
+        if let Some((dup, _)) = builder
+            .binds
+            .iter()
+            .find(|(n, _)| declared.iter().any(|(d, _)| d == n))
+        {
+            return Err(Error::duplicate_scope_bind(dup));
         }
+        declared.extend(builder.binds.iter().cloned());
         drop(state);
         self.hooks().extend(&builder.hooks);
         Ok(())

@@ -529,11 +529,12 @@ impl<DB: Backend> Pool<DB> {
         for conn in removed.removed {
             close_gracefully(conn);
         }
-        let missing = shared
-            .min_connections
-            .saturating_sub(shared.deadpool.status().size);
-        let mut held = Vec::with_capacity(missing);
-        for _ in 0..missing {
+        // Every connection checked out here is held until the pool has `min_connections`:
+        // deadpool hands out its idle connections before it opens one, so a checkout given back
+        // at once would never open any. At most `min_connections` checkouts.
+        let min = shared.min_connections;
+        let mut held = Vec::new();
+        while shared.deadpool.status().size < min && held.len() < min {
             match self.checkout().await {
                 Ok(conn) => held.push(conn),
                 Err(e) if e.is_closed() => break,
@@ -543,7 +544,7 @@ impl<DB: Backend> Pool<DB> {
                 }
             }
         }
-        held.into_iter().for_each(Conn::give_back);
+        held.into_iter().for_each(Conn::give_back_unused);
     }
 }
 
@@ -748,6 +749,17 @@ impl<DB: Backend> Conn<DB> {
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
     /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
     pub(crate) fn give_back(self) {
+        self.give_back_after(true);
+    }
+
+    /// [`give_back`](Conn::give_back) for a connection checked out and not used (the upkeep's):
+    /// its idle time goes on, so that the health check that goes by it still comes (a checkout
+    /// on a blocking face's pool, which runs no ping outside a caller's thread, made none).
+    fn give_back_unused(self) {
+        self.give_back_after(false);
+    }
+
+    fn give_back_after(self, used: bool) {
         self.stop_driving();
         let mut obj = match self.0 {
             Held::Pooled(obj) => obj,
@@ -755,7 +767,9 @@ impl<DB: Backend> Conn<DB> {
         };
         obj.clean = true;
         let now = Instant::now();
-        obj.idle_since = now;
+        if used {
+            obj.idle_since = now;
+        }
         let since = checked_out_at(&obj);
         match managed::Object::pool(&obj) {
             Some(pool) if !pool.is_closed() => {

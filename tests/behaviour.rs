@@ -952,6 +952,32 @@ async fn min_connections_and_idle_timeout_are_honoured<B: Suite>() {
     db.finish().await;
 }
 
+/// The upkeep opens connections up to `min_connections` beside the idle ones (which deadpool
+/// hands out first, so a checkout given back at once would open none).
+async fn min_connections_are_opened_beside_idle_ones<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| {
+        c.min_connections(2)
+            .max_connections(4)
+            .idle_timeout(Some(Duration::from_millis(200))) // upkeep every 50 ms
+    });
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session); // its connection now waits idle
+    eventually("the upkeep opens a second connection", || {
+        let n = bind.status().connections;
+        async move { n == 2 }
+    })
+    .await;
+    if let Some(n) = db.server_connections().await {
+        assert_eq!(n, 2);
+    }
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 async fn connect_opens_a_connection_eagerly<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -1109,6 +1135,7 @@ macro_rules! behaviour_tests {
             isolation_level_reaches_the_server,
             typed_bind_keys_select_the_bind_at_compile_time,
             min_connections_and_idle_timeout_are_honoured,
+            min_connections_are_opened_beside_idle_ones,
             connect_opens_a_connection_eagerly,
         );
     };

@@ -39,7 +39,7 @@ pub(crate) use pin::{
 
 use conn_manager::{ConnManager, PooledConn};
 use reactor::Reactor;
-pub(crate) use reactor::block_on;
+pub(crate) use reactor::{block_on, thread_locals_gone};
 
 /// The connection is dead: the network or the server closed it (an I/O error, a crashed
 /// SQLite worker, or the goodbye a server sends as it closes one). Unlike a protocol error (the

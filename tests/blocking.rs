@@ -1515,6 +1515,41 @@ fn a_session_dropped_as_its_thread_exits_leaves_nothing_open<B: Suite>() {
     finish(db);
 }
 
+/// The same, with the thread-locals in another order: tokio's before the one that keeps the
+/// session, dbscope's after it (a thread that entered a runtime first, as every `spawn_blocking`
+/// thread does). dbscope's are gone when the session drops, tokio's not yet: the session
+/// still discards its connection, and the thread exits without aborting the process.
+fn a_session_dropped_after_dbscopes_thread_locals_leaves_nothing_open<B: Suite>() {
+    thread_local! {
+        static KEPT: std::cell::RefCell<Option<Box<dyn std::any::Any>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let bind = manager.blocking_bind::<B::Db>("main").unwrap();
+    let (held, table) = (bind.clone(), db.table.clone());
+    thread::spawn(move || {
+        // tokio's thread-local first, then this one, then dbscope's (at the first statement):
+        // destroyed in the reverse order.
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        KEPT.with(|_| ());
+        let mut session = held.session();
+        let stmt = format!("INSERT INTO {table} (id, v) VALUES (1, 'kept')");
+        session.execute(sqlx::query(sql(stmt))).unwrap();
+        KEPT.set(Some(Box::new(session)));
+    })
+    .join()
+    .expect("the thread exits without a panic (a panic there would abort the process)");
+    eventually("the connection back or discarded", || {
+        bind.status().in_use == 0
+    });
+    assert_no_open_transaction(&db);
+    assert_eq!(committed_rows::<B>(&manager, &db), 0);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 common::blocking_tests!(postgres_server, common::Pg:
     a_connection_killed_mid_session_is_discarded_not_reused,
     health_check_always_replaces_a_dead_idle_connection,
@@ -1524,6 +1559,7 @@ common::blocking_tests!(postgres_server, common::Pg:
     a_hook_waiting_on_two_connections_at_once_gets_both_answers,
     calls_from_spawn_blocking_and_block_in_place_reach_the_server,
     a_session_dropped_as_its_thread_exits_leaves_nothing_open,
+    a_session_dropped_after_dbscopes_thread_locals_leaves_nothing_open,
 );
 common::blocking_tests!(mysql_server, common::MySql:
     a_connection_killed_mid_session_is_discarded_not_reused,
@@ -1534,6 +1570,7 @@ common::blocking_tests!(mysql_server, common::MySql:
     a_hook_waiting_on_two_connections_at_once_gets_both_answers,
     calls_from_spawn_blocking_and_block_in_place_reach_the_server,
     a_session_dropped_as_its_thread_exits_leaves_nothing_open,
+    a_session_dropped_after_dbscopes_thread_locals_leaves_nothing_open,
 );
 
 // ----- polite closes, proved by PostgreSQL's own count of abandoned sessions -----

@@ -11,7 +11,7 @@ use tokio::runtime::{EnterGuard, Handle, Runtime};
 use tokio::task::coop;
 
 use crate::backend::Backend;
-use crate::engine::block_on;
+use crate::engine::{block_on, thread_locals_gone};
 use crate::{Error, Result, Session};
 
 /// How long a dropped blocking session may take to roll back before its connection is discarded
@@ -146,9 +146,10 @@ pub(crate) fn may_block() -> bool {
     !under_coop_budget()
 }
 
-/// Whether this thread is tearing down its thread-locals (a session dropped by one of them).
+/// Whether this thread is tearing down its thread-locals (a session dropped by one of them):
+/// tokio's, or dbscope's own, whichever went first.
 fn thread_exiting() -> bool {
-    matches!(Handle::try_current(), Err(e) if e.is_thread_local_destroyed())
+    matches!(Handle::try_current(), Err(e) if e.is_thread_local_destroyed()) || thread_locals_gone()
 }
 
 /// Whether tokio is polling async code on this thread.

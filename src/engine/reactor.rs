@@ -160,6 +160,12 @@ thread_local! {
     static SIGNAL: Arc<Signal> = Arc::new(Signal::current());
 }
 
+/// Whether this thread's own thread-locals of [`block_on`] are gone: it is exiting, and
+/// nothing may block on it any more (tokio's may outlive them, by the order they were made in).
+pub(crate) fn thread_locals_gone() -> bool {
+    TOUCHED.try_with(|_| ()).is_err() || SIGNAL.try_with(|_| ()).is_err()
+}
+
 /// Runs `future` to completion on the calling thread: polls it, and while it waits, runs the
 /// I/O driver of the connection it last touched ([`Reactor::touch`]) until its waker is called,
 /// or sleeps when it touched none. The caller makes sure the thread may block, and pins the

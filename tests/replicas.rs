@@ -432,6 +432,19 @@ async fn a_lagging_replica_is_set_aside_and_taken_back(
     );
     assert!(pg_has_row(&mut read, 3).await);
     drop(read);
+    // A manager started after the replica stalled remembers no position the replica has: its
+    // lag has no bound it can see, so the replica is set aside from the first round.
+    let fresh = pg_manager(pair, |c| c.max_lag(Duration::from_millis(500)));
+    let mut read = fresh.read_session::<Postgres>("default").unwrap();
+    assert_eq!(
+        pg_port(&mut read).await,
+        primary,
+        "a fresh manager reads on the primary too"
+    );
+    assert!(pg_has_row(&mut read, 3).await);
+    drop(read);
+    assert!(!fresh.status()[0].hosts[1].fit_for_reads);
+    fresh.close(Duration::from_secs(5)).await.unwrap();
     pair.resume_replay().await;
     eventually("the replica is taken back once it caught up", || async {
         manager.status()[0].hosts[1].fit_for_reads

@@ -64,9 +64,18 @@ impl<DB: Backend> Inner<DB> {
         });
         if let (Some(primary), None) = (primaries.next(), primaries.next()) {
             let mut history = lock(&self.history);
-            history.push_back((Instant::now(), primary.position.clone()));
-            if history.len() > HISTORY {
-                history.pop_front();
+            let now = Instant::now();
+            match history.back_mut() {
+                // Still there: when the primary was last seen at a position is what bounds the
+                // lag of a replica that has it, and the history keeps distinct positions only
+                // (a quiet primary probed in quick succession would push the older ones out).
+                Some((seen, at)) if *at == primary.position => *seen = now,
+                _ => {
+                    history.push_back((now, primary.position.clone()));
+                    if history.len() > HISTORY {
+                        history.pop_front();
+                    }
+                }
             }
         }
     }
@@ -99,11 +108,13 @@ impl<DB: Backend> Inner<DB> {
         host.timeline.store(probe.timeline, Ordering::Release);
         host.lsn
             .store(probe.position.lsn().unwrap_or(0), Ordering::Release);
-        let (lag_bytes, lag) = match probe.role {
-            ProbedRole::Primary => (None, None),
+        let (lag_bytes, lag, bounded) = match probe.role {
+            ProbedRole::Primary => (None, None, false),
             ProbedRole::Replica => self.lag_of(&probe, now),
         };
-        let fit = role == REPLICA && lag.is_some_and(|lag| lag <= self.routing.max_lag);
+        // A lag known only from below (the replica is behind every position remembered) may be
+        // any length: such a replica is not fit, however short the history is.
+        let fit = role == REPLICA && bounded && lag.is_some_and(|lag| lag <= self.routing.max_lag);
         if !fit && host.fit.load(Ordering::Acquire) {
             tracing::info!(bind = %self.bind, host = %host.address, ?lag, "replica set aside: too far behind");
         }
@@ -118,12 +129,15 @@ impl<DB: Backend> Inner<DB> {
         host.healthy.store(true, Ordering::Release);
     }
 
-    /// How far a replica is behind: positions to the newest primary position, and the time
-    /// since the primary was at a position the replica has (0 when it has the newest one).
-    fn lag_of(&self, probe: &Probe, now: Instant) -> (Option<u64>, Option<Duration>) {
+    /// How far a replica is behind: positions to the newest primary position, the time since
+    /// the primary was last seen at a position the replica has (0 when it has the newest one),
+    /// and whether that time bounds the lag: not when the replica is behind every position
+    /// remembered (a history that starts after the replica stalled, or a busy primary's, which
+    /// rounds in quick succession have made short), where it is only the least the lag can be.
+    fn lag_of(&self, probe: &Probe, now: Instant) -> (Option<u64>, Option<Duration>, bool) {
         let history = lock(&self.history);
         let Some((_, newest)) = history.back() else {
-            return (None, None);
+            return (None, None, false);
         };
         let bytes = probe.position.distance_to(newest);
         let reached = history
@@ -136,7 +150,7 @@ impl<DB: Backend> Inner<DB> {
             // Behind everything remembered: at least that long.
             None => now - history.front().map_or(now, |(t, _)| *t),
         };
-        (Some(bytes), Some(lag))
+        (Some(bytes), Some(lag), reached.is_some())
     }
 
     /// The pause before the next round: fast while no primary is known or someone waits,

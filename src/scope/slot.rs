@@ -167,7 +167,10 @@ impl<DB: Backend> Slot<DB> {
             drop(guard.take());
             return;
         }
-        // Without a runtime, the session goes with the slot's last handle.
+        // Without a runtime, the session goes with the slot's last handle. The task's wait is
+        // for one event, the holder's lease dropping (the holder is other code: this task
+        // holds nothing), and nobody waits on the task; a lease kept forever keeps its session
+        // forever with or without it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 drop(self.session.lock().await.take());

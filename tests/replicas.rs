@@ -106,6 +106,7 @@ async fn postgres_replicas() {
         the_host_hook_chooses_per_session(&pair, ports).await;
         fallback_fail_is_a_typed_error(&pair).await;
         blocking_sessions_are_routed_too(&manager, ports).await;
+        the_prober_outlives_the_runtime_that_started_it(&pair, ports).await;
         the_replicas_example_runs_against_the_pair(&pair, ports).await;
         manager.close(Duration::from_secs(5)).await.unwrap();
         // Closed managers leave nothing behind: no pool connection, no prober's.
@@ -692,6 +693,40 @@ async fn blocking_sessions_are_routed_too(manager: &BindManager, (primary, repli
     assert_eq!(blocking.hosts.len(), 2, "the blocking face shows its hosts");
 }
 
+/// A manager shared by runtimes that come and go (each `#[tokio::test]` has its own): the first
+/// routed checkout starts the prober on its runtime, which then ends; a later runtime's checkout
+/// starts another, so that a token is still seen reached (with no fallback to the primary and a
+/// long `token_wait`, a frozen view of the replica fails the read after 30 s).
+async fn the_prober_outlives_the_runtime_that_started_it(pair: &PgPair, (_, replica): (u16, u16)) {
+    let mut routing = routing();
+    routing.fallback = Fallback::Fail;
+    routing.token_wait = Duration::from_secs(30);
+    let manager = pg_manager(pair, |c| c.routing(routing));
+    let first = manager.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut read = first.read_session::<Postgres>("default").unwrap();
+            assert_eq!(pg_port(&mut read).await, replica);
+        });
+    })
+    .join()
+    .expect("a read on a runtime of its own");
+    let (token, _) = pg_write(&manager, 10).await;
+    let mut read = manager.read_session_after::<Postgres>(&token).unwrap();
+    assert_eq!(
+        pg_port(&mut read).await,
+        replica,
+        "the replica, once it has the write"
+    );
+    assert!(pg_has_row(&mut read, 10).await);
+    drop(read);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+}
+
 /// `examples/replicas.rs`, as a user runs it, against this pair: its writes on the primary, its
 /// reads after a token and in a scope, each host's status. `cargo test` builds the examples
 /// next to the test binaries (`target/<profile>/examples/`).
@@ -736,6 +771,70 @@ async fn the_replicas_example_runs_against_the_pair(pair: &PgPair, (primary, _):
 
 /// The primary stopped hard and the replica promoted: writes resume on the new primary, every
 /// error on the way is typed, and the old primary, started again, never gets a write.
+/// Checkouts waiting for a primary make the prober probe fast, not in a loop: each waiter wakes
+/// it, yet its rounds begin 50 ms apart at the quickest, so hosts that refuse at once are not
+/// reconnected to thousands of times a second. Two listeners that accept and hang up stand for
+/// such hosts and count the connections; the bound holds however slow the machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_checkouts_do_not_storm_hosts_that_refuse() {
+    let mut counts = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        counts.push(count);
+        urls.push(format!(
+            "postgres://postgres@127.0.0.1:{port}/test?sslmode=disable"
+        ));
+    }
+    let mut routing = routing();
+    routing.failover_wait = Duration::from_secs(1);
+    let began = Instant::now();
+    let manager = BindManager::new(
+        BindConfig::new(urls[0].as_str())
+            .replica(urls[1].as_str())
+            .routing(routing),
+    )
+    .unwrap();
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                let mut session = manager.session::<Postgres>("default").unwrap();
+                session.begin().await.expect_err("no host answers")
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        let err = waiter.await.unwrap();
+        assert_eq!(
+            err.routing_failure(),
+            Some(RoutingFailure::NoPrimary),
+            "{err}"
+        );
+    }
+    let seen: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    let rounds = u32::try_from(began.elapsed().as_millis() / 50).unwrap() + 2;
+    eprintln!("{seen:?} connections in at most {rounds} rounds");
+    for n in seen {
+        assert!(n >= 1, "each host was probed");
+        assert!(
+            n <= 2 * rounds as usize,
+            "{n} connections to a refusing host in {:?}",
+            began.elapsed()
+        );
+    }
+    manager.close(Duration::from_secs(5)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_moves_writes_to_the_promoted_replica() {
     within_limit("failover", async {

@@ -66,6 +66,7 @@ struct Inner<DB: Backend> {
     hook: Option<HostHook>,
     /// Pools a hook asked for by URL (a rotated password, another host), keyed by that URL.
     extra: Mutex<HashMap<String, Pool<DB>>>,
+    /// Whether a prober runs (it clears this when it ends, with its runtime, say).
     started: AtomicBool,
     /// Tasks waiting for a primary or for a replica past a token: the prober probes fast.
     hurry: AtomicUsize,
@@ -251,14 +252,17 @@ impl<DB: Backend> Hosts<DB> {
         Ok(pool)
     }
 
-    /// Starts the prober on first use, and waits for its first round (bounded by the probe
-    /// timeout): routing needs to know the roles.
+    /// Starts the prober on first use, or again when the last one ended with its runtime, and
+    /// waits for its first round (bounded by the probe timeout): routing needs to know the
+    /// roles, and what a prober saw before it ended may be old.
     async fn start(&self) {
         let inner = &*self.0;
-        if !inner.started.load(Ordering::Acquire) && !inner.started.swap(true, Ordering::AcqRel) {
+        let spawned =
+            !inner.started.load(Ordering::Acquire) && !inner.started.swap(true, Ordering::AcqRel);
+        if spawned {
             prober::spawn(Arc::downgrade(&self.0));
         }
-        if *inner.rounds.borrow() == 0 {
+        if spawned || *inner.rounds.borrow() == 0 {
             let deadline =
                 Instant::now() + inner.routing.probe_timeout * 2 + Duration::from_millis(100);
             self.wait_round(deadline.into()).await;

@@ -15,25 +15,49 @@ use crate::backend::replication::{Probe, ProbedRole};
 /// Probe interval while no primary is known or someone waits for a round.
 const FAST: Duration = Duration::from_millis(50);
 
-/// Starts the prober of `inner`'s hosts; it ends when they are closed or dropped.
+/// Starts the prober of `inner`'s hosts, on the current runtime; it ends when they are closed
+/// or dropped. It also ends with its runtime (a test's, a request's `Runtime` built and dropped):
+/// it then says so in `started`, and the next routed checkout starts another on its own runtime,
+/// so that routing never goes on reading what a dead prober last wrote.
 pub(super) fn spawn<DB: Backend>(inner: Weak<Inner<DB>>) {
+    let running = Running(inner);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
+        return; // `running` dropped: not started
     };
     runtime.spawn(async move {
+        let running = running;
         let mut conns: Vec<Option<DB::Connection>> = Vec::new();
         loop {
-            let Some(hosts) = inner.upgrade() else { break };
+            let Some(hosts) = running.0.upgrade() else {
+                break;
+            };
             if hosts.closed.load(Ordering::Acquire) {
                 break;
             }
+            let began = tokio::time::Instant::now();
             conns.resize_with(hosts.hosts.len(), || None);
             hosts.round(&mut conns).await;
             let pause = hosts.next_pause();
             let woken = async { hosts.wake.notified().await };
             let _ = tokio::time::timeout(pause, woken).await;
+            // However often waiters wake it, rounds begin `FAST` apart at least: checkouts
+            // waiting through a failover must not turn the prober into a loop reconnecting to
+            // hosts that refuse at once.
+            tokio::time::sleep_until(began + FAST).await;
         }
     });
+}
+
+/// Held by the prober's task: when the task ends, however (its hosts closed or dropped, its
+/// runtime shut down), the hosts learn that no prober runs.
+struct Running<DB: Backend>(Weak<Inner<DB>>);
+
+impl<DB: Backend> Drop for Running<DB> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.started.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl<DB: Backend> Inner<DB> {

@@ -306,6 +306,9 @@ pub struct Session<DB: Backend> {
     route: Route,
     /// The position of the session's last commit (binds with replicas).
     token: Option<ReadToken>,
+    /// Autocommit statements ran on this write session of a bind with replicas since its last
+    /// token: [`commit`](Session::commit) asks the server's position for one.
+    untokened: bool,
 }
 
 struct Custom {
@@ -539,6 +542,7 @@ impl<DB: Backend> Session<DB> {
             span,
             route,
             token: None,
+            untokened: false,
         }
     }
 
@@ -551,6 +555,10 @@ impl<DB: Backend> Session<DB> {
     /// PostgreSQL and MariaDB): give it to a later read session ([`Bind::read_session_after`])
     /// so that it sees this commit. `None` before a commit, on a read session, and on binds
     /// without replicas.
+    ///
+    /// An [autocommit](Session::autocommit) session's statements land on their own; its
+    /// [`commit`](Session::commit) (which a scope's end and the web layers call) then asks the
+    /// server's position in one round trip, and the token covers every statement before it.
     pub fn read_token(&self) -> Option<&ReadToken> {
         self.token.as_ref()
     }
@@ -659,6 +667,10 @@ impl<DB: Backend> Session<DB> {
     /// Commits the open transaction, if any. The session keeps its connection; its next
     /// statement begins a new transaction.
     ///
+    /// In [autocommit](Session::autocommit) mode each statement has committed on its own; on a
+    /// bind with replicas, this then asks the primary's position (one round trip), for the
+    /// [`read_token`](Session::read_token) of those statements.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted) when an earlier statement failed on PostgreSQL (the
@@ -677,6 +689,9 @@ impl<DB: Backend> Session<DB> {
         }
         self.flush_pending_rollback().await?;
         if self.tx.depth == 0 {
+            if self.untokened {
+                Box::pin(self.token_for_autocommit()).await;
+            }
             return Ok(());
         }
         if self.tx.aborted {
@@ -685,6 +700,9 @@ impl<DB: Backend> Session<DB> {
         }
         if self.tx.unopened() && self.tx.depth == 1 {
             self.end_transaction(); // nothing ran: nothing to commit
+            if self.untokened {
+                Box::pin(self.token_for_autocommit()).await;
+            }
             return Ok(());
         }
         let commit = self.commit_sql();
@@ -920,6 +938,9 @@ impl<DB: Backend> Session<DB> {
                 }
             }
             if options.autocommit {
+                if self.tx.depth == 0 && !self.route.read && !self.untokened {
+                    self.untokened = self.bind.hosts().is_some_and(|h| h.makes_tokens());
+                }
                 if self.tx.depth == 0
                     && self.conn_mut().is_pinned()
                     && self.bind.dialect().aborts_on_error()
@@ -1397,7 +1418,29 @@ impl<DB: Backend> Session<DB> {
         SqlStr::from_static(with_position.unwrap_or(self.tx.end.commit))
     }
 
+    /// The token of the autocommit statements that ran since the last: the primary's position
+    /// now, which is past each of their commits. Failing, the session has no token for them
+    /// (a later read may not see them), which is logged; their rows have landed all the same,
+    /// so the commit is not reported failed.
+    async fn token_for_autocommit(&mut self) {
+        let Some(sql) = self.bind.dialect().position_sql() else {
+            self.untokened = false;
+            return;
+        };
+        match self
+            .exec_returning(SqlStr::from_static(sql), DB::first_text)
+            .await
+        {
+            Ok(position) => self.keep_token(position),
+            Err(error) => {
+                self.untokened = false;
+                tracing::warn!(bind = %self.bind.name(), %error, "no read token for autocommit statements: the position query failed");
+            }
+        }
+    }
+
     fn keep_token(&mut self, position: Option<String>) {
+        self.untokened = false;
         let Some(hosts) = self.bind.hosts() else {
             return;
         };
@@ -1497,6 +1540,7 @@ impl<DB: Backend> Session<DB> {
     pub(crate) fn ends_without_round_trip(&self) -> bool {
         let tx = &self.tx;
         (tx.depth == 0 || tx.unopened())
+            && !self.untokened
             && !(tx.autocommit_savepoint && tx.aborted)
             && tx.wire == Wire::Idle
             && !tx.unverified()

@@ -107,6 +107,7 @@ async fn postgres_replicas() {
         fallback_fail_is_a_typed_error(&pair).await;
         blocking_sessions_are_routed_too(&manager, ports).await;
         the_prober_outlives_the_runtime_that_started_it(&pair, ports).await;
+        an_autocommit_write_has_a_token_too(&pair, &manager, ports).await;
         the_replicas_example_runs_against_the_pair(&pair, ports).await;
         manager.close(Duration::from_secs(5)).await.unwrap();
         // Closed managers leave nothing behind: no pool connection, no prober's.
@@ -284,13 +285,32 @@ async fn read_your_writes_across_two_http_requests(
     let client = reqwest::Client::new();
 
     pair.pause_replay().await;
-    let response = client.post(format!("{base}/rows/7")).send().await.unwrap();
+    // The request brings a token of another bind (an earlier write elsewhere): the response's
+    // header, which replaces the client's, hands it back beside this write's.
+    let response = client
+        .post(format!("{base}/rows/7"))
+        .header("x-read-token", "audit.1.0/10")
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success());
-    let token = response.headers()["x-read-token"]
+    let carried = response.headers()["x-read-token"]
         .to_str()
         .unwrap()
         .to_owned();
-    eprintln!("POST answered x-read-token: {token}");
+    eprintln!("POST answered x-read-token: {carried}");
+    let carried: Vec<&str> = carried.split('~').collect();
+    assert_eq!(
+        carried.len(),
+        2,
+        "the request's token of another bind, and this write's: {carried:?}"
+    );
+    assert!(carried.contains(&"audit.1.0/10"), "{carried:?}");
+    let token = carried
+        .iter()
+        .find(|t| t.starts_with("default."))
+        .expect("this write's token")
+        .to_string();
     let with = client
         .get(format!("{base}/rows/7"))
         .header("x-read-token", &token)
@@ -691,6 +711,61 @@ async fn blocking_sessions_are_routed_too(manager: &BindManager, (primary, repli
     .unwrap();
     let blocking = manager.status().into_iter().find(|s| s.blocking).unwrap();
     assert_eq!(blocking.hosts.len(), 2, "the blocking face shows its hosts");
+}
+
+/// Autocommit statements land on their own: the session's `commit()` (a scope's end calls it)
+/// makes their token from the primary's position, one round trip. With replay paused, a read
+/// after it waits, then reads the row from the primary; without the token it would read the
+/// replica, which lacks it.
+async fn an_autocommit_write_has_a_token_too(
+    pair: &PgPair,
+    manager: &BindManager,
+    (primary, _): (u16, u16),
+) {
+    pair.pause_replay().await;
+    let mut write = manager
+        .session::<Postgres>("default")
+        .unwrap()
+        .autocommit(true);
+    for id in [11_i64, 12] {
+        sqlx::query("INSERT INTO replica_rows (id) VALUES ($1)")
+            .bind(id)
+            .execute(&mut write)
+            .await
+            .unwrap();
+    }
+    assert!(write.read_token().is_none(), "none until asked for");
+    write.commit().await.unwrap();
+    let token = write
+        .read_token()
+        .cloned()
+        .expect("an autocommit write's token");
+    drop(write);
+    let mut read = manager.read_session_after::<Postgres>(&token).unwrap();
+    assert_eq!(pg_port(&mut read).await, primary);
+    assert!(pg_has_row(&mut read, 12).await, "the last statement's row");
+    drop(read);
+    // In a scope in autocommit mode, the scope's end makes it.
+    let mut kept = None;
+    manager
+        .scope()
+        .autocommit()
+        .run(async {
+            kept = Some(Scope::current()?);
+            let mut db = dbscope::current_session::<Postgres>("default").await?;
+            sqlx::query("INSERT INTO replica_rows (id) VALUES (13)")
+                .execute(&mut db)
+                .await?;
+            Ok::<_, dbscope::Error>(())
+        })
+        .await
+        .unwrap();
+    let tokens = kept.unwrap().read_tokens();
+    assert_eq!(tokens.len(), 1, "the scope's autocommit write has a token");
+    let mut read = manager.read_session_after::<Postgres>(&tokens[0]).unwrap();
+    assert!(pg_has_row(&mut read, 13).await);
+    drop(read);
+    pair.resume_replay().await;
 }
 
 /// A manager shared by runtimes that come and go (each `#[tokio::test]` has its own): the first

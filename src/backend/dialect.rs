@@ -40,6 +40,13 @@ impl Dialect {
         }
     }
 
+    /// The primary's position alone, for the token of statements that committed on their own
+    /// (what [`commit_with_position`](Self::commit_with_position) adds to a COMMIT).
+    pub(crate) fn position_sql(self) -> Option<&'static str> {
+        self.commit_with_position()
+            .and_then(|sql| sql.strip_prefix("COMMIT; "))
+    }
+
     /// The transaction statements for these options, or why this database cannot honour them.
     pub(crate) fn tx_sql(
         self,

@@ -39,8 +39,30 @@ impl Position {
         Some(Self::Gtid(gtids))
     }
 
+    /// The least position that has reached both: the later LSN, or per domain the higher
+    /// sequence number (two writes in different domains: a host must have both).
+    pub(crate) fn join(self, other: Position) -> Position {
+        match (self, other) {
+            (Self::Lsn(a), Self::Lsn(b)) => Self::Lsn(a.max(b)),
+            (Self::Gtid(mut a), Self::Gtid(b)) => {
+                for gtid in b {
+                    match a.iter_mut().find(|g| g.0 == gtid.0) {
+                        Some(kept) if kept.2 < gtid.2 => *kept = gtid,
+                        Some(_) => {}
+                        None => a.push(gtid),
+                    }
+                }
+                a.sort_unstable();
+                Self::Gtid(a)
+            }
+            (mine, _) => mine,
+        }
+    }
+
     /// Whether a host at `self` has everything up to `other`: a later or equal LSN, or, in every
-    /// domain of `other`, a sequence number at least as high.
+    /// domain of `other`, a sequence number at least as high. As MariaDB's own `MASTER_GTID_WAIT`
+    /// does, it compares sequence numbers within a domain whatever server wrote them (they go
+    /// on rising across a switchover in a domain).
     pub(crate) fn has_reached(&self, other: &Position) -> bool {
         match (self, other) {
             (Self::Lsn(a), Self::Lsn(b)) => a >= b,
@@ -151,5 +173,16 @@ mod tests {
         assert_eq!(replica.to_string(), "0-1-42,1-2-7");
         assert_eq!(replica.distance_to(&Position::parse("0-1-45").unwrap()), 3);
         assert!(Position::parse("0-1").is_none());
+    }
+
+    #[test]
+    fn joined_positions_have_reached_both() {
+        let a = Position::parse("0-1-42,1-2-7").unwrap();
+        let b = Position::parse("0-1-40,2-3-5").unwrap();
+        let both = a.clone().join(b.clone());
+        assert_eq!(both.to_string(), "0-1-42,1-2-7,2-3-5");
+        assert!(both.has_reached(&a) && both.has_reached(&b));
+        let lsn = Position::Lsn(5).join(Position::Lsn(9));
+        assert_eq!(lsn, Position::Lsn(9));
     }
 }

@@ -44,16 +44,20 @@ impl ReadToken {
         &self.position
     }
 
-    /// The later of two tokens of one bind: the later position on one timeline, else the one
-    /// on the later timeline (a failover happened between them).
+    /// A token that sees the writes of both tokens of one bind: on one timeline, the position
+    /// that has reached both (the later LSN; on MariaDB, each domain's latest GTID, so that
+    /// writes in two domains are both seen); else the one on the later timeline (a failover
+    /// happened between them).
     pub(crate) fn later(self, other: Self) -> Self {
-        let same_timeline = self.bind == other.bind && self.timeline == other.timeline;
-        let other_later = if same_timeline {
-            other.position.has_reached(&self.position)
+        if self.bind == other.bind && self.timeline == other.timeline {
+            let position = self.position.join(other.position);
+            return Self { position, ..self };
+        }
+        if self.timeline < other.timeline {
+            other
         } else {
-            self.timeline < other.timeline
-        };
-        if other_later { other } else { self }
+            self
+        }
     }
 }
 
@@ -118,5 +122,14 @@ mod tests {
                 .is_some()
         );
         assert!("nonsense".parse::<ReadToken>().is_err());
+    }
+
+    #[test]
+    fn the_later_token_keeps_every_domain() {
+        let parse = |t: &str| t.parse::<ReadToken>().unwrap();
+        let later = parse("db.0.0-1-42").later(parse("db.0.1-2-7"));
+        assert_eq!(later.to_string(), "db.0.0-1-42+1-2-7");
+        let after_failover = parse("main.1.0/90").later(parse("main.2.0/10"));
+        assert_eq!(after_failover.to_string(), "main.2.0/10");
     }
 }

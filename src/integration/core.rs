@@ -171,7 +171,10 @@ impl LayerConfig {
             let started = if tokens.is_empty() {
                 self.scope.start()
             } else {
-                self.scope.clone().read_after_all(tokens).start()
+                self.scope
+                    .clone()
+                    .read_after_all(tokens.iter().cloned())
+                    .start()
             };
             return match started {
                 Ok(scope) => {
@@ -184,6 +187,7 @@ impl LayerConfig {
                         inner: scope.enter(|| call(request)),
                         scope,
                         config: self.clone(),
+                        given: tokens,
                     }
                 }
                 Err(e) => {
@@ -320,6 +324,8 @@ pub(crate) enum Call<Q, Fut> {
         scope: Scope,
         config: Arc<LayerConfig>,
         inner: Fut,
+        /// The read tokens the request brought.
+        given: Vec<crate::ReadToken>,
     },
     /// An outer layer opened the scope, and ends it.
     Joined(Fut),
@@ -352,12 +358,13 @@ where
         status: fn(&R) -> u16,
         stamp: fn(&mut R, &str, String),
     ) -> Outcome<Q, R, E> {
-        let (scope, config, inner) = match self {
+        let (scope, config, inner, given) = match self {
             Call::Owned {
                 scope,
                 config,
                 inner,
-            } => (scope, config, inner),
+                given,
+            } => (scope, config, inner, given),
             Call::Joined(inner) => return Outcome::Inner(inner.await),
             Call::Refused(request) => return Outcome::Refused(request),
         };
@@ -374,8 +381,11 @@ where
             }
             (Ok(()), Ok(mut response)) if commit => {
                 if let Some(carrier) = &config.tokens {
-                    let tokens = scope.read_tokens();
-                    if !tokens.is_empty() {
+                    let written = scope.read_tokens();
+                    if !written.is_empty() {
+                        // The header or cookie replaces the client's: it keeps the tokens the
+                        // request brought of binds it did not write.
+                        let tokens = super::tokens::merged(given, written);
                         let (name, value) = carrier.write(&tokens);
                         stamp(&mut response, name, value);
                     }

@@ -58,6 +58,19 @@ impl TokenCarrier {
     }
 }
 
+/// The tokens a response hands on: one per bind, the later of what the request brought and what
+/// it wrote.
+pub(crate) fn merged(given: Vec<ReadToken>, written: Vec<ReadToken>) -> Vec<ReadToken> {
+    let mut tokens: Vec<ReadToken> = Vec::with_capacity(given.len() + written.len());
+    for token in given.into_iter().chain(written) {
+        match tokens.iter_mut().find(|t| t.bind() == token.bind()) {
+            Some(kept) => *kept = kept.clone().later(token),
+            None => tokens.push(token),
+        }
+    }
+    tokens
+}
+
 /// The value of cookie `name` in a `Cookie` header.
 fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header.split(';').find_map(|pair| {
@@ -90,5 +103,23 @@ mod tests {
         let back = cookie.read(["a=b; rt=main.1.0/16; c=d"].into_iter());
         assert_eq!(back, tokens[..1]);
         assert!(cookie.read(["rt=garbage"].into_iter()).is_empty());
+    }
+
+    #[test]
+    fn a_response_keeps_the_tokens_of_binds_it_did_not_write() {
+        let parse = |t: &str| t.parse::<ReadToken>().unwrap();
+        let given = vec![parse("main.1.0/16"), parse("db.0.0-1-4")];
+        let written = vec![parse("main.1.0/20")];
+        assert_eq!(
+            merged(given, written),
+            vec![parse("main.1.0/20"), parse("db.0.0-1-4")],
+            "main's newer token replaces the old; db's stays"
+        );
+        let stale = vec![parse("main.1.0/10")];
+        assert_eq!(
+            merged(vec![parse("main.1.0/20")], stale),
+            vec![parse("main.1.0/20")],
+            "never an older position than the client had"
+        );
     }
 }

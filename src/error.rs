@@ -402,8 +402,10 @@ impl Error {
     /// and the failure was transient: no connection in time, a server that could not be
     /// reached (not one that refused the credentials or failed a TLS check), a serialization
     /// failure or deadlock the server rolled back, or a connection lost inside a transaction.
-    /// Not for a connection lost during COMMIT or under an autocommit statement (the write may
-    /// have landed), nor for a partial commit.
+    /// On a bind with replicas, also a write session's statement that the host routing took for
+    /// the primary refused as read-only (it was demoted since: the next attempt finds the new
+    /// primary). Not for a connection lost during COMMIT or under an autocommit statement (the
+    /// write may have landed), nor for a partial commit.
     pub fn is_retryable(&self) -> bool {
         match self.0.kind {
             ErrorKind::Timeout => true,
@@ -427,7 +429,9 @@ impl Error {
                 let outcome_unknown =
                     matches!(&self.0.detail, Detail::Op(op) if op.outcome_unknown);
                 let conflict = self.as_database_error().is_some_and(is_conflict);
-                conflict || (self.is_connection_lost() && !outcome_unknown)
+                let demoted = matches!(&self.0.detail, Detail::Op(op) if op.on_primary)
+                    && self.as_database_error().is_some_and(is_read_only_refusal);
+                conflict || demoted || (self.is_connection_lost() && !outcome_unknown)
             }
             _ => false,
         }
@@ -527,6 +531,20 @@ fn is_conflict(db: &dyn sqlx::error::DatabaseError) -> bool {
         Ok(sqlite) if code.len() < 5 => matches!(sqlite & 0xff, 5 | 6),
         _ => code == "40001" || code == "40P01",
     }
+}
+
+/// The server refused a write as read-only: PostgreSQL's SQLSTATE 25006 (a standby, or a
+/// read-only transaction), MariaDB/MySQL's error 1290 (`--read-only`) or 1792 (a read-only
+/// transaction).
+fn is_read_only_refusal(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if db.code().as_deref() == Some("25006") {
+        return true;
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(my.number(), 1290 | 1792);
+    }
+    false
 }
 
 // ----- constructors: every message lives here -----

@@ -1499,7 +1499,8 @@ impl<DB: Backend> Session<DB> {
     fn start_statement(&mut self, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
         // A read-only statement has no outcome to be unsure of.
         let autocommit = self.tx.depth == 0 && !self.tx.bare;
-        self.start(Op::statement(autocommit), may_abort, true)
+        let op = Op::statement(autocommit).on_primary(self.route.primary);
+        self.start(op, may_abort, true)
     }
 
     fn start(

@@ -1107,8 +1107,58 @@ async fn mariadb_replicas() {
         })
         .await;
         manager.close(Duration::from_secs(5)).await.unwrap();
+        a_demoted_mariadb_primarys_refusal_is_retryable(&pair).await;
     })
     .await;
+}
+
+/// A switchover: the host a write session was routed to as the primary turns `read_only`. The
+/// server refuses the session's next write (error 1290, for a user without SUPER, as an
+/// application's should be), and the error says to run the work again, which the next
+/// checkout sends to the primary of the moment. The same refusal on a read session is the
+/// application's own mistake, not retryable.
+async fn a_demoted_mariadb_primarys_refusal_is_retryable(pair: &MariaPair) {
+    let mut admin = my_connect(&pair.primary_url()).await;
+    for sql in [
+        "CREATE USER IF NOT EXISTS app@'127.0.0.1' IDENTIFIED BY 'app-secret'",
+        "GRANT ALL PRIVILEGES ON test.* TO app@'127.0.0.1'",
+    ] {
+        sqlx::query(sql).execute(&mut admin).await.unwrap();
+    }
+    let as_app = |url: String| url.replace("root@", "app:app-secret@");
+    let config = BindConfig::new(as_app(pair.primary_url()))
+        .replica(as_app(pair.replica_url()))
+        .routing(routing());
+    let manager = BindManager::new(config).unwrap();
+    let mut write = manager.session::<MySql>("default").unwrap();
+    write.begin().await.expect("routed to the primary");
+    sqlx::query("SET GLOBAL read_only = 1")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let refused = sqlx::query("INSERT INTO replica_rows VALUES (-2)")
+        .execute(&mut write)
+        .await
+        .expect_err("a read-only server refuses the write");
+    sqlx::query("SET GLOBAL read_only = 0")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let refused = dbscope::Error::from(refused);
+    assert!(
+        refused.to_string().contains("read-only") || format!("{refused:?}").contains("1290"),
+        "{refused:?}"
+    );
+    assert!(refused.is_retryable(), "{refused}");
+    drop(write);
+    let mut read = manager.read_session::<MySql>("default").unwrap();
+    let mine = sqlx::query("INSERT INTO replica_rows VALUES (-3)")
+        .execute(&mut read)
+        .await
+        .expect_err("a read session cannot write");
+    assert!(!dbscope::Error::from(mine).is_retryable());
+    drop(read);
+    manager.close(Duration::from_secs(5)).await.unwrap();
 }
 
 /// `replicas` and `routing` from code, TOML and the environment (both list forms).

@@ -24,6 +24,9 @@ pub(crate) struct Op {
     /// Whether, had the connection died under it, the operation may have taken effect all the
     /// same: a COMMIT, or a statement outside a transaction.
     pub(crate) outcome_unknown: bool,
+    /// A write session's, on the host routing took for a bind's primary: a server refusing it
+    /// as read-only was demoted since (a switchover), and the work can go again.
+    pub(crate) on_primary: bool,
 }
 
 impl Op {
@@ -32,6 +35,7 @@ impl Op {
         Self {
             what,
             outcome_unknown: false,
+            on_primary: false,
         }
     }
 
@@ -39,6 +43,7 @@ impl Op {
         Self {
             what: "COMMIT",
             outcome_unknown: true,
+            on_primary: false,
         }
     }
 
@@ -47,7 +52,14 @@ impl Op {
         Self {
             what: "statement",
             outcome_unknown: autocommit,
+            on_primary: false,
         }
+    }
+
+    /// The operation runs on what routing took for the primary (see `on_primary`).
+    pub(crate) const fn on_primary(mut self, on_primary: bool) -> Self {
+        self.on_primary = on_primary;
+        self
     }
 }
 

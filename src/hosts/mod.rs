@@ -40,6 +40,8 @@ pub(crate) struct Route {
     pub(crate) read: bool,
     pub(crate) token: Option<ReadToken>,
     host: Option<usize>,
+    /// A write session's host was the primary when routing gave it.
+    pub(crate) primary: bool,
 }
 
 impl Route {
@@ -48,6 +50,7 @@ impl Route {
             read: true,
             token,
             host: None,
+            primary: false,
         }
     }
 }
@@ -157,6 +160,7 @@ impl<DB: Backend> Hosts<DB> {
     /// fallback) for a read; `budget` bounds the pool's part, as `acquire_timeout` does.
     pub(crate) async fn checkout(&self, route: &mut Route, budget: Duration) -> Result<Conn<DB>> {
         let inner = &*self.0;
+        route.primary = false;
         if let Some(hook) = &inner.hook {
             match hook.choose(&HostContext::new(&inner.bind, route.read, self.status())) {
                 HostChoice::Route => {}
@@ -187,6 +191,7 @@ impl<DB: Backend> Hosts<DB> {
             let conn = inner.hosts[index].pool.checkout_within(budget).await?;
             if inner.hosts[index].role.load(Ordering::Acquire) == PRIMARY {
                 route.host = Some(index);
+                route.primary = true;
                 return Ok(conn);
             }
             conn.give_back();

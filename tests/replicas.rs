@@ -993,6 +993,60 @@ async fn failover_moves_writes_to_the_promoted_replica() {
     .await;
 }
 
+/// A primary that goes silent (frozen: its connects hang, as behind a partition) while a write
+/// waits for a connection to it: once the probe finds it gone and the replica promoted, the
+/// write goes there, instead of waiting out its 60 s `acquire_timeout` and failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_on_a_silent_primary_goes_to_the_promoted_one() {
+    within_limit("silent primary", async {
+        let pair = PgPair::start().await;
+        let (old, new) = (pair.primary().port(), pair.replica().port());
+        let mut routing = routing();
+        routing.probe_timeout = Duration::from_millis(500);
+        routing.failover_wait = Duration::from_secs(30);
+        let manager = pg_manager(&pair, |c| {
+            c.routing(routing).acquire_timeout(Duration::from_secs(60))
+        });
+        let mut setup = manager.session::<Postgres>("default").unwrap();
+        sqlx::query("CREATE TABLE silent_rows (id bigint PRIMARY KEY)")
+            .execute(&mut setup)
+            .await
+            .unwrap();
+        setup.commit().await.unwrap();
+        // Holds the pool's one connection, so that the next write's checkout connects anew.
+        setup.begin().await.unwrap();
+        assert_eq!(pg_port(&mut setup).await, old);
+        pair.wait_caught_up().await;
+
+        pair.primary().freeze();
+        let write = async {
+            let mut session = manager.session::<Postgres>("default").unwrap();
+            sqlx::query("INSERT INTO silent_rows (id) VALUES (1)")
+                .execute(&mut session)
+                .await?;
+            let port = pg_port(&mut session).await;
+            session.commit().await?;
+            Ok::<_, dbscope::Error>(port)
+        };
+        let promote = async {
+            eventually("the silent primary is set aside", || async {
+                !manager.status()[0].hosts[0].healthy
+            })
+            .await;
+            pair.promote_replica().await;
+        };
+        let (written, ()) = tokio::join!(write, promote);
+        assert_eq!(
+            written.expect("the write lands on the promoted replica"),
+            new
+        );
+        pair.primary().thaw();
+        drop(setup);
+        manager.close(Duration::from_secs(5)).await.unwrap();
+    })
+    .await;
+}
+
 async fn pg_write_phase(
     manager: &BindManager,
     id: i64,

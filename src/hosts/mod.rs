@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+
 use crate::backend::replication::Position;
 use crate::backend::{Backend, Dialect};
 use crate::config::{BindConfig, Fallback, RoutingConfig};
@@ -185,10 +187,15 @@ impl<DB: Backend> Hosts<DB> {
             route.host = Some(index);
             return inner.hosts[index].pool.checkout_within(budget).await;
         }
-        // A host demoted between the pick and the checkout is not written to: look again.
+        // A host demoted between the pick and the checkout is not written to: look again. The
+        // budget is the whole checkout's, however many hosts it tries.
+        let deadline = tokio::time::Instant::now() + budget;
         for _ in 0..3 {
             let index = self.pick_primary().await?;
-            let conn = inner.hosts[index].pool.checkout_within(budget).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(conn) = self.checkout_while_primary(index, left).await? else {
+                continue; // it stopped answering as the primary while we waited for it
+            };
             if inner.hosts[index].role.load(Ordering::Acquire) == PRIMARY {
                 route.host = Some(index);
                 route.primary = true;
@@ -201,6 +208,30 @@ impl<DB: Backend> Hosts<DB> {
             inner.routing.failover_wait,
             &self.addresses(),
         ))
+    }
+
+    /// A checkout from host `index`'s pool, given up (`None`) when a probe round finds the host
+    /// no longer a healthy primary: a write waiting for a connection to a primary that went
+    /// silent (its connects hang) goes to the one promoted instead of waiting out its budget.
+    async fn checkout_while_primary(
+        &self,
+        index: usize,
+        budget: Duration,
+    ) -> Result<Option<Conn<DB>>> {
+        let host = &self.0.hosts[index];
+        let mut rounds = self.0.rounds.subscribe();
+        let mut checkout = std::pin::pin!(host.pool.checkout_within(budget));
+        loop {
+            let round = std::pin::pin!(rounds.changed());
+            match futures_util::future::select(checkout.as_mut(), round).await {
+                Either::Left((conn, _)) => return conn.map(Some),
+                Either::Right((changed, _)) => {
+                    if changed.is_err() || !host.is_primary() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
     }
 
     /// Whether commits make read tokens: the bind has replicas (a bind with a hook alone does

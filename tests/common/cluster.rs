@@ -202,6 +202,18 @@ impl Cluster {
         .await;
     }
 
+    /// Freezes every process of the server (SIGSTOP, the postmaster first, so that it starts
+    /// no other): connections open and hang, sessions stop answering, as a host behind a
+    /// network partition does. [`thaw`](Self::thaw) undoes it; dropping the cluster thaws it.
+    pub fn freeze(&self) {
+        self.paths.signal_all("-STOP");
+    }
+
+    /// Lets a [frozen](Self::freeze) server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.paths.signal_all("-CONT");
+    }
+
     /// The last lines of the server's log, for failure messages.
     pub fn log_tail(&self) -> String {
         self.paths.log_tail()
@@ -428,6 +440,7 @@ impl Paths {
     fn teardown(&self) {
         let pid_file = self.data.join("postmaster.pid");
         if pid_file.exists() {
+            self.signal_all("-CONT"); // a frozen server would not stop
             let data = self.data.to_str().unwrap_or_default();
             let stopped = self.run(
                 "pg_ctl",
@@ -479,18 +492,50 @@ pub fn run_bounded(command: &mut Command, limit: Duration) -> Result<ExitStatus,
     }
 }
 
+impl Paths {
+    /// Sends `signal` (`kill`'s option) to the postmaster and each of its children.
+    fn signal_all(&self, signal: &str) {
+        let Some(postmaster) = postmaster_pid(&self.data.join("postmaster.pid")) else {
+            return;
+        };
+        let mut pids = vec![postmaster.to_string()];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`: the fields after the last `)`.
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let _ = run_bounded(
+            Command::new("kill")
+                .arg(signal)
+                .args(&pids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            Duration::from_secs(5),
+        );
+    }
+}
+
+/// The postmaster's pid: the first line of `postmaster.pid`.
+fn postmaster_pid(pid_file: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
 /// SIGKILLs the postmaster named in `postmaster.pid` (its first line); its children exit when
 /// they see it gone.
 fn kill_postmaster(pid_file: &Path) {
-    let Ok(text) = std::fs::read_to_string(pid_file) else {
-        return;
-    };
-    let Some(pid) = text.lines().next().map(str::trim).filter(|p| !p.is_empty()) else {
+    let Some(pid) = postmaster_pid(pid_file) else {
         return;
     };
     let _ = run_bounded(
         Command::new("kill")
-            .args(["-KILL", pid])
+            .args(["-KILL", &pid.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
         Duration::from_secs(5),

@@ -1055,6 +1055,54 @@ async fn hooks_added_by_a_before_commit_hook_run_too<B: Suite>() {
     finish::<B>(manager, db).await;
 }
 
+/// The scope's owner dropped while its after-commit hooks run (a web request whose client went
+/// away after the COMMIT): the commit stands, and the hooks go on to their end in a task of
+/// their own, the one cut off resumed where it was, not started again.
+async fn after_commit_hooks_outlive_an_owner_dropped_while_they_run<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let log: Log = Arc::default();
+    let (started, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (first, second) = (log.clone(), log.clone());
+    let (hook_started, hook_go) = (started.clone(), go.clone());
+    let run = manager
+        .scope()
+        .after_commit(move || {
+            let (log, started, go) = (first.clone(), hook_started.clone(), hook_go.clone());
+            async move {
+                log_to(&log, "first began");
+                started.notify_one();
+                go.notified().await;
+                log_to(&log, "first ended");
+            }
+        })
+        .after_commit(move || {
+            let log = second.clone();
+            async move { log_to(&log, "second") }
+        })
+        .run(async {
+            insert::<B>(&db, 1).await?;
+            Ok::<_, AppError>(())
+        });
+    tokio::select! {
+        _ = run => panic!("the first hook waits for `go`"),
+        () = started.notified() => {} // `run` is dropped here, inside its first hook
+    }
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    go.notify_one();
+    eventually("the hooks ran to their end", || async {
+        log.lock().unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["first began", "first ended", "second"]
+    );
+    finish::<B>(manager, db).await;
+}
+
 async fn declared_binds_are_checked<B: Suite>() {
     let (db, manager) = setup::<B>().await;
     let unknown = manager.scope().bind("nope").validate().unwrap_err();
@@ -1126,6 +1174,7 @@ macro_rules! scope_tests {
             a_session_held_past_the_scope_rolls_back_when_let_go,
             a_cancelled_scope_ends_for_its_attached_tasks,
             hooks_added_by_a_before_commit_hook_run_too,
+            after_commit_hooks_outlive_an_owner_dropped_while_they_run,
         );
     };
 }

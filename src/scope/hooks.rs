@@ -62,15 +62,62 @@ impl Hooks {
         self.before_commit.get(index).cloned()
     }
 
+    /// Runs the after-commit (or after-rollback) hooks in order. The scope's outcome is settled
+    /// by then, so they run to their end: cut off (a web request's future dropped when its
+    /// client went away), the rest, the one in flight included, goes on in a task of its own.
     pub(crate) async fn run_after(&self, committed: bool) {
         let hooks = if committed {
             &self.after_commit
         } else {
             &self.after_rollback
         };
-        for hook in hooks {
-            hook().await;
+        if hooks.is_empty() {
+            return;
         }
+        let mut run = AfterRun {
+            rest: hooks.clone().into_iter(),
+            current: None,
+        };
+        run.run().await;
+    }
+}
+
+/// After hooks still to run: the one in flight, and those after it.
+struct AfterRun {
+    rest: std::vec::IntoIter<After>,
+    current: Option<BoxFuture<'static, ()>>,
+}
+
+impl AfterRun {
+    async fn run(&mut self) {
+        loop {
+            if let Some(current) = &mut self.current {
+                current.await;
+                self.current = None;
+            }
+            match self.rest.next() {
+                Some(hook) => self.current = Some(hook()),
+                None => return,
+            }
+        }
+    }
+}
+
+impl Drop for AfterRun {
+    fn drop(&mut self) {
+        // A hook that panicked is not polled again, nor are the hooks after it run (as when
+        // the panic unwinds through the scope's owner).
+        if std::thread::panicking() || (self.current.is_none() && self.rest.len() == 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rest = AfterRun {
+            rest: std::mem::take(&mut self.rest),
+            current: self.current.take(),
+        };
+        runtime.spawn(async move { rest.run().await });
     }
 }
 

@@ -208,6 +208,10 @@ impl ScopeBuilder {
 
     /// Runs `hook` after every session committed and gave its connection back. It runs outside
     /// the scope: use [`BindManager::session`] for database work there.
+    ///
+    /// The commit is settled by then, so the hooks run to their end: if the scope's owner is
+    /// dropped while they run (a web request whose client went away), the hook in flight and
+    /// those after it go on in a task of their own. A hook that panics ends the run.
     pub fn after_commit<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,

@@ -202,19 +202,73 @@ fn wait(signal: &Arc<Signal>) {
                 touched[..touched.len() - 1].to_vec()
             });
             std::thread::scope(|scope| {
-                let done: Vec<_> = others
-                    .iter()
-                    .map(|reactor| {
-                        let done = Arc::new(Signal::current());
-                        let raised = Arc::clone(&done);
-                        scope.spawn(move || reactor.block_on(raised.raised()));
-                        done
-                    })
-                    .collect();
-                last.block_on(signal.raised());
-                done.iter().for_each(|d| d.wake_by_ref());
+                // Raised when this wait ends, however (a panic too): the helpers return, and
+                // the scope, which joins them, never waits for one that waits for nothing.
+                let mut helpers = RaiseOnDrop(Vec::with_capacity(others.len()));
+                let mut undriven = Vec::new();
+                for reactor in &others {
+                    let done = Arc::new(Signal::current());
+                    let raised = Arc::clone(&done);
+                    let helper = spawn_helper(scope, move || reactor.block_on(raised.raised()));
+                    match helper {
+                        Ok(()) => helpers.0.push(done),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "could not start a thread to drive a connection's socket; driving it in turn");
+                            undriven.push(reactor);
+                        }
+                    }
+                }
+                if undriven.is_empty() {
+                    last.block_on(signal.raised());
+                } else {
+                    drive_in_turn(signal, last, &undriven);
+                }
             });
         }
+    }
+}
+
+/// Starts a helper thread of [`wait`] (made to fail in the tests of the fallback).
+fn spawn_helper<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    work: impl FnOnce() + Send + 'scope,
+) -> io::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_HELPERS.get() {
+        return Err(io::Error::other("helpers made to fail"));
+    }
+    std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn_scoped(scope, work)
+        .map(drop)
+}
+
+/// Without a thread for some connections' drivers (the system would start no more): runs them
+/// from this thread, in turn with the last one's, a slice of [`SLICE`] at a time, until
+/// `signal` is raised. Slower, never stuck.
+fn drive_in_turn(signal: &Arc<Signal>, last: Reactor, undriven: &[&Reactor]) {
+    loop {
+        let raised =
+            last.block_on(async { tokio::time::timeout(SLICE, signal.raised()).await.is_ok() });
+        if raised {
+            return;
+        }
+        for reactor in undriven {
+            // One turn of its driver: what is ready wakes the operation (and raises `signal`).
+            reactor.block_on(tokio::task::yield_now());
+        }
+    }
+}
+
+/// How long [`drive_in_turn`] waits in one driver before turning to the others.
+const SLICE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Raises each signal when dropped.
+struct RaiseOnDrop(Vec<Arc<Signal>>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|done| done.wake_by_ref());
     }
 }
 
@@ -298,5 +352,46 @@ impl Wake for Signal {
             self.thread.unpark();
             self.reactor.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::Write;
+
+    use super::*;
+
+    thread_local! {
+        /// Makes [`spawn_helper`] fail on this thread, as when the system starts no more.
+        pub(super) static FAIL_HELPERS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// An operation holding three connections waits for the first one's socket, and no helper
+    /// thread can start to drive it: the calling thread drives it in turn, and the wait ends
+    /// when the data is there, instead of never.
+    #[test]
+    fn a_wait_on_several_connections_ends_without_helper_threads() {
+        let reactors: Vec<Reactor> = (0..3).map(|_| Reactor::new().unwrap()).collect();
+        let (mine, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        // Registered with the first reactor's driver, as a connection opened inside it is.
+        let stream = reactors[0].block_on(async { tokio::net::UnixStream::from_std(mine) });
+        let stream = stream.unwrap();
+        peer.write_all(b"x").unwrap();
+        FAIL_HELPERS.set(true);
+        let read = pin!(async {
+            for reactor in &reactors {
+                assert!(reactor.touch(), "inside block_on");
+            }
+            // The driver has not seen the socket's readiness yet: this waits, on three
+            // connections, the one it waits for not the last touched.
+            stream.readable().await.unwrap();
+            let mut byte = [0_u8; 1];
+            stream.try_read(&mut byte).unwrap()
+        });
+        let read = block_on(read);
+        FAIL_HELPERS.set(false);
+        assert_eq!(read, 1);
     }
 }

@@ -112,11 +112,15 @@ async fn the_first_statement_opens_a_real_transaction() {
             0,
             "not visible before COMMIT"
         );
-        let open = db.innodb_transactions().await;
-        assert!(
-            open.iter().any(|(conn, _)| *conn == id),
-            "the server shows the session's transaction: {open:?}"
-        );
+        // MariaDB's innodb_trx is a snapshot refreshed when idle (another test process may
+        // have just read it): wait for one with ours, which stays open until the commit.
+        eventually("the server shows the session's transaction", || async {
+            db.innodb_transactions()
+                .await
+                .iter()
+                .any(|(conn, _)| *conn == id)
+        })
+        .await;
         session.commit().await.unwrap();
         assert_eq!(committed(&others, &db).await, 1);
 
@@ -184,12 +188,14 @@ async fn other_isolation_levels_begin_explicitly() {
         let id = fetch_i64(&mut session, db.connection_id_query())
             .await
             .unwrap();
-        let open = db.innodb_transactions().await;
-        assert!(
-            open.iter()
-                .any(|(conn, level)| *conn == id && level == "SERIALIZABLE"),
-            "{open:?}"
-        );
+        // A fresh innodb_trx snapshot, as above.
+        eventually("the session's SERIALIZABLE transaction", || async {
+            db.innodb_transactions()
+                .await
+                .iter()
+                .any(|(conn, level)| *conn == id && level == "SERIALIZABLE")
+        })
+        .await;
         session.commit().await.unwrap();
         // Two: the insert's transaction, and the one this read of the counter runs in.
         assert_eq!(counter(&mut session, "COM_BEGIN").await, begins + 2);

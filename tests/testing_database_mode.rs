@@ -163,22 +163,49 @@ fn dead_pid() -> u32 {
     pid
 }
 
-/// A failing test's databases are dropped; so are the leftovers of a process that is gone.
+/// The toolkit's tag of this machine in test database names: FNV-1a of the host name and the
+/// kernel's boot id (the naming rule, written out again to pin it).
+fn machine_tag() -> String {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let seed = format!(
+        "{}|{}",
+        read("/proc/sys/kernel/hostname").trim(),
+        read("/proc/sys/kernel/random/boot_id").trim()
+    );
+    let hash = seed.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+/// A failing test's databases are dropped; so are the leftovers of a process of this machine
+/// that is gone, never those of another machine sharing the server (its pids mean nothing here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_test_leaves_nothing_and_leftovers_are_dropped() {
     common::within_limit("failing_test_leaves_nothing", async {
         let dead = dead_pid();
-        let leftover = format!("dbscope_test_{dead}_0");
+        let machine = machine_tag();
+        let leftover = format!("dbscope_test_{machine}_{dead}_0000abcd_0");
+        let other = if machine == "00000000" {
+            "00000001"
+        } else {
+            "00000000"
+        };
+        let theirs = format!("dbscope_test_{other}_{dead}_0000abcd_0");
         let mut pg = admin(PG_ENV, PG_DEFAULT).await;
         let mut my = admin(MYSQL_ENV, MYSQL_DEFAULT).await;
         for conn in [&mut pg, &mut my] {
-            sqlx::raw_sql(sql(format!("CREATE DATABASE {leftover}")))
-                .execute(conn)
-                .await
-                .expect("a leftover");
+            for name in [&leftover, &theirs] {
+                sqlx::raw_sql(sql(format!("CREATE DATABASE {name}")))
+                    .execute(&mut *conn)
+                    .await
+                    .expect("a leftover");
+            }
         }
         let lite_leftover = std::env::temp_dir().join(format!("{leftover}.db"));
         std::fs::write(&lite_leftover, b"").unwrap();
+        let lite_theirs = std::env::temp_dir().join(format!("{theirs}.db"));
+        std::fs::write(&lite_theirs, b"").unwrap();
 
         let (output, names) = tokio::task::spawn_blocking(|| run_child("fails", false))
             .await
@@ -199,6 +226,23 @@ async fn failing_test_leaves_nothing_and_leftovers_are_dropped() {
             lite_leftover.display().to_string(),
         ];
         assert_eq!(still_there(&leftovers).await, [false, false, false]);
+        let others = vec![
+            theirs.clone(),
+            theirs.clone(),
+            lite_theirs.display().to_string(),
+        ];
+        assert_eq!(
+            still_there(&others).await,
+            [true, true, true],
+            "another machine's are left alone"
+        );
+        std::fs::remove_file(&lite_theirs).unwrap();
+        for conn in [&mut pg, &mut my] {
+            sqlx::raw_sql(sql(format!("DROP DATABASE {theirs}")))
+                .execute(&mut *conn)
+                .await
+                .expect("dropping the other machine's");
+        }
     })
     .await;
 }

@@ -494,28 +494,69 @@ impl MadeDb {
     }
 }
 
-/// A name no other test of any process on this machine uses.
+/// A name no other test uses, of this process or any other, on this machine or another sharing
+/// the server: `dbscope_test_<machine>_<pid>_<start>_<n>`, the process's start telling it from
+/// an earlier process of the same pid (whose leftover may still be there).
 fn next_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("{PREFIX}{}_{n}", std::process::id())
+    let (machine, pid, start) = this_process();
+    format!("{PREFIX}{machine}_{pid}_{start}_{n}")
 }
 
-/// A test database whose process is gone (only on Linux, where `/proc` says; elsewhere none is).
-/// Never a slot: slots outlive their processes on purpose.
+/// This process's marks in its test databases' names: its machine's tag (a hash of the host
+/// name and the kernel's boot id: another machine, or another container on this one, has
+/// another), its pid, and its start (8 hex digits of nanoseconds).
+fn this_process() -> (&'static str, u32, &'static str) {
+    static MARKS: OnceLock<(String, String)> = OnceLock::new();
+    let (machine, start) = MARKS.get_or_init(|| {
+        let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+        let seed = format!(
+            "{}|{}",
+            read("/proc/sys/kernel/hostname").trim(),
+            read("/proc/sys/kernel/random/boot_id").trim()
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        (
+            format!("{:08x}", fnv1a(&seed)),
+            format!("{:08x}", started as u32),
+        )
+    });
+    (machine, std::process::id(), start)
+}
+
+/// FNV-1a, 32 bits: the same on every build, as names read by other processes must be.
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A test database of a process of this machine that is gone (only on Linux, where `/proc`
+/// says; elsewhere none is). Never another machine's (its pids mean nothing here), nor a name
+/// of another form (an older version's, whose machine is unknown), nor a slot: slots outlive
+/// their processes on purpose.
 fn is_orphan(name: &str) -> bool {
     if name.starts_with(SLOT_PREFIX) {
         return false;
     }
-    let Some(pid) = name
-        .strip_prefix(PREFIX)
-        .and_then(|rest| rest.split('_').next())
-        .and_then(|pid| pid.parse::<u32>().ok())
-    else {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
         return false;
     };
+    let parts: Vec<&str> = rest.split('_').collect();
+    let [machine, pid, start, n] = parts[..] else {
+        return false;
+    };
+    let (this_machine, this_pid, this_start) = this_process();
+    let (Ok(pid), true) = (pid.parse::<u32>(), n.parse::<u32>().is_ok()) else {
+        return false;
+    };
+    let this_process = pid == this_pid && start == this_start;
     cfg!(target_os = "linux")
-        && pid != std::process::id()
+        && machine == this_machine
+        && !this_process
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
@@ -525,4 +566,46 @@ pub(super) fn with_database(url: &str, name: &str) -> Result<String> {
         .map_err(|e| Error::test_database(None, "cannot parse a bind's URL".to_owned(), e))?;
     parsed.set_path(&format!("/{name}"));
     Ok(parsed.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machines_gone_processes_leave_orphans() {
+        let (machine, pid, start) = this_process();
+        let name = next_name();
+        assert!(
+            name.starts_with(&format!("{PREFIX}{machine}_{pid}_{start}_")),
+            "{name}"
+        );
+        assert!(
+            name.len() <= 63,
+            "fits PostgreSQL's and MySQL's identifiers"
+        );
+        assert!(!is_orphan(&name), "this process's own");
+        // No process has this pid (Linux's limit is 2^22).
+        let gone = format!("{PREFIX}{machine}_999999999_{start}_0");
+        assert_eq!(
+            is_orphan(&gone),
+            cfg!(target_os = "linux"),
+            "a gone process's"
+        );
+        let other_machine = if machine == "00000000" {
+            "00000001"
+        } else {
+            "00000000"
+        };
+        let theirs = format!("{PREFIX}{other_machine}_999999999_{start}_0");
+        assert!(
+            !is_orphan(&theirs),
+            "another machine's, whose pids mean nothing here"
+        );
+        assert!(
+            !is_orphan(&format!("{PREFIX}999999999_0")),
+            "an older form's"
+        );
+        assert!(!is_orphan(&format!("{SLOT_PREFIX}abc_0")), "a slot");
+    }
 }

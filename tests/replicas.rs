@@ -108,6 +108,7 @@ async fn postgres_replicas() {
         blocking_sessions_are_routed_too(&manager, ports).await;
         the_prober_outlives_the_runtime_that_started_it(&pair, ports).await;
         an_autocommit_write_has_a_token_too(&pair, &manager, ports).await;
+        a_test_copy_of_a_bind_with_replicas_reads_its_own_writes(&pair).await;
         the_replicas_example_runs_against_the_pair(&pair, ports).await;
         manager.close(Duration::from_secs(5)).await.unwrap();
         // Closed managers leave nothing behind: no pool connection, no prober's.
@@ -766,6 +767,42 @@ async fn an_autocommit_write_has_a_token_too(
     assert!(pg_has_row(&mut read, 13).await);
     drop(read);
     pair.resume_replay().await;
+}
+
+/// The testing toolkit, in transaction mode, on a bind with replicas: the app's read sessions
+/// see the test's writes, which no replica has (they are never committed), on the test's one
+/// connection; and the test's end rolls them back.
+async fn a_test_copy_of_a_bind_with_replicas_reads_its_own_writes(pair: &PgPair) {
+    let config = dbscope::Config::default().bind(
+        "default",
+        BindConfig::new(pair.primary_url())
+            .replica(pair.replica_url())
+            .routing(routing()),
+    );
+    let t = dbscope::testing::TestDb::builder()
+        .config(config)
+        .start()
+        .await
+        .expect("a test copy of the bind");
+    let manager = t.manager();
+    let mut write = manager.session::<Postgres>("default").unwrap();
+    sqlx::query("INSERT INTO replica_rows (id) VALUES (31)")
+        .execute(&mut write)
+        .await
+        .unwrap();
+    write.commit().await.unwrap();
+    drop(write);
+    let mut read = manager.read_session::<Postgres>("default").unwrap();
+    assert!(pg_has_row(&mut read, 31).await, "the test's own write");
+    assert!(!read.on_replica());
+    drop(read);
+    t.finish().await.unwrap();
+    let mut primary = pg_connect(&pair.primary_url()).await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM replica_rows WHERE id = 31")
+        .fetch_one(&mut primary)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "rolled back with the test");
 }
 
 /// A manager shared by runtimes that come and go (each `#[tokio::test]` has its own): the first

@@ -248,6 +248,10 @@ impl TestDbBuilder {
                 None => None,
             };
             let fixtures = source::read_fixtures(&name, self.fixtures.get(&name)).await?;
+            // The test's copy is one database: a bind's replicas (the real database's, or none
+            // of the copy's) would take its reads outside the test transaction, or to data the
+            // test never wrote. Its reads run on the copy, as its writes do.
+            bind.replicas.clear();
             let server = ServerDb::new(&name, url.expose(), dialect);
             let mut database = None;
             match mode {

@@ -302,6 +302,45 @@ async fn kept_databases_stay() {
     .await;
 }
 
+/// MariaDB has no `DROP DATABASE … WITH (FORCE)`: a session the app kept past the test (in a
+/// task, here leaked outright), its transaction open, would make the drop wait for its locks a
+/// year. The toolkit ends such connections first: `finish` returns (reporting the close that
+/// timed out), and the database is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mariadb_database_held_by_a_kept_session_is_dropped_all_the_same() {
+    common::within_limit("a_mariadb_database_held_by_a_kept_session", async {
+        let mut config = dbscope::Config::default();
+        let url = server_url(MYSQL_ENV, MYSQL_DEFAULT);
+        config
+            .binds
+            .insert("my".into(), dbscope::BindConfig::new(url));
+        let t = dbscope::testing::TestDb::builder()
+            .config(config)
+            .mode(Mode::Database)
+            .migrations("my", PathBuf::from("tests/testing/migrations"))
+            .start()
+            .await
+            .unwrap();
+        let name = t.database("my").unwrap().to_owned();
+        let mut kept = t.manager().session::<sqlx::MySql>("my").unwrap();
+        sqlx::query("INSERT INTO notes (id, body) VALUES (1, 'kept')")
+            .execute(&mut kept)
+            .await
+            .unwrap();
+        std::mem::forget(kept); // never ends: its connection stays, in its transaction
+        let finished = t.finish().await;
+        assert!(
+            finished
+                .as_ref()
+                .is_err_and(|e| e.kind() == dbscope::ErrorKind::CloseTimedOut),
+            "the close waited for the kept session: {finished:?}"
+        );
+        let still = vec![name.clone(), name, String::new()];
+        assert!(!still_there(&still).await[1], "the database is gone");
+    })
+    .await;
+}
+
 /// The PostgreSQL bind alone, at the test server.
 fn pg_only() -> dbscope::Config {
     let mut config = dbscope::Config::default();

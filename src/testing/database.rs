@@ -486,11 +486,42 @@ impl MadeDb {
         let name = &self.name;
         let sql = match self.dialect {
             Dialect::Postgres => format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-            _ => format!("DROP DATABASE IF EXISTS {name}"),
+            _ => {
+                self.end_connections_on(admin).await;
+                format!("DROP DATABASE IF EXISTS {name}")
+            }
         };
         ServerDb::new(&self.bind, &self.admin_url, self.dialect)
             .exec(admin, &sql)
             .await
+    }
+}
+
+impl MadeDb {
+    /// MySQL: ends the connections still on the database (a session a spawned task kept, with
+    /// its transaction open), as PostgreSQL's `WITH (FORCE)` does: `DROP DATABASE` would wait
+    /// for their locks up to `lock_wait_timeout`, a year by default. A failure here is left to
+    /// the DROP to report.
+    async fn end_connections_on(&self, admin: &mut sqlx::AnyConnection) {
+        let query = "SELECT CAST(id AS SIGNED) FROM information_schema.processlist \
+                     WHERE db = ? AND id <> CONNECTION_ID()";
+        let ids: Vec<i64> = match sqlx::query_scalar(query)
+            .bind(&self.name)
+            .fetch_all(&mut *admin)
+            .await
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(database = %self.name, error = %e, "could not list the connections on a test database");
+                return;
+            }
+        };
+        for id in ids {
+            // Gone meanwhile (ER_NO_SUCH_THREAD) is as good as ended.
+            let _ = sqlx::raw_sql(AssertSqlSafe(format!("KILL {id}")))
+                .execute(&mut *admin)
+                .await;
+        }
     }
 }
 

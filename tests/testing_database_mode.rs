@@ -341,6 +341,67 @@ async fn a_mariadb_database_held_by_a_kept_session_is_dropped_all_the_same() {
     .await;
 }
 
+/// A migration that fails: `start` reports it, naming the bind, and leaves no database behind
+/// (MariaDB's was created before it was migrated; SQLite's file too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_migration_leaves_no_database() {
+    common::within_limit("a_failed_migration_leaves_no_database", async {
+        let dir =
+            std::env::temp_dir().join(format!("dbscope-bad-migrations-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("1_bad.sql"), "CREATE TABLE nope (;").unwrap();
+        let lite_before = test_files();
+        for bind in ["my", "lite"] {
+            let mut config = dbscope::Config::from_file("tests/testing/dbscope.toml").unwrap();
+            config.binds.retain(|name, _| name == bind);
+            let mysql_before = mysql_test_databases().await;
+            let err = dbscope::testing::TestDb::builder()
+                .config(config)
+                .mode(Mode::Database)
+                .migrations(bind, dir.clone())
+                .start()
+                .await
+                .expect_err("the migration fails");
+            assert_eq!(err.bind(), Some(bind), "{err}");
+            assert_eq!(
+                mysql_test_databases().await,
+                mysql_before,
+                "{bind}: none left"
+            );
+        }
+        assert_eq!(test_files(), lite_before, "no SQLite file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
+
+/// MariaDB's test databases of this process, by name.
+async fn mysql_test_databases() -> Vec<String> {
+    let mut my = admin(MYSQL_ENV, MYSQL_DEFAULT).await;
+    let query = format!(
+        "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+         WHERE schema_name LIKE 'dbscope\\_test\\_%\\_{}\\_%'",
+        std::process::id()
+    );
+    sqlx::query_scalar(sql(query))
+        .fetch_all(&mut my)
+        .await
+        .unwrap()
+}
+
+/// The SQLite test files of this process in the temp dir.
+fn test_files() -> Vec<String> {
+    let pid = format!("_{}_", std::process::id());
+    let mut files: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("dbscope_test_") && n.contains(&pid))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The PostgreSQL bind alone, at the test server.
 fn pg_only() -> dbscope::Config {
     let mut config = dbscope::Config::default();

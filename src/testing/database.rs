@@ -125,10 +125,15 @@ impl<'a> ServerDb<'a> {
                 made.path = Some(path);
                 self.clean_sqlite_leftovers();
                 let mut conn = self.connect(&format!("{}?mode=rwc", made.url)).await?;
-                if let Some(m) = migrations {
-                    self.run_migrations(&mut conn, m).await?;
-                }
+                let migrated = match migrations {
+                    Some(m) => self.run_migrations(&mut conn, m).await,
+                    None => Ok(()),
+                };
                 conn.close().await.ok();
+                if let Err(e) = migrated {
+                    made.drop_now().await.ok(); // its file, half migrated
+                    return Err(e);
+                }
             }
             Dialect::Postgres | Dialect::MySql => {
                 made.url = with_database(self.url, &name)?;
@@ -154,9 +159,14 @@ impl<'a> ServerDb<'a> {
                 self.exec(&mut admin, &create).await?;
                 admin.close().await.ok();
                 if let (Dialect::MySql, Some(m)) = (self.dialect, migrations) {
-                    let mut conn = self.connect(&made.url).await?;
-                    let migrated = self.run_migrations(&mut conn, m).await;
-                    conn.close().await.ok();
+                    let migrated = match self.connect(&made.url).await {
+                        Ok(mut conn) => {
+                            let migrated = self.run_migrations(&mut conn, m).await;
+                            conn.close().await.ok();
+                            migrated
+                        }
+                        Err(e) => Err(e),
+                    };
                     if let Err(e) = migrated {
                         made.drop_now().await.ok();
                         return Err(e);

@@ -1489,9 +1489,16 @@ impl<DB: Backend> Session<DB> {
     /// Marks an operation in flight and lends the connection for it, with what settles it when
     /// it ends. If the operation's future is dropped before it settles, the session stays
     /// `Busy`: poisoned. `may_abort`: a failure of this operation aborts a PostgreSQL
-    /// transaction (a statement, not a prepare).
+    /// transaction (a statement, or a prepare once the transaction is open on the server).
     fn start_op(&mut self, op: Op, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
         self.start(op, may_abort, false)
+    }
+
+    /// Whether a prepare or describe the server refuses aborts the session's transaction: it
+    /// does on PostgreSQL (any error in a transaction block does), once the transaction is open
+    /// on the server; not while its BEGIN is still pending, as the prepare runs before it.
+    pub(crate) fn aborts_if_refused(&self) -> bool {
+        self.tx.pending_begin.is_none()
     }
 
     /// [`start_op`](Self::start_op) for a statement sqlx runs through the session: timed for

@@ -255,6 +255,32 @@ async fn commit_after_a_failed_statement_follows_the_database<B: Suite>() {
     db.finish().await;
 }
 
+/// A prepare (or describe) the server refuses, inside a transaction: on PostgreSQL it aborts the
+/// transaction as a failed statement does, so the commit says so rather than report a COMMIT
+/// the server answered with ROLLBACK.
+async fn commit_after_a_failed_prepare_follows_the_database<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    insert(&mut session, &db, 1).await.unwrap();
+    let bad = sqlx::SqlStr::from_static("SELECT no_such_column FROM no_such_table");
+    let refused = sqlx::Executor::prepare(&mut session, bad).await;
+    assert!(refused.is_err(), "the server refuses the prepare");
+    let outcome = session.commit().await;
+    if B::KIND == Kind::Postgres {
+        let err = outcome.unwrap_err();
+        assert!(err.is_transaction_aborted(), "{err}");
+        assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
+    } else {
+        outcome.unwrap();
+        assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
+    }
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 async fn queries_of_every_shape_run_on_a_session<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -1113,6 +1139,7 @@ macro_rules! behaviour_tests {
             nested_savepoints_commit_into_the_transaction,
             a_failed_statement_inside_a_savepoint_can_be_undone,
             commit_after_a_failed_statement_follows_the_database,
+            commit_after_a_failed_prepare_follows_the_database,
             queries_of_every_shape_run_on_a_session,
             pool_exhaustion_times_out_within_the_acquire_timeout,
             cancelled_checkout_leaves_the_pool_healthy,

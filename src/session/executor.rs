@@ -595,7 +595,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.attach().await.map_err(Error::into_sqlx)?;
-            let (raw, op) = self.start_statement(false);
+            let (raw, op) = self.start_statement(self.aborts_if_refused());
             op.finish(DB::prepare_with(raw, sql, parameters).await)
         })
     }
@@ -606,7 +606,7 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
     {
         Box::pin(async move {
             self.attach().await.map_err(Error::into_sqlx)?;
-            let (raw, op) = self.start_statement(false);
+            let (raw, op) = self.start_statement(self.aborts_if_refused());
             op.finish(DB::describe(raw, sql).await)
         })
     }

@@ -71,7 +71,9 @@ impl<'s, DB: Backend> Savepoint<'s, DB> {
     }
 
     /// Keeps the savepoint's work (`RELEASE SAVEPOINT`; `COMMIT` for the outermost guard of an
-    /// autocommit session).
+    /// autocommit session). After the code ended the whole transaction through the guard (a
+    /// commit or rollback of the session), there is nothing left to release: `Ok`, and nothing
+    /// is sent; so too a guard dropped then rolls nothing back.
     ///
     /// # Errors
     ///

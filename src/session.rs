@@ -1556,12 +1556,21 @@ impl<DB: Backend> Session<DB> {
     }
 
     pub(crate) fn savepoint_dropped(&mut self, level: u32) {
+        if level > self.tx.depth {
+            // Its transaction ended through the guard (a commit, a rollback, a disconnect of
+            // the session): there is nothing left to roll back, and in a transaction begun
+            // since, a ROLLBACK TO would name a savepoint that is not its own.
+            return;
+        }
         let pending = self.tx.pending_rollback_to.map_or(level, |p| p.min(level));
         self.tx.pending_rollback_to = Some(pending);
     }
 
     pub(crate) async fn release_savepoint(&mut self, level: u32) -> Result<()> {
         self.attach().await?;
+        if level > self.tx.depth {
+            return Ok(()); // its transaction already ended (see `savepoint_dropped`)
+        }
         if level <= 1 {
             return self.commit().await;
         }

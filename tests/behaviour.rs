@@ -232,6 +232,34 @@ async fn a_failed_statement_inside_a_savepoint_can_be_undone<B: Suite>() {
     db.finish().await;
 }
 
+/// A savepoint guard whose transaction the code ended through it (a commit of the session, as
+/// a helper taking `&mut Session` does): dropped later, it has nothing to roll back, and the
+/// session goes on, rather than send a ROLLBACK TO outside any transaction and break.
+async fn a_savepoint_outliving_its_transaction_is_let_go<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db).await;
+    let mut session = manager.session::<B::Db>("main").unwrap();
+    let mut savepoint = session.savepoint().await.unwrap();
+    insert(&mut savepoint, &db, 1).await.unwrap();
+    Session::commit(&mut savepoint).await.unwrap(); // the whole transaction
+    drop(savepoint);
+    insert(&mut session, &db, 2).await.unwrap();
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 2);
+    // The same, its guard committed after the transaction ended: nothing left to release.
+    let mut savepoint = session.savepoint().await.unwrap();
+    insert(&mut savepoint, &db, 3).await.unwrap();
+    Session::commit(&mut savepoint).await.unwrap();
+    savepoint.commit().await.unwrap();
+    insert(&mut session, &db, 4).await.unwrap();
+    session.commit().await.unwrap();
+    assert_eq!(committed_rows::<B>(&manager, &db).await, 4);
+    drop(session);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 async fn commit_after_a_failed_statement_follows_the_database<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -1140,6 +1168,7 @@ macro_rules! behaviour_tests {
             a_failed_statement_inside_a_savepoint_can_be_undone,
             commit_after_a_failed_statement_follows_the_database,
             commit_after_a_failed_prepare_follows_the_database,
+            a_savepoint_outliving_its_transaction_is_let_go,
             queries_of_every_shape_run_on_a_session,
             pool_exhaustion_times_out_within_the_acquire_timeout,
             cancelled_checkout_leaves_the_pool_healthy,

@@ -334,3 +334,37 @@ async fn a_dead_connection_at_a_transactions_first_statement_is_replaced_unseen(
     )
     .await;
 }
+
+/// `fetch_one` on MySQL: sqlx's stops reading at the first row, leaving the rest of the results
+/// on the wire (here, a failing second statement's error). The session reads them to the end,
+/// so that the connection goes back clean and the next session's statement is not answered
+/// with this one's error.
+#[tokio::test]
+async fn fetch_one_leaves_nothing_unread_for_the_next_session() {
+    within_limit("fetch_one_leaves_nothing_unread", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c.max_connections(1));
+        table(&manager, &db).await;
+        let mut session = manager.session::<MySql>("main").unwrap().autocommit(true);
+        insert(&mut session, &db, 1).await.unwrap();
+        let twice = format!(
+            "SELECT 1; INSERT INTO {} (id, v) VALUES (1, 'again')",
+            db.table
+        );
+        let first = sqlx::raw_sql(sql(twice)).fetch_one(&mut session).await;
+        // The duplicate's error comes back here, where it belongs, or not at all; never later.
+        drop(first);
+        drop(session);
+        let mut next = manager.session::<MySql>("main").unwrap();
+        assert_eq!(
+            fetch_i64(&mut next, "SELECT 2").await.unwrap(),
+            2,
+            "the next session's own answer"
+        );
+        next.commit().await.unwrap();
+        drop(next);
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}

@@ -474,8 +474,25 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
+        let drains = self.bind.dialect() == crate::backend::Dialect::MySql;
         let (raw, op, query) = self.send(query);
         let span = op.span().cloned().unwrap_or_else(tracing::Span::none);
+        if drains {
+            // sqlx-mysql's `fetch_optional` stops reading at the first row: the rest of the
+            // results (a later statement's error among them) would stay on the wire for
+            // whoever uses the connection next. Read to the end, as PostgreSQL's does.
+            let first = async {
+                let mut results = DB::fetch_many(raw, query);
+                let mut first = None;
+                while let Some(result) = results.try_next().await? {
+                    if let (Either::Right(row), None) = (result, &first) {
+                        first = Some(row);
+                    }
+                }
+                Ok(first)
+            };
+            return op.finish(first.instrument(span).await);
+        }
         op.finish(DB::fetch_optional(raw, query).instrument(span).await)
     }
 }

@@ -354,6 +354,12 @@ struct TxState {
     /// in it), so the session refuses statements itself until the transaction rolls back,
     /// rather than let the next one run in autocommit.
     begin_failed: bool,
+    /// The server rolled the whole transaction back on its own (MySQL/MariaDB's deadlock, error
+    /// 1213), savepoints included: the session refuses statements and savepoints
+    /// ([`ErrorKind::TransactionAborted`](crate::ErrorKind::TransactionAborted)) until the
+    /// transaction ends, rather than run them in a new one outside what the code thinks it is
+    /// in; `aborted` is set too, so its commit says so.
+    rolled_back: bool,
     /// A test's pinned PostgreSQL connection: the last autocommit statement's savepoint is
     /// still open (see `PIN_AUTOCOMMIT`); `aborted` says whether the statement failed.
     autocommit_savepoint: bool,
@@ -441,12 +447,29 @@ impl TxState {
         if aborts_on_error && in_savepoint && matches!(err, sqlx::Error::Database(_)) {
             self.aborted = true;
         }
+        if self.depth > 0 && rolls_back_the_transaction(err) {
+            self.aborted = true;
+            self.rolled_back = true;
+        }
         if piggybacked {
             self.aborted = true;
             self.begin_failed = true;
         }
         self.wire = Wire::Idle;
     }
+}
+
+/// MySQL/MariaDB's deadlock (error 1213): InnoDB rolls back the whole transaction, where its
+/// other errors undo the statement alone.
+fn rolls_back_the_transaction(err: &sqlx::Error) -> bool {
+    #[cfg(feature = "mysql")]
+    if let sqlx::Error::Database(db) = err {
+        return db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|my| my.number() == 1213);
+    }
+    let _ = err;
+    false
 }
 
 /// An error after which the connection is known to be usable: the server answered, or the
@@ -756,6 +779,9 @@ impl<DB: Backend> Session<DB> {
         if self.tx.begin_failed {
             return Err(Error::first_statement_failed(self.bind.name()));
         }
+        if self.tx.rolled_back {
+            return Err(Error::transaction_aborted(self.bind.name()));
+        }
         let level = self.tx.depth + 1;
         let savepoint = dialect::savepoint(level);
         if self.tx.pending_begin.is_some() {
@@ -908,8 +934,11 @@ impl<DB: Backend> Session<DB> {
     pub(crate) async fn ready(&mut self) -> Result<()> {
         let tx = &self.tx;
         let idle = tx.wire == Wire::Idle && tx.pending_rollback_to.is_none();
-        if (tx.depth > 0 || tx.bare) && idle && !tx.begin_failed {
+        if (tx.depth > 0 || tx.bare) && idle && !tx.begin_failed && !tx.rolled_back {
             return Ok(()); // the hot path: mid-transaction, or reading without one
+        }
+        if tx.rolled_back {
+            return Err(Error::transaction_aborted(self.bind.name()));
         }
         if tx.begin_failed && idle {
             return Err(Error::first_statement_failed(self.bind.name()));
@@ -1341,6 +1370,7 @@ impl<DB: Backend> Session<DB> {
         self.tx.begin_failed = false;
         self.tx.pending_rollback_to = None;
         self.tx.aborted = false;
+        self.tx.rolled_back = false;
         self.tx.lent = false;
     }
 
@@ -1349,6 +1379,12 @@ impl<DB: Backend> Session<DB> {
         let Some(level) = self.tx.pending_rollback_to else {
             return Ok(());
         };
+        if self.tx.rolled_back && level > 1 {
+            // The server rolled everything back, its savepoints too: nothing to send. The
+            // transaction stays refused until the code ends it.
+            self.tx.pending_rollback_to = None;
+            return Ok(());
+        }
         if level <= 1 {
             return self.rollback_transaction().await;
         }
@@ -1570,6 +1606,9 @@ impl<DB: Backend> Session<DB> {
         self.attach().await?;
         if level > self.tx.depth {
             return Ok(()); // its transaction already ended (see `savepoint_dropped`)
+        }
+        if self.tx.rolled_back && level > 1 {
+            return Err(Error::transaction_aborted(self.bind.name()));
         }
         if level <= 1 {
             return self.commit().await;

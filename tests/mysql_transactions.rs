@@ -368,3 +368,80 @@ async fn fetch_one_leaves_nothing_unread_for_the_next_session() {
     })
     .await;
 }
+
+/// A deadlock: InnoDB rolls back the whole transaction of its victim (error 1213), not only
+/// the statement. The victim's session then refuses statements until the code ends the
+/// transaction, and its commit says `TransactionAborted`: without that, its next statements
+/// ran in a new transaction that the commit committed, half of the unit of work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_victims_transaction_stays_aborted_until_it_ends() {
+    within_limit("a_deadlock_victims_transaction_stays_aborted", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c.max_connections(2));
+        table(&manager, &db).await;
+        let mut setup = manager.session::<MySql>("main").unwrap();
+        for id in [1, 2] {
+            insert(&mut setup, &db, id).await.unwrap();
+        }
+        setup.commit().await.unwrap();
+        drop(setup);
+        let update =
+            |id: i64, v: &str| sql(format!("UPDATE {} SET v = '{v}' WHERE id = {id}", db.table));
+        let (mut a, mut b) = (
+            manager.session::<MySql>("main").unwrap(),
+            manager.session::<MySql>("main").unwrap(),
+        );
+        sqlx::query(update(1, "a")).execute(&mut a).await.unwrap();
+        sqlx::query(update(2, "b")).execute(&mut b).await.unwrap();
+        // Each now wants the other's row: one of them is the victim.
+        let (a_then, b_then) = tokio::join!(
+            async {
+                let r = sqlx::query(update(2, "a")).execute(&mut a).await;
+                (r.map(drop), ())
+            },
+            async {
+                tokio::task::yield_now().await;
+                let r = sqlx::query(update(1, "b")).execute(&mut b).await;
+                (r.map(drop), ())
+            }
+        );
+        let (mut victim, mut winner, mark) = match (a_then.0, b_then.0) {
+            (Err(e), Ok(())) => (a, b, {
+                assert_deadlock(e);
+                "a"
+            }),
+            (Ok(()), Err(e)) => (b, a, {
+                assert_deadlock(e);
+                "b"
+            }),
+            other => panic!("one deadlock victim: {other:?}"),
+        };
+        let insert_after = sql(format!(
+            "INSERT INTO {} (id, v) VALUES (10, '{mark}')",
+            db.table
+        ));
+        let after = sqlx::query(insert_after).execute(&mut victim).await;
+        let refused = dbscope::Error::from(after.expect_err("refused: the transaction is gone"));
+        assert!(refused.is_transaction_aborted(), "{refused}");
+        let committed = victim.commit().await.expect_err("its commit says so");
+        assert!(committed.is_transaction_aborted(), "{committed}");
+        winner.commit().await.unwrap();
+        // The victim's first update is not there; the session goes on afresh.
+        let query = format!("SELECT COUNT(*) FROM {} WHERE v = '{mark}'", db.table);
+        let theirs = fetch_i64(&mut victim, sql(query)).await.unwrap();
+        assert_eq!(theirs, 0, "nothing of the victim's transaction landed");
+        victim.commit().await.unwrap();
+        drop((victim, winner));
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
+fn assert_deadlock(err: sqlx::Error) {
+    let number = err
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .map(sqlx::mysql::MySqlDatabaseError::number);
+    assert_eq!(number, Some(1213), "a deadlock: {err}");
+}

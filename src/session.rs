@@ -344,6 +344,9 @@ struct TxState {
     /// The connection was checked out for this session and has not answered yet: a dead one
     /// fails before anything of the session's has run on a server (see "Dead connections").
     unproven: bool,
+    /// When the checkout of an unproven connection began: a retry on another connection gets
+    /// what is left of `acquire_timeout` since then, not a budget of its own.
+    checkout_began: Option<Instant>,
     /// PostgreSQL: the open transaction's BEGIN, not sent yet. The next statement without
     /// parameters carries it in its own message; anything else sends it first (see "Round
     /// trips"). Nothing is open on the server, and ending it takes no round trip.
@@ -920,11 +923,19 @@ impl<DB: Backend> Session<DB> {
     async fn attach(&mut self) -> Result<()> {
         self.check_usable()?;
         if self.conn.is_none() {
+            let began = Instant::now();
             let budget = self.bind.acquire_timeout();
             self.conn = Some(self.bind.checkout_routed(&mut self.route, budget).await?);
             self.tx.unproven = true;
+            self.tx.checkout_began = Some(began);
         }
         self.flush_pending_rollback().await
+    }
+
+    /// When the session's unproven connection's checkout began (`now` if none is recorded):
+    /// what a retry on another connection measures its budget from.
+    fn checkout_began(&self, now: Instant) -> Instant {
+        self.tx.checkout_began.map_or(now, |began| began.min(now))
     }
 
     /// Everything a statement needs first: a connection, and a transaction unless autocommit
@@ -1037,7 +1048,7 @@ impl<DB: Backend> Session<DB> {
         options: SessionConfig,
         transactional: bool,
     ) -> Result<bool> {
-        let started = Instant::now();
+        let started = self.checkout_began(Instant::now());
         let fresh = self.tx.unproven;
         match self.prepare_once(options, transactional).await {
             Err(e) if fresh && e.is_connection_lost() => {
@@ -1299,7 +1310,7 @@ impl<DB: Backend> Session<DB> {
         let Some(begin) = self.tx.pending_begin.take() else {
             return Ok(());
         };
-        let started = Instant::now();
+        let started = self.checkout_began(Instant::now());
         let fresh = self.tx.unproven;
         let sql = joined(&begin, then.as_ref());
         match self.exec_or_poison(sql, "BEGIN").await {

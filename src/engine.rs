@@ -529,22 +529,25 @@ impl<DB: Backend> Pool<DB> {
         for conn in removed.removed {
             close_gracefully(conn);
         }
-        // Every connection checked out here is held until the pool has `min_connections`:
-        // deadpool hands out its idle connections before it opens one, so a checkout given back
-        // at once would never open any. At most `min_connections` checkouts.
-        let min = shared.min_connections;
-        let mut held = Vec::new();
-        while shared.deadpool.status().size < min && held.len() < min {
-            match self.checkout().await {
-                Ok(conn) => held.push(conn),
-                Err(e) if e.is_closed() => break,
+        // deadpool hands out its idle connections before it opens one, so the upkeep checks out
+        // every idle connection and, beside them, one per connection missing, all at once: the
+        // missing ones open side by side, and the idle ones are held (from sessions, which may
+        // wait meanwhile) for one connect's time, not one per connection missing.
+        let status = shared.deadpool.status();
+        let missing = shared.min_connections.saturating_sub(status.size);
+        if missing == 0 {
+            return;
+        }
+        let checkouts = (0..missing + status.available).map(|_| self.checkout());
+        for checkout in futures_util::future::join_all(checkouts).await {
+            match checkout {
+                Ok(conn) => conn.give_back_unused(),
+                Err(e) if e.is_closed() => {}
                 Err(e) => {
                     tracing::warn!(bind = %shared.bind, error = %e, "could not open min_connections");
-                    break;
                 }
             }
         }
-        held.into_iter().for_each(Conn::give_back_unused);
     }
 }
 

@@ -1316,11 +1316,136 @@ impl From<Error> for sqlx::Error {
 }
 
 impl From<figment::Error> for Error {
+    /// The message says where (the key, the file or variable) and what was wrong, never with
+    /// the value: figment's own text quotes it (`found string "postgres://app:pw@db/x"`, for a
+    /// URL given where a bind's table was expected), and a TOML syntax error quotes the line,
+    /// which may hold a password. So figment's error is not kept as the source; a description
+    /// of its kind, values left out, is.
     fn from(err: figment::Error) -> Self {
         let message = format!("invalid configuration{}", config_context(&err));
-        Self::new(ErrorKind::Config, None, message).with_source(err)
+        let problem = ConfigProblem(describe_config_problem(&err.kind));
+        Self::new(ErrorKind::Config, None, message).with_source(problem)
     }
 }
+
+/// What was wrong with a configuration, in words that quote no value of it.
+#[derive(Debug)]
+struct ConfigProblem(String);
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigProblem {}
+
+fn describe_config_problem(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::Message(message) => without_quoted_values(message),
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", shape(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                shape(actual)
+            )
+        }
+        Kind::InvalidLength(length, expected) => {
+            format!("invalid length {length}, expected {expected}")
+        }
+        Kind::UnknownVariant(_, expected) => {
+            format!("unknown variant, expected one of {}", expected.join(", "))
+        }
+        Kind::UnknownField(field, expected) => {
+            format!(
+                "unknown key `{field}`, expected one of {}",
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => format!("missing key `{field}`"),
+        Kind::DuplicateField(field) => format!("duplicate key `{field}`"),
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "a number out of range".into(),
+        Kind::Unsupported(actual) => format!("unsupported {}", shape(actual)),
+        Kind::UnsupportedKey(actual, expected) => {
+            format!("unsupported key {}, expected {expected}", shape(actual))
+        }
+    }
+}
+
+/// What kind of value figment found, without the value.
+fn shape(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "unit",
+        Actual::Option => "an option",
+        Actual::NewtypeStruct => "a newtype struct",
+        Actual::Seq => "a sequence",
+        Actual::Map => "a table",
+        Actual::Enum
+        | Actual::UnitVariant
+        | Actual::NewtypeVariant
+        | Actual::TupleVariant
+        | Actual::StructVariant => "an enum",
+        Actual::Other(_) => "a value",
+    }
+}
+
+/// A parser's or a deserializer's message without what it quotes of the input: the source
+/// lines a TOML error shows (`3 | url = "…"`, and the marker lines around them), and anything
+/// between quotes or backticks (a value, a URL), which is masked.
+fn without_quoted_values(message: &str) -> String {
+    let is_source_line = |line: &str| {
+        let line = line.trim_start();
+        let digits = line.chars().take_while(char::is_ascii_digit).count();
+        line.starts_with('|') || (digits > 0 && line[digits..].trim_start().starts_with('|'))
+    };
+    let kept: Vec<&str> = message
+        .lines()
+        .filter(|line| !is_source_line(line))
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let mut out = String::with_capacity(message.len());
+    // The open quote, and what it holds so far.
+    let mut quote: Option<(char, String)> = None;
+    for c in kept.join("; ").chars() {
+        match &mut quote {
+            Some((open, held)) if c == *open => {
+                // A character or two (the escapes a TOML error lists) tell nothing secret.
+                let shown = if held.chars().count() <= 2 {
+                    held.as_str()
+                } else {
+                    MASK
+                };
+                out.push_str(shown);
+                out.push(c);
+                quote = None;
+            }
+            Some((_, held)) => held.push(c),
+            None => {
+                out.push(c);
+                if matches!(c, '"' | '`') {
+                    quote = Some((c, String::new()));
+                }
+            }
+        }
+    }
+    if quote.is_some() {
+        out.push_str(MASK); // never closed: what followed the quote stays out
+    }
+    out
+}
+
+/// What stands for a value left out of a configuration error.
+const MASK: &str = "…";
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //! reserved characters in the password, passwords in the query string, `sslpassword`, bad
 //! ports, URLs cut short, the scheme left out) goes through every printed form a URL reaches: `DatabaseUrl`'s
 //! `Display` and `Debug`, a config's `Debug`, a bind's `Debug`, and every error a manager's
-//! build returns (`Display`, `Debug`, and each `source()` in the chain).
+//! build returns (`Display`, `Debug`, and each `source()` in the chain); and a refused
+//! configuration file's error, whatever value it quotes.
 //!
 //! The corpus is generated from a fixed seed, so that a run is repeatable; set
 //! `DBSCOPE_SECRETS_SEED` (any number) to explore another 10,000 URLs.
@@ -343,4 +344,35 @@ fn invalid_url_error_is_clear_without_the_password() {
         "{shown}"
     );
     assert!(!format!("{err:?}").contains(MARKER));
+}
+
+/// A configuration the loader refuses prints none of its values: not a URL given where a bind's
+/// table was expected (figment's own text quotes it), not a TOML line a syntax error quotes
+/// (here an invalid escape inside the URL), nor any value of a file's bad key. Each through
+/// every printed form of the error, its source chain included.
+#[test]
+fn a_refused_configuration_prints_none_of_its_values() {
+    let dir = std::env::temp_dir().join(format!("dbscope-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        // A URL where a table was expected (as `DBSCOPE_BINDS__MAIN=…` gives, `__URL` forgotten).
+        format!("[binds]\nmain = \"postgres://app:{MARKER}pw@db/x\"\n"),
+        // A TOML syntax error on the URL's line.
+        format!("[binds.main]\nurl = \"postgres://app:C:\\p{MARKER}@db/main\"\n"),
+        // A value of the wrong type, holding the secret.
+        format!(
+            "[binds.main]\nurl = \"postgres://db/main\"\n[binds.main.pool]\nmax_connections = \"{MARKER}\"\n"
+        ),
+    ];
+    for (i, toml) in cases.iter().enumerate() {
+        let path = dir.join(format!("case{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let err = dbscope::Config::from_file(&path).expect_err("refused");
+        assert!(err.is_config(), "{err:?}");
+        for form in error_forms(&err) {
+            assert!(!form.contains(MARKER), "case {i} leaks: {form}");
+        }
+        eprintln!("case {i}: {err}: {}", err.source().unwrap());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -333,6 +333,68 @@ async fn with_the_switch_autocommit_is_refused_typed() {
     .await;
 }
 
+/// The CLI behind the bouncer: `check` probes the bind in a transaction of its own (an
+/// autocommit probe would be refused) and passes; migrations, whose lock is a session-level
+/// advisory lock the bouncer may split across server connections, are refused typed, saying
+/// to go to the server itself, before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_checks_a_bind_behind_the_bouncer_and_refuses_to_migrate_it() {
+    common::within_limit("cli_behind_the_bouncer", async {
+        let rig = Rig::start().await;
+        let dir = std::env::temp_dir().join(format!("dbscope-bouncer-cli-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("migrations")).unwrap();
+        let cleanup = dir.clone();
+        std::fs::write(dir.join("migrations/1_t.sql"), "CREATE TABLE t (id int);").unwrap();
+        std::fs::write(
+            dir.join("dbscope.toml"),
+            format!(
+                "[binds.main]\nurl = \"{}\"\nmigrations = \"migrations\"\n\
+                 [binds.main.connect]\npooler = \"pgbouncer_transaction\"\n",
+                rig.bouncer.url("test")
+            ),
+        )
+        .unwrap();
+        let run = move |args: &[&str]| {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_dbscope"))
+                .arg("--config")
+                .arg(dir.join("dbscope.toml"))
+                .args(args)
+                .current_dir(&dir)
+                .env_remove("DBSCOPE_CONFIG")
+                .env_remove("DATABASE_URL")
+                .output()
+                .expect("the dbscope binary runs");
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            (output.status.code(), printed)
+        };
+        let ((checked, check_said), (migrated, migrate_said)) =
+            tokio::task::spawn_blocking(move || (run(&["check"]), run(&["migrate"])))
+                .await
+                .unwrap();
+        assert_eq!(checked, Some(0), "check passes: {check_said}");
+        assert!(check_said.contains("PostgreSQL"), "{check_said}");
+        assert_ne!(migrated, Some(0), "migrate is refused: {migrate_said}");
+        assert!(
+            migrate_said.contains("cannot run behind PgBouncer"),
+            "{migrate_said}"
+        );
+        let mut admin = rig.admin().await; // the database the bouncer's `test` leads to
+        let made: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('t', '_sqlx_migrations')",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        assert_eq!(made, 0, "nothing ran");
+        std::fs::remove_dir_all(&cleanup).ok();
+    })
+    .await;
+}
+
 #[test]
 fn settings_that_cannot_work_behind_a_transaction_pooler_are_refused() {
     let url = "postgres://postgres@127.0.0.1:6432/test";

@@ -52,11 +52,23 @@ fn lock_id(database: &str) -> i64 {
     0x3d32ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
 }
 
+/// Why a bind behind a transaction pooler cannot migrate, and what to do.
+const MIGRATE_BEHIND_POOLER: &str = "migrations cannot run behind PgBouncer in transaction \
+     pooling: their lock is a session-level advisory lock, which the bouncer may split across \
+     server connections; migrate through a bind (or `DBSCOPE_BINDS__<NAME>__URL`) that points at \
+     the server itself, without `connect.pooler`";
+
 /// Opens the dedicated connection of bind `name`.
 pub(crate) async fn open(manager: &BindManager, name: &str) -> Result<Box<dyn MigrationConn>> {
     let entry = manager.entry(name)?;
     if entry.erased.is_closed() {
         return Err(Error::closed(name));
+    }
+    if entry.erased.config().connect.pooler.pools_transactions() {
+        // The migration lock is a session-level advisory lock, taken and released outside any
+        // transaction: behind a transaction pooler, each may land on another server connection,
+        // and a lock could be stranded, or two migrators could both hold it.
+        return Err(Error::unsupported(name, MIGRATE_BEHIND_POOLER));
     }
     // One arm per driver compiled in, as `bind::open` picks them.
     #[cfg(feature = "any")]

@@ -21,7 +21,9 @@ macro_rules! probe {
     ($db:ty, $manager:expr, $name:expr, $version_sql:expr) => {{
         async {
             let bind = $manager.bind::<$db>($name)?;
-            let mut session = bind.session().autocommit(true);
+            // A transaction of its own, rolled back: what works behind a transaction pooler
+            // too, where autocommit statements are refused.
+            let mut session = bind.session();
             let version: String = sqlx::query_scalar($version_sql)
                 .fetch_one(&mut session)
                 .await
@@ -32,6 +34,7 @@ macro_rules! probe {
                 .await
                 .map_err(dbscope::Error::from)?;
             let round_trip = started.elapsed();
+            session.rollback().await?;
             session.close().await?;
             Ok::<_, dbscope::Error>(Probe {
                 version,

@@ -299,10 +299,11 @@ impl<DB: Backend> Bind<DB> {
         self.shared.pool.acquire_timeout()
     }
 
-    /// A connection of this bind's own, outside its pool (see `Pool::connect_unpooled`).
+    /// A connection of this bind's own, outside its pool (see `Pool::connect_unpooled`);
+    /// without `create`, to a database that exists only.
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-    pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
-        self.shared.pool.connect_unpooled().await
+    pub(crate) async fn connect_unpooled(&self, create: bool) -> Result<DB::Connection> {
+        self.shared.pool.connect_unpooled(create).await
     }
 
     /// The bind's metric handles and span attributes.

@@ -393,7 +393,9 @@ impl<DB: Backend> Pool<DB> {
     /// migration's advisory lock). For in-memory SQLite the keeper holds the database first, so
     /// that closing this connection does not take the database with it.
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
-    pub(crate) async fn connect_unpooled(&self) -> Result<DB::Connection> {
+    ///
+    /// Without `create`, it opens only a database that exists (SQLite makes none).
+    pub(crate) async fn connect_unpooled(&self, create: bool) -> Result<DB::Connection> {
         let shared = &*self.0;
         if shared.deadpool.is_closed() {
             return Err(Error::closed(&shared.bind));
@@ -403,6 +405,13 @@ impl<DB: Backend> Pool<DB> {
                 shared.hold_database(keeper).await?;
             }
             let options = &shared.deadpool.manager().options;
+            let existing;
+            let options = if create {
+                options
+            } else {
+                existing = DB::without_creating(options);
+                &existing
+            };
             sqlx::ConnectOptions::connect(options)
                 .await
                 .map_err(|source| shared.connect_error(source))

@@ -736,6 +736,51 @@ async fn an_any_engine_sqlite_bind_takes_the_lock_file() {
     .await;
 }
 
+/// A SQLite URL naming a file that does not exist yet (a fresh checkout, or a typo): the status
+/// and a dry run, which change nothing, call every migration pending without making the file
+/// (an empty database is what is there); a real run makes it, as sqlx would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_dry_run_make_no_sqlite_file() {
+    common::within_limit("status makes no file", async {
+        let dir = std::env::temp_dir().join(format!("dbscope-no-file-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("migrations")).unwrap();
+        std::fs::write(dir.join("migrations/1_t.sql"), "CREATE TABLE t (id BIGINT)").unwrap();
+        let file = dir.join("typo.db");
+        let manager = BindManager::builder()
+            .bind(
+                "main",
+                BindConfig::new(format!("sqlite://{}", file.display()).as_str())
+                    .migrations(dir.join("migrations")),
+            )
+            .build()
+            .unwrap();
+        let status = manager.migration_status(&Migrations::new()).await.unwrap();
+        assert!(status[0].error.is_none(), "{:?}", status[0].error);
+        assert_eq!(status[0].migrations.len(), 1);
+        assert!(
+            status[0]
+                .migrations
+                .iter()
+                .all(|m| m.state == MigrationState::Pending),
+            "{:?}",
+            status[0].migrations
+        );
+        assert!(!file.exists(), "status made no file");
+        let dry = manager
+            .migrate_all(&Migrations::new().dry_run(true))
+            .await
+            .unwrap();
+        assert_eq!(dry.done(), 1, "the dry run would apply it");
+        assert!(!file.exists(), "a dry run made no file");
+        let report = manager.migrate_all(&Migrations::new()).await.unwrap();
+        assert_eq!(report.done(), 1);
+        assert!(file.exists(), "a real run makes the database");
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
+
 macro_rules! on_every_backend {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {

@@ -97,6 +97,13 @@ pub trait Backend: Database + sealed::Sealed {
     /// `options` made to open connections read-only for their server's whole session, at no
     /// round trip (PostgreSQL's `default_transaction_read_only` in the startup packet): for a
     /// replica's pool. `None` where the driver cannot.
+    /// `options`, opening only a database that exists (SQLite's `create_if_missing` off), for
+    /// work that must change nothing (a migration status, a dry run).
+    #[doc(hidden)]
+    fn without_creating(options: &Options<Self>) -> Options<Self> {
+        options.clone()
+    }
+
     #[doc(hidden)]
     fn read_only_at_connect(options: &Options<Self>) -> Option<Options<Self>> {
         let _ = options;

@@ -11,6 +11,10 @@ use crate::{DatabaseUrl, Result};
 impl Sealed for Sqlite {}
 
 impl Backend for Sqlite {
+    fn without_creating(options: &SqliteConnectOptions) -> SqliteConnectOptions {
+        options.clone().create_if_missing(false)
+    }
+
     fn connect_options(
         bind: &str,
         url: &DatabaseUrl,

@@ -58,8 +58,15 @@ const MIGRATE_BEHIND_POOLER: &str = "migrations cannot run behind PgBouncer in t
      server connections; migrate through a bind (or `DBSCOPE_BINDS__<NAME>__URL`) that points at \
      the server itself, without `connect.pooler`";
 
-/// Opens the dedicated connection of bind `name`.
-pub(crate) async fn open(manager: &BindManager, name: &str) -> Result<Box<dyn MigrationConn>> {
+/// Opens the dedicated connection of bind `name`; without `create`, for work that changes
+/// nothing (a status, a dry run, a revert), makes no database: a SQLite file that does not
+/// exist is answered by an empty in-memory database (nothing applied), so that a URL with a
+/// typo leaves no empty file behind.
+pub(crate) async fn open(
+    manager: &BindManager,
+    name: &str,
+    create: bool,
+) -> Result<Box<dyn MigrationConn>> {
     let entry = manager.entry(name)?;
     if entry.erased.is_closed() {
         return Err(Error::closed(name));
@@ -74,21 +81,36 @@ pub(crate) async fn open(manager: &BindManager, name: &str) -> Result<Box<dyn Mi
     #[cfg(feature = "any")]
     if let Some(bind) = entry.typed::<sqlx::Any>() {
         let url = entry.erased.config().url.as_ref();
-        return Ok(any::open(bind.connect_unpooled().await?, url));
+        if !create
+            && url.is_some_and(|u| u.expose().starts_with("sqlite"))
+            && sqlite::is_missing(url)
+        {
+            let conn = <sqlx::AnyConnection as sqlx::Connection>::connect("sqlite::memory:")
+                .await
+                .map_err(|e| Error::connect(name, "sqlite::memory:", e))?;
+            return Ok(any::open(conn, None));
+        }
+        return Ok(any::open(bind.connect_unpooled(create).await?, url));
     }
     #[cfg(feature = "postgres")]
     if let Some(bind) = entry.typed::<sqlx::Postgres>() {
-        return Ok(Box::new(bind.connect_unpooled().await?));
+        return Ok(Box::new(bind.connect_unpooled(create).await?));
     }
     #[cfg(feature = "mysql")]
     if let Some(bind) = entry.typed::<sqlx::MySql>() {
-        return Ok(Box::new(bind.connect_unpooled().await?));
+        return Ok(Box::new(bind.connect_unpooled(create).await?));
     }
     #[cfg(feature = "sqlite")]
     if let Some(bind) = entry.typed::<sqlx::Sqlite>() {
         let url = entry.erased.config().url.as_ref();
+        if !create && sqlite::is_missing(url) {
+            let conn = <sqlx::SqliteConnection as sqlx::Connection>::connect("sqlite::memory:")
+                .await
+                .map_err(|e| Error::connect(name, "sqlite::memory:", e))?;
+            return Ok(Box::new(sqlite::SqliteMigrationConn::new(conn, None)));
+        }
         let lock_file = url.and_then(|u| sqlite::lock_file(u.expose()));
-        let conn = bind.connect_unpooled().await?;
+        let conn = bind.connect_unpooled(create).await?;
         return Ok(Box::new(sqlite::SqliteMigrationConn::new(conn, lock_file)));
     }
     unreachable!("bind `{name}` is of a backend compiled in")

@@ -202,7 +202,7 @@ impl Migrations {
         let started = Instant::now();
         let read = async {
             let resolved = source::resolve(bind, &source).await?;
-            let mut conn = conn::open(manager, bind).await?;
+            let mut conn = conn::open(manager, bind, false).await?;
             let status = run::status(&mut *conn, bind, &resolved).await;
             if status.is_ok() {
                 conn.close().await;
@@ -318,7 +318,8 @@ impl Migrations {
         let mut progress = Progress::default();
         let result = async {
             let resolved = source::resolve(bind, &source).await?;
-            let mut conn = conn::open(manager, bind).await?;
+            let creates = matches!(direction, Direction::Up) && !self.dry_run;
+            let mut conn = conn::open(manager, bind, creates).await?;
             let result = match direction {
                 Direction::Up => run::apply(&mut *conn, &step, &resolved, &mut progress).await,
                 Direction::Down => run::revert(&mut *conn, &step, &resolved, &mut progress).await,

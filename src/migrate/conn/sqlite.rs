@@ -36,6 +36,12 @@ impl<C> SqliteMigrationConn<C> {
 
 /// The lock file of the database at `url`; `None` for an in-memory one.
 pub(super) fn lock_file(url: &str) -> Option<PathBuf> {
+    let file = database_file(url)?;
+    Some(PathBuf::from(format!("{}-migrate.lock", file.display())))
+}
+
+/// The file of the database at `url`; `None` for an in-memory one.
+pub(super) fn database_file(url: &str) -> Option<PathBuf> {
     if url.contains(":memory:") || url.contains("mode=memory") {
         return None;
     }
@@ -43,7 +49,14 @@ pub(super) fn lock_file(url: &str) -> Option<PathBuf> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split(['?', '#']).next().unwrap_or(rest);
-    (!path.is_empty()).then(|| PathBuf::from(format!("{path}-migrate.lock")))
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// A database file that does not exist yet, for work that must not make it: it has nothing
+/// applied, which an empty in-memory database answers as well, and no file comes of asking.
+pub(super) fn is_missing(url: Option<&crate::DatabaseUrl>) -> bool {
+    url.and_then(|u| database_file(u.expose()))
+        .is_some_and(|file| !file.exists())
 }
 
 fn io(e: std::io::Error) -> MigrateError {

@@ -698,6 +698,21 @@ impl Error {
         }
     }
 
+    /// A bind of a file whose name has capitals, where the environment may override it: its
+    /// variables name binds in lowercase, so they would make another bind.
+    pub(crate) fn bind_name_case(bind: &str) -> Self {
+        let lower = bind.to_ascii_lowercase();
+        Self::new(
+            ErrorKind::Config,
+            Some(bind),
+            format!(
+                "bind `{bind}`: a bind name with capitals cannot be overridden from the \
+                 environment, whose `DBSCOPE_BINDS__…` variables name binds in lowercase (they \
+                 would make a bind `{lower}` beside it); name it `{lower}` in the file"
+            ),
+        )
+    }
+
     /// One of a client certificate and its key is set (`set`), the other (`unset`) is not.
     pub(crate) fn tls_client_pair(bind: &str, set: &str, unset: &str) -> Self {
         Self::new(

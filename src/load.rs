@@ -66,8 +66,19 @@ impl Config {
     /// # Errors
     ///
     /// As [`Config::from_file`] and [`Config::from_env`].
+    ///
+    /// A bind name of the file with capitals is refused ([`ErrorKind::Config`](crate::ErrorKind::Config)): the
+    /// environment's variables name binds in lowercase, and would make another bind beside it.
     pub fn from_file_and_env(path: impl AsRef<Path>) -> Result<Self> {
         let file = TomlBinds::open(path.as_ref())?;
+        let in_file: Config = Figment::from(TomlBinds::open(path.as_ref())?).extract()?;
+        if let Some(name) = in_file
+            .binds
+            .keys()
+            .find(|n| n.chars().any(|c| c.is_ascii_uppercase()))
+        {
+            return Err(Error::bind_name_case(name));
+        }
         Self::from_figment(&env_layers(Figment::from(file)))
     }
 

@@ -469,3 +469,26 @@ impl Write for Logs {
         Ok(())
     }
 }
+
+/// A file's bind named with capitals, loaded with the environment: its variables name binds in
+/// lowercase (`DBSCOPE_BINDS__MAIN__URL` is bind `main`), so they would make a second bind
+/// beside it and leave it as the file says. Refused, naming the bind and the fix.
+#[test]
+fn a_file_bind_with_capitals_is_refused_where_the_environment_overrides() {
+    jailed(|jail| {
+        jail.create_file(
+            "dbscope.toml",
+            "[binds.Main]\nurl = \"postgres://app@staging/main\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        jail.set_env("DBSCOPE_BINDS__MAIN__URL", "postgres://app@prod/main");
+        let err = Config::from_file_and_env("dbscope.toml").expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_names_bind(&err, "Main");
+        assert!(err.to_string().contains("name it `main`"), "{err}");
+        // From the file alone, nothing overrides it: the name is the file's to choose.
+        let alone = Config::from_file("dbscope.toml").map_err(|e| e.to_string())?;
+        assert!(alone.binds.contains_key("Main"));
+        Ok(())
+    });
+}

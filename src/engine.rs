@@ -589,6 +589,9 @@ impl<DB: Backend> Shared<DB> {
             let conn = managed::Manager::create(self.deadpool.manager())
                 .await
                 .map_err(|source| self.connect_error(source))?;
+            // Counted idle as it opened, like a pool connection; it never enters the pool, so
+            // nothing would count it gone: `db.client.connection.count` shows the pool's alone.
+            self.metrics().gone(false);
             *slot = Some(conn);
             keeper.held.store(true, Ordering::Release);
         }

@@ -43,6 +43,25 @@ fn expand(args: Punctuated<Meta, Token![,]>, item: ItemFn) -> syn::Result<TokenS
             "#[dbscope::test] needs an `async fn(t: dbscope::testing::TestContext)`",
         ));
     }
+    if item.sig.inputs.len() != 1 {
+        return Err(syn::Error::new_spanned(
+            &item.sig,
+            "#[dbscope::test] needs an `async fn(t: dbscope::testing::TestContext)`: one \
+             argument, the test's context",
+        ));
+    }
+    if let Some(attr) = item
+        .attrs
+        .iter()
+        .find(|a| a.path().is_ident("should_panic"))
+    {
+        return Err(syn::Error::new_spanned(
+            attr,
+            "#[dbscope::test] cannot be combined with #[should_panic]: a failure to set the \
+             test's databases up panics too, and would pass the test without running it; \
+             check the panic inside the body (`tokio::spawn(work).await.unwrap_err()`)",
+        ));
+    }
     let mut steps = Vec::new();
     for arg in args {
         steps.extend(builder_steps(arg)?);
@@ -161,5 +180,31 @@ fn string(expr: &Expr) -> syn::Result<LitStr> {
             lit: Lit::Str(s), ..
         }) => Ok(s.clone()),
         other => Err(syn::Error::new_spanned(other, "expected a string literal")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expanded(item: &str) -> syn::Result<TokenStream2> {
+        expand(Punctuated::new(), syn::parse_str(item).unwrap())
+    }
+
+    #[::core::prelude::v1::test]
+    fn a_test_takes_its_context_and_nothing_else() {
+        assert!(expanded("async fn ok(t: TestContext) {}").is_ok());
+        let none = expanded("async fn none() {}").unwrap_err();
+        assert!(none.to_string().contains("one argument"), "{none}");
+        let two = expanded("async fn two(t: TestContext, u: u8) {}").unwrap_err();
+        assert!(two.to_string().contains("one argument"), "{two}");
+        let sync = expanded("fn sync(t: TestContext) {}").unwrap_err();
+        assert!(sync.to_string().contains("async fn"), "{sync}");
+    }
+
+    #[::core::prelude::v1::test]
+    fn should_panic_is_refused() {
+        let err = expanded("#[should_panic] async fn p(t: TestContext) {}").unwrap_err();
+        assert!(err.to_string().contains("should_panic"), "{err}");
     }
 }

@@ -850,6 +850,46 @@ async fn a_dependency_cycle_is_refused() {
     assert!(err.is_config());
 }
 
+/// An embedded migrator's `create_schema` (sqlx's, for a table and migrations that live in a
+/// schema of their own): made before the bookkeeping table, as sqlx's `Migrator::run` does, so
+/// that a migrator that works with sqlx on a fresh database works through dbscope too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrators_schemas_are_made_first() {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    common::within_limit("a_migrators_schemas_are_made_first", async {
+        let db = Fresh::new(Kind::Postgres, 1).await;
+        let mut migrator = Migrator::with_migrations(vec![Migration::new(
+            1,
+            "notes".into(),
+            MigrationType::Simple,
+            "CREATE TABLE app.notes (body TEXT)".into_sql_str(),
+            false,
+        )]);
+        migrator.create_schema("app");
+        migrator.dangerous_set_table_name("app._sqlx_migrations");
+        let manager = BindManager::builder()
+            .bind("main", BindConfig::new(db.urls[0].as_str()))
+            .build()
+            .unwrap();
+        let plan = Migrations::new().source("main", MigrationSource::Owned(Arc::new(migrator)));
+        let report = manager.migrate_all(&plan).await.expect("the schema first");
+        assert_eq!(report.done(), 1);
+        let mut conn = any(&db.urls[0]).await;
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'app'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, 2, "app.notes and app._sqlx_migrations");
+        conn.close().await.ok();
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
 /// Migrations handed in code (as `sqlx::migrate!` embeds them) apply to an in-memory bind,
 /// whose database outlives the dedicated connection; a bind without migrations is skipped; a
 /// missing directory is a typed error naming it.

@@ -168,6 +168,11 @@ async fn state(
     resolved: &Resolved,
 ) -> Result<HashMap<i64, AppliedMigration>> {
     if !step.dry_run {
+        for schema in resolved.schemas.iter() {
+            conn.create_schema_if_not_exists(schema)
+                .await
+                .map_err(bookkeeping(step.bind, "creating the migrator's schemas"))?;
+        }
         conn.ensure_migrations_table(&resolved.table)
             .await
             .map_err(bookkeeping(step.bind, "creating _sqlx_migrations"))?;

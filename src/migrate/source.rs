@@ -48,6 +48,9 @@ pub(crate) struct Resolved {
     /// The file of each migration read from a directory, by version and direction.
     files: HashMap<(i64, bool), PathBuf>,
     pub(crate) table: Cow<'static, str>,
+    /// Schemas made before anything else, as sqlx's `Migrator::run` makes them (an embedded
+    /// migrator's `create_schema`: its table or its migrations may live there).
+    pub(crate) schemas: Cow<'static, [Cow<'static, str>]>,
     pub(crate) locking: bool,
     pub(crate) ignore_missing: bool,
 }
@@ -87,6 +90,7 @@ fn from_migrator(migrator: &Migrator) -> Resolved {
         migrations: Cow::Owned(migrator.iter().cloned().collect()),
         files: HashMap::new(),
         table: migrator.table_name.clone(),
+        schemas: migrator.create_schemas.clone(),
         locking: migrator.locking,
         ignore_missing: migrator.ignore_missing,
     }
@@ -120,6 +124,7 @@ async fn read_dir(bind: &str, dir: PathBuf) -> Result<Resolved> {
         migrations: Cow::Owned(migrations),
         files,
         table: Cow::Borrowed("_sqlx_migrations"),
+        schemas: Cow::Borrowed(&[]),
         locking: true,
         ignore_missing: false,
     })

@@ -538,22 +538,45 @@ impl<DB: Backend> Pool<DB> {
         for conn in removed.removed {
             close_gracefully(conn);
         }
-        // deadpool hands out its idle connections before it opens one, so the upkeep checks out
+        // deadpool hands out its idle connections before it opens one, so the upkeep takes
         // every idle connection and, beside them, one per connection missing, all at once: the
         // missing ones open side by side, and the idle ones are held (from sessions, which may
-        // wait meanwhile) for one connect's time, not one per connection missing.
+        // wait meanwhile) for one connect's time. Each take is deadpool's non-blocking one: with
+        // no slot free (sessions hold them all) it takes nothing rather than wait behind them,
+        // and it stays out of the sessions' metrics (waits, pending, timeouts, use time).
         let status = shared.deadpool.status();
         let missing = shared.min_connections.saturating_sub(status.size);
         if missing == 0 {
             return;
         }
-        let checkouts = (0..missing + status.available).map(|_| self.checkout());
-        for checkout in futures_util::future::join_all(checkouts).await {
-            match checkout {
-                Ok(conn) => conn.give_back_unused(),
-                Err(e) if e.is_closed() => {}
-                Err(e) => {
+        if let Some(keeper) = &shared.keeper
+            && shared.hold_database(keeper).await.is_err()
+        {
+            return;
+        }
+        let at_once = managed::Timeouts {
+            wait: Some(Duration::ZERO),
+            create: None,
+            recycle: None,
+        };
+        let takes = (0..missing + status.available).map(|_| {
+            tokio::time::timeout(
+                shared.acquire_timeout,
+                shared.deadpool.timeout_get(&at_once),
+            )
+        });
+        for taken in futures_util::future::join_all(takes).await {
+            match taken {
+                Ok(Ok(mut obj)) => {
+                    obj.clean = true; // nothing ran on it
+                    drop(obj); // back to the idle list, its idle clock untouched
+                }
+                Ok(Err(PoolError::Timeout(_) | PoolError::Closed)) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(bind = %shared.bind, error = %e, "could not open min_connections");
+                }
+                Err(_elapsed) => {
+                    tracing::warn!(bind = %shared.bind, "could not open min_connections within acquire_timeout");
                 }
             }
         }
@@ -764,17 +787,6 @@ impl<DB: Backend> Conn<DB> {
     /// Returns a connection its holder knows is clean: to the idle list, or, once the pool is
     /// closed, to the server with a polite goodbye. A pinned one goes to the next in line.
     pub(crate) fn give_back(self) {
-        self.give_back_after(true);
-    }
-
-    /// [`give_back`](Conn::give_back) for a connection checked out and not used (the upkeep's):
-    /// its idle time goes on, so that the health check that goes by it still comes (a checkout
-    /// on a blocking face's pool, which runs no ping outside a caller's thread, made none).
-    fn give_back_unused(self) {
-        self.give_back_after(false);
-    }
-
-    fn give_back_after(self, used: bool) {
         self.stop_driving();
         let mut obj = match self.0 {
             Held::Pooled(obj) => obj,
@@ -782,9 +794,7 @@ impl<DB: Backend> Conn<DB> {
         };
         obj.clean = true;
         let now = Instant::now();
-        if used {
-            obj.idle_since = now;
-        }
+        obj.idle_since = now;
         let since = checked_out_at(&obj);
         match managed::Object::pool(&obj) {
             Some(pool) if !pool.is_closed() => {

@@ -542,7 +542,8 @@ fn is_read_only_refusal(db: &dyn sqlx::error::DatabaseError) -> bool {
     }
     #[cfg(feature = "mysql")]
     if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return matches!(my.number(), 1290 | 1792);
+        // 1290 names the option in the way: only `--read-only` is a demotion.
+        return my.number() == 1792 || (my.number() == 1290 && my.message().contains("read-only"));
     }
     false
 }

@@ -949,8 +949,17 @@ impl<DB: Backend> Session<DB> {
             return Ok(()); // the hot path: mid-transaction, or reading without one
         }
         if tx.rolled_back {
-            return Err(Error::transaction_aborted(self.bind.name()));
+            // A savepoint guard dropped since may have ended the transaction (an autocommit
+            // session's outermost): its rollback goes first, and decides.
+            if self.tx.pending_rollback_to.is_some() {
+                self.attach().await?;
+            }
+            if self.tx.rolled_back {
+                return Err(Error::transaction_aborted(self.bind.name()));
+            }
         }
+        let tx = &self.tx;
+        let idle = tx.wire == Wire::Idle && tx.pending_rollback_to.is_none();
         if tx.begin_failed && idle {
             return Err(Error::first_statement_failed(self.bind.name()));
         }
@@ -1553,7 +1562,9 @@ impl<DB: Backend> Session<DB> {
     fn start_statement(&mut self, may_abort: bool) -> (&mut DB::Connection, InFlight<'_>) {
         // A read-only statement has no outcome to be unsure of.
         let autocommit = self.tx.depth == 0 && !self.tx.bare;
-        let op = Op::statement(autocommit).on_primary(self.route.primary);
+        // A read-only session's write is its own mistake, wherever it runs.
+        let on_primary = self.route.primary && !self.options().read_only;
+        let op = Op::statement(autocommit).on_primary(on_primary);
         self.start(op, may_abort, true)
     }
 
@@ -1614,10 +1625,10 @@ impl<DB: Backend> Session<DB> {
     }
 
     pub(crate) async fn release_savepoint(&mut self, level: u32) -> Result<()> {
-        self.attach().await?;
         if level > self.tx.depth {
             return Ok(()); // its transaction already ended (see `savepoint_dropped`)
         }
+        self.attach().await?;
         if self.tx.rolled_back && level > 1 {
             return Err(Error::transaction_aborted(self.bind.name()));
         }

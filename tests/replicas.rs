@@ -881,8 +881,6 @@ async fn the_replicas_example_runs_against_the_pair(pair: &PgPair, (primary, _):
     );
 }
 
-/// The primary stopped hard and the replica promoted: writes resume on the new primary, every
-/// error on the way is typed, and the old primary, started again, never gets a write.
 /// Checkouts waiting for a primary make the prober probe fast, not in a loop: each waiter wakes
 /// it, yet its rounds begin 50 ms apart at the quickest, so hosts that refuse at once are not
 /// reconnected to thousands of times a second. Two listeners that accept and hang up stand for
@@ -947,6 +945,8 @@ async fn waiting_checkouts_do_not_storm_hosts_that_refuse() {
     manager.close(Duration::from_secs(5)).await.unwrap();
 }
 
+/// The primary stopped hard and the replica promoted: writes resume on the new primary, every
+/// error on the way is typed, and the old primary, started again, never gets a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_moves_writes_to_the_promoted_replica() {
     within_limit("failover", async {
@@ -1249,6 +1249,14 @@ async fn a_demoted_mariadb_primarys_refusal_is_retryable(pair: &MariaPair) {
         .expect_err("a read session cannot write");
     assert!(!dbscope::Error::from(mine).is_retryable());
     drop(read);
+    // Nor a write session's own read-only transaction, on the primary as it is.
+    let mut read_only = manager.session::<MySql>("default").unwrap().read_only(true);
+    let refused = sqlx::query("INSERT INTO replica_rows VALUES (-4)")
+        .execute(&mut read_only)
+        .await
+        .expect_err("a read-only session cannot write");
+    assert!(!dbscope::Error::from(refused).is_retryable());
+    drop(read_only);
     manager.close(Duration::from_secs(5)).await.unwrap();
 }
 

@@ -1313,3 +1313,40 @@ mod several_binds {
         db.finish().await;
     }
 }
+
+/// An after-commit hook that moved to a task of its own (its scope's owner dropped while it
+/// ran) and is still running when its runtime shuts down: it is dropped there, once. Before,
+/// each drop spawned it again on the closing runtime, which dropped it at once: the thread
+/// overflowed its stack.
+#[test]
+fn a_hook_cut_off_by_its_runtime_shutting_down_ends_there() {
+    let ended = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let manager = BindManager::new(dbscope::BindConfig::new("sqlite::memory:")).unwrap();
+            let started = Arc::new(tokio::sync::Notify::new());
+            let hook_started = started.clone();
+            let run = manager
+                .scope()
+                .after_commit(move || {
+                    let started = hook_started.clone();
+                    async move {
+                        started.notify_one();
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .run(async { Ok::<_, dbscope::Error>(()) });
+            tokio::select! {
+                _ = run => panic!("the hook never ends"),
+                () = started.notified() => {} // `run` dropped inside its hook
+            }
+        });
+        drop(runtime);
+    });
+    ended
+        .join()
+        .expect("the runtime shut down, the hook with it");
+}

@@ -211,8 +211,9 @@ impl<DB: Backend> Hosts<DB> {
     }
 
     /// A checkout from host `index`'s pool, given up (`None`) when a probe round finds the host
-    /// no longer a healthy primary: a write waiting for a connection to a primary that went
-    /// silent (its connects hang) goes to the one promoted instead of waiting out its budget.
+    /// demoted, or another host the primary (this one having gone silent, its connects hanging):
+    /// the write goes to the primary of the moment instead of waiting out its budget. A probe
+    /// that merely failed (a busy primary's timeout) gives nothing up.
     async fn checkout_while_primary(
         &self,
         index: usize,
@@ -226,7 +227,14 @@ impl<DB: Backend> Hosts<DB> {
             match futures_util::future::select(checkout.as_mut(), round).await {
                 Either::Left((conn, _)) => return conn.map(Some),
                 Either::Right((changed, _)) => {
-                    if changed.is_err() || !host.is_primary() {
+                    let demoted = host.role.load(Ordering::Acquire) == REPLICA;
+                    let elsewhere = self
+                        .0
+                        .hosts
+                        .iter()
+                        .enumerate()
+                        .any(|(i, other)| i != index && other.is_primary());
+                    if changed.is_err() || demoted || elsewhere {
                         return Ok(None);
                     }
                 }
@@ -293,6 +301,9 @@ impl<DB: Backend> Hosts<DB> {
     /// roles, and what a prober saw before it ended may be old.
     async fn start(&self) {
         let inner = &*self.0;
+        if inner.closed.load(Ordering::Acquire) {
+            return; // no prober any more: the pool's checkout says `Closed` at once
+        }
         let spawned =
             !inner.started.load(Ordering::Acquire) && !inner.started.swap(true, Ordering::AcqRel);
         if spawned {

@@ -77,6 +77,7 @@ impl Hooks {
         let mut run = AfterRun {
             rest: hooks.clone().into_iter(),
             current: None,
+            moves_on: true,
         };
         run.run().await;
     }
@@ -86,6 +87,9 @@ impl Hooks {
 struct AfterRun {
     rest: std::vec::IntoIter<After>,
     current: Option<BoxFuture<'static, ()>>,
+    /// Cut off, it goes on in a task of its own; once: that task's run, dropped (its runtime
+    /// shutting down), ends there.
+    moves_on: bool,
 }
 
 impl AfterRun {
@@ -107,7 +111,10 @@ impl Drop for AfterRun {
     fn drop(&mut self) {
         // A hook that panicked is not polled again, nor are the hooks after it run (as when
         // the panic unwinds through the scope's owner).
-        if std::thread::panicking() || (self.current.is_none() && self.rest.len() == 0) {
+        if !self.moves_on
+            || std::thread::panicking()
+            || (self.current.is_none() && self.rest.len() == 0)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -116,6 +123,7 @@ impl Drop for AfterRun {
         let mut rest = AfterRun {
             rest: std::mem::take(&mut self.rest),
             current: self.current.take(),
+            moves_on: false,
         };
         runtime.spawn(async move { rest.run().await });
     }

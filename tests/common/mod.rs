@@ -393,25 +393,60 @@ async fn mysql_user(admin: &str, tag: &str) -> String {
 
 /// MariaDB refreshes `information_schema.innodb_trx` only once nobody has read it for 100 ms:
 /// readers polling faster than that, together, would see a frozen snapshot forever. Every read
-/// in this process goes through this gate, which spaces them 150 ms apart.
+/// goes through this gate, which spaces them 150 ms apart: across the tasks of this process (a
+/// mutex) and across processes (cargo-nextest runs one per test, two at once on two cores: a
+/// lock file in the temp dir holds when the last read of any process ended).
 pub async fn innodb_trx_gate() -> InnodbTrxRead {
-    static LAST_READ: tokio::sync::Mutex<Option<Instant>> = tokio::sync::Mutex::const_new(None);
-    let last = LAST_READ.lock().await;
-    if let Some(at) = *last {
-        tokio::time::sleep(
-            (at + Duration::from_millis(150)).saturating_duration_since(Instant::now()),
-        )
-        .await;
+    static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let in_process = IN_PROCESS.lock().await;
+    let (file, last) = tokio::task::spawn_blocking(|| {
+        use std::io::Read as _;
+        let path = std::env::temp_dir().join("dbscope-tests-innodb-trx.gate");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("the innodb_trx gate file");
+        file.lock().expect("lock the innodb_trx gate file");
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        (file, text.trim().parse::<u128>().unwrap_or(0))
+    })
+    .await
+    .expect("the innodb_trx gate");
+    let next = last + Duration::from_millis(150).as_nanos();
+    let wait = next.saturating_sub(epoch_nanos());
+    tokio::time::sleep(Duration::from_nanos(
+        u64::try_from(wait).unwrap_or(u64::MAX),
+    ))
+    .await;
+    InnodbTrxRead {
+        file,
+        _in_process: in_process,
     }
-    InnodbTrxRead(last)
 }
 
-/// Held while reading `innodb_trx`; records when the read ended.
-pub struct InnodbTrxRead(tokio::sync::MutexGuard<'static, Option<Instant>>);
+fn epoch_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Held while reading `innodb_trx`; records when the read ended, then lets the next one in.
+pub struct InnodbTrxRead {
+    file: std::fs::File,
+    _in_process: tokio::sync::MutexGuard<'static, ()>,
+}
 
 impl Drop for InnodbTrxRead {
     fn drop(&mut self) {
-        *self.0 = Some(Instant::now());
+        use std::io::{Seek as _, Write as _};
+        let _ = self.file.set_len(0);
+        let _ = self.file.rewind();
+        let _ = write!(self.file, "{}", epoch_nanos());
+        let _ = self.file.unlock();
     }
 }
 

@@ -46,10 +46,18 @@ pub struct TestDb {
     sqlite_path: Option<std::path::PathBuf>,
 }
 
+/// A name no other test uses: this process's pid and start (a later process may get the same
+/// pid, and find the user or table a crashed one left), then a count.
 fn unique_tag() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32))
+    });
     format!(
-        "dbscope_t_{}_{}",
+        "dbscope_t_{}_{start:08x}_{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )

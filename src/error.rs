@@ -537,15 +537,23 @@ fn is_conflict(db: &dyn sqlx::error::DatabaseError) -> bool {
 /// read-only transaction), MariaDB/MySQL's error 1290 (`--read-only`) or 1792 (a read-only
 /// transaction).
 fn is_read_only_refusal(db: &dyn sqlx::error::DatabaseError) -> bool {
-    if db.code().as_deref() == Some("25006") {
-        return true;
+    match mysql_error_number(db) {
+        Some(1792) => true,
+        // 1290 names the option in the way: only `--read-only` is a demotion.
+        Some(1290) => db.message().contains("read-only"),
+        _ => db.code().as_deref() == Some("25006"),
     }
+}
+
+/// A MySQL/MariaDB server error's number (their SQLSTATE is often the generic `HY000`); `None`
+/// for other databases' errors, or without the `mysql` feature.
+pub(crate) fn mysql_error_number(db: &dyn sqlx::error::DatabaseError) -> Option<u16> {
     #[cfg(feature = "mysql")]
     if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // 1290 names the option in the way: only `--read-only` is a demotion.
-        return my.number() == 1792 || (my.number() == 1290 && my.message().contains("read-only"));
+        return Some(my.number());
     }
-    false
+    let _ = db;
+    None
 }
 
 // ----- constructors: every message lives here -----

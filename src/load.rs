@@ -71,15 +71,13 @@ impl Config {
     /// environment's variables name binds in lowercase, and would make another bind beside it.
     pub fn from_file_and_env(path: impl AsRef<Path>) -> Result<Self> {
         let file = TomlBinds::open(path.as_ref())?;
-        let in_file: Config = Figment::from(TomlBinds::open(path.as_ref())?).extract()?;
-        if let Some(name) = in_file
-            .binds
-            .keys()
-            .find(|n| n.chars().any(|c| c.is_ascii_uppercase()))
-        {
+        let config: Self = env_layers(Figment::from(file)).extract()?;
+        // The environment's layer lowercases every name: one with capitals is the file's.
+        let capitals = |name: &&String| name.chars().any(|c| c.is_ascii_uppercase());
+        if let Some(name) = config.binds.keys().find(capitals) {
             return Err(Error::bind_name_case(name));
         }
-        Self::from_figment(&env_layers(Figment::from(file)))
+        config.validated()
     }
 
     /// Extracts the binds from a figment of your own making, for other layers or formats.
@@ -91,13 +89,18 @@ impl Config {
     /// As [`Config::from_env`].
     pub fn from_figment(figment: &Figment) -> Result<Self> {
         let config: Self = figment.extract()?;
-        if config.binds.is_empty() {
+        config.validated()
+    }
+
+    /// `self`, if it has binds and each has a URL.
+    fn validated(self) -> Result<Self> {
+        if self.binds.is_empty() {
             return Err(Error::no_binds());
         }
-        if let Some((name, _)) = config.binds.iter().find(|(_, bind)| bind.url.is_none()) {
+        if let Some((name, _)) = self.binds.iter().find(|(_, bind)| bind.url.is_none()) {
             return Err(Error::missing_url(name, &url_env_var(name)));
         }
-        Ok(config)
+        Ok(self)
     }
 }
 

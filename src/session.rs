@@ -465,14 +465,7 @@ impl TxState {
 /// MySQL/MariaDB's deadlock (error 1213): InnoDB rolls back the whole transaction, where its
 /// other errors undo the statement alone.
 fn rolls_back_the_transaction(err: &sqlx::Error) -> bool {
-    #[cfg(feature = "mysql")]
-    if let sqlx::Error::Database(db) = err {
-        return db
-            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|my| my.number() == 1213);
-    }
-    let _ = err;
-    false
+    matches!(err, sqlx::Error::Database(db) if crate::error::mysql_error_number(&**db) == Some(1213))
 }
 
 /// An error after which the connection is known to be usable: the server answered, or the
@@ -932,10 +925,15 @@ impl<DB: Backend> Session<DB> {
         self.flush_pending_rollback().await
     }
 
-    /// When the session's unproven connection's checkout began (`now` if none is recorded):
-    /// what a retry on another connection measures its budget from.
-    fn checkout_began(&self, now: Instant) -> Instant {
-        self.tx.checkout_began.map_or(now, |began| began.min(now))
+    /// What is left of `acquire_timeout` since the checkout of the session's unproven
+    /// connection began: the budget of a retry on another connection, which is not given one
+    /// of its own. The one clock read is the checkout's, in `attach`.
+    fn retry_budget(&self) -> Duration {
+        let spent = self
+            .tx
+            .checkout_began
+            .map_or(Duration::ZERO, |b| b.elapsed());
+        self.bind.acquire_timeout().saturating_sub(spent)
     }
 
     /// Everything a statement needs first: a connection, and a transaction unless autocommit
@@ -1057,12 +1055,11 @@ impl<DB: Backend> Session<DB> {
         options: SessionConfig,
         transactional: bool,
     ) -> Result<bool> {
-        let started = self.checkout_began(Instant::now());
         let fresh = self.tx.unproven;
         match self.prepare_once(options, transactional).await {
             Err(e) if fresh && e.is_connection_lost() => {
                 tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead before the session's first statement; trying another");
-                self.switch_connection(started).await?;
+                self.switch_connection().await?;
                 self.prepare_once(options, transactional).await
             }
             other => other,
@@ -1196,7 +1193,6 @@ impl<DB: Backend> Session<DB> {
     /// discard marks the bind's older idle connections suspect, so the retry's checkout pings
     /// them first and gets a live one.
     async fn attach_and_begin(&mut self) -> Result<bool> {
-        let started = Instant::now();
         let fresh = self.conn.is_none();
         self.attach().await?;
         if self.tx.depth > 0 {
@@ -1206,38 +1202,32 @@ impl<DB: Backend> Session<DB> {
         match self.begin_transaction().await {
             Err(e) if fresh && e.is_connection_lost() => {
                 tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at BEGIN; beginning on another");
-                let budget = self
-                    .bind
-                    .acquire_timeout()
-                    .saturating_sub(started.elapsed());
                 // Boxed: the rare path keeps the common one's future small.
-                Box::pin(self.begin_on_another(budget)).await?;
+                Box::pin(self.begin_on_another()).await?;
             }
             other => other?,
         }
         Ok(true)
     }
 
-    /// Discards the dead connection BEGIN met, and begins on another within `budget`.
-    async fn begin_on_another(&mut self, budget: Duration) -> Result<()> {
-        self.let_go();
-        self.tx = TxState::default();
-        self.conn = Some(self.bind.checkout_routed(&mut self.route, budget).await?);
-        self.tx.unproven = true;
+    /// Discards the dead connection BEGIN met, and begins on another within the
+    /// [retry budget](Self::retry_budget).
+    async fn begin_on_another(&mut self) -> Result<()> {
+        self.switch_connection().await?;
         self.begin_transaction().await
     }
 
     /// Discards the dead connection the session met before anything of its own ran, and checks
-    /// out another within what is left of `acquire_timeout` since `started`.
-    async fn switch_connection(&mut self, started: Instant) -> Result<()> {
-        let budget = self
-            .bind
-            .acquire_timeout()
-            .saturating_sub(started.elapsed());
+    /// out another within the [retry budget](Self::retry_budget), which stays the first
+    /// checkout's.
+    async fn switch_connection(&mut self) -> Result<()> {
+        let budget = self.retry_budget();
+        let began = self.tx.checkout_began;
         self.let_go();
         self.tx = TxState::default();
         self.conn = Some(self.bind.checkout_routed(&mut self.route, budget).await?);
         self.tx.unproven = true;
+        self.tx.checkout_began = began;
         Ok(())
     }
 
@@ -1256,11 +1246,11 @@ impl<DB: Backend> Session<DB> {
 
     /// After the first statement of a transaction begun without BEGIN, or of a read-only
     /// session running without one, met a dead connection: starts again on another, within
-    /// what is left of `acquire_timeout` since `started`.
-    pub(super) async fn start_again(&mut self, started: Instant) -> Result<()> {
+    /// the [retry budget](Self::retry_budget).
+    pub(super) async fn start_again(&mut self) -> Result<()> {
         tracing::debug!(bind = %self.bind.name(), "a pooled connection was dead at a session's first statement; sending it again on another");
         let bare = self.tx.bare;
-        self.switch_connection(started).await?;
+        self.switch_connection().await?;
         let options = self.options();
         if bare && (self.prepare_once(options, !options.autocommit).await? || options.autocommit) {
             return Ok(());
@@ -1319,18 +1309,13 @@ impl<DB: Backend> Session<DB> {
         let Some(begin) = self.tx.pending_begin.take() else {
             return Ok(());
         };
-        let started = self.checkout_began(Instant::now());
         let fresh = self.tx.unproven;
         let sql = joined(&begin, then.as_ref());
         match self.exec_or_poison(sql, "BEGIN").await {
             Err(e) if fresh && e.is_connection_lost() => {
                 tracing::debug!(bind = %self.bind.name(), error = %e, "a pooled connection was dead at BEGIN; beginning on another");
-                let budget = self
-                    .bind
-                    .acquire_timeout()
-                    .saturating_sub(started.elapsed());
                 // Boxed: the rare path keeps the common one's future small.
-                Box::pin(self.begin_on_another(budget)).await?;
+                Box::pin(self.begin_on_another()).await?;
                 match self.tx.pending_begin.take() {
                     Some(begin) => {
                         let sql = joined(&begin, then.as_ref());

@@ -3,7 +3,6 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
 use futures_core::Stream;
 use futures_core::future::BoxFuture;
@@ -341,7 +340,6 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
-        let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
         if self.goes_as_given() {
             return self.collect_results(query).await;
@@ -354,7 +352,7 @@ impl<DB: Backend> Session<DB> {
         let again = first.copy();
         match self.collect_results(first).await {
             Err(e) if self.lost_before_answering(&e) => {
-                self.start_again(started).await.map_err(Error::into_sqlx)?;
+                self.start_again().await.map_err(Error::into_sqlx)?;
                 self.collect_results(again).await
             }
             other => other,
@@ -365,7 +363,6 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
-        let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
         if self.goes_as_given() {
             return self.collect_rows(query).await;
@@ -378,7 +375,7 @@ impl<DB: Backend> Session<DB> {
         let again = first.copy();
         match self.collect_rows(first).await {
             Err(e) if self.lost_before_answering(&e) => {
-                self.start_again(started).await.map_err(Error::into_sqlx)?;
+                self.start_again().await.map_err(Error::into_sqlx)?;
                 self.collect_rows(again).await
             }
             other => other,
@@ -392,7 +389,6 @@ impl<DB: Backend> Session<DB> {
     where
         E: 'q + Execute<'q, DB>,
     {
-        let started = Instant::now();
         self.ready().await.map_err(Error::into_sqlx)?;
         if self.goes_as_given() {
             return self.fetch_one_row(query).await;
@@ -405,7 +401,7 @@ impl<DB: Backend> Session<DB> {
         let again = first.copy();
         match self.fetch_one_row(first).await {
             Err(e) if self.lost_before_answering(&e) => {
-                self.start_again(started).await.map_err(Error::into_sqlx)?;
+                self.start_again().await.map_err(Error::into_sqlx)?;
                 self.fetch_one_row(again).await
             }
             other => other,
@@ -501,11 +497,10 @@ impl<DB: Backend> Session<DB> {
     /// The stream of a statement that does not go as given (it may be resent, or a BEGIN is
     /// pending), the session ready for it: sent again on another connection when the first
     /// turns out dead before it answered anything, within what is left of `acquire_timeout`
-    /// since `started`.
+    /// since the first connection's checkout began.
     fn resending<'e, 'q: 'e, E>(
         &'e mut self,
         query: E,
-        started: Instant,
     ) -> BoxStream<'e, sqlx::Result<Either<DB::QueryResult, DB::Row>>>
     where
         E: 'q + Execute<'q, DB>,
@@ -540,7 +535,7 @@ impl<DB: Backend> Session<DB> {
                 }
             }
             if lost && let Some(again) = again {
-                if let Err(e) = self.start_again(started).await {
+                if let Err(e) = self.start_again().await {
                     yield Err(e.into_sqlx());
                     return;
                 }
@@ -565,10 +560,9 @@ impl<'c, DB: Backend> Executor<'c> for &'c mut Session<DB> {
         E: 'q + Execute<'q, DB>,
     {
         let start = async move {
-            let started = Instant::now();
             self.ready().await.map_err(Error::into_sqlx)?;
             if !self.goes_as_given() {
-                return Ok(OneOf::Right(self.resending(query, started)));
+                return Ok(OneOf::Right(self.resending(query)));
             }
             Ok::<_, sqlx::Error>(OneOf::Left(self.send_tracked(query, true)))
         };

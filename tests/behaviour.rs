@@ -260,6 +260,25 @@ async fn a_savepoint_outliving_its_transaction_is_let_go<B: Suite>() {
     db.finish().await;
 }
 
+/// Commits a transaction whose row 1 was followed by a failure the server refused: PostgreSQL
+/// aborted the transaction, so dbscope says so instead of a silent ROLLBACK (nothing landed);
+/// the others undo the failed operation alone, and row 1 commits.
+async fn commit_follows_the_database<B: Suite>(
+    session: &mut Session<B::Db>,
+    manager: &BindManager,
+    db: &TestDb,
+) {
+    let outcome = session.commit().await;
+    if B::KIND == Kind::Postgres {
+        let err = outcome.unwrap_err();
+        assert!(err.is_transaction_aborted(), "{err}");
+        assert_eq!(committed_rows::<B>(manager, db).await, 0);
+    } else {
+        outcome.unwrap();
+        assert_eq!(committed_rows::<B>(manager, db).await, 1);
+    }
+}
+
 async fn commit_after_a_failed_statement_follows_the_database<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -267,16 +286,7 @@ async fn commit_after_a_failed_statement_follows_the_database<B: Suite>() {
     let mut session = manager.session::<B::Db>("main").unwrap();
     insert(&mut session, &db, 1).await.unwrap();
     insert(&mut session, &db, 1).await.unwrap_err();
-    let outcome = session.commit().await;
-    if B::KIND == Kind::Postgres {
-        // PostgreSQL aborted the transaction: dbscope says so instead of a silent ROLLBACK.
-        let err = outcome.unwrap_err();
-        assert!(err.is_transaction_aborted(), "{err}");
-        assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
-    } else {
-        outcome.unwrap();
-        assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
-    }
+    commit_follows_the_database::<B>(&mut session, &manager, &db).await;
     assert!(!session.in_transaction());
     drop(session);
     manager.close(Duration::from_secs(5)).await.unwrap();
@@ -295,15 +305,7 @@ async fn commit_after_a_failed_prepare_follows_the_database<B: Suite>() {
     let bad = sqlx::SqlStr::from_static("SELECT no_such_column FROM no_such_table");
     let refused = sqlx::Executor::prepare(&mut session, bad).await;
     assert!(refused.is_err(), "the server refuses the prepare");
-    let outcome = session.commit().await;
-    if B::KIND == Kind::Postgres {
-        let err = outcome.unwrap_err();
-        assert!(err.is_transaction_aborted(), "{err}");
-        assert_eq!(committed_rows::<B>(&manager, &db).await, 0);
-    } else {
-        outcome.unwrap();
-        assert_eq!(committed_rows::<B>(&manager, &db).await, 1);
-    }
+    commit_follows_the_database::<B>(&mut session, &manager, &db).await;
     drop(session);
     manager.close(Duration::from_secs(5)).await.unwrap();
     db.finish().await;

@@ -79,6 +79,24 @@ async fn pg_write(manager: &BindManager, id: i64) -> (ReadToken, u16) {
     (token, port)
 }
 
+/// Inserts row `id` in a scope of `builder`'s: the tokens the scope's end left.
+async fn pg_write_in_scope(builder: dbscope::ScopeBuilder, id: i64) -> Vec<ReadToken> {
+    let mut kept = None;
+    builder
+        .run(async {
+            kept = Some(Scope::current()?);
+            let mut db = dbscope::current_session::<Postgres>("default").await?;
+            sqlx::query("INSERT INTO replica_rows (id) VALUES ($1)")
+                .bind(id)
+                .execute(&mut db)
+                .await?;
+            Ok::<_, dbscope::Error>(())
+        })
+        .await
+        .unwrap();
+    kept.unwrap().read_tokens()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replicas() {
     within_limit("postgres_replicas", async {
@@ -527,20 +545,7 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(
         .await
         .unwrap();
     // Tokens out of a scope, and into the next one.
-    let mut kept = None;
-    manager
-        .scope()
-        .run(async {
-            kept = Some(Scope::current()?);
-            let mut db = dbscope::current_session::<Postgres>("default").await?;
-            sqlx::query("INSERT INTO replica_rows (id) VALUES (5)")
-                .execute(&mut db)
-                .await?;
-            Ok::<_, dbscope::Error>(())
-        })
-        .await
-        .unwrap();
-    let tokens = kept.unwrap().read_tokens();
+    let tokens = pg_write_in_scope(manager.scope(), 5).await;
     assert_eq!(tokens.len(), 1, "one token per bind committed");
     // A commit before the scope's end (an atomic block's, here) leaves its token too, though
     // the scope then ends with nothing left to commit.
@@ -747,21 +752,7 @@ async fn an_autocommit_write_has_a_token_too(
     assert!(pg_has_row(&mut read, 12).await, "the last statement's row");
     drop(read);
     // In a scope in autocommit mode, the scope's end makes it.
-    let mut kept = None;
-    manager
-        .scope()
-        .autocommit()
-        .run(async {
-            kept = Some(Scope::current()?);
-            let mut db = dbscope::current_session::<Postgres>("default").await?;
-            sqlx::query("INSERT INTO replica_rows (id) VALUES (13)")
-                .execute(&mut db)
-                .await?;
-            Ok::<_, dbscope::Error>(())
-        })
-        .await
-        .unwrap();
-    let tokens = kept.unwrap().read_tokens();
+    let tokens = pg_write_in_scope(manager.scope().autocommit(), 13).await;
     assert_eq!(tokens.len(), 1, "the scope's autocommit write has a token");
     let mut read = manager.read_session_after::<Postgres>(&tokens[0]).unwrap();
     assert!(pg_has_row(&mut read, 13).await);

@@ -417,7 +417,17 @@ pub async fn innodb_trx_gate() -> InnodbTrxRead {
             .write(true)
             .open(&path)
             .expect("the innodb_trx gate file");
-        file.lock().expect("lock the innodb_trx gate file");
+        // Held for one read by another process; a minute without it is a stuck reader.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("the innodb_trx gate file stayed locked: {e}"),
+            }
+        }
         let mut text = String::new();
         let _ = file.read_to_string(&mut text);
         (file, text.trim().parse::<u128>().unwrap_or(0))
@@ -443,6 +453,8 @@ fn epoch_nanos() -> u128 {
 }
 
 /// Held while reading `innodb_trx`; records when the read ended, then lets the next one in.
+/// Its holder takes no other gate meanwhile (each read takes it once), so no task waits on
+/// itself; the in-process wait lasts as long as one read of another task.
 pub struct InnodbTrxRead {
     file: std::fs::File,
     _in_process: tokio::sync::MutexGuard<'static, ()>,

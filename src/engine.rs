@@ -30,6 +30,7 @@ mod kept;
 mod pin;
 mod reactor;
 mod recovery;
+mod runtime_life;
 
 pub use host_status::{HostRole, HostStatus};
 pub(crate) use pin::{
@@ -101,8 +102,8 @@ pub struct BindStatus {
     /// one it holds aside to keep the database alive), a connection finished in the background
     /// for a cancelled checkout included.
     pub opened: u64,
-    /// Connections thrown away: found dead, failing a health check or a ping (a ping cut off by
-    /// a cancelled checkout included), or left in an unknown state that recovery could not
+    /// Connections thrown away: found dead (their socket's tokio runtime ended included),
+    /// failing a health check or a ping (a ping cut off by a cancelled checkout included), or left in an unknown state that recovery could not
     /// clear. Connections closed at the end of their life (`idle_timeout`, `max_lifetime`, the
     /// manager's close) are not counted.
     pub discarded: u64,
@@ -518,14 +519,15 @@ impl<DB: Backend> Pool<DB> {
         });
     }
 
-    /// One upkeep pass: close expired connections, then top up to `min_connections`.
+    /// One upkeep pass: close expired connections (and those whose runtime ended), then top up
+    /// to `min_connections`.
     async fn upkeep(&self) {
         let shared = &*self.0;
         let manager = shared.deadpool.manager();
         let status = shared.deadpool.status();
         let mut removable = status.size.saturating_sub(shared.min_connections);
         let removed = shared.deadpool.retain(|conn, metrics| {
-            if manager.is_expired(&metrics) {
+            if manager.lost_with_its_runtime(conn) || manager.is_expired(&metrics) {
                 removable = removable.saturating_sub(1);
                 return false;
             }

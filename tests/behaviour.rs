@@ -1034,6 +1034,58 @@ async fn min_connections_are_opened_beside_idle_ones<B: Suite>() {
     db.finish().await;
 }
 
+/// A manager outlives the runtime that first used it: a connection opened there is not handed
+/// out once that runtime has ended (its socket died with the runtime's I/O driver), but thrown
+/// away and replaced. SQLite's connections have no socket, outlive any runtime and are reused.
+async fn a_connection_whose_runtime_ended_is_replaced<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let other = bind.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut session = other.session();
+            sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+            session.commit().await.unwrap();
+        });
+    })
+    .join()
+    .expect("a session on a runtime of its own");
+    let before = bind.status();
+    assert!(before.idle >= 1, "its connection waits idle");
+    // Autocommit: a session that never retries its first statement on another connection.
+    let mut session = bind.session().autocommit(true);
+    for _ in 0..5 {
+        sqlx::query("SELECT 1")
+            .execute(&mut session)
+            .await
+            .expect("a statement, on a connection of this runtime");
+    }
+    drop(session);
+    let sockets = !matches!(B::KIND, Kind::SqliteFile | Kind::SqliteMemory);
+    let status = bind.status();
+    assert_eq!(
+        status.discarded,
+        u64::from(sockets),
+        "thrown away only where it had a socket"
+    );
+    assert_eq!(status.connections, before.connections);
+    assert_eq!(status.opened, before.opened + u64::from(sockets));
+    if sockets {
+        // Its socket closes as it is thrown away; the server sees that a moment later.
+        eventually("the old connection is gone from the server too", || async {
+            db.server_connections().await == Some(1)
+        })
+        .await;
+    }
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 async fn connect_opens_a_connection_eagerly<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -1195,6 +1247,7 @@ macro_rules! behaviour_tests {
             min_connections_and_idle_timeout_are_honoured,
             min_connections_are_opened_beside_idle_ones,
             connect_opens_a_connection_eagerly,
+            a_connection_whose_runtime_ended_is_replaced,
         );
     };
 }

@@ -10,6 +10,7 @@ use sqlx::{ConnectOptions, Connection, SqlStr};
 
 use super::checkout;
 use super::reactor::Reactor;
+use super::runtime_life::RuntimeLife;
 use super::{Access, Counters, Setup, bump, is_dead};
 use crate::backend::{Backend, Dialect, Options};
 use crate::config::{HealthCheck, IsolationLevel};
@@ -37,6 +38,10 @@ pub(super) struct PooledConn<DB: Backend> {
     /// The runtime the connection's socket is registered with, in a pool opened with
     /// [reactors](ConnManager::reactors). Declared after `raw`, so that the socket goes first.
     pub(super) reactor: Option<Reactor>,
+    /// The life of the tokio runtime the connection's socket belongs to, in a pool without
+    /// reactors, on backends with sockets: once it is gone, so is the socket (see
+    /// [`runtime_life`](super::runtime_life)).
+    runtime: Option<RuntimeLife>,
 }
 
 impl<DB: Backend> PooledConn<DB> {
@@ -160,6 +165,18 @@ impl<DB: Backend> ConnManager<DB> {
         self.max_lifetime.is_some_and(|max| metrics.age() >= max)
     }
 
+    /// Whether `conn`'s socket died with the tokio runtime it opened in (see
+    /// [`runtime_life`](super::runtime_life)); such a connection is counted as discarded here.
+    pub(super) fn lost_with_its_runtime(&self, conn: &PooledConn<DB>) -> bool {
+        if !conn.runtime.as_ref().is_some_and(RuntimeLife::is_gone) {
+            return false;
+        }
+        bump(&self.counters.discarded);
+        self.observer.metrics.discarded(Discard::Dead);
+        tracing::debug!(bind = %self.bind, "a connection's socket ended with the tokio runtime it opened in; throwing it away");
+        true
+    }
+
     /// Idle for longer than `idle_timeout`.
     pub(super) fn is_idle_too_long(&self, conn: &PooledConn<DB>) -> bool {
         self.idle_timeout
@@ -224,6 +241,11 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         conn: &mut PooledConn<DB>,
         metrics: &Metrics,
     ) -> RecycleResult<sqlx::Error> {
+        if self.lost_with_its_runtime(conn) {
+            return Err(RecycleError::message(
+                "the tokio runtime the connection opened in has ended",
+            ));
+        }
         if !conn.clean {
             // Unreachable through sessions (they discard dirty connections themselves); kept as
             // the last line of defence against reusing one.
@@ -267,7 +289,7 @@ impl<DB: Backend> ConnManager<DB> {
         }
         let alive_at = self.deaths.load(Ordering::Relaxed);
         let watch = Stopwatch::start();
-        let (raw, reactor) = self
+        let (raw, reactor, runtime) = self
             .open()
             .await
             .inspect_err(|_| bump(&self.counters.connect_errors))?;
@@ -289,16 +311,26 @@ impl<DB: Backend> ConnManager<DB> {
             },
             isolation: self.setup.isolation,
             reactor,
+            runtime,
         })
     }
 
     /// Connects and runs the setup; in a pool with reactors, inside a new reactor, on a thread
     /// of its own (the socket registers with the runtime it opens in), from wherever the
-    /// checkout runs.
-    async fn open(&self) -> Result<(DB::Connection, Option<Reactor>), sqlx::Error> {
+    /// checkout runs; otherwise in the caller's runtime, whose life it returns on backends with
+    /// sockets.
+    async fn open(
+        &self,
+    ) -> Result<(DB::Connection, Option<Reactor>, Option<RuntimeLife>), sqlx::Error> {
         let connect = connect::<DB>(self.options.clone(), self.setup.sql.clone());
         if !self.reactors {
-            return Ok((connect.await?, None));
+            let runtime = if self.dialect == Dialect::Sqlite {
+                // A thread of its own per connection, no socket: it outlives any runtime.
+                None
+            } else {
+                RuntimeLife::current()
+            };
+            return Ok((connect.await?, None, runtime));
         }
         let reactor = Reactor::new()?;
         let raw = reactor.run_apart(connect).await.unwrap_or_else(|| {
@@ -306,7 +338,7 @@ impl<DB: Backend> ConnManager<DB> {
                 "could not start the thread that opens the connection",
             )))
         })?;
-        Ok((raw, Some(reactor)))
+        Ok((raw, Some(reactor), None))
     }
 }
 

@@ -27,7 +27,9 @@
 #![cfg_attr(not(feature = "testing"), allow(dead_code))]
 
 use std::any::Any;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
+
+use super::runtime_life::RuntimeLife;
 
 /// At most this many connections are kept per runtime and key: enough for the tests a binary
 /// runs at once.
@@ -38,8 +40,8 @@ static KEPT: Mutex<Vec<RuntimeKept>> = Mutex::new(Vec::new());
 
 struct RuntimeKept {
     runtime: tokio::runtime::Id,
-    /// Dead once the runtime is dropped (the task holding the token goes with it).
-    alive: Weak<()>,
+    /// Gone once the runtime is dropped.
+    alive: RuntimeLife,
     /// Each with the key it was opened with; type-erased (the backend's connection type).
     conns: Vec<(String, Box<dyn Any + Send>)>,
 }
@@ -71,10 +73,13 @@ pub(super) fn take<T: Any + Send>(key: &str) -> Option<T> {
 /// Keeps `conn` under `key` for the next test on the current runtime; drops it when outside a
 /// runtime or when enough are kept already.
 pub(super) fn keep<T: Any + Send>(key: String, conn: T) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+    let Some((runtime, alive)) = tokio::runtime::Handle::try_current()
+        .ok()
+        .zip(RuntimeLife::current())
+    else {
         return;
     };
-    let runtime = handle.id();
+    let runtime = runtime.id();
     let mut refused = None;
     let dead = {
         let mut kept = KEPT
@@ -84,17 +89,12 @@ pub(super) fn keep<T: Any + Send>(key: String, conn: T) {
         let index = match kept.iter().position(|r| r.runtime == runtime) {
             Some(index) => index,
             None => {
-                let token = Arc::new(());
+                // Once the runtime is gone, its connections are closed by the next `take` or
+                // `keep`, from whatever runtime.
                 kept.push(RuntimeKept {
                     runtime,
-                    alive: Arc::downgrade(&token),
+                    alive,
                     conns: Vec::new(),
-                });
-                // Dropped with the runtime: its connections are then closed by the next
-                // `take` or `keep`, from whatever runtime.
-                handle.spawn(async move {
-                    let _token = token;
-                    std::future::pending::<()>().await;
                 });
                 kept.len() - 1
             }
@@ -116,7 +116,7 @@ fn prune(kept: &mut Vec<RuntimeKept>) -> Vec<RuntimeKept> {
     let mut dead = Vec::new();
     let mut i = 0;
     while i < kept.len() {
-        if kept[i].alive.strong_count() == 0 {
+        if kept[i].alive.is_gone() {
             dead.push(kept.swap_remove(i));
         } else {
             i += 1;
@@ -127,6 +127,8 @@ fn prune(kept: &mut Vec<RuntimeKept>) -> Vec<RuntimeKept> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]

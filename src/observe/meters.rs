@@ -36,7 +36,7 @@ pub(crate) struct PoolMetrics {
 /// Why a connection was thrown away (`reason` on `dbscope.connection.discarded`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Discard {
-    /// The server or the network closed it.
+    /// The server or the network closed it, or its socket ended with its tokio runtime.
     Dead,
     /// A health check or a suspect's ping failed, or was cut off.
     FailedPing,

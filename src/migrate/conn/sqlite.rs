@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
@@ -40,16 +41,16 @@ pub(super) fn lock_file(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(format!("{}-migrate.lock", file.display())))
 }
 
-/// The file of the database at `url`; `None` for an in-memory one.
+/// The file of the database at `url`, as sqlx reads it (the path percent-decoded, the query
+/// cut off at `?`), so that the lock sits beside the very file the connections open; `None` for
+/// an in-memory one.
 pub(super) fn database_file(url: &str) -> Option<PathBuf> {
     if url.contains(":memory:") || url.contains("mode=memory") {
         return None;
     }
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split(['?', '#']).next().unwrap_or(rest);
-    (!path.is_empty()).then(|| PathBuf::from(path))
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    (!file.as_os_str().is_empty()).then(|| file.to_path_buf())
 }
 
 /// A database file that does not exist yet, for work that must not make it: it has nothing
@@ -110,5 +111,48 @@ impl<C: Connection + Migrate + 'static> MigrationConn for SqliteMigrationConn<C>
 
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(close_within(self.conn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_lock_sits_beside_the_file_sqlx_opens() {
+        // A percent-encoded path is the decoded file's, as sqlx opens it, not the URL's text.
+        let url = "sqlite://data%20dir/app%3F.db?mode=rwc";
+        let sqlx_file = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .unwrap()
+            .get_filename()
+            .to_path_buf();
+        assert_eq!(sqlx_file, Path::new("data dir/app?.db"));
+        assert_eq!(database_file(url), Some(sqlx_file));
+        assert_eq!(
+            lock_file(url),
+            Some(PathBuf::from("data dir/app?.db-migrate.lock"))
+        );
+        assert_eq!(
+            lock_file("sqlite:app.db"),
+            Some(PathBuf::from("app.db-migrate.lock"))
+        );
+        assert_eq!(
+            lock_file("sqlite:///tmp/x/app.db?mode=ro"),
+            Some(PathBuf::from("/tmp/x/app.db-migrate.lock"))
+        );
+    }
+
+    #[test]
+    fn in_memory_databases_have_no_file() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://shared?mode=memory&cache=shared",
+            "sqlite:",
+        ] {
+            assert_eq!(database_file(url), None, "{url}");
+        }
     }
 }

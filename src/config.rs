@@ -70,8 +70,10 @@ pub struct BindConfig {
     pub session: SessionConfig,
     /// A directory of migrations in sqlx's format (`<VERSION>_<DESCRIPTION>.sql`, or
     /// `.up.sql` and `.down.sql` pairs), read when migrations run, relative to the working
-    /// directory. Used by the `migrate` feature; migrations embedded with `sqlx::migrate!` are
-    /// handed in code instead. Default: none.
+    /// directory, following the project's `sqlx.toml` where one describes the directory (its
+    /// `[migrate]` table, as `sqlx::migrate!` and sqlx-cli read it). Used by the `migrate`
+    /// feature; migrations embedded with `sqlx::migrate!` are handed in code instead. Default:
+    /// none.
     pub migrations: Option<PathBuf>,
     /// Binds whose migrations must run before this bind's (`migrate_after = ["accounts"]`).
     /// Default: none (binds migrate in name order).

@@ -781,6 +781,61 @@ async fn status_and_dry_run_make_no_sqlite_file() {
     .await;
 }
 
+/// A directory source follows the project's `sqlx.toml` where it describes that directory, as
+/// `sqlx::migrate!` and sqlx-cli do: its table (`table-name`), its checksums (`ignored-chars`).
+/// A directory it does not describe keeps sqlx's defaults; a malformed one is refused, named.
+async fn a_sqlx_toml_describing_the_directory_is_followed(kind: Kind) {
+    let db = Fresh::new(kind, 2).await;
+    std::fs::write(
+        db.dir.join("sqlx.toml"),
+        "[migrate]\ntable-name = \"app_migrations\"\nmigrations-dir = \"migrations0\"\n\
+         ignored-chars = [\"\\r\"]\n",
+    )
+    .unwrap();
+    let users = db.write(
+        0,
+        "1_users.sql",
+        "CREATE TABLE users (id BIGINT PRIMARY KEY);\r\n",
+    );
+    db.write(
+        1,
+        "1_orders.sql",
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY);\r\n",
+    );
+    let manager = BindManager::builder()
+        .bind("described", db.bind(0))
+        .bind("other", db.bind(1))
+        .build()
+        .unwrap();
+    let report = manager.migrate_all(&Migrations::new()).await.unwrap();
+    assert_eq!(report.done(), 2);
+    assert!(db.has_table(0, "users").await);
+    assert!(db.has_table(0, "app_migrations").await, "sqlx.toml's table");
+    assert!(!db.has_table(0, "_sqlx_migrations").await);
+    assert!(
+        db.has_table(1, "_sqlx_migrations").await,
+        "not described: sqlx's table"
+    );
+    assert!(!db.has_table(1, "app_migrations").await);
+
+    // With `\r` ignored, the file's checksum is its LF copy's, as sqlx-cli records it.
+    std::fs::write(&users, "CREATE TABLE users (id BIGINT PRIMARY KEY);\n").unwrap();
+    let status = manager.migration_status(&Migrations::new()).await.unwrap();
+    let described = status.iter().find(|b| b.bind == "described").unwrap();
+    assert!(described.error.is_none(), "{:?}", described.error);
+    let states: Vec<MigrationState> = described.migrations.iter().map(|m| m.state).collect();
+    assert_eq!(states, [MigrationState::Applied]);
+
+    std::fs::write(db.dir.join("sqlx.toml"), "[migrate]\ntable-name = 7\n").unwrap();
+    let err = manager.migrate_all(&Migrations::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MigrationSource, "{err}");
+    // Both directories lie under it: neither can tell whether it is described.
+    assert!(matches!(err.bind(), Some("described" | "other")), "{err}");
+    assert!(err.to_string().contains("sqlx.toml"), "{err}");
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 macro_rules! on_every_backend {
     ($($name:ident),+ $(,)?) => {
         mod sqlite {
@@ -817,6 +872,7 @@ on_every_backend!(
     two_migrators_at_once_apply_once,
     dry_run_target_and_revert,
     a_migration_missing_from_the_source_is_refused,
+    a_sqlx_toml_describing_the_directory_is_followed,
 );
 
 /// `engine = "any"` binds on the servers (SQLite: `an_any_engine_sqlite_bind_takes_the_lock_file`).

@@ -722,6 +722,49 @@ async fn killed_process_slot_is_reset_by_the_next_lease() {
 }
 
 /// `reuse(false)`: a fresh clone each time, dropped at the end, never a slot.
+/// Two binds configured with different databases of one server, with one migration set, get a
+/// template each: advisory locks are per database, so one shared template's build would be
+/// locked by neither against the other (one dropping the other's half-built template).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_configured_database_has_a_template_of_its_own() {
+    common::within_limit(
+        "each_configured_database_has_a_template_of_its_own",
+        async {
+            let scratch = Scratch::new("per_database").await;
+            let other = format!("dbscope_reuse_other_{}", std::process::id());
+            let mut admin = connect(None).await;
+            exec(&mut admin, &format!("DROP DATABASE IF EXISTS {other}")).await;
+            exec(&mut admin, &format!("CREATE DATABASE {other}")).await;
+            let mut config = Config::default();
+            config.binds.insert("pg".into(), BindConfig::new(pg_url()));
+            config
+                .binds
+                .insert("other".into(), BindConfig::new(on(&other)));
+            let t = TestDb::builder()
+                .config(config)
+                .mode(Mode::Database)
+                .migrations("pg", scratch.dir.clone())
+                .migrations("other", scratch.dir.clone())
+                .start()
+                .await
+                .expect("start the test");
+            let slots = [
+                t.database("pg").unwrap().to_owned(),
+                t.database("other").unwrap().to_owned(),
+            ];
+            for slot in &slots {
+                assert!(slot.starts_with(SLOT_PREFIX), "a slot: {slot}");
+                scratch.adopt(slot).await;
+            }
+            assert_ne!(template_hash(&slots[0]), template_hash(&slots[1]));
+            t.finish().await.unwrap();
+            exec(&mut admin, &format!("DROP DATABASE {other} WITH (FORCE)")).await;
+            admin.close().await.unwrap();
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reuse_each_test_gets_a_fresh_clone() {
     common::within_limit("without_reuse_each_test_gets_a_fresh_clone", async {

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -23,7 +24,7 @@ use crate::{DatabaseUrl, Error, Result};
 
 /// The prefix of every test database (and SQLite file).
 const PREFIX: &str = "dbscope_test_";
-/// The prefix of PostgreSQL templates: one per migration set.
+/// The prefix of PostgreSQL templates: one per migration set and configured database.
 pub(super) const TEMPLATE_PREFIX: &str = "dbscope_tpl_";
 /// The prefix of PostgreSQL slots, reused databases of a template: test databases, but never a
 /// crashed run's leftovers.
@@ -144,7 +145,7 @@ impl<'a> ServerDb<'a> {
                     _ => None,
                 };
                 let leased = match (reuse, &template, migrations) {
-                    (true, Some(t), Some(m)) => self.lease(t, m.digest()).await?,
+                    (true, Some(t), Some(m)) => self.lease(t, self.template_digest(m)).await?,
                     _ => None,
                 };
                 if let Some(slot) = leased {
@@ -221,7 +222,22 @@ impl<'a> ServerDb<'a> {
         Ok(())
     }
 
-    /// The PostgreSQL template for `migrations`, built once per migration set and server: under
+    /// What names the template of `migrations` (and its slots, and their locks): the migration
+    /// set, and the configured database. Advisory locks are per database, so two binds
+    /// configured with different databases of one server would not exclude each other from
+    /// building one template (one dropping the other's half-built template under it); each
+    /// database's template is its own instead.
+    fn template_digest(&self, migrations: &Loaded<'_>) -> u64 {
+        let database = url::Url::parse(self.url)
+            .map(|url| url.path().to_owned())
+            .unwrap_or_default();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        migrations.digest().hash(&mut hasher);
+        database.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The PostgreSQL template for `migrations`, built once per migration set, server and configured database: under
     /// an advisory lock, marked a template only once fully migrated (a half-built one, left by
     /// a crash, is dropped and built again).
     async fn template(
@@ -230,7 +246,7 @@ impl<'a> ServerDb<'a> {
         migrations: &Loaded<'_>,
     ) -> Result<String> {
         static READY: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
-        let digest = migrations.digest();
+        let digest = self.template_digest(migrations);
         let name = format!("{TEMPLATE_PREFIX}{digest:016x}");
         let key = (self.url.to_owned(), name.clone());
         if READY

@@ -16,7 +16,7 @@
 //!   ended cleanly is rolled back, cleared and kept for the next test of the binary, which then
 //!   opens none (see [`runtime`]).
 //! - **[`Mode::Database`]** (the default on SQLite): a database of the test's own, dropped at the
-//!   end, failed test or not. PostgreSQL builds a template once per migration set and leases
+//!   end, failed test or not. PostgreSQL builds a template once per migration set (and configured database) and leases
 //!   the test one of its slots, a database a test before it used, reset to the template's state
 //!   and verified so (see [`reuse`](TestDbBuilder::reuse), on by default; off, each test gets a
 //!   clone of the template); MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in

@@ -192,16 +192,20 @@ impl<DB: Backend> ConnManager<DB> {
                 // gives it back unused): the checkout that uses it pings it.
                 return Ok(());
             }
+            // Not marked worth finishing: a checkout cut off here (a routed one, rerouted
+            // away from a silent host) could only finish the ping on a runtime that does not
+            // drive this socket, holding the slot until the deadline for nothing. Dropped, the
+            // ping costs the connection at once instead.
             let pinged = self.ping(conn).await;
             reactor.forget();
             return pinged;
         }
+        // A checkout cancelled from here on lets the ping finish in the background.
+        checkout::mark_worth_finishing();
         self.ping(conn).await
     }
 
     async fn ping(&self, conn: &mut PooledConn<DB>) -> RecycleResult<sqlx::Error> {
-        // A checkout cancelled from here on lets the ping finish in the background.
-        checkout::mark_worth_finishing();
         let deaths = self.deaths.load(Ordering::Relaxed);
         let cut_off = CountOnDrop(Some((&self.counters.discarded, &self.observer)));
         let result = conn.raw.ping().await;

@@ -163,7 +163,9 @@ pub enum ErrorKind {
     MigrationFailed,
     /// A test's pinned transaction (the `testing` feature's transaction mode) no longer isolates
     /// the test: a statement committed it (an implicit commit from DDL on MySQL/MariaDB, a raw
-    /// `COMMIT`), or its connection broke.
+    /// `COMMIT`), or its connection broke; or it would not: migrations run during the test
+    /// (which apply on a connection of their own, outside its rollback) with any left to apply
+    /// or revert.
     TestIsolation,
     /// A test database could not be set up or cleaned up (created, cloned, migrated, seeded or
     /// dropped), with the `testing` feature.
@@ -783,6 +785,22 @@ impl Error {
             ),
         )
         .with_detail(Detail::Waited(waited))
+    }
+
+    /// Migrations a transaction-mode test asked for, which would outlive its rollback.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn migration_in_pinned_test(bind: &str, pending: usize) -> Self {
+        Self::new(
+            ErrorKind::TestIsolation,
+            Some(bind),
+            format!(
+                "bind `{bind}`: {pending} migration(s) would run during a transaction-mode test, \
+                 on a connection of their own that the test's rollback does not undo; nothing \
+                 was applied. Declare the migrations to the test (`migrations(...)` of \
+                 `#[dbscope::test]` or `TestDb::builder()`), which applies them once before the \
+                 tests, or run the test in database mode"
+            ),
+        )
     }
 
     /// A test's pinned transaction no longer isolates the test.

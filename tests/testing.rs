@@ -261,6 +261,61 @@ where
     scratch.finish().await;
 }
 
+/// The app's own `migrate_all` during a transaction-mode test would apply on a connection of
+/// its own, outside the test's rollback: it passes when the test's migrations left nothing to
+/// do, and otherwise fails, naming the bind, with nothing applied (checked from the server).
+async fn an_apps_migrations_in_a_transaction_mode_test_apply_nothing<B: Suite>() {
+    let scratch = Scratch::new(B::KIND).await;
+    let declared = migrations(&scratch.name, &[NOTES]);
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Transaction)
+        .migrations("main", declared.clone())
+        .start()
+        .await
+        .expect("the test starts");
+    let same = dbscope::Migrations::new().directory("main", declared);
+    let report = t
+        .manager()
+        .migrate_all(&same)
+        .await
+        .expect("nothing left to do");
+    assert_eq!(report.done(), 0);
+
+    let more = migrations(
+        &format!("{}_more", scratch.name),
+        &[NOTES, "CREATE TABLE extra (id INTEGER PRIMARY KEY)"],
+    );
+    let more = dbscope::Migrations::new().directory("main", more);
+    let err = t.manager().migrate_all(&more).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TestIsolation, "{err}");
+    assert_eq!(err.bind(), Some("main"));
+    let status = t.manager().migration_status(&more).await.unwrap();
+    assert_eq!(status[0].migrations.len(), 2);
+    assert_eq!(
+        status[0].migrations[1].state,
+        dbscope::MigrationState::Pending,
+        "nothing applied"
+    );
+    t.finish().await.expect("the test transaction was intact");
+    let tables = match B::KIND {
+        Kind::SqliteFile | Kind::SqliteMemory => {
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'extra'".to_owned()
+        }
+        _ => format!(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'extra' \
+             AND table_schema = '{}'",
+            if B::KIND == Kind::Postgres {
+                "public"
+            } else {
+                scratch.name.as_str()
+            }
+        ),
+    };
+    assert_eq!(scratch.count(&tables).await, 0, "no table was made");
+    scratch.finish().await;
+}
+
 /// The app's failed request (a duplicate key: 500) rolls back to its savepoint; the test's
 /// transaction and the earlier request's row go on.
 async fn failed_request_rolls_back_its_savepoint_only<B: Suite>()
@@ -346,9 +401,9 @@ where
     scratch.finish().await;
 }
 
-common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
-common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
-common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
 
 /// PostgreSQL aborts a transaction at its first failed statement; an autocommit session's
 /// failed statement on the pinned connection undoes only itself (its own savepoint), as it

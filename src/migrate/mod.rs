@@ -304,10 +304,16 @@ impl Migrations {
             report.outcome = BindOutcome::NoMigrations;
             return report;
         };
+        // A bind pinned to a test's outer transaction (the `testing` feature's transaction
+        // mode) migrates on a connection of its own, whose changes no rollback undoes: there the
+        // run only checks that nothing is left to do, and refuses what would outlive the test.
+        let pinned = manager
+            .entry(bind)
+            .is_ok_and(|e| e.erased.pin_counts().is_some());
         let step = Step {
             bind,
             events: &self.events,
-            dry_run: self.dry_run,
+            dry_run: self.dry_run || pinned,
             target: self.target,
         };
         let started = Instant::now();
@@ -318,7 +324,7 @@ impl Migrations {
         let mut progress = Progress::default();
         let result = async {
             let resolved = source::resolve(bind, &source).await?;
-            let creates = matches!(direction, Direction::Up) && !self.dry_run;
+            let creates = matches!(direction, Direction::Up) && !step.dry_run;
             let mut conn = conn::open(manager, bind, creates).await?;
             let result = match direction {
                 Direction::Up => run::apply(&mut *conn, &step, &resolved, &mut progress).await,
@@ -329,9 +335,19 @@ impl Migrations {
             if result.is_ok() {
                 conn.close().await;
             }
-            result
+            match result {
+                // A dry run lists in `done` what it would run.
+                Ok(()) if pinned && !self.dry_run && !progress.done.is_empty() => {
+                    Err(crate::Error::migration_in_pinned_test(bind, progress.done.len()))
+                }
+                other => other,
+            }
         }
         .await;
+        if pinned && !self.dry_run {
+            // Checked, not run: nothing was done.
+            progress.done.clear();
+        }
         report.elapsed = started.elapsed();
         report.done = progress.done;
         report.already_applied = progress.already_applied;

@@ -137,6 +137,7 @@ struct Shared<DB: Backend> {
     min_connections: usize,
     /// How often the upkeep task runs; `None` when there is nothing to keep up.
     upkeep_period: Option<Duration>,
+    /// An upkeep task runs (see [`UpkeepRunning`]).
     upkeep_started: AtomicBool,
     /// For in-memory SQLite: a connection held aside from the pool while the bind is open, so
     /// that discarding or expiring pooled connections never takes the database with them.
@@ -492,7 +493,8 @@ impl<DB: Backend> Pool<DB> {
     }
 
     /// Starts the task that expires idle and old connections and keeps `min_connections` open,
-    /// once, on first use: a bind nobody uses costs nothing, not even a timer.
+    /// on first use: a bind nobody uses costs nothing, not even a timer. Once; again on a later
+    /// checkout's runtime if the runtime it ran on has ended.
     fn start_upkeep(&self) {
         let shared = &*self.0;
         if shared.upkeep_started.load(Ordering::Relaxed)
@@ -506,11 +508,14 @@ impl<DB: Backend> Pool<DB> {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let weak = Arc::downgrade(&self.0);
+        let running = UpkeepRunning(Arc::downgrade(&self.0));
         handle.spawn(async move {
+            let running = running;
             loop {
                 tokio::time::sleep(period).await;
-                let Some(shared) = weak.upgrade() else { break };
+                let Some(shared) = running.0.upgrade() else {
+                    break;
+                };
                 if shared.deadpool.is_closed() {
                     break;
                 }
@@ -898,6 +903,19 @@ impl<DB: Backend> std::ops::Deref for ManagerRef<DB> {
 
     fn deref(&self) -> &ConnManager<DB> {
         self.0.manager()
+    }
+}
+
+/// Held by the upkeep's task: when the task ends, however (the pool closed or dropped, or the
+/// runtime it ran on shut down: a test's, a job's), the pool learns that no upkeep runs, and
+/// the next checkout starts another on its own runtime.
+struct UpkeepRunning<DB: Backend>(std::sync::Weak<Shared<DB>>);
+
+impl<DB: Backend> Drop for UpkeepRunning<DB> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.upkeep_started.store(false, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1086,6 +1086,68 @@ async fn a_connection_whose_runtime_ended_is_replaced<B: Suite>() {
     db.finish().await;
 }
 
+/// A connection kept for `min_connections` is handed out however long it sat idle: below the
+/// minimum, `idle_timeout` closes nothing, at a checkout no more than in the upkeep.
+async fn a_connection_kept_for_the_minimum_is_not_expired_at_checkout<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| {
+        c.min_connections(1)
+            .idle_timeout(Some(Duration::from_millis(100)))
+    });
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    manager.connect().await.unwrap();
+    let opened = bind.status().opened;
+    // Past its idle timeout (sleeping only lengthens the idleness the check is about).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    let status = bind.status();
+    assert_eq!(
+        status.opened, opened,
+        "the kept connection served: {status:?}"
+    );
+    assert_eq!(status.connections, 1);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
+/// The upkeep outlives the runtime it started on: once that runtime has ended, the next
+/// checkout starts it again on its own, and idle connections are closed on time as before.
+async fn the_upkeep_outlives_the_runtime_it_started_on<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.idle_timeout(Some(Duration::from_millis(200))));
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    let other = bind.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut session = other.session();
+            sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+            session.commit().await.unwrap();
+        });
+    })
+    .join()
+    .expect("the first checkout, on a runtime of its own");
+    // This checkout starts the upkeep again, on this runtime.
+    let mut session = bind.session();
+    sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
+    session.commit().await.unwrap();
+    drop(session);
+    assert_eq!(bind.status().idle, 1);
+    eventually("the upkeep closes the idle connection", || {
+        let n = bind.status().connections;
+        async move { n == 0 }
+    })
+    .await;
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 async fn connect_opens_a_connection_eagerly<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -1248,6 +1310,8 @@ macro_rules! behaviour_tests {
             min_connections_are_opened_beside_idle_ones,
             connect_opens_a_connection_eagerly,
             a_connection_whose_runtime_ended_is_replaced,
+            a_connection_kept_for_the_minimum_is_not_expired_at_checkout,
+            the_upkeep_outlives_the_runtime_it_started_on,
         );
     };
 }

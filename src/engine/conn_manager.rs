@@ -69,6 +69,9 @@ pub(super) struct ConnManager<DB: Backend> {
     pub(super) dialect: Dialect,
     pub(super) health_check: HealthCheck,
     pub(super) idle_timeout: Option<Duration>,
+    /// `min_connections` is above 0: the upkeep alone applies `idle_timeout`, above the minimum
+    /// (a checkout cannot tell a connection kept for the minimum from one above it).
+    keeps_minimum: bool,
     pub(super) max_lifetime: Option<Duration>,
     pub(super) counters: Counters,
     pub(super) observer: Arc<Observer>,
@@ -105,6 +108,7 @@ impl<DB: Backend> ConnManager<DB> {
             setup,
             health_check: pool.health_check,
             idle_timeout: pool.idle_timeout,
+            keeps_minimum: pool.min_connections > 0,
             max_lifetime: pool.max_lifetime,
             counters: Counters::default(),
             observer,
@@ -262,7 +266,7 @@ impl<DB: Backend> managed::Manager for ConnManager<DB> {
         let idle = now.saturating_duration_since(conn.idle_since);
         let age = now.saturating_duration_since(metrics.created);
         if self.max_lifetime.is_some_and(|max| age >= max)
-            || self.idle_timeout.is_some_and(|max| idle >= max)
+            || (!self.keeps_minimum && self.idle_timeout.is_some_and(|max| idle >= max))
         {
             return Err(RecycleError::message("connection expired"));
         }

@@ -424,16 +424,7 @@ fn host_observer(
     dialect: Dialect,
     config: &BindConfig,
 ) -> Arc<Observer> {
-    let host = url::Url::parse(url.expose())
-        .ok()
-        .and_then(|u| {
-            let host = u.host_str()?.to_owned();
-            Some(
-                u.port()
-                    .map_or_else(|| host.clone(), |port| format!("{host}:{port}")),
-            )
-        })
-        .unwrap_or_else(|| url.redacted());
+    let host = crate::observe::host_and_port(url).unwrap_or_else(|| url.redacted());
     Arc::new(Observer::new(
         bind,
         &format!("{bind}@{host}"),

@@ -337,9 +337,9 @@ impl Migrations {
             }
             match result {
                 // A dry run lists in `done` what it would run.
-                Ok(()) if pinned && !self.dry_run && !progress.done.is_empty() => {
-                    Err(crate::Error::migration_in_pinned_test(bind, progress.done.len()))
-                }
+                Ok(()) if pinned && !self.dry_run && !progress.done.is_empty() => Err(
+                    crate::Error::migration_in_pinned_test(bind, progress.done.len()),
+                ),
                 other => other,
             }
         }

@@ -22,7 +22,7 @@ mod target;
 
 pub(crate) use meters::{Discard, PoolMetrics, ScopeMetrics, Stopwatch};
 pub(crate) use spans::{Traced, error_type};
-pub(crate) use target::Target;
+pub(crate) use target::{Target, host_and_port};
 
 /// The metric handles and span attributes of one bind's pool.
 pub(crate) struct Observer {

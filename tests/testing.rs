@@ -316,6 +316,39 @@ async fn an_apps_migrations_in_a_transaction_mode_test_apply_nothing<B: Suite>()
     scratch.finish().await;
 }
 
+/// The toolkit reads a test's migrations as `migrate_all` does, the project's `sqlx.toml`
+/// included: the test database records them in the table it names, so the app's own
+/// `migrate_all` there finds nothing left to do, instead of applying them again.
+async fn test_migrations_follow_the_sqlx_toml<B: Suite>() {
+    let scratch = Scratch::new(B::KIND).await;
+    let root = std::env::temp_dir().join(format!("{}_project", scratch.name));
+    let dir = root.join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("1_notes.sql"), NOTES).unwrap();
+    std::fs::write(
+        root.join("sqlx.toml"),
+        "[migrate]\ntable-name = \"app_migrations\"\n",
+    )
+    .unwrap();
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Database)
+        .migrations("main", dir.clone())
+        .start()
+        .await
+        .expect("the test starts");
+    let plan = dbscope::Migrations::new().directory("main", dir);
+    let report = t.manager().migrate_all(&plan).await.expect("migrate_all");
+    assert_eq!(report.done(), 0, "recorded in sqlx.toml's table already");
+    let status = t.manager().migration_status(&plan).await.unwrap();
+    assert!(status[0].error.is_none(), "{:?}", status[0].error);
+    let states: Vec<_> = status[0].migrations.iter().map(|m| m.state).collect();
+    assert_eq!(states, [dbscope::MigrationState::Applied]);
+    t.finish().await.unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    scratch.finish().await;
+}
+
 /// The app's failed request (a duplicate key: 500) rolls back to its savepoint; the test's
 /// transaction and the earlier request's row go on.
 async fn failed_request_rolls_back_its_savepoint_only<B: Suite>()
@@ -401,9 +434,9 @@ where
     scratch.finish().await;
 }
 
-common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
-common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
-common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
 
 /// PostgreSQL aborts a transaction at its first failed statement; an autocommit session's
 /// failed statement on the pinned connection undoes only itself (its own savepoint), as it

@@ -245,6 +245,16 @@ impl MigrationConn for sqlx::MySqlConnection {
     }
 }
 
+/// The dedicated connection of an `Any` connection to the database at `url`, for the testing
+/// toolkit: on SQLite, under its database's lock file.
+#[cfg(feature = "testing")]
+pub(crate) fn any_connection(
+    conn: sqlx::AnyConnection,
+    url: Option<&crate::DatabaseUrl>,
+) -> Box<dyn MigrationConn> {
+    any::open(conn, url)
+}
+
 #[cfg(feature = "any")]
 mod any;
 // The file lock serves `Any` connections on SQLite too.

@@ -39,6 +39,57 @@ pub use source::MigrationSource;
 
 use run::{Events, Progress, Step};
 
+/// Migrations read for the testing toolkit, as `migrate_all` reads a bind's.
+#[cfg(feature = "testing")]
+pub(crate) use source::Resolved;
+
+/// Reads the migrations of `bind` in `dir`, as a directory source reads them (`sqlx.toml`
+/// included), for the testing toolkit.
+#[cfg(feature = "testing")]
+pub(crate) async fn resolve_directory(bind: &str, dir: &std::path::Path) -> Result<Resolved> {
+    source::resolve(bind, &MigrationSource::Directory(dir.to_owned())).await
+}
+
+/// `migrator`'s migrations and settings, for the testing toolkit.
+#[cfg(feature = "testing")]
+pub(crate) fn resolved_from(migrator: &Migrator) -> Resolved {
+    source::from_migrator(migrator)
+}
+
+/// Applies `resolved` on `conn`, a connection to the database at `url`, under the database's
+/// migration lock, as `migrate_all` applies a bind's (the lock sqlx-cli takes, which on
+/// MariaDB sqlx's own `Any` migrator does not get); closes the connection after, or drops it
+/// after a failure. For the testing toolkit's test and template databases.
+///
+/// # Errors
+///
+/// As [`BindManager::migrate_all`], for `bind`.
+///
+/// # Cancel safety
+///
+/// As [`Migrations::apply`].
+#[cfg(feature = "testing")]
+pub(crate) async fn apply_on(
+    bind: &str,
+    conn: sqlx::AnyConnection,
+    url: &str,
+    resolved: &Resolved,
+) -> Result<()> {
+    let url = crate::DatabaseUrl::new(url);
+    let mut conn = conn::any_connection(conn, Some(&url));
+    let step = Step {
+        bind,
+        events: &None,
+        dry_run: false,
+        target: None,
+    };
+    let result = run::apply(&mut *conn, &step, resolved, &mut Progress::default()).await;
+    if result.is_ok() {
+        conn.close().await;
+    }
+    result
+}
+
 /// What to migrate and how: the sources handed in code, the binds, a target version, a dry
 /// run, a progress callback. The binds' config gives the rest (`migrations`, `migrate_after`).
 ///

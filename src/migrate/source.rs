@@ -88,7 +88,7 @@ pub(crate) async fn resolve(bind: &str, source: &MigrationSource) -> Result<Reso
     }
 }
 
-fn from_migrator(migrator: &Migrator) -> Resolved {
+pub(super) fn from_migrator(migrator: &Migrator) -> Resolved {
     Resolved {
         migrations: Cow::Owned(migrator.iter().cloned().collect()),
         files: HashMap::new(),

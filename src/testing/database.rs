@@ -63,8 +63,8 @@ impl<'a> ServerDb<'a> {
         Self { bind, url, dialect }
     }
 
-    /// Runs `migrations` on the configured database, once per process (sqlx's migrator takes
-    /// its advisory lock, so two test binaries at once apply them once); creates the database
+    /// Runs `migrations` on the configured database, once per process (under the migration
+    /// lock `migrate_all` takes, so two test binaries at once apply them once); creates the database
     /// first if the server lacks it, as `sqlx database create` would.
     pub(super) async fn migrate_once(&self, migrations: &Loaded<'_>) -> Result<()> {
         static DONE: Mutex<Option<HashSet<(String, u64)>>> = Mutex::new(None);
@@ -74,9 +74,8 @@ impl<'a> ServerDb<'a> {
             return Ok(());
         }
         self.create_if_missing().await?;
-        let mut conn = self.connect(self.url).await?;
-        self.run_migrations(&mut conn, migrations).await?;
-        conn.close().await.ok();
+        let conn = self.connect(self.url).await?;
+        self.run_migrations(conn, self.url, migrations).await?;
         DONE.lock()
             .expect("not poisoned")
             .get_or_insert_default()
@@ -125,12 +124,14 @@ impl<'a> ServerDb<'a> {
                 made.url = format!("sqlite://{}", path.display());
                 made.path = Some(path);
                 self.clean_sqlite_leftovers();
-                let mut conn = self.connect(&format!("{}?mode=rwc", made.url)).await?;
+                let conn = self.connect(&format!("{}?mode=rwc", made.url)).await?;
                 let migrated = match migrations {
-                    Some(m) => self.run_migrations(&mut conn, m).await,
-                    None => Ok(()),
+                    Some(m) => self.run_migrations(conn, &made.url, m).await,
+                    None => {
+                        conn.close().await.ok();
+                        Ok(())
+                    }
                 };
-                conn.close().await.ok();
                 if let Err(e) = migrated {
                     made.drop_now().await.ok(); // its file, half migrated
                     return Err(e);
@@ -161,11 +162,7 @@ impl<'a> ServerDb<'a> {
                 admin.close().await.ok();
                 if let (Dialect::MySql, Some(m)) = (self.dialect, migrations) {
                     let migrated = match self.connect(&made.url).await {
-                        Ok(mut conn) => {
-                            let migrated = self.run_migrations(&mut conn, m).await;
-                            conn.close().await.ok();
-                            migrated
-                        }
+                        Ok(conn) => self.run_migrations(conn, &made.url, m).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = migrated {
@@ -294,10 +291,9 @@ impl<'a> ServerDb<'a> {
         }
         self.exec(admin, &format!("CREATE DATABASE \"{name}\""))
             .await?;
-        let mut conn = self.connect(&with_database(self.url, name)?).await?;
-        let migrated = self.run_migrations(&mut conn, migrations).await;
-        conn.close().await.ok();
-        migrated?;
+        let url = with_database(self.url, name)?;
+        let conn = self.connect(&url).await?;
+        self.run_migrations(conn, &url, migrations).await?;
         self.exec(
             admin,
             &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"),
@@ -373,14 +369,16 @@ impl<'a> ServerDb<'a> {
         });
     }
 
+    /// Applies `migrations` on `conn`, to the database at `url`, as `migrate_all` does (under
+    /// the migration lock of its backend, MariaDB's included), and closes it.
     async fn run_migrations(
         &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: sqlx::AnyConnection,
+        url: &str,
         migrations: &Loaded<'_>,
     ) -> Result<()> {
         migrations
-            .migrator()
-            .run(conn)
+            .apply(self.bind, conn, url)
             .await
             .map_err(|e| self.failed("running the migrations failed", e))
     }
@@ -496,7 +494,8 @@ impl MadeDb {
     /// Drops the database now (its SQLite files, on SQLite).
     async fn drop_now(&self) -> Result<()> {
         if let Some(path) = &self.path {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
+            // With the migration lock file `migrate_all`'s SQLite lock leaves beside it.
+            for suffix in ["", "-wal", "-shm", "-journal", "-migrate.lock"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
             return Ok(());

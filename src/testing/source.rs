@@ -5,7 +5,9 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{Migration, Migrator};
+
+use crate::migrate::Resolved;
 
 use crate::{Error, Result};
 
@@ -58,13 +60,17 @@ impl Migrations {
         if let Some(dir) = cached(&mut READ.lock().expect("not poisoned")) {
             return Ok(Loaded::Read(dir));
         }
-        let migrator = Migrator::new(path.clone()).await.map_err(|e| {
-            let what = format!("cannot read the migrations in `{}`", path.display());
-            Error::test_database(Some(bind), what, e)
-        })?;
+        // Read as `migrate_all` reads a directory: sqlx's reader, and the project's
+        // `sqlx.toml` (its table, its checksums), so that the two agree on what is applied.
+        let resolved = crate::migrate::resolve_directory(bind, path)
+            .await
+            .map_err(|e| {
+                let what = format!("cannot read the migrations in `{}`", path.display());
+                Error::test_database(Some(bind), what, e)
+            })?;
         let dir = Arc::new(ReadDir {
-            digest: digest(&migrator),
-            migrator,
+            digest: digest(resolved.migrations.iter(), &resolved.table),
+            resolved,
         });
         let mut read = READ.lock().expect("not poisoned");
         // Two tests reading it at once keep the first: both read the same files.
@@ -77,43 +83,54 @@ impl Migrations {
 }
 
 /// A directory of migrations as read, and its digest.
-#[derive(Debug)]
 pub(super) struct ReadDir {
-    migrator: Migrator,
+    resolved: Resolved,
     digest: u64,
 }
 
 /// Migrations ready to run.
-#[derive(Debug)]
 pub(super) enum Loaded<'a> {
     Given(&'a Migrator),
     Read(Arc<ReadDir>),
 }
 
 impl Loaded<'_> {
-    pub(super) fn migrator(&self) -> &Migrator {
+    /// Applies the migrations on `conn`, a connection to the database at `url`, as
+    /// `migrate_all` applies a bind's: under the migration lock of its backend (the one
+    /// sqlx-cli takes), in the table the source names; closes the connection after.
+    pub(super) async fn apply(
+        &self,
+        bind: &str,
+        conn: sqlx::AnyConnection,
+        url: &str,
+    ) -> Result<()> {
         match self {
-            Self::Given(m) => m,
-            Self::Read(dir) => &dir.migrator,
+            Self::Given(m) => {
+                let resolved = crate::migrate::resolved_from(m);
+                crate::migrate::apply_on(bind, conn, url, &resolved).await
+            }
+            Self::Read(dir) => crate::migrate::apply_on(bind, conn, url, &dir.resolved).await,
         }
     }
 
-    /// A digest of the migrations (versions and checksums): equal sets build equal templates.
+    /// A digest of the migrations (versions and checksums) and their table: equal sets build
+    /// equal templates.
     pub(super) fn digest(&self) -> u64 {
         match self {
-            Self::Given(m) => digest(m),
+            Self::Given(m) => digest(m.iter(), &m.table_name),
             Self::Read(dir) => dir.digest,
         }
     }
 }
 
-fn digest(migrator: &Migrator) -> u64 {
+fn digest<'a>(migrations: impl Iterator<Item = &'a Migration>, table: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for m in migrator.iter() {
+    for m in migrations {
         m.version.hash(&mut hasher);
         m.checksum.hash(&mut hasher);
         m.migration_type.is_down_migration().hash(&mut hasher);
     }
+    table.hash(&mut hasher);
     hasher.finish()
 }
 

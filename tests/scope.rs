@@ -1264,6 +1264,49 @@ mod several_binds {
         db.finish().await;
     }
 
+    /// A bind whose handle ran nothing, or that only read, committed nothing: its place before
+    /// the failing bind does not make the failure a partial commit (which is not retryable).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binds_that_wrote_nothing_do_not_make_a_failure_partial() {
+        let db = TestDb::new(Kind::Postgres).await;
+        let manager = BindManager::builder()
+            .bind("a", db.config())
+            .bind("b", db.config())
+            .build()
+            .unwrap();
+        let table = db.table.clone();
+        let mut setup = manager.session::<sqlx::Postgres>("a").unwrap();
+        let ddl = format!(
+            "CREATE TABLE {table} (id BIGINT PRIMARY KEY, v BIGINT, \
+             CONSTRAINT {table}_u UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)"
+        );
+        sqlx::raw_sql(sql(ddl)).execute(&mut setup).await.unwrap();
+        setup.commit().await.unwrap();
+        setup.close().await.unwrap();
+        let err = dbscope::scope(&manager, async {
+            // Taken first, never used.
+            let _b = current_session::<sqlx::Postgres>("b").await?;
+            // Read first, through the read slot of `a`.
+            let mut read = dbscope::current_read_session::<sqlx::Postgres>("a").await?;
+            sqlx::query(sql(format!("SELECT COUNT(*) FROM {table}")))
+                .execute(&mut read)
+                .await?;
+            drop(read);
+            let mut a = current_session::<sqlx::Postgres>("a").await?;
+            sqlx::query(sql(format!("INSERT INTO {table} VALUES (1, 7), (2, 7)")))
+                .execute(&mut a)
+                .await?;
+            Ok::<_, AppError>(())
+        })
+        .await
+        .unwrap_err()
+        .db();
+        assert!(!err.is_partial_commit(), "{err}");
+        assert!(err.as_database_error().is_some(), "{err:?}");
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_commit_failing_rolls_back_the_rest_with_the_plain_error() {
         let db = TestDb::new(Kind::Postgres).await;

@@ -753,9 +753,15 @@ async fn commit_in_order(slots: Vec<Arc<dyn ErasedSlot>>) -> Result<()> {
             Ended::Committed | Ended::RolledBack => continue,
             Ended::CommitFailed(source) | Ended::StillHeld(source) => source,
         };
-        // Names are built on the failure path only: the common path allocates nothing.
+        // Names are built on the failure path only: the common path allocates nothing. Only
+        // sessions that ran something outside a read slot can have written: a handle never
+        // used, or a read, commits (or rolls back) nothing of note.
         let names = |slots: &[Arc<dyn ErasedSlot>]| -> Vec<String> {
-            slots.iter().map(|s| s.name().to_owned()).collect()
+            slots
+                .iter()
+                .filter(|s| s.used() && !s.is_read())
+                .map(|s| s.name().to_owned())
+                .collect()
         };
         let committed = names(&slots[..i]);
         let rolled_back = names(&slots[i + 1..]);

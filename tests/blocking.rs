@@ -1177,6 +1177,41 @@ fn a_panic_inside_a_scope_rolls_back<B: Suite>() {
     finish(db);
 }
 
+/// A before-commit hook that panics ends the scope all the same: nothing commits, and a handle
+/// kept past the scope cannot commit its work later.
+fn a_panicking_before_commit_hook_ends_the_scope<B: Suite>() {
+    let db = census(TestDb::new(B::KIND));
+    let manager = db.manager(|c| c);
+    create_table::<B>(&manager, &db);
+    let mut kept = None;
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        manager
+            .scope()
+            .before_commit(|| async {
+                if usize::MAX > 0 {
+                    panic!("the hook panics");
+                }
+                Ok(())
+            })
+            .run_blocking(|| {
+                let mut session = blocking::current_session::<B::Db>("main")?;
+                scoped_insert(&mut session, &db, 1)?;
+                kept = Some(session);
+                Ok::<_, Error>(())
+            })
+    }));
+    assert!(panicked.is_err(), "the hook's panic goes on");
+    let mut kept = kept.expect("the handle");
+    let late = scoped_insert(&mut kept, &db, 2).unwrap_err();
+    assert_eq!(late.kind(), dbscope::ErrorKind::ScopeEnded, "{late}");
+    drop(kept);
+    assert_eq!(committed_rows::<B>(&manager, &db), 0, "nothing committed");
+    assert_eq!(blocking_status::<B>(&manager).in_use, 0);
+    assert_no_open_transaction(&db);
+    manager.close_blocking(CLOSE).unwrap();
+    finish(db);
+}
+
 fn a_session_dropped_in_async_code_rolls_back_in_the_background<B: Suite>() {
     let db = census(TestDb::new(B::KIND));
     let manager = db.manager(|c| c);
@@ -1675,6 +1710,7 @@ macro_rules! blocking_suite_tests {
             threads_that_wait_past_the_acquire_timeout_get_timeout_errors,
             a_scope_commits_on_ok_and_rolls_back_on_err_sharing_one_session,
             a_panic_inside_a_scope_rolls_back,
+            a_panicking_before_commit_hook_ends_the_scope,
             nested_handles_share_one_blocking_session,
             blocking_scopes_have_hooks_declared_binds_and_autocommit,
             blocking_atomic_blocks_commit_or_roll_back_on_their_own,

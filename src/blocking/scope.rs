@@ -119,6 +119,9 @@ impl SessionSource for Faces {
 struct Pushed {
     scope: Scope,
     driver: Arc<Driver>,
+    /// Its end has begun (hooks, commits).
+    finishing: bool,
+    /// Its end has returned.
     finished: bool,
 }
 
@@ -128,14 +131,17 @@ impl Pushed {
         Self {
             scope,
             driver,
+            finishing: false,
             finished: false,
         }
     }
 
     fn finish(mut self, commit: bool) -> Result<()> {
-        self.finished = true;
         self.pop();
-        self.driver.run(self.scope.finish(commit))
+        self.finishing = true;
+        let outcome = self.driver.run(self.scope.finish(commit));
+        self.finished = true;
+        outcome
     }
 
     fn pop(&self) {
@@ -149,10 +155,20 @@ impl Pushed {
 }
 
 impl Drop for Pushed {
-    /// The work panicked: roll back, then let the panic go on.
+    /// The work panicked: roll back, then let the panic go on. A panic in the scope's end (a
+    /// before-commit hook's, an after-commit hook's) gives the scope up instead, as a dropped
+    /// async owner does: no session is lent again, and what did not end rolls back; what
+    /// committed stays, and no after-rollback hook runs for it.
     fn drop(&mut self) {
-        if !self.finished {
-            self.pop();
+        if self.finished {
+            return;
+        }
+        self.pop();
+        if self.finishing {
+            let scope = self.scope.clone();
+            // Inside the driver's runtime, where the rollbacks it starts run.
+            self.driver.run(async move { scope.abandon() });
+        } else {
             let _ = self.driver.run(self.scope.finish(false));
         }
     }

@@ -617,7 +617,7 @@ impl Scope {
 
     /// Gives up a scope its owner did not finish: no session is lent again, and each rolls
     /// back, at once where no code holds it, else when that code lets go.
-    fn abandon(&self) {
+    pub(crate) fn abandon(&self) {
         let slots = {
             let mut state = self.state();
             state.ended = true;

@@ -389,6 +389,38 @@ async fn pg_a_read_session_cancelled_at_every_await_leaves_its_connection_clean(
     .await;
 }
 
+/// SQLite's read-only transactions are `PRAGMA query_only = ON; BEGIN`: a read session cut off
+/// at any await, recovered in the background, gives its connection back writable.
+#[tokio::test]
+async fn sqlite_a_read_session_cancelled_at_every_await_leaves_its_connection_writable() {
+    common::within_limit("sqlite_a_read_session_cancelled_at_every_await", async {
+        let db = TestDb::new(Kind::SqliteFile).await;
+        let manager = db.manager(|c| c.max_connections(1));
+        table::<sqlx::Sqlite>(&manager, &db).await;
+        let count = format!("SELECT COUNT(*) FROM {}", db.table);
+        let (mut finished, mut polls) = (false, 1);
+        while !finished {
+            let mut read = manager.read_session::<sqlx::Sqlite>("main").unwrap();
+            finished = cancel_after(fetch_i64(&mut read, sql(count.clone())), polls)
+                .await
+                .is_some();
+            drop(read);
+            // The one connection, recovered or replaced, takes a write.
+            let mut write = manager.session::<sqlx::Sqlite>("main").unwrap();
+            insert(&mut write, &db, polls as i64)
+                .await
+                .unwrap_or_else(|e| panic!("a write after a read cut at {polls} polls: {e}"));
+            write.commit().await.unwrap();
+            drop(write);
+            polls += 1;
+            assert!(polls < 200, "the read never finished");
+        }
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pg_a_dead_connection_at_the_first_statement_is_replaced_unseen() {
     common::within_limit("pg_a_dead_connection_is_replaced", async {

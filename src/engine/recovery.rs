@@ -102,6 +102,11 @@ async fn restore<DB: Backend>(
     implicit: bool,
 ) -> sqlx::Result<bool> {
     raw.ping().await?;
+    if dialect == Dialect::Sqlite {
+        // A read-only transaction's `PRAGMA query_only = ON` outlives its rollback: switched
+        // off first, as the session's own COMMIT and ROLLBACK do.
+        run::<DB>(raw, SqlStr::from_static("PRAGMA query_only = OFF")).await?;
+    }
     // PostgreSQL's and SQLite's checks hold whatever ran before them, so a connection already
     // out of any transaction (cut outside one, or in a COMMIT the server finished) needs no
     // ROLLBACK, nor PostgreSQL's warning for one; MySQL's holds only right after a ROLLBACK.

@@ -423,7 +423,7 @@ impl Error {
             // database) or a bad option will say the same again, and so will a failed TLS check
             // (ErrorKind::Tls, not retryable).
             ErrorKind::Connect => match self.sqlx_source() {
-                Some(sqlx::Error::Database(db)) => is_connection_lost_code(db.code().as_deref()),
+                Some(sqlx::Error::Database(db)) => is_connection_lost_db(&**db),
                 Some(sqlx::Error::Configuration(_)) => false,
                 _ => true,
             },
@@ -509,17 +509,22 @@ impl Error {
 /// Errors a server sends as it drops the connection, and the driver's own for a dead socket.
 pub(crate) fn is_connection_lost(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => is_connection_lost_code(db.code().as_deref()),
+        sqlx::Error::Database(db) => is_connection_lost_db(&**db),
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
 }
 
 /// SQLSTATE class 08 (connection exception), 57P (operator intervention: terminated by an
-/// admin, server shutdown) and MariaDB's 70100 (connection killed).
-pub(crate) fn is_connection_lost_code(sqlstate: Option<&str>) -> bool {
-    sqlstate
-        .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "70100")
+/// admin, server shutdown) and MariaDB's connection killed (error 1927). MariaDB gives its
+/// SQLSTATE, 70100, to a query killed (`KILL QUERY`, 1317) or out of `max_statement_time`
+/// (1969) too, on a connection that lives on: those are not a lost connection.
+pub(crate) fn is_connection_lost_db(db: &dyn sqlx::error::DatabaseError) -> bool {
+    match db.code().as_deref() {
+        Some(code) if code.starts_with("08") || code.starts_with("57P") => true,
+        Some("70100") => mysql_error_number(db) == Some(1927),
+        _ => false,
+    }
 }
 
 /// The server rolled the work back to resolve a conflict: a serialization failure or deadlock

@@ -12,7 +12,7 @@ use crate::engine::{
     Access, Conn, PIN_AUTOCOMMIT, PIN_BEGIN, PIN_COMMIT, PIN_ROLLBACK, is_dead, pin_autocommit_end,
     pin_autocommit_next,
 };
-use crate::error::{Op, is_connection_lost, is_connection_lost_code};
+use crate::error::{Op, is_connection_lost, is_connection_lost_db};
 use crate::hosts::{ReadToken, Route};
 use crate::{Bind, BindKey, BindManager, Error, Result};
 
@@ -172,7 +172,8 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 ///   met by a dead connection, that message goes again as a BEGIN would, nothing of it having
 ///   committed). When the BEGIN on a connection checked out for it fails because the connection is
 ///   dead (an I/O error or a closed connection, or the goodbye a server sends as it closes
-///   one: SQLSTATE class 08, 57P, MariaDB's 70100; never any other database error), the
+///   one: SQLSTATE class 08, 57P, MariaDB's connection killed (1927, SQLSTATE 70100, which a
+///   killed query shares); never any other database error), the
 ///   session discards it and begins once more on another connection, within what is left of
 ///   `acquire_timeout`. You see no error. This holds for [`begin`](Session::begin) and
 ///   savepoints too.
@@ -472,7 +473,7 @@ fn rolls_back_the_transaction(err: &sqlx::Error) -> bool {
 /// driver refused before sending anything.
 fn is_answered(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Database(db) => !is_connection_lost_code(db.code().as_deref()),
+        sqlx::Error::Database(db) => !is_connection_lost_db(&**db),
         sqlx::Error::Encode(_)
         | sqlx::Error::InvalidArgument(_)
         | sqlx::Error::TypeNotFound { .. }

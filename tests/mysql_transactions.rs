@@ -59,6 +59,43 @@ fn observer(db: &TestDb) -> BindManager {
     db.manager(|c| c.max_connections(1))
 }
 
+/// A statement MariaDB interrupts (`max_statement_time`: error 1969, SQLSTATE 70100, which a
+/// killed connection's error 1927 shares) leaves a live connection: it is not sent again on
+/// another, nor is its connection thrown away.
+#[tokio::test]
+async fn an_interrupted_statement_is_not_a_lost_connection() {
+    within_limit("an_interrupted_statement_is_not_a_lost_connection", async {
+        let db = TestDb::new(Kind::MySql).await;
+        let manager = db.manager(|c| c.max_connections(2));
+        let mut session = manager.session::<MySql>("main").unwrap();
+        let err = sqlx::query(
+            "SET STATEMENT max_statement_time = 0.001 FOR \
+             SELECT SUM(seq % 7) FROM seq_1_to_1000000000",
+        )
+        .execute(&mut session)
+        .await
+        .unwrap_err();
+        let code = err.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("70100"), "{err}");
+        let err = dbscope::Error::from(err);
+        assert!(!err.is_connection_lost(), "{err}");
+        // The session and its connection go on.
+        assert_eq!(fetch_i64(&mut session, "SELECT 1").await.unwrap(), 1);
+        session.rollback().await.unwrap();
+        drop(session);
+        let status = manager.status();
+        assert_eq!(
+            (status[0].opened, status[0].discarded),
+            (1, 0),
+            "one connection, kept: {:?}",
+            status[0]
+        );
+        manager.close(Duration::from_secs(5)).await.unwrap();
+        db.finish().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn transactions_send_no_begin() {
     within_limit("transactions_send_no_begin", async {

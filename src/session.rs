@@ -802,8 +802,12 @@ impl<DB: Backend> Session<DB> {
     /// migrations).
     ///
     /// Work cancelled on the raw connection is invisible to the session, so it treats the
-    /// connection as unverified: when the session ends, it is rolled back or pinged before it
-    /// returns to the pool.
+    /// connection as unverified: when the session ends, its transaction is rolled back and the
+    /// connection pinged before it returns to the pool. Lent outside a transaction of the
+    /// session's (an autocommit session, a read-only one without BEGIN), where what runs on it
+    /// may open one of its own (a raw `BEGIN`), the connection goes back only once the server
+    /// says no transaction is open, any it finds rolled back, as a cut-off session's does (see
+    /// "Drop behavior"); it is not counted as recovered.
     ///
     /// # Errors
     ///
@@ -888,6 +892,15 @@ impl<DB: Backend> Session<DB> {
         if self.tx.wire == Wire::Idle {
             self.end_autocommit_savepoint().await?;
         }
+        if self.tx.wire == Wire::Idle && self.lent_outside_a_transaction() {
+            // The application may have opened a transaction of its own on it: only the server
+            // can say it did not.
+            self.tx.lent = false;
+            if let Some(conn) = self.conn.take() {
+                conn.verify_now().await;
+            }
+            return Ok(());
+        }
         if self.tx.wire == Wire::Idle && self.tx.unverified() {
             let result = self.conn_mut().raw().ping().await;
             self.tx.settle(&result, false);
@@ -895,6 +908,16 @@ impl<DB: Backend> Session<DB> {
             self.tx.lent = false;
         }
         Ok(())
+    }
+
+    /// The raw connection was lent while no transaction of the session's was open (an
+    /// autocommit session, a read-only one running without BEGIN), on a pooled connection: a
+    /// transaction opened on it (a raw `BEGIN`) is the session's to end. A test's pinned
+    /// connection is left as it was: what runs there stays inside the test's transaction.
+    fn lent_outside_a_transaction(&self) -> bool {
+        self.tx.lent
+            && self.tx.depth == 0
+            && self.conn.as_ref().is_some_and(|conn| !conn.is_pinned())
     }
 
     // ----- the state machine behind the public methods -----
@@ -1674,6 +1697,10 @@ impl<DB: Backend> Session<DB> {
         // An autocommit statement's savepoint that succeeded may stay: its work is kept in the
         // test's transaction either way. One that failed is rolled back, uncounted.
         let undo = self.tx.depth == 0 && self.tx.autocommit_savepoint && self.tx.aborted;
+        if self.tx.lent && self.tx.depth == 0 && !conn.is_pinned() && !undo {
+            // As `lent_outside_a_transaction`: proven idle by the server, in the background.
+            return conn.verify();
+        }
         if (self.tx.depth == 0 || self.tx.unopened()) && !self.tx.unverified() && !undo {
             conn.give_back();
             return;

@@ -1148,6 +1148,47 @@ async fn the_upkeep_outlives_the_runtime_it_started_on<B: Suite>() {
     db.finish().await;
 }
 
+/// A raw connection lent outside any transaction of the session's (an autocommit session) may
+/// get a transaction of its own (a raw `BEGIN`): whether the session is dropped or closed, the
+/// connection goes back only once the server says none is open, what it wrote rolled back.
+async fn a_transaction_opened_on_a_lent_connection_is_not_pooled<B: Suite>()
+where
+    for<'c> &'c mut <B::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = B::Db>,
+{
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c.max_connections(1));
+    create_table::<B>(&manager, &db).await;
+    let begin = if B::KIND == Kind::MySql {
+        "START TRANSACTION"
+    } else {
+        "BEGIN"
+    };
+    for close in [false, true] {
+        let mut session = manager.session::<B::Db>("main").unwrap().autocommit(true);
+        let raw = session.connection().await.unwrap();
+        sqlx::raw_sql(begin).execute(&mut *raw).await.unwrap();
+        let stmt = format!("INSERT INTO {} (id, v) VALUES (1, 'raw')", db.table);
+        sqlx::raw_sql(sql(stmt)).execute(&mut *raw).await.unwrap();
+        if close {
+            session.close().await.unwrap();
+        } else {
+            drop(session);
+        }
+        assert_no_open_transaction(&db).await;
+        // The one connection, proven idle, serves the next session: nothing of the raw
+        // transaction in it.
+        assert_eq!(
+            committed_rows::<B>(&manager, &db).await,
+            0,
+            "close: {close}"
+        );
+    }
+    let status = manager.status();
+    assert_eq!(status[0].discarded, 0, "{:?}", status[0]);
+    manager.close(Duration::from_secs(5)).await.unwrap();
+    db.finish().await;
+}
+
 async fn connect_opens_a_connection_eagerly<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c);
@@ -1312,6 +1353,7 @@ macro_rules! behaviour_tests {
             a_connection_whose_runtime_ended_is_replaced,
             a_connection_kept_for_the_minimum_is_not_expired_at_checkout,
             the_upkeep_outlives_the_runtime_it_started_on,
+            a_transaction_opened_on_a_lent_connection_is_not_pooled,
         );
     };
 }

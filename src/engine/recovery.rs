@@ -50,7 +50,24 @@ impl<DB: Backend> Conn<DB> {
             super::Held::Pinned(pin) => return pin.recover().await,
             pooled => Conn(pooled),
         };
-        let mut held = Recovering(Some(this));
+        this.restore_or_discard(true).await;
+    }
+
+    /// Proves a pooled connection idle before it goes back: as recovery does, from step 1,
+    /// but not counted as recovered. For a raw connection lent outside any transaction of the
+    /// session's, on which the application may have opened one of its own (a raw `BEGIN`).
+    /// Cancel safe: dropped before it ends, the connection is discarded.
+    pub(crate) async fn verify_now(self) {
+        self.restore_or_discard(false).await;
+    }
+
+    /// [`verify_now`](Conn::verify_now), in the background.
+    pub(crate) fn verify(self) {
+        self.in_background(Conn::verify_now);
+    }
+
+    async fn restore_or_discard(self, counted: bool) {
+        let mut held = Recovering(Some(self), counted);
         let conn = held.0.as_mut().expect("held until the end");
         let Some(dialect) = conn.dialect() else {
             return; // the bind is gone: dropping the connection is all there is to do
@@ -67,13 +84,14 @@ impl<DB: Backend> Conn<DB> {
     }
 }
 
-/// Holds a connection under recovery; dropped still holding it, it discards it.
-struct Recovering<DB: Backend>(Option<Conn<DB>>);
+/// Holds a connection under recovery (counted as recovered when it comes back, if the `bool`
+/// says so); dropped still holding it, it discards it.
+struct Recovering<DB: Backend>(Option<Conn<DB>>, bool);
 
 impl<DB: Backend> Recovering<DB> {
     fn recovered(mut self) {
         let conn = self.0.take().expect("held until the end");
-        if let Some(manager) = conn.manager() {
+        if let Some(manager) = conn.manager().filter(|_| self.1) {
             bump(&manager.counters.recovered);
             manager.observer.metrics.recovered();
         }

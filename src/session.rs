@@ -135,7 +135,10 @@ const AUTOCOMMIT_BEHIND_POOLER: &str = "an autocommit statement cannot run behin
 ///   session of a bind with `session.read_only_without_begin = false`, which also leaves the
 ///   connections' settings alone.
 /// - **Autocommit read-only sessions** run on a read-only connection too, at any level: their
-///   writes fail instead of landing.
+///   writes fail instead of landing. Not on SQLite or `engine = "any"` binds, nor with
+///   `session.read_only_without_begin = false`: there an autocommit session's `read_only` is
+///   not enforced (nothing makes the connection read-only, and no transaction says READ
+///   ONLY), so keep such reads transactional ([`Bind::read_session`]), which is.
 ///
 /// A connection keeps its mode, set once, and changes it only when a session needs the other:
 /// a transactional write session's BEGIN says `READ WRITE` (PostgreSQL: in the same round trip;

@@ -80,7 +80,9 @@ pub struct BindConfig {
     pub migrate_after: Vec<String>,
     /// Replicas of the bind's database (`replicas = ["postgres://…"]`): read sessions go to
     /// them. Every host, the bind's `url` among them, may turn out to be the primary: roles are
-    /// probed, not configured. Default: none (the bind is its `url` alone).
+    /// probed, not configured. Default: none (the bind is its `url` alone). In one environment
+    /// variable, `url1,url2`: split only where a comma begins another `scheme://` URL, so a
+    /// comma inside a URL (a query, a password) stays in it.
     #[serde(deserialize_with = "routing::replicas")]
     pub replicas: Vec<DatabaseUrl>,
     /// How sessions are routed among the hosts of a bind with replicas.

@@ -75,11 +75,69 @@ pub(super) fn replicas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DatabaseUr
     }
     Ok(match Form::deserialize(d)? {
         Form::List(urls) => urls,
-        Form::Joined(joined) => joined
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(DatabaseUrl::new)
-            .collect(),
+        Form::Joined(joined) => split_urls(&joined).map(DatabaseUrl::new).collect(),
     })
+}
+
+/// `url1,url2` split where a comma begins another URL (`,postgres://…`): a comma is legal
+/// inside a URL too, in a query (`options=-csearch_path%3Dapp,public`) or a password. Each
+/// trimmed, a trailing comma dropped, empty ones left out.
+fn split_urls(joined: &str) -> impl Iterator<Item = &str> {
+    let mut starts = vec![0];
+    for (at, _) in joined.match_indices(',') {
+        if begins_with_scheme(joined[at + 1..].trim_start()) {
+            starts.push(at + 1);
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|start| start - 1)
+        .chain([joined.len()])
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(start, end)| joined[start..end].trim().trim_end_matches(',').trim_end())
+        .filter(|url| !url.is_empty())
+}
+
+/// Whether `text` begins with `<scheme>://`.
+fn begins_with_scheme(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once("://") else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_replicas_split_only_where_a_url_begins() {
+        fn split(text: &str) -> Vec<&str> {
+            split_urls(text).collect()
+        }
+        assert_eq!(
+            split("postgres://a/db, postgres://b/db,mariadb://c/db"),
+            ["postgres://a/db", "postgres://b/db", "mariadb://c/db"]
+        );
+        assert_eq!(
+            split("postgres://a/db?options=-csearch_path%3Dapp,public,postgres://b/db"),
+            [
+                "postgres://a/db?options=-csearch_path%3Dapp,public",
+                "postgres://b/db"
+            ]
+        );
+        assert_eq!(
+            split("postgres://u:pa,ss@a/db"),
+            ["postgres://u:pa,ss@a/db"],
+            "a comma in a password"
+        );
+        assert_eq!(split("postgres://a/db, "), ["postgres://a/db"]);
+        assert!(split(" , ").is_empty());
+    }
 }

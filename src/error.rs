@@ -80,6 +80,9 @@ pub enum ErrorKind {
     ZeroMaxConnections,
     /// `min_connections` is larger than `max_connections`.
     MinExceedsMax,
+    /// A wait that must be above zero is zero (`acquire_timeout`, `routing.probe_timeout`,
+    /// `routing.probe_interval`): every checkout or probe would fail or spin.
+    ZeroDuration,
     /// An option this backend cannot honour (e.g. `READ COMMITTED` on SQLite).
     Unsupported,
     /// A config file could not be read.
@@ -190,6 +193,7 @@ impl ErrorKind {
             | Self::DuplicateScopeBind
             | Self::ZeroMaxConnections
             | Self::MinExceedsMax
+            | Self::ZeroDuration
             | Self::Unsupported
             | Self::ConfigFile
             | Self::Config
@@ -654,6 +658,15 @@ impl Error {
             ErrorKind::ZeroMaxConnections,
             Some(bind),
             format!("bind `{bind}`: max_connections is 0; a pool needs at least 1 connection"),
+        )
+    }
+
+    /// `key` (`acquire_timeout` …) is zero; `what` says what that would do.
+    pub(crate) fn zero_duration(bind: &str, key: &str, what: &str) -> Self {
+        Self::new(
+            ErrorKind::ZeroDuration,
+            Some(bind),
+            format!("bind `{bind}`: {key} is 0, so {what}; give it a duration above zero"),
         )
     }
 

@@ -121,7 +121,7 @@ impl BindManagerBuilder {
     ///
     /// [`ErrorKind::NoBinds`](crate::ErrorKind::NoBinds), [`ErrorKind::InvalidBindName`](crate::ErrorKind::InvalidBindName), [`ErrorKind::DuplicateBind`](crate::ErrorKind::DuplicateBind),
     /// [`ErrorKind::MissingUrl`](crate::ErrorKind::MissingUrl), [`ErrorKind::InvalidUrl`](crate::ErrorKind::InvalidUrl), [`ErrorKind::UnknownScheme`](crate::ErrorKind::UnknownScheme),
-    /// [`ErrorKind::DriverNotEnabled`](crate::ErrorKind::DriverNotEnabled), [`ErrorKind::ZeroMaxConnections`](crate::ErrorKind::ZeroMaxConnections), [`ErrorKind::MinExceedsMax`](crate::ErrorKind::MinExceedsMax),
+    /// [`ErrorKind::DriverNotEnabled`](crate::ErrorKind::DriverNotEnabled), [`ErrorKind::ZeroMaxConnections`](crate::ErrorKind::ZeroMaxConnections), [`ErrorKind::MinExceedsMax`](crate::ErrorKind::MinExceedsMax), [`ErrorKind::ZeroDuration`](crate::ErrorKind::ZeroDuration),
     /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported): each names the bind and says what to change.
     pub fn build(self) -> Result<BindManager> {
         if self.binds.is_empty() {
@@ -190,6 +190,26 @@ fn check_pool(name: &str, config: &BindConfig) -> Result<()> {
             pool.min_connections,
             pool.max_connections,
         ));
+    }
+    let zero = [
+        (
+            pool.acquire_timeout,
+            "acquire_timeout",
+            "every checkout would time out at once",
+        ),
+        (
+            config.routing.probe_timeout,
+            "routing.probe_timeout",
+            "every probe of a host would fail",
+        ),
+        (
+            config.routing.probe_interval,
+            "routing.probe_interval",
+            "the hosts would be probed back to back",
+        ),
+    ];
+    if let Some((_, key, what)) = zero.into_iter().find(|(d, _, _)| d.is_zero()) {
+        return Err(Error::zero_duration(name, key, what));
     }
     Ok(())
 }

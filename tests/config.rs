@@ -301,6 +301,36 @@ fn pool_sizes_are_checked() {
     assert!(err.to_string().contains("min_connections (5)"), "{err}");
 }
 
+/// Waits that must be above zero are refused at zero, each naming its key, from code and from
+/// a file alike.
+#[test]
+fn zero_waits_are_refused_at_build() {
+    let err = build_err(BindConfig::new("sqlite::memory:").acquire_timeout(Duration::ZERO));
+    assert!(err.kind() == ErrorKind::ZeroDuration, "{err:?}");
+    assert_names_bind(&err, "default");
+    assert!(err.to_string().contains("acquire_timeout is 0"), "{err}");
+    for (key, text) in [
+        ("probe_timeout", "routing.probe_timeout is 0"),
+        ("probe_interval", "routing.probe_interval is 0"),
+    ] {
+        jailed(|jail| {
+            jail.create_file(
+                "dbscope.toml",
+                &format!(
+                    "[binds.main]\nurl = \"sqlite::memory:\"\nrouting = {{ {key} = \"0s\" }}\n"
+                ),
+            )
+            .map_err(|e| e.to_string())?;
+            let config = dbscope::Config::from_file("dbscope.toml").expect("it parses");
+            let err = BindManager::new(config).expect_err("refused at build");
+            assert!(err.kind() == ErrorKind::ZeroDuration, "{err:?}");
+            assert_names_bind(&err, "main");
+            assert!(err.to_string().contains(text), "{err}");
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn an_isolation_sqlite_cannot_honour_is_refused_at_build() {
     let err =

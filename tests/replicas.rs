@@ -231,6 +231,33 @@ async fn a_token_never_reads_stale_data(
     );
     eprintln!("token {text}: primary after {:?}", asked.elapsed());
     drop(read);
+    // A scope given the token hands it to the new scopes it starts (concurrent work of the
+    // same request): their reads see the write too.
+    let seen = manager
+        .scope()
+        .read_after(token.clone())
+        .run(async {
+            let inner = dbscope::Scope::current()?.new_scope();
+            inner
+                .run(async {
+                    let mut read = dbscope::current_read_session::<Postgres>("default").await?;
+                    let (port, seen): (i32, i64) = sqlx::query_as(
+                        "SELECT inet_server_port(), \
+                         (SELECT count(*) FROM replica_rows WHERE id = 2)",
+                    )
+                    .fetch_one(&mut read)
+                    .await?;
+                    Ok::<_, dbscope::Error>((port as u16, seen))
+                })
+                .await
+        })
+        .await
+        .expect("reads in a new scope");
+    assert_eq!(
+        seen,
+        (primary, 1),
+        "a new scope reads after its parent's token"
+    );
     // Without a token, the same read may go to the paused replica, which lacks the row.
     let mut stale = manager.read_session::<Postgres>("default").unwrap();
     if pg_port(&mut stale).await == replica {

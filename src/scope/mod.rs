@@ -462,9 +462,14 @@ impl Scope {
 
     /// A builder for a new, separate scope on the same manager, with this scope's transaction
     /// mode and declared binds, but none of its sessions or hooks: for concurrent queries,
-    /// each in its own scope (`Scope::current()?.new_scope().spawn(work)`).
+    /// each in its own scope (`Scope::current()?.new_scope().spawn(work)`). Its read sessions
+    /// read after this scope's read tokens (those it was given, a request's, and those of the
+    /// commits it made so far), as this scope's own do.
     pub fn new_scope(&self) -> ScopeBuilder {
+        let own = self.read_tokens();
         let state = self.state();
+        let mut tokens = state.reads.tokens.clone();
+        tokens.extend(own);
         ScopeBuilder {
             manager: self.inner.manager.clone(),
             mode: Some(state.mode),
@@ -475,7 +480,7 @@ impl Scope {
             reads: Reads {
                 read_only: state.reads.all(),
                 by_method: false,
-                tokens: Vec::new(),
+                tokens,
             },
         }
     }

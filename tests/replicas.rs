@@ -321,9 +321,12 @@ async fn read_your_writes_across_two_http_requests(
         Ok(format!("{n} {port}"))
     }
     let reads = ScopeLayer::with_scope(manager.scope().read_only()).unwrap();
+    // A route's own carrier, on a layer that joins the app's scope.
+    let route_tokens = ScopeLayer::new(manager).read_token_header("x-route-token");
     let router = axum::Router::new()
         .route("/rows/{id}", post(create))
         .route("/rows/{id}", get(read).route_layer(reads))
+        .route("/routed/{id}", post(create).route_layer(route_tokens))
         .layer(ScopeLayer::new(manager).read_token_header("x-read-token"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -389,6 +392,29 @@ async fn read_your_writes_across_two_http_requests(
         },
     )
     .await;
+    // The route's layer carries tokens in its own header too: the request's join the scope,
+    // and the response gets the commit's in both.
+    let routed = client
+        .post(format!("{base}/routed/81"))
+        .header("x-route-token", "audit.1.0/20")
+        .send()
+        .await
+        .unwrap();
+    assert!(routed.status().is_success());
+    let header = |name: &str| {
+        routed
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let route_header = header("x-route-token");
+    assert!(
+        route_header.contains("default.") && route_header.contains("audit.1.0/20"),
+        "the route's header: {route_header:?}"
+    );
+    assert!(header("x-read-token").contains("default."));
     server.abort();
 }
 

@@ -206,6 +206,15 @@ impl LayerConfig {
         if let Some(on) = read_only {
             outer.read_only_by_method(on); // the route's word wins
         }
+        if let Some(carrier) = &self.tokens {
+            // The route's carrier: the tokens the request brought in it join the scope's, and
+            // the layer that opened the scope stamps the response in it too.
+            let given = carrier.read(headers(&request, carrier.request_header()).into_iter());
+            outer.read_after_more(given.iter().cloned());
+            outer.extension_mut(|nested: &mut NestedCarriers| {
+                nested.0.push((carrier.clone(), given));
+            });
+        }
         Call::Joined(call(request))
     }
 
@@ -317,6 +326,11 @@ macro_rules! layer_type {
 
 pub(crate) use layer_type;
 
+/// The token carriers of nested layers (a route's `read_token_header`), each with the tokens
+/// the request brought in it: the layer that opened the scope stamps the response in each.
+#[derive(Default)]
+struct NestedCarriers(Vec<(TokenCarrier, Vec<crate::ReadToken>)>);
+
 /// A request a layer has taken: its inner service called inside the request's scope, or refused.
 pub(crate) enum Call<Q, Fut> {
     /// This layer opened the request's scope, and ends it by the response.
@@ -380,12 +394,25 @@ where
                 Outcome::CommitFailed(response)
             }
             (Ok(()), Ok(mut response)) if commit => {
-                if let Some(carrier) = &config.tokens {
-                    let written = scope.read_tokens();
-                    if !written.is_empty() {
+                let nested = scope
+                    .extension(|nested: &NestedCarriers| nested.0.clone())
+                    .unwrap_or_default();
+                let carriers = config
+                    .tokens
+                    .iter()
+                    .map(|carrier| (carrier, given.as_slice()))
+                    .chain(
+                        nested
+                            .iter()
+                            .filter(|(carrier, _)| config.tokens.as_ref() != Some(carrier))
+                            .map(|(carrier, given)| (carrier, given.as_slice())),
+                    );
+                let written = scope.read_tokens();
+                if !written.is_empty() {
+                    for (carrier, given) in carriers {
                         // The header or cookie replaces the client's: it keeps the tokens the
                         // request brought of binds it did not write.
-                        let tokens = super::tokens::merged(given, written);
+                        let tokens = super::tokens::merged(given.to_vec(), written.clone());
                         let (name, value) = carrier.write(&tokens);
                         stamp(&mut response, name, value);
                     }

@@ -8,7 +8,7 @@ use crate::ReadToken;
 const SEPARATOR: char = '~';
 
 /// Where a layer carries read tokens: the app picks a header or a cookie, by name.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TokenCarrier {
     Header(String),
     Cookie(String),

@@ -518,6 +518,13 @@ impl Scope {
         self.state().binds_in_use()
     }
 
+    /// Gives the scope's read sessions from now on more read tokens to read after (a nested
+    /// web layer's, from the request).
+    #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]
+    pub(crate) fn read_after_more(&self, tokens: impl IntoIterator<Item = crate::ReadToken>) {
+        self.state().reads.tokens.extend(tokens);
+    }
+
     /// Adds a nested layer's binds, mode and hooks to this scope (one scope per request, however
     /// many layers declare binds for it).
     #[cfg_attr(not(any(feature = "tower", feature = "actix")), allow(dead_code))]

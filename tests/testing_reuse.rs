@@ -765,6 +765,48 @@ async fn each_configured_database_has_a_template_of_its_own() {
     .await;
 }
 
+/// A `finish` cut off at any await leaves no database behind: those it had not dropped yet are
+/// dropped with the context.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_finish_leaves_no_database() {
+    common::within_limit("a_cancelled_finish_leaves_no_database", async {
+        let scratch = Scratch::new("cancelled_finish").await;
+        let mut polls = 1;
+        loop {
+            let mut config = Config::default();
+            config.binds.insert("pg".into(), BindConfig::new(pg_url()));
+            config.binds.insert("pg2".into(), BindConfig::new(pg_url()));
+            let t = TestDb::builder()
+                .config(config)
+                .mode(Mode::Database)
+                .reuse(false)
+                .migrations("pg", scratch.dir.clone())
+                .migrations("pg2", scratch.dir.clone())
+                .start()
+                .await
+                .expect("start the test");
+            let names: Vec<String> = ["pg", "pg2"]
+                .iter()
+                .map(|b| t.database(b).unwrap().to_owned())
+                .collect();
+            let finished = common::cancel_after(t.finish(), polls).await.is_some();
+            for name in &names {
+                assert_eq!(oid(name).await, None, "{name} left after {polls} polls");
+            }
+            if finished {
+                break;
+            }
+            polls += 1;
+            assert!(polls < 500, "finish never finished");
+        }
+        // The template these clones came from is this scratch's, dropped with it.
+        let (t, slot, _) = scratch.lease().await;
+        assert!(slot.starts_with(SLOT_PREFIX));
+        t.finish().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_reuse_each_test_gets_a_fresh_clone() {
     common::within_limit("without_reuse_each_test_gets_a_fresh_clone", async {

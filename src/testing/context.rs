@@ -272,19 +272,22 @@ impl Cleanup {
         std::mem::take(self)
     }
 
-    /// Drops the databases (gives leased slots back), or says where they are when kept.
+    /// Drops the databases (gives leased slots back), or says where they are when kept. One
+    /// at a time, each taken out once its end has returned: cut off (a cancelled `finish`),
+    /// the ones not dropped yet are still here, and the drop ends them.
     async fn run(mut self) -> Result<()> {
-        let made = std::mem::take(&mut self.made);
         if self.keep {
             // A kept database is never a slot (keep turns reuse off), so none is reused.
-            for db in &made {
+            for db in std::mem::take(&mut self.made) {
                 eprintln!("dbscope: kept the test database of {}", db.describe());
             }
             return Ok(());
         }
         let mut first = None;
-        for db in made {
-            if let Err(e) = db.end().await {
+        while let Some(db) = self.made.first_mut() {
+            let ended = db.end_in_place().await;
+            self.made.remove(0);
+            if let Err(e) = ended {
                 first.get_or_insert(e);
             }
         }

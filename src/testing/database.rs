@@ -460,6 +460,13 @@ impl MadeDb {
     /// Ends the test's use of the database: a slot goes back to the next test, any other
     /// database is dropped.
     pub(super) async fn end(mut self) -> Result<()> {
+        self.end_in_place().await
+    }
+
+    /// [`end`](Self::end), leaving `self` to drop: cut off before it ends, a database not
+    /// dropped yet is still named here, for whoever ends it next (a lease cut off mid-release
+    /// is freed all the same, with its connection).
+    pub(super) async fn end_in_place(&mut self) -> Result<()> {
         match self.lease.take() {
             Some(lease) => {
                 lease.release().await;

@@ -568,26 +568,36 @@ fn next_name() -> String {
 }
 
 /// This process's marks in its test databases' names: its machine's tag (a hash of the host
-/// name and the kernel's boot id: another machine, or another container on this one, has
-/// another), its pid, and its start (8 hex digits of nanoseconds).
+/// name, the kernel's boot id and the pid namespace: another machine, or another container on
+/// this one, has another, even one sharing the host's name and network), its pid, and its
+/// start (8 hex digits of nanoseconds). The pids a tag's names carry are those `/proc` shows
+/// in that namespace, so only a process of the same tag may judge them gone.
 fn this_process() -> (&'static str, u32, &'static str) {
     static MARKS: OnceLock<(String, String)> = OnceLock::new();
     let (machine, start) = MARKS.get_or_init(|| {
         let read = |path| std::fs::read_to_string(path).unwrap_or_default();
-        let seed = format!(
-            "{}|{}",
+        let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+            .map(|link| link.display().to_string())
+            .unwrap_or_default();
+        let machine = machine_tag(
             read("/proc/sys/kernel/hostname").trim(),
-            read("/proc/sys/kernel/random/boot_id").trim()
+            read("/proc/sys/kernel/random/boot_id").trim(),
+            &pid_namespace,
         );
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        (
-            format!("{:08x}", fnv1a(&seed)),
-            format!("{:08x}", started as u32),
-        )
+        (machine, format!("{:08x}", started as u32))
     });
     (machine, std::process::id(), start)
+}
+
+/// The machine tag of [`this_process`]: 8 hex digits.
+fn machine_tag(hostname: &str, boot_id: &str, pid_namespace: &str) -> String {
+    format!(
+        "{:08x}",
+        fnv1a(&format!("{hostname}|{boot_id}|{pid_namespace}"))
+    )
 }
 
 /// FNV-1a, 32 bits: the same on every build, as names read by other processes must be.
@@ -634,6 +644,19 @@ pub(super) fn with_database(url: &str, name: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_sharing_a_host_name_and_kernel_have_tags_of_their_own() {
+        let boot = "6d1c0a8e-5b0f-4b8e-9f3e-2a7d4c1b9e00";
+        let host = machine_tag("ci-host", boot, "pid:[4026531836]");
+        let container = machine_tag("ci-host", boot, "pid:[4026532179]");
+        assert_ne!(
+            host, container,
+            "another pid namespace, whose pids mean nothing here"
+        );
+        assert_eq!(host, machine_tag("ci-host", boot, "pid:[4026531836]"));
+        assert_eq!(host.len(), 8);
+    }
 
     #[test]
     fn only_this_machines_gone_processes_leave_orphans() {

@@ -300,10 +300,14 @@ impl<DB: Backend> Bind<DB> {
     }
 
     /// A connection of this bind's own, outside its pool (see `Pool::connect_unpooled`);
-    /// without `create`, to a database that exists only.
+    /// without `create`, to a database that exists only. On a bind with replicas, to the
+    /// primary of the moment (after a failover, the promoted host), as writes go.
     #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
     pub(crate) async fn connect_unpooled(&self, create: bool) -> Result<DB::Connection> {
-        self.shared.pool.connect_unpooled(create).await
+        match &self.shared.hosts {
+            Some(hosts) => hosts.primary_pool().await?.connect_unpooled(create).await,
+            None => self.shared.pool.connect_unpooled(create).await,
+        }
     }
 
     /// The bind's metric handles and span attributes.

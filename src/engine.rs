@@ -414,9 +414,20 @@ impl<DB: Backend> Pool<DB> {
                 existing = DB::without_creating(options);
                 &existing
             };
-            sqlx::ConnectOptions::connect(options)
+            let mut conn = sqlx::ConnectOptions::connect(options)
                 .await
-                .map_err(|source| shared.connect_error(source))
+                .map_err(|source| shared.connect_error(source))?;
+            let manager = shared.deadpool.manager();
+            if manager.setup.read_only {
+                // A replica's pool opens its connections read-only; this one is for work that
+                // writes (a migration on the host promoted since).
+                let sql = SqlStr::from_static(manager.dialect.read_write_sql());
+                let answers = DB::fetch_many(&mut conn, sql);
+                futures_util::TryStreamExt::try_for_each(answers, |_| std::future::ready(Ok(())))
+                    .await
+                    .map_err(|source| shared.connect_error(source))?;
+            }
+            Ok(conn)
         };
         tokio::time::timeout(shared.acquire_timeout, connect)
             .await

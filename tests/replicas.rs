@@ -1055,6 +1055,21 @@ async fn failover_moves_writes_to_the_promoted_replica() {
         assert_eq!(status.hosts[1].role, HostRole::Primary);
         assert_eq!(status.hosts[1].timeline, Some(2), "the promoted replica is on a new timeline");
 
+        // Migrations go to the primary of the moment too, on a connection of their own (the
+        // promoted host's pool opens read-only connections; this one writes).
+        let dir = std::env::temp_dir().join(format!("dbscope-failover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("1_after.sql"), "CREATE TABLE migrated_after (id bigint)").unwrap();
+        let plan = dbscope::Migrations::new().directory("default", &dir);
+        let report = manager.migrate_all(&plan).await.expect("migrations on the new primary");
+        assert_eq!(report.done(), 1);
+        let mut new_conn = pg_connect(&format!("postgres://postgres@127.0.0.1:{new}/test")).await;
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(&mut new_conn)
+            .await
+            .unwrap();
+        assert_eq!(recorded, 1, "recorded on the promoted primary");
+
         // The old primary comes back believing it is the primary: a split brain, refused.
         pair.primary().start_again().await;
         eventually("the old primary is probed again", || async {
@@ -1063,6 +1078,10 @@ async fn failover_moves_writes_to_the_promoted_replica() {
         .await;
         let err = pg_write_phase(&manager, 1000, "split").await.unwrap_err();
         assert_eq!(err.routing_failure(), Some(RoutingFailure::SplitBrain), "{err}");
+        std::fs::write(dir.join("2_split.sql"), "CREATE TABLE migrated_split (id bigint)").unwrap();
+        let err = manager.migrate_all(&plan).await.unwrap_err();
+        assert_eq!(err.routing_failure(), Some(RoutingFailure::SplitBrain), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
         let mut old_conn = pg_connect(&format!("postgres://postgres@127.0.0.1:{old}/test")).await;
         let written: i64 = sqlx::query_scalar("SELECT count(*) FROM failover_rows WHERE phase <> 'before'")
             .fetch_one(&mut old_conn)

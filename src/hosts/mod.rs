@@ -210,6 +210,21 @@ impl<DB: Backend> Hosts<DB> {
         ))
     }
 
+    /// The pool of the primary of the moment, for work that must reach it outside any
+    /// session (a migration's own connection): as a write's checkout finds it, waiting up to
+    /// `failover_wait` during a failover, refusing a split brain; the `url`'s without
+    /// replicas. A host hook is not asked: it chooses for sessions.
+    #[cfg_attr(not(feature = "migrate"), allow(dead_code))]
+    pub(crate) async fn primary_pool(&self) -> Result<Pool<DB>> {
+        let inner = &*self.0;
+        if !inner.probing {
+            return Ok(inner.hosts[0].pool.clone());
+        }
+        self.start().await;
+        let index = self.pick_primary().await?;
+        Ok(inner.hosts[index].pool.clone())
+    }
+
     /// A checkout from host `index`'s pool, given up (`None`) when a probe round finds the host
     /// demoted, or another host the primary (this one having gone silent, its connects hanging):
     /// the write goes to the primary of the moment instead of waiting out its budget. A probe

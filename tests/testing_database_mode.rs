@@ -163,12 +163,15 @@ fn dead_pid() -> u32 {
     pid
 }
 
-/// The toolkit's tag of this machine in test database names: FNV-1a of the host name and the
-/// kernel's boot id (the naming rule, written out again to pin it).
+/// The toolkit's tag of this machine in test database names: FNV-1a of the host name, the
+/// kernel's boot id and the pid namespace (the naming rule, written out again to pin it).
 fn machine_tag() -> String {
     let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|link| link.display().to_string())
+        .unwrap_or_default();
     let seed = format!(
-        "{}|{}",
+        "{}|{}|{pid_namespace}",
         read("/proc/sys/kernel/hostname").trim(),
         read("/proc/sys/kernel/random/boot_id").trim()
     );

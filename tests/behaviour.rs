@@ -1034,13 +1034,9 @@ async fn min_connections_are_opened_beside_idle_ones<B: Suite>() {
     db.finish().await;
 }
 
-/// A manager outlives the runtime that first used it: a connection opened there is not handed
-/// out once that runtime has ended (its socket died with the runtime's I/O driver), but thrown
-/// away and replaced. SQLite's connections have no socket, outlive any runtime and are reused.
-async fn a_connection_whose_runtime_ended_is_replaced<B: Suite>() {
-    let db = TestDb::new(B::KIND).await;
-    let manager = db.manager(|c| c);
-    let bind = manager.bind::<B::Db>("main").unwrap();
+/// One session's statement and commit on `bind`, on a runtime of its own, on a thread of its
+/// own, dropped before this returns: its connection waits idle, its socket's runtime gone.
+fn one_session_on_a_runtime_that_ends<DB: Typed>(bind: &dbscope::Bind<DB>) {
     let other = bind.clone();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1055,6 +1051,16 @@ async fn a_connection_whose_runtime_ended_is_replaced<B: Suite>() {
     })
     .join()
     .expect("a session on a runtime of its own");
+}
+
+/// A manager outlives the runtime that first used it: a connection opened there is not handed
+/// out once that runtime has ended (its socket died with the runtime's I/O driver), but thrown
+/// away and replaced. SQLite's connections have no socket, outlive any runtime and are reused.
+async fn a_connection_whose_runtime_ended_is_replaced<B: Suite>() {
+    let db = TestDb::new(B::KIND).await;
+    let manager = db.manager(|c| c);
+    let bind = manager.bind::<B::Db>("main").unwrap();
+    one_session_on_a_runtime_that_ends(&bind);
     let before = bind.status();
     assert!(before.idle >= 1, "its connection waits idle");
     // Autocommit: a session that never retries its first statement on another connection.
@@ -1119,20 +1125,7 @@ async fn the_upkeep_outlives_the_runtime_it_started_on<B: Suite>() {
     let db = TestDb::new(B::KIND).await;
     let manager = db.manager(|c| c.idle_timeout(Some(Duration::from_millis(200))));
     let bind = manager.bind::<B::Db>("main").unwrap();
-    let other = bind.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async {
-            let mut session = other.session();
-            sqlx::query("SELECT 1").execute(&mut session).await.unwrap();
-            session.commit().await.unwrap();
-        });
-    })
-    .join()
-    .expect("the first checkout, on a runtime of its own");
+    one_session_on_a_runtime_that_ends(&bind);
     // This checkout starts the upkeep again, on this runtime.
     let mut session = bind.session();
     sqlx::query("SELECT 1").execute(&mut session).await.unwrap();

@@ -1264,10 +1264,9 @@ mod several_binds {
         db.finish().await;
     }
 
-    /// A bind whose handle ran nothing, or that only read, committed nothing: its place before
-    /// the failing bind does not make the failure a partial commit (which is not retryable).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn binds_that_wrote_nothing_do_not_make_a_failure_partial() {
+    /// Binds `a` and `b` on one PostgreSQL database, and a table whose unique `v` is checked at
+    /// COMMIT: a write that breaks it fails its bind's commit.
+    async fn two_binds_and_a_deferred_unique() -> (TestDb, BindManager, String) {
         let db = TestDb::new(Kind::Postgres).await;
         let manager = BindManager::builder()
             .bind("a", db.config())
@@ -1283,6 +1282,14 @@ mod several_binds {
         sqlx::raw_sql(sql(ddl)).execute(&mut setup).await.unwrap();
         setup.commit().await.unwrap();
         setup.close().await.unwrap();
+        (db, manager, table)
+    }
+
+    /// A bind whose handle ran nothing, or that only read, committed nothing: its place before
+    /// the failing bind does not make the failure a partial commit (which is not retryable).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn binds_that_wrote_nothing_do_not_make_a_failure_partial() {
+        let (db, manager, table) = two_binds_and_a_deferred_unique().await;
         let err = dbscope::scope(&manager, async {
             // Taken first, never used.
             let _b = current_session::<sqlx::Postgres>("b").await?;
@@ -1309,21 +1316,7 @@ mod several_binds {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_commit_failing_rolls_back_the_rest_with_the_plain_error() {
-        let db = TestDb::new(Kind::Postgres).await;
-        let manager = BindManager::builder()
-            .bind("a", db.config())
-            .bind("b", db.config())
-            .build()
-            .unwrap();
-        let table = db.table.clone();
-        let mut setup = manager.session::<sqlx::Postgres>("a").unwrap();
-        let ddl = format!(
-            "CREATE TABLE {table} (id BIGINT PRIMARY KEY, v BIGINT, \
-             CONSTRAINT {table}_u UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)"
-        );
-        sqlx::raw_sql(sql(ddl)).execute(&mut setup).await.unwrap();
-        setup.commit().await.unwrap();
-        setup.close().await.unwrap();
+        let (db, manager, table) = two_binds_and_a_deferred_unique().await;
         let err = dbscope::scope(&manager, async {
             let mut a = current_session::<sqlx::Postgres>("a").await?;
             sqlx::query(sql(format!("INSERT INTO {table} VALUES (1, 7), (2, 7)")))

@@ -103,9 +103,9 @@ pub struct BindStatus {
     /// for a cancelled checkout included.
     pub opened: u64,
     /// Connections thrown away: found dead (their socket's tokio runtime ended included),
-    /// failing a health check or a ping (a ping cut off by a cancelled checkout included), or left in an unknown state that recovery could not
-    /// clear. Connections closed at the end of their life (`idle_timeout`, `max_lifetime`, the
-    /// manager's close) are not counted.
+    /// failing a health check or a ping (a ping cut off by a cancelled checkout included), or
+    /// left in an unknown state that recovery could not clear. Connections closed at the end of
+    /// their life (`idle_timeout`, `max_lifetime`, the manager's close) are not counted.
     pub discarded: u64,
     /// Connections of sessions cut off mid-operation (cancelled, or broken off by an error
     /// whose effect was unknown) that background recovery drained, rolled back, checked with

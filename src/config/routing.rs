@@ -83,33 +83,25 @@ pub(super) fn replicas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DatabaseUr
 /// inside a URL too, in a query (`options=-csearch_path%3Dapp,public`) or a password. Each
 /// trimmed, a trailing comma dropped, empty ones left out.
 fn split_urls(joined: &str) -> impl Iterator<Item = &str> {
-    let mut starts = vec![0];
+    let mut urls = Vec::new();
+    let mut start = 0;
     for (at, _) in joined.match_indices(',') {
         if begins_with_scheme(joined[at + 1..].trim_start()) {
-            starts.push(at + 1);
+            urls.push(&joined[start..at]);
+            start = at + 1;
         }
     }
-    let ends: Vec<usize> = starts
-        .iter()
-        .skip(1)
-        .map(|start| start - 1)
-        .chain([joined.len()])
-        .collect();
-    starts
-        .into_iter()
-        .zip(ends)
-        .map(move |(start, end)| joined[start..end].trim().trim_end_matches(',').trim_end())
+    urls.push(&joined[start..]);
+    urls.into_iter()
+        .map(|url| url.trim().trim_end_matches(',').trim_end())
         .filter(|url| !url.is_empty())
 }
 
-/// Whether `text` begins with `<scheme>://`.
+/// Whether `text` begins with `<scheme>://`, a scheme as [`DatabaseUrl::scheme`] reads one.
 fn begins_with_scheme(text: &str) -> bool {
-    let Some((scheme, _)) = text.split_once("://") else {
-        return false;
-    };
-    let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    DatabaseUrl::new(text)
+        .scheme()
+        .is_some_and(|scheme| text[scheme.len()..].starts_with("://"))
 }
 
 #[cfg(test)]

@@ -39,9 +39,8 @@ const PER_KEY: usize = 8;
 static KEPT: Mutex<Vec<RuntimeKept>> = Mutex::new(Vec::new());
 
 struct RuntimeKept {
-    runtime: tokio::runtime::Id,
-    /// Gone once the runtime is dropped.
-    alive: RuntimeLife,
+    /// The runtime; gone once it is dropped.
+    runtime: RuntimeLife,
     /// Each with the key it was opened with; type-erased (the backend's connection type).
     conns: Vec<(String, Box<dyn Any + Send>)>,
 }
@@ -56,7 +55,7 @@ pub(super) fn take<T: Any + Send>(key: &str) -> Option<T> {
         let dead = prune(&mut kept);
         let found = kept
             .iter_mut()
-            .find(|r| r.runtime == runtime)
+            .find(|r| r.runtime.id() == runtime)
             .and_then(|r| {
                 let at = r.conns.iter().rposition(|(k, _)| k == key)?;
                 Some(r.conns.swap_remove(at).1)
@@ -73,27 +72,22 @@ pub(super) fn take<T: Any + Send>(key: &str) -> Option<T> {
 /// Keeps `conn` under `key` for the next test on the current runtime; drops it when outside a
 /// runtime or when enough are kept already.
 pub(super) fn keep<T: Any + Send>(key: String, conn: T) {
-    let Some((runtime, alive)) = tokio::runtime::Handle::try_current()
-        .ok()
-        .zip(RuntimeLife::current())
-    else {
+    let Some(runtime) = RuntimeLife::current() else {
         return;
     };
-    let runtime = runtime.id();
     let mut refused = None;
     let dead = {
         let mut kept = KEPT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dead = prune(&mut kept);
-        let index = match kept.iter().position(|r| r.runtime == runtime) {
+        let index = match kept.iter().position(|r| r.runtime.id() == runtime.id()) {
             Some(index) => index,
             None => {
                 // Once the runtime is gone, its connections are closed by the next `take` or
                 // `keep`, from whatever runtime.
                 kept.push(RuntimeKept {
                     runtime,
-                    alive,
                     conns: Vec::new(),
                 });
                 kept.len() - 1
@@ -116,7 +110,7 @@ fn prune(kept: &mut Vec<RuntimeKept>) -> Vec<RuntimeKept> {
     let mut dead = Vec::new();
     let mut i = 0;
     while i < kept.len() {
-        if kept[i].alive.is_gone() {
+        if kept[i].runtime.is_gone() {
             dead.push(kept.swap_remove(i));
         } else {
             i += 1;

@@ -19,7 +19,10 @@ static RUNTIMES: Mutex<Vec<(tokio::runtime::Id, Weak<()>)>> = Mutex::new(Vec::ne
 
 /// The life of one tokio runtime: [gone](Self::is_gone) once the runtime has shut down.
 #[derive(Clone, Debug)]
-pub(crate) struct RuntimeLife(Weak<()>);
+pub(crate) struct RuntimeLife {
+    id: tokio::runtime::Id,
+    token: Weak<()>,
+}
 
 impl RuntimeLife {
     /// The life of the runtime the caller runs in; `None` outside a runtime.
@@ -29,7 +32,8 @@ impl RuntimeLife {
         let mut runtimes = RUNTIMES.lock().unwrap_or_else(PoisonError::into_inner);
         runtimes.retain(|(_, token)| token.strong_count() > 0);
         if let Some((_, token)) = runtimes.iter().find(|(runtime, _)| *runtime == id) {
-            return Some(Self(token.clone()));
+            let token = token.clone();
+            return Some(Self { id, token });
         }
         let token = Arc::new(());
         let life = Arc::downgrade(&token);
@@ -40,12 +44,18 @@ impl RuntimeLife {
             std::future::pending::<()>().await;
         }));
         runtimes.push((id, life.clone()));
-        Some(Self(life))
+        Some(Self { id, token: life })
+    }
+
+    /// The runtime's id.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn id(&self) -> tokio::runtime::Id {
+        self.id
     }
 
     /// Whether the runtime has shut down (or is shutting down): its sockets are dead.
     pub(crate) fn is_gone(&self) -> bool {
-        self.0.strong_count() == 0
+        self.token.strong_count() == 0
     }
 }
 
@@ -70,8 +80,13 @@ mod tests {
         let life = first.block_on(async { RuntimeLife::current() }).unwrap();
         let again = first.block_on(async { RuntimeLife::current() }).unwrap();
         let other = second.block_on(async { RuntimeLife::current() }).unwrap();
-        assert!(Weak::ptr_eq(&life.0, &again.0), "one token per runtime");
-        assert!(!Weak::ptr_eq(&life.0, &other.0));
+        assert!(
+            Weak::ptr_eq(&life.token, &again.token),
+            "one token per runtime"
+        );
+        assert!(!Weak::ptr_eq(&life.token, &other.token));
+        assert_eq!(life.id(), again.id());
+        assert_ne!(life.id(), other.id());
         assert!(!life.is_gone());
         drop(first);
         assert!(life.is_gone() && again.is_gone(), "gone with its runtime");

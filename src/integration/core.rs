@@ -394,25 +394,20 @@ where
                 Outcome::CommitFailed(response)
             }
             (Ok(()), Ok(mut response)) if commit => {
-                let nested = scope
-                    .extension(|nested: &NestedCarriers| nested.0.clone())
-                    .unwrap_or_default();
-                let carriers = config
-                    .tokens
-                    .iter()
-                    .map(|carrier| (carrier, given.as_slice()))
-                    .chain(
-                        nested
-                            .iter()
-                            .filter(|(carrier, _)| config.tokens.as_ref() != Some(carrier))
-                            .map(|(carrier, given)| (carrier, given.as_slice())),
-                    );
                 let written = scope.read_tokens();
                 if !written.is_empty() {
-                    for (carrier, given) in carriers {
+                    // This layer's carrier, then the nested layers' that differ from it.
+                    let nested = scope
+                        .extension(|nested: &NestedCarriers| nested.0.clone())
+                        .unwrap_or_default();
+                    let carriers = config.tokens.clone().map(|own| (own, given)).into_iter();
+                    let nested = nested
+                        .into_iter()
+                        .filter(|(carrier, _)| config.tokens.as_ref() != Some(carrier));
+                    for (carrier, given) in carriers.chain(nested) {
                         // The header or cookie replaces the client's: it keeps the tokens the
                         // request brought of binds it did not write.
-                        let tokens = super::tokens::merged(given.to_vec(), written.clone());
+                        let tokens = super::tokens::merged(given, written.clone());
                         let (name, value) = carrier.write(&tokens);
                         stamp(&mut response, name, value);
                     }

@@ -568,12 +568,19 @@ async fn reads_stick_to_the_primary_after_a_write_in_a_scope(
             sqlx::query("INSERT INTO replica_rows (id) VALUES (4)")
                 .execute(&mut write)
                 .await?;
+            let sees_the_write =
+                "SELECT inet_server_port(), (SELECT count(*) FROM replica_rows WHERE id = 4)";
+            // The handle taken before the write, which ran its first statement on the replica.
+            let (port, seen): (i32, i64) =
+                sqlx::query_as(sees_the_write).fetch_one(&mut read).await?;
+            assert_eq!(
+                (port as u16, seen),
+                (primary, 1),
+                "after a write, a read handle taken before it reads on the primary and sees it"
+            );
             let mut read = dbscope::current_read_session::<Postgres>("default").await?;
-            let (port, seen): (i32, i64) = sqlx::query_as(
-                "SELECT inet_server_port(), (SELECT count(*) FROM replica_rows WHERE id = 4)",
-            )
-            .fetch_one(&mut read)
-            .await?;
+            let (port, seen): (i32, i64) =
+                sqlx::query_as(sees_the_write).fetch_one(&mut read).await?;
             assert_eq!(
                 (port as u16, seen),
                 (primary, 1),

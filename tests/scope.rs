@@ -1141,6 +1141,30 @@ async fn declared_binds_are_checked<B: Suite>() {
     finish::<B>(manager, db).await;
 }
 
+/// Sticky after write, whichever handle came first: a read handle taken (and used) before the
+/// scope's first write reads through the scope's own session from then on, so it sees that
+/// write before the commit. No other session can see an uncommitted row: the server says
+/// which session the read ran in.
+async fn a_read_handle_taken_before_a_write_sees_the_write<B: Suite>() {
+    let (db, manager) = setup::<B>().await;
+    let count = format!("SELECT COUNT(*) FROM {}", db.table);
+    dbscope::scope(&manager, async {
+        let mut read = dbscope::current_read_session::<B::Db>("main").await?;
+        assert_eq!(fetch_i64(&mut read, sql(count.clone())).await?, 0);
+        insert::<B>(&db, 1).await?;
+        let seen = fetch_i64(&mut read, sql(count.clone())).await?;
+        assert_eq!(
+            seen, 1,
+            "the read handle sees the scope's uncommitted write"
+        );
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed::<B>(&manager, &db).await, 1);
+    finish::<B>(manager, db).await;
+}
+
 /// The scope suite's tests, for one backend.
 macro_rules! scope_tests {
     ($module:ident, $suite:ty) => {
@@ -1175,6 +1199,7 @@ macro_rules! scope_tests {
             a_cancelled_scope_ends_for_its_attached_tasks,
             hooks_added_by_a_before_commit_hook_run_too,
             after_commit_hooks_outlive_an_owner_dropped_while_they_run,
+            a_read_handle_taken_before_a_write_sees_the_write,
         );
     };
 }
@@ -1213,13 +1238,15 @@ mod several_binds {
         setup.close().await.unwrap();
 
         let err = dbscope::scope(&manager, async {
+            // Taken first, used last: the order of first use is what counts.
+            let mut orders = current_session::<sqlx::Postgres>("orders").await?;
             // First use: audit, then orders; so audit commits first.
             let mut audit = current_session::<sqlx::Postgres>("audit").await?;
             sqlx::query(sql(format!("INSERT INTO {parent} (id) VALUES (1)")))
                 .execute(&mut audit)
                 .await?;
             drop(audit);
-            let mut orders = current_session::<sqlx::Postgres>("orders").await?;
+            assert_eq!(Scope::current()?.binds_in_use(), ["audit", "orders"]);
             // Violates the deferred foreign key: fails at COMMIT, not here.
             sqlx::query(sql(format!(
                 "INSERT INTO {child} (id, parent) VALUES (1, 42)"

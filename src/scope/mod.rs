@@ -23,7 +23,7 @@ pub(crate) use hooks::Captured;
 use hooks::Hooks;
 pub use reads::current_read_session;
 use reads::{Reads, Written};
-use slot::{Ended, ErasedSlot, Slot};
+use slot::{Ended, ErasedSlot, Slot, by_first_use};
 pub use slot::{ScopedSession, SessionLease};
 
 tokio::task_local! {
@@ -357,7 +357,8 @@ struct State {
     every_bind: bool,
     /// The binds the scope declares, each with its own mode if it has one.
     declared: Vec<(String, Option<TransactionMode>)>,
-    /// The sessions in the order of their first use, which is the order they commit in.
+    /// The sessions in the order they were made in; they commit in the order of their first
+    /// use (see [`by_first_use`]).
     slots: Vec<Arc<dyn ErasedSlot>>,
     ended: bool,
     reads: Reads,
@@ -365,7 +366,16 @@ struct State {
 
 impl State {
     fn binds_in_use(&self) -> Vec<String> {
-        self.slots.iter().map(|s| s.name().to_owned()).collect()
+        let mut slots = self.slots.clone();
+        by_first_use(&mut slots);
+        let mut names: Vec<String> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            // A bind's read session and its own session are one bind in use.
+            if !names.iter().any(|n| n == slot.name()) {
+                names.push(slot.name().to_owned());
+            }
+        }
+        names
     }
 
     fn mode_for(&self, name: &str) -> Result<TransactionMode> {
@@ -513,7 +523,8 @@ impl Scope {
         self.hooks().after_rollback(hook);
     }
 
-    /// The names of the binds whose sessions the scope has created, in the order of first use.
+    /// The names of the binds whose sessions the scope has created, in the order of first use
+    /// (the order they commit in), those whose handles ran nothing yet last.
     pub fn binds_in_use(&self) -> Vec<String> {
         self.state().binds_in_use()
     }
@@ -596,7 +607,9 @@ impl Scope {
             let mut state = self.state();
             state.ended = true;
             // Left in the state too: an owner cut off from here on gives up what is not ended.
-            state.slots.clone()
+            let mut slots = state.slots.clone();
+            by_first_use(&mut slots);
+            slots
         };
         if outcome.is_ok() {
             outcome = if commit {
@@ -696,6 +709,18 @@ impl Scope {
         }
         let written = session.bind().hosts().is_some().then(|| self.written());
         let slot = Arc::new(Slot::new(session.bind().shared_name(), session, written));
+        // Sticky after write for read handles whichever came first: a read slot lends the
+        // scope's own session of the bind once code has used it.
+        let sibling = state
+            .slots
+            .iter()
+            .find(|s| s.name() == name && s.is_read() != read)
+            .and_then(|s| s.clone().into_any().downcast::<Slot<DB>>().ok());
+        match sibling {
+            Some(writer) if read => Slot::link(&slot, &writer),
+            Some(reader) => Slot::link(&reader, &slot),
+            None => {}
+        }
         state.slots.push(slot.clone());
         Ok(slot)
     }

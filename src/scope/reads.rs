@@ -104,7 +104,9 @@ impl Scope {
 /// bind, if it was given one), read-only (see "Read-only sessions" on
 /// [`Session`](crate::Session)). **Sticky after write:** once the
 /// scope's own session of that bind has been used, the read session *is* that session, on the
-/// primary, so reads see the scope's own writes. In a [read-only](ScopeBuilder::read_only)
+/// primary, so reads see the scope's own writes: handles taken before the write too, from their
+/// next statement on (the read session they ran on until then ends there, its connection back
+/// in the pool). In a [read-only](ScopeBuilder::read_only)
 /// scope, [`current_session`](crate::current_session) returns the read session too.
 ///
 /// # Errors

@@ -4,8 +4,8 @@
 use std::any::Any;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_core::future::BoxFuture;
@@ -31,13 +31,22 @@ pub(crate) struct Slot<DB: Backend> {
     dropped_level: AtomicU32,
     /// A read session's slot (a scope has at most one of each per bind).
     read: bool,
-    /// Code of the scope has taken the session (run a statement on it): for sticky-after-write.
-    used: AtomicBool,
+    /// When code of the scope first took the session (to run a statement on it, or a lease), on
+    /// [`USES`]' count; 0 while it never has. Sticky-after-write asks whether it has; the scope
+    /// commits its sessions in this order.
+    first_use: AtomicU64,
     /// The scope has ended (or its owner gave it up): no more leases, whatever the session's
     /// fate.
     ended: AtomicBool,
     /// Where its commit's read token goes, on a bind with replicas.
     written: Option<Written>,
+    /// A read slot's sibling: the scope's own session of the bind, once the scope has one. As
+    /// soon as code has used it, the read slot lends it instead of its own (sticky after
+    /// write), handles taken before the write included.
+    writer: OnceLock<Arc<Slot<DB>>>,
+    /// A write slot's sibling, the read slot of its bind, if the scope has one: given up when
+    /// this slot is first used, since it is never lent again.
+    reader: OnceLock<Weak<Slot<DB>>>,
 }
 
 /// How a slot ended with its scope.
@@ -67,6 +76,21 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn abandon(self: Arc<Self>);
     fn is_read(&self) -> bool;
     fn used(&self) -> bool;
+    /// Where the session's first use falls among all first uses (0: never used).
+    fn first_use(&self) -> u64;
+}
+
+/// Counts first uses of scopes' sessions, process-wide: only the order matters, and a counter
+/// shared by every scope costs a slot nothing to carry. Starts at 1: 0 is "never used".
+static USES: AtomicU64 = AtomicU64::new(1);
+
+/// Puts `slots` in the order of their sessions' first use, those never used last (they commit
+/// nothing, and keep the order they were made in).
+pub(crate) fn by_first_use(slots: &mut [Arc<dyn ErasedSlot>]) {
+    slots.sort_by_key(|slot| match slot.first_use() {
+        0 => u64::MAX,
+        first => first,
+    });
 }
 
 impl dyn ErasedSlot {
@@ -87,29 +111,54 @@ impl<DB: Backend> Slot<DB> {
             read: session.is_read(),
             session: Arc::new(tokio::sync::Mutex::new(Some(session))),
             dropped_level: AtomicU32::new(0),
-            used: AtomicBool::new(false),
+            first_use: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             written,
+            writer: OnceLock::new(),
+            reader: OnceLock::new(),
+        }
+    }
+
+    /// Links `reader`, a read slot, to `writer`, the scope's own session of the same bind:
+    /// once code has used `writer`, `reader` lends it instead of its own session (sticky after
+    /// write), and gives its own up.
+    pub(crate) fn link(reader: &Arc<Self>, writer: &Arc<Self>) {
+        debug_assert!(
+            reader.read && !writer.read,
+            "a read slot sticks to a write slot"
+        );
+        let _ = reader.writer.set(writer.clone());
+        let _ = writer.reader.set(Arc::downgrade(reader));
+    }
+
+    /// The slot whose session a lease takes: this one, or for a read slot, the scope's own
+    /// session of the bind once code has used it (see [`stick_to`](Slot::stick_to)).
+    fn lender(&self) -> &Self {
+        match self.writer.get() {
+            Some(writer) if writer.used() => writer,
+            _ => self,
         }
     }
 
     /// Takes the session for as long as the lease lives, waiting at most the bind's
     /// `acquire_timeout` for code that has it.
     pub(crate) async fn lock(&self) -> Result<SessionLease<DB>> {
-        let guard = match self.session.clone().try_lock_owned() {
+        let slot = self.lender();
+        let guard = match slot.session.clone().try_lock_owned() {
             Ok(guard) => guard,
-            Err(_) => tokio::time::timeout(self.patience, self.session.clone().lock_owned())
+            Err(_) => tokio::time::timeout(slot.patience, slot.session.clone().lock_owned())
                 .await
-                .map_err(|_| Error::session_locked(&self.name, self.patience))?,
+                .map_err(|_| Error::session_locked(&slot.name, slot.patience))?,
         };
-        self.lend(guard)
+        slot.lend(guard)
     }
 
     /// Takes the session if no other code of the scope has it.
     pub(crate) fn try_lock(&self) -> Result<SessionLease<DB>> {
-        match self.session.clone().try_lock_owned() {
-            Ok(guard) => self.lend(guard),
-            Err(_) => Err(Error::session_busy(&self.name)),
+        let slot = self.lender();
+        match slot.session.clone().try_lock_owned() {
+            Ok(guard) => slot.lend(guard),
+            Err(_) => Err(Error::session_busy(&slot.name)),
         }
     }
 
@@ -123,10 +172,28 @@ impl<DB: Backend> Slot<DB> {
         if let Some(level) = self.take_dropped_level() {
             session.savepoint_dropped(level);
         }
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
+        if self.first_use.load(Ordering::Relaxed) == 0 {
+            let now = USES.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .first_use
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            self.retire_reader();
         }
         Ok(SessionLease { guard })
+    }
+
+    /// On a write slot's first use: its bind's read slot lends this slot's session from now
+    /// on, so its own session goes, with what it holds (a replica's connection, a snapshot,
+    /// and on SQLite the read lock that would make this slot's first write wait for it
+    /// forever). Rolled back at once, or in the background when a transaction is open. Left to
+    /// the scope's end while code still holds it (a fetch stream being read).
+    fn retire_reader(&self) {
+        let Some(reader) = self.reader.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        if let Ok(mut own) = reader.session.try_lock() {
+            drop(own.take());
+        }
     }
 
     /// Records that the transaction or savepoint at `level` must roll back: at once when the
@@ -229,7 +296,11 @@ impl<DB: Backend> ErasedSlot for Slot<DB> {
     }
 
     fn used(&self) -> bool {
-        self.used.load(Ordering::Relaxed)
+        self.first_use() != 0
+    }
+
+    fn first_use(&self) -> u64 {
+        self.first_use.load(Ordering::Relaxed)
     }
 
     fn abandon(self: Arc<Self>) {

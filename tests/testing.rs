@@ -434,8 +434,100 @@ where
     scratch.finish().await;
 }
 
-common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
-common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
+/// Sessions cut off mid-statement on the pinned connection, their statement waiting for a lock
+/// another connection holds (as the server shows): an autocommit one, which had no transaction
+/// savepoint to roll back to (PostgreSQL: only its statement's own; MariaDB: none), then a
+/// transactional one. Each one's recovery leaves the test's transaction going, with the work
+/// committed into it before; the transactional one's own work is undone.
+async fn a_session_cut_off_leaves_the_test_transaction_going<B: Suite>()
+where
+    for<'r> String: sqlx::Decode<'r, B::Db> + sqlx::Type<B::Db>,
+    usize: sqlx::ColumnIndex<<B::Db as sqlx::Database>::Row>,
+    <B::Db as sqlx::Database>::Arguments: for<'q> sqlx::IntoArguments<B::Db>,
+{
+    let scratch = Scratch::new(B::KIND).await;
+    let t = TestDb::builder()
+        .config(config(&[("main", scratch.bind())]))
+        .mode(Mode::Transaction)
+        .migrations("main", migrations(&scratch.name, &[NOTES]))
+        .start()
+        .await
+        .expect("the test starts");
+    let mut write = t.manager().session::<B::Db>("main").unwrap();
+    let insert = "INSERT INTO notes (id, body) VALUES (1, 'kept')";
+    sqlx::query(insert).execute(&mut write).await.unwrap();
+    write.commit().await.unwrap();
+    drop(write);
+
+    for (round, autocommit) in [(1, true), (2, false)] {
+        // A lock of each round's own: the pinned connection may still hold the last one.
+        let lock = format!("{}_{round}", scratch.name);
+        let (hold, wait, waiting, release) = match B::KIND {
+            Kind::Postgres => (
+                format!("SELECT pg_advisory_lock(7310 + {round})"),
+                format!("SELECT pg_advisory_xact_lock(7310 + {round})"),
+                format!(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{}' \
+                     AND wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'",
+                    scratch.name
+                ),
+                format!("SELECT pg_advisory_unlock(7310 + {round})"),
+            ),
+            _ => (
+                format!("SELECT GET_LOCK('{lock}', 60)"),
+                format!("SELECT GET_LOCK('{lock}', 60)"),
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE STATE = 'User lock' AND INFO LIKE '%GET_LOCK%'"
+                    .to_owned(),
+                format!("SELECT RELEASE_LOCK('{lock}')"),
+            ),
+        };
+        let mut holder = connect(&scratch.url).await;
+        sqlx::raw_sql(sql(hold)).execute(&mut holder).await.unwrap();
+        let mut session = t
+            .manager()
+            .session::<B::Db>("main")
+            .unwrap()
+            .autocommit(autocommit);
+        if !autocommit {
+            let insert = "INSERT INTO notes (id, body) VALUES (2, 'undone')";
+            sqlx::query(insert).execute(&mut session).await.unwrap();
+        }
+        {
+            let statement = sqlx::raw_sql(sql(wait)).execute(&mut session);
+            let seen = common::eventually("the server shows the statement waiting", || async {
+                scratch.count(&waiting).await == 1
+            });
+            tokio::select! {
+                outcome = statement => panic!("the statement waits for the lock: {outcome:?}"),
+                () = seen => {}
+            }
+        }
+        drop(session); // cut off mid-statement: the connection goes to recovery
+        sqlx::raw_sql(sql(release))
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder.close().await.unwrap();
+
+        let kept = "SELECT body FROM notes WHERE id = 1 \
+                    AND NOT EXISTS (SELECT 1 FROM notes WHERE id = 2)";
+        let row = t.fetch_one::<B::Db, _>("main", sqlx::query(kept)).await;
+        let row = row.unwrap_or_else(|e| panic!("round {round}: the next checkout fails: {e}"));
+        assert_eq!(
+            row.get::<String, _>(0),
+            "kept",
+            "round {round}: the test's work is there, the cut-off session's is not"
+        );
+    }
+    t.finish().await.expect("the test transaction was intact");
+    assert_eq!(scratch.count("SELECT COUNT(*) FROM notes").await, 0);
+    no_transaction_left(&scratch).await;
+    scratch.finish().await;
+}
+
+common::async_tests!(pg, common::Pg: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection, a_session_cut_off_leaves_the_test_transaction_going);
+common::async_tests!(mysql, common::MySql: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection, a_session_cut_off_leaves_the_test_transaction_going);
 common::async_tests!(sqlite, common::SqliteFile: http_post_is_seen_in_the_test_and_gone_after, test_migrations_follow_the_sqlx_toml, an_apps_migrations_in_a_transaction_mode_test_apply_nothing, failed_request_rolls_back_its_savepoint_only, blocking_sessions_run_on_the_pinned_connection);
 
 /// PostgreSQL aborts a transaction at its first failed statement; an autocommit session's

@@ -292,12 +292,14 @@ impl<DB: Backend> PinGuard<DB> {
     }
 
     /// Recovers a session cut off mid-operation: drains what is in flight and rolls the
-    /// session's work back to its savepoint; breaks the pin if that fails.
+    /// session's work back to the savepoint it had open, whichever that was (see
+    /// [`undo_cut_off_session`]); breaks the pin if that fails.
     pub(super) async fn recover(mut self) {
+        let dialect = self.dialect();
         let raw = self.raw();
         let work = async {
-            raw.ping().await?;
-            run::<DB>(raw, PIN_ROLLBACK).await
+            raw.ping().await.map_err(|e| e.to_string())?;
+            undo_cut_off_session::<DB>(raw, dialect).await
         };
         match tokio::time::timeout(Duration::from_secs(2), work).await {
             Ok(Ok(())) => self.ended(false),
@@ -309,6 +311,87 @@ impl<DB: Backend> PinGuard<DB> {
             ),
         }
     }
+}
+
+/// The savepoints a session on the pinned connection may have open, the one it opens last
+/// first: a transaction's ([`PIN_BEGIN`]), then an autocommit statement's ([`PIN_AUTOCOMMIT`];
+/// PostgreSQL only). A session has at most one open; cut off while it opened or ended one, it
+/// may have either, or none (an autocommit statement on MySQL, MariaDB or SQLite has none).
+const SESSION_SAVEPOINTS: [&str; 2] = ["dbscope_app", "dbscope_auto"];
+
+/// Rolls the pinned connection back to (and releases) the savepoint the cut-off session had
+/// open, if it had one, without losing the test's transaction on the way. The session cannot
+/// say which it had: the operation cut off may have been the one that opened or ended it.
+///
+/// MySQL, MariaDB and SQLite keep a transaction going after a failed statement, so each
+/// savepoint is simply tried. PostgreSQL aborts the whole transaction at its first error, a
+/// missing savepoint's included: each try runs inside a savepoint of its own,
+/// `dbscope_probe`, rolled back to when the savepoint tried is not there. When the cut-off
+/// statement had already aborted the transaction, no probe can open; then only rolling back to
+/// the session's savepoint can bring the transaction back, and without one, nothing can.
+async fn undo_cut_off_session<DB: Backend>(
+    raw: &mut DB::Connection,
+    dialect: Dialect,
+) -> std::result::Result<(), String> {
+    let mut aborted = false;
+    for name in SESSION_SAVEPOINTS {
+        let undo = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
+        let tried = if dialect == Dialect::Postgres && !aborted {
+            let probed = format!("SAVEPOINT dbscope_probe; {undo}");
+            match run_script::<DB>(raw, script(probed)).await {
+                Err(e) if is_aborted(&e) => {
+                    aborted = true;
+                    run_script::<DB>(raw, script(undo)).await
+                }
+                Err(e) if is_no_such_savepoint(&e) => {
+                    let back =
+                        "ROLLBACK TO SAVEPOINT dbscope_probe; RELEASE SAVEPOINT dbscope_probe";
+                    run::<DB>(raw, back).await.map_err(|e| e.to_string())?;
+                    continue;
+                }
+                // Done, the probe (opened inside the session's savepoint) gone with it; or failed.
+                tried => tried,
+            }
+        } else {
+            run_script::<DB>(raw, script(undo)).await
+        };
+        match tried {
+            Ok(()) => return Ok(()),
+            Err(e) if is_no_such_savepoint(&e) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if aborted {
+        // Rolling back to the guard savepoint would bring the transaction back without the
+        // test's own work, which is worse than saying so.
+        return Err(
+            "its statement failed outside any savepoint of a session, which aborted \
+                    the test's transaction"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// One of [`undo_cut_off_session`]'s scripts (names of ours only: nothing of the caller's).
+fn script(sql: String) -> SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql))
+}
+
+/// The savepoint named is not there: PostgreSQL's SQLSTATE 3B001, MySQL/MariaDB's error 1305,
+/// SQLite's "no such savepoint".
+fn is_no_such_savepoint(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code().as_deref() == Some("3B001")
+        || crate::error::mysql_error_number(db.as_ref()) == Some(1305)
+        || db.message().starts_with("no such savepoint")
+}
+
+/// PostgreSQL refused the statement because the transaction is aborted (SQLSTATE 25P02).
+fn is_aborted(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02"))
 }
 
 /// MySQL/MariaDB: whether a transaction is open on the connection (one row back, or none).
@@ -328,7 +411,12 @@ async fn rows<DB: Backend>(raw: &mut DB::Connection, sql: &'static str) -> sqlx:
 
 /// Runs one command, every result read.
 async fn run<DB: Backend>(raw: &mut DB::Connection, sql: &'static str) -> sqlx::Result<()> {
-    DB::fetch_many(raw, SqlStr::from_static(sql))
+    run_script::<DB>(raw, SqlStr::from_static(sql)).await
+}
+
+/// [`run`], for a script made at run time.
+async fn run_script<DB: Backend>(raw: &mut DB::Connection, sql: SqlStr) -> sqlx::Result<()> {
+    DB::fetch_many(raw, sql)
         .try_for_each(|_| std::future::ready(Ok(())))
         .await
 }

@@ -319,6 +319,103 @@ async fn sweep_dead_runs() {
         .await;
 }
 
+/// The setting dbscope marks a template's last use with (Unix seconds).
+const LAST_USED: &str = "dbscope.template_last_used";
+
+/// Template `name`'s mark of last use, if it has one.
+async fn last_used(name: &str) -> Option<i64> {
+    let mut conn = connect(None).await;
+    let mark: Option<String> = sqlx::query_scalar(
+        "SELECT split_part(c, '=', 2) FROM pg_database d, pg_db_role_setting s, \
+         unnest(s.setconfig) AS c WHERE d.datname = $1 AND s.setdatabase = d.oid \
+         AND s.setrole = 0 AND starts_with(c, $2)",
+    )
+    .bind(name)
+    .bind(format!("{LAST_USED}="))
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    mark.map(|m| m.parse().expect("Unix seconds"))
+}
+
+/// A run drops the templates no test has used for a week (a migration set since changed, a
+/// project gone), and keeps those used since, marking the ones without a mark (made before
+/// templates had one) so that they go a week later if nothing uses them. The server says
+/// which templates are left, and their marks. Stand-ins of this process's own play the old
+/// templates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_unused_for_a_week_are_dropped() {
+    common::within_limit("templates_unused_for_a_week_are_dropped", async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let day = 24 * 60 * 60;
+        let pid = std::process::id();
+        let stand_in = |n: u32| format!("dbscope_tpl_{pid:08x}{n:08x}");
+        let (stale, recent, unmarked) = (stand_in(0xa1), stand_in(0xa2), stand_in(0xa3));
+        let mut admin = connect(None).await;
+        for (name, mark) in [
+            (&stale, Some(now - 8 * day)),
+            (&recent, Some(now - day)),
+            (&unmarked, None),
+        ] {
+            exec(&mut admin, &format!("CREATE DATABASE \"{name}\"")).await;
+            exec(
+                &mut admin,
+                &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"),
+            )
+            .await;
+            if let Some(mark) = mark {
+                let set = format!("ALTER DATABASE \"{name}\" SET {LAST_USED} = '{mark}'");
+                exec(&mut admin, &set).await;
+            }
+        }
+
+        let scratch = Scratch::new("unused_templates").await;
+        // A server URL of this test's own: the sweep runs once per process and server.
+        let mut url = url::Url::parse(&pg_url()).unwrap();
+        url.query_pairs_mut()
+            .append_pair("application_name", "dbscope_unused_templates");
+        let mut config = Config::default();
+        config
+            .binds
+            .insert("pg".into(), BindConfig::new(url.as_str()));
+        let t = TestDb::builder()
+            .config(config)
+            .mode(Mode::Database)
+            .migrations("pg", scratch.dir.clone())
+            .start()
+            .await
+            .expect("start the test");
+        let name = t.database("pg").expect("database mode").to_owned();
+        scratch.adopt(&name).await;
+        let template = format!("dbscope_tpl_{}", template_hash(&name));
+        let used = last_used(&template)
+            .await
+            .expect("the template in use is marked");
+        assert!(used >= now, "marked as used now: {used} against {now}");
+        t.finish().await.unwrap();
+
+        assert_eq!(oid(&stale).await, None, "unused for 8 days: dropped");
+        assert!(oid(&recent).await.is_some(), "used a day ago: kept");
+        assert_eq!(
+            last_used(&recent).await,
+            Some(now - day),
+            "its mark unchanged"
+        );
+        assert!(oid(&unmarked).await.is_some(), "without a mark: kept");
+        let marked = last_used(&unmarked).await.expect("and marked now");
+        assert!(marked >= now, "marked now: {marked} against {now}");
+        for name in [&recent, &unmarked] {
+            drop_template(&mut admin, name).await;
+        }
+        admin.close().await.unwrap();
+    })
+    .await;
+}
+
 /// A test writes rows, bumps sequences and changes seed rows; the next test on the same slot
 /// (the same database, not a clone) sees exactly the template's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

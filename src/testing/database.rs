@@ -8,12 +8,13 @@
 //! PostgreSQL, with reuse on, a test leases one of its template's slots instead
 //! (`dbscope_test_slot_<hash>_<n>`, see the `slot` module), which the clean-up leaves alone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use sqlx::{AssertSqlSafe, Connection};
@@ -236,29 +237,44 @@ impl<'a> ServerDb<'a> {
 
     /// The PostgreSQL template for `migrations`, built once per migration set, server and configured database: under
     /// an advisory lock, marked a template only once fully migrated (a half-built one, left by
-    /// a crash, is dropped and built again).
+    /// a crash, is dropped and built again). Marked used (see [`UNUSED_FOR`]) under the same
+    /// lock, then again at most every [`REMARK_AFTER`] while this process uses it.
     async fn template(
         &self,
         admin: &mut sqlx::AnyConnection,
         migrations: &Loaded<'_>,
     ) -> Result<String> {
-        static READY: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+        static READY: Mutex<Option<HashMap<(String, String), Instant>>> = Mutex::new(None);
         let digest = self.template_digest(migrations);
         let name = format!("{TEMPLATE_PREFIX}{digest:016x}");
         let key = (self.url.to_owned(), name.clone());
-        if READY
+        let marked = READY
             .lock()
             .expect("not poisoned")
             .get_or_insert_default()
-            .contains(&key)
-        {
-            return Ok(name);
+            .get(&key)
+            .copied();
+        match marked {
+            Some(at) if at.elapsed() < REMARK_AFTER => return Ok(name),
+            Some(_) => {
+                self.mark_used(admin, &name).await;
+                READY
+                    .lock()
+                    .expect("not poisoned")
+                    .get_or_insert_default()
+                    .insert(key, Instant::now());
+                return Ok(name);
+            }
+            None => {}
         }
-        // The lock's key: the digest's bits, as PostgreSQL's bigint.
-        let lock = i64::from_ne_bytes(digest.to_ne_bytes());
+        self.drop_unused_templates(admin, &name).await;
+        let lock = template_lock(digest);
         self.exec(admin, &format!("SELECT pg_advisory_lock({lock})"))
             .await?;
         let built = self.build_template(admin, &name, migrations).await;
+        if built.is_ok() {
+            self.mark_used(admin, &name).await;
+        }
         self.exec(admin, &format!("SELECT pg_advisory_unlock({lock})"))
             .await?;
         built?;
@@ -266,8 +282,122 @@ impl<'a> ServerDb<'a> {
             .lock()
             .expect("not poisoned")
             .get_or_insert_default()
-            .insert(key);
+            .insert(key, Instant::now());
         Ok(name)
+    }
+
+    /// Records on template `name` that a test uses it now (a setting of the database's own,
+    /// which clones do not copy). A failure is logged: the template works all the same, and
+    /// may only be dropped sooner by another run.
+    async fn mark_used(&self, admin: &mut sqlx::AnyConnection, name: &str) {
+        let now = unix_now();
+        let mark = format!("ALTER DATABASE \"{name}\" SET {LAST_USED} = '{now}'");
+        if let Err(e) = self.exec(admin, &mark).await {
+            tracing::warn!(bind = self.bind, template = name, error = %e, "could not mark a test template used");
+        }
+    }
+
+    /// Drops, once per process and server, the templates no test has used for [`UNUSED_FOR`]
+    /// (those of migration sets since changed, of projects gone), `current` aside. One without
+    /// a mark (made before templates had one) is marked now, and so goes a while later if
+    /// nothing uses it. Each goes under its advisory lock, taken without waiting (a run
+    /// building or marking it keeps it), its mark read again under the lock, and only while no
+    /// connection uses it; its slots go with the next sweep of stale slots.
+    async fn drop_unused_templates(&self, admin: &mut sqlx::AnyConnection, current: &str) {
+        static SWEPT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+        if !SWEPT
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .insert(self.url.to_owned())
+        {
+            return;
+        }
+        let list = format!(
+            "SELECT CAST(d.datname AS TEXT), ({}) FROM pg_database d \
+             WHERE d.datistemplate AND d.datname LIKE 'dbscope\\_tpl\\_%'",
+            last_used_of("d.oid")
+        );
+        let templates: Vec<(String, Option<String>)> = match sqlx::query_as(AssertSqlSafe(list))
+            .fetch_all(&mut *admin)
+            .await
+        {
+            Ok(templates) => templates,
+            Err(e) => {
+                tracing::warn!(bind = self.bind, error = %e, "could not list the test templates");
+                return;
+            }
+        };
+        for (name, last_used) in templates.into_iter().filter(|(n, _)| n != current) {
+            let Some(digest) = name
+                .strip_prefix(TEMPLATE_PREFIX)
+                .and_then(|hash| u64::from_str_radix(hash, 16).ok())
+            else {
+                continue;
+            };
+            match last_used.as_deref().and_then(|t| t.parse::<u64>().ok()) {
+                None => self.mark_used(admin, &name).await,
+                Some(at) if !unused_since(at) => {}
+                Some(_) => match self.drop_template_if_unused(admin, &name, digest).await {
+                    Ok(true) => {
+                        tracing::info!(bind = self.bind, template = %name, "dropped a test template no test has used for a week")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(bind = self.bind, template = %name, error = %e, "could not drop an unused test template")
+                    }
+                },
+            }
+        }
+    }
+
+    /// Drops template `name` if, under its lock, it is still unused; whether it did.
+    async fn drop_template_if_unused(
+        &self,
+        admin: &mut sqlx::AnyConnection,
+        name: &str,
+        digest: u64,
+    ) -> Result<bool> {
+        let lock = template_lock(digest);
+        let query = format!("SELECT pg_try_advisory_lock({lock})");
+        let locked: bool = sqlx::query_scalar(AssertSqlSafe(query))
+            .fetch_one(&mut *admin)
+            .await
+            .map_err(|e| self.failed("cannot lock a test template", e))?;
+        if !locked {
+            return Ok(false);
+        }
+        let dropped = async {
+            let query = format!(
+                "SELECT ({}) FROM pg_database d WHERE d.datname = '{name}'",
+                last_used_of("d.oid")
+            );
+            let last_used: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(query))
+                .fetch_optional(&mut *admin)
+                .await
+                .map_err(|e| self.failed("cannot read a test template's mark", e))?;
+            let at = last_used.flatten().and_then(|t| t.parse::<u64>().ok());
+            if !at.is_some_and(unused_since) {
+                return Ok(false);
+            }
+            // Two statements, two transactions: DROP DATABASE runs in none. Without FORCE: a
+            // connection to it (a clone being made) keeps it, a template again.
+            self.exec(
+                admin,
+                &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE false"),
+            )
+            .await?;
+            if let Err(e) = self.exec(admin, &format!("DROP DATABASE \"{name}\"")).await {
+                let back = format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true");
+                self.exec(admin, &back).await.ok();
+                return Err(e);
+            }
+            Ok(true)
+        }
+        .await;
+        self.exec(admin, &format!("SELECT pg_advisory_unlock({lock})"))
+            .await?;
+        dropped
     }
 
     async fn build_template(
@@ -395,6 +525,39 @@ impl<'a> ServerDb<'a> {
     fn failed(&self, what: &str, source: impl Into<crate::BoxError>) -> Error {
         admin_failed(self.bind, what, source)
     }
+}
+
+/// The setting on a template's database that says when a test last used it (Unix seconds).
+const LAST_USED: &str = "dbscope.template_last_used";
+/// A template no test has used for this long is dropped by the next run on its server: its
+/// migration set changed since, or its project is gone. Every run marks the templates it uses.
+const UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How often a process that goes on using a template marks it again.
+const REMARK_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// The advisory lock of the template with `digest`: its bits, as PostgreSQL's bigint.
+fn template_lock(digest: u64) -> i64 {
+    i64::from_ne_bytes(digest.to_ne_bytes())
+}
+
+/// A subquery: the [`LAST_USED`] setting of the database with oid `oid`, as text, or NULL.
+fn last_used_of(oid: &str) -> String {
+    format!(
+        "SELECT CAST(split_part(c, '=', 2) AS TEXT) FROM pg_db_role_setting s, \
+         unnest(s.setconfig) AS c WHERE s.setdatabase = {oid} AND s.setrole = 0 \
+         AND starts_with(c, '{LAST_USED}=') LIMIT 1"
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether a template last used at Unix time `at` has gone unused for [`UNUSED_FOR`].
+fn unused_since(at: u64) -> bool {
+    unix_now().saturating_sub(at) >= UNUSED_FOR.as_secs()
 }
 
 /// An admin connection to `url`, for the test databases of `bind`; `purpose` completes "cannot

@@ -304,13 +304,8 @@ impl<'a> ServerDb<'a> {
     /// building or marking it keeps it), its mark read again under the lock, and only while no
     /// connection uses it; its slots go with the next sweep of stale slots.
     async fn drop_unused_templates(&self, admin: &mut sqlx::AnyConnection, current: &str) {
-        static SWEPT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-        if !SWEPT
-            .lock()
-            .expect("not poisoned")
-            .get_or_insert_default()
-            .insert(self.url.to_owned())
-        {
+        static SWEPT: OncePerServer = OncePerServer::new();
+        if !SWEPT.first(self.url) {
             return;
         }
         let list = format!(
@@ -433,13 +428,8 @@ impl<'a> ServerDb<'a> {
 
     /// Drops the test databases of processes that are gone, once per process and server.
     async fn clean_leftovers(&self, admin: &mut sqlx::AnyConnection) {
-        static CLEANED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-        if !CLEANED
-            .lock()
-            .expect("not poisoned")
-            .get_or_insert_default()
-            .insert(self.url.to_owned())
-        {
+        static CLEANED: OncePerServer = OncePerServer::new();
+        if !CLEANED.first(self.url) {
             return;
         }
         let list = match self.dialect {
@@ -524,6 +514,25 @@ impl<'a> ServerDb<'a> {
 
     fn failed(&self, what: &str, source: impl Into<crate::BoxError>) -> Error {
         admin_failed(self.bind, what, source)
+    }
+}
+
+/// Servers (by their configured URL) a piece of work has run for in this process, so that it
+/// runs once per process and server.
+pub(super) struct OncePerServer(Mutex<Option<HashSet<String>>>);
+
+impl OncePerServer {
+    pub(super) const fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    /// Whether this is the first time for `url` (and notes that it no longer is).
+    pub(super) fn first(&self, url: &str) -> bool {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_default()
+            .insert(url.to_owned())
     }
 }
 

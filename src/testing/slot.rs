@@ -19,14 +19,14 @@
 //! the disk: the server writes its log in order, so a crash of the server that lost the mark
 //! leaves the mark before, older than the reset's writes, and the next lease clones afresh.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use super::database::{Lease, MadeDb, SLOT_PREFIX, admin_connect, admin_exec, admin_failed};
+use super::database::{
+    Lease, MadeDb, OncePerServer, SLOT_PREFIX, admin_connect, admin_exec, admin_failed,
+};
 use super::reset::{Baseline, Stale, Watermark};
 use crate::{Error, Result};
 
@@ -328,13 +328,8 @@ impl Slots<'_> {
     /// Drops, once per process and server, the slots whose template is gone (an older
     /// migration set's, dropped), those not leased.
     async fn sweep_stale(&self, conn: &mut PgConnection) {
-        static SWEPT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-        if !SWEPT
-            .lock()
-            .expect("not poisoned")
-            .get_or_insert_default()
-            .insert(self.url.to_owned())
-        {
+        static SWEPT: OncePerServer = OncePerServer::new();
+        if !SWEPT.first(self.url) {
             return;
         }
         let list = format!(

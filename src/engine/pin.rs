@@ -365,8 +365,8 @@ async fn undo_cut_off_session<DB: Backend>(
         // Rolling back to the guard savepoint would bring the transaction back without the
         // test's own work, which is worse than saying so.
         return Err(
-            "its statement failed outside any savepoint of a session, which aborted \
-                    the test's transaction"
+            "the statement cut off failed outside any savepoint of the session's, \
+                    which aborted the test's transaction"
                 .into(),
         );
     }

@@ -132,7 +132,7 @@ impl<DB: Backend> Slot<DB> {
     }
 
     /// The slot whose session a lease takes: this one, or for a read slot, the scope's own
-    /// session of the bind once code has used it (see [`stick_to`](Slot::stick_to)).
+    /// session of the bind once code has used it (see [`link`](Slot::link)).
     fn lender(&self) -> &Self {
         match self.writer.get() {
             Some(writer) if writer.used() => writer,

@@ -219,15 +219,24 @@ impl Scratch {
             return;
         }
         let template = format!("dbscope_tpl_{}", template_hash(slot));
-        let comment = format!("COMMENT ON DATABASE \"{template}\" IS '{}'", self.comment());
+        let comment = format!(
+            "ALTER DATABASE \"{template}\" SET {TAG} = '{}'",
+            self.comment()
+        );
         let mut admin = connect(None).await;
         exec(&mut admin, &comment).await;
         admin.close().await.unwrap();
     }
 }
 
-/// How the comment tagging a test's template begins.
+/// How the tag of a test's template begins.
 const COMMENT: &str = "tests/testing_reuse.rs: ";
+/// The setting that tags a test's template (its comment is dbscope's mark of last use).
+const TAG: &str = "dbscope_tests.tag";
+/// A subquery: the tag of database `d`, or NULL.
+const TAG_OF_D: &str = "(SELECT substr(c, length('dbscope_tests.tag=') + 1) \
+     FROM pg_db_role_setting s, unnest(s.setconfig) AS c \
+     WHERE s.setdatabase = d.oid AND s.setrole = 0 AND starts_with(c, 'dbscope_tests.tag='))";
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -257,14 +266,15 @@ fn template_hash(slot: &str) -> &str {
 /// Drops the templates tagged `comment`, and their slots.
 async fn drop_tagged(comment: &str) {
     let mut admin = connect(None).await;
-    let templates: Vec<String> = sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE datname LIKE 'dbscope\\_tpl\\_%' \
-         AND shobj_description(oid, 'pg_database') = $1",
-    )
-    .bind(comment)
-    .fetch_all(&mut admin)
-    .await
-    .unwrap_or_default();
+    let query = format!(
+        "SELECT datname::text FROM pg_database d WHERE datname LIKE 'dbscope\\_tpl\\_%' \
+         AND {TAG_OF_D} = $1"
+    );
+    let templates: Vec<String> = sqlx::query_scalar(sql(query))
+        .bind(comment)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap_or_default();
     for template in templates {
         drop_template(&mut admin, &template).await;
     }
@@ -299,15 +309,15 @@ async fn sweep_dead_runs() {
     SWEPT
         .get_or_init(|| async {
             let mut admin = connect(None).await;
-            let tagged: Vec<(String, String)> = sqlx::query_as(
-                "SELECT datname::text, shobj_description(oid, 'pg_database') FROM pg_database \
-                 WHERE datname LIKE 'dbscope\\_tpl\\_%' \
-                 AND starts_with(shobj_description(oid, 'pg_database'), $1)",
-            )
-            .bind(COMMENT)
-            .fetch_all(&mut admin)
-            .await
-            .unwrap();
+            let query = format!(
+                "SELECT datname::text, {TAG_OF_D} FROM pg_database d \
+                 WHERE datname LIKE 'dbscope\\_tpl\\_%' AND starts_with({TAG_OF_D}, $1)"
+            );
+            let tagged: Vec<(String, String)> = sqlx::query_as(sql(query))
+                .bind(COMMENT)
+                .fetch_all(&mut admin)
+                .await
+                .unwrap();
             for (template, comment) in tagged {
                 let pid = comment.rsplit(' ').next().unwrap_or_default();
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -319,24 +329,24 @@ async fn sweep_dead_runs() {
         .await;
 }
 
-/// The setting dbscope marks a template's last use with (Unix seconds).
-const LAST_USED: &str = "dbscope.template_last_used";
+/// How dbscope's mark of a template's last use (its comment) begins.
+const MARK: &str = "dbscope test template, last used at unix time ";
+const MARK_DATABASE: &str = ", locked in database ";
 
-/// Template `name`'s mark of last use, if it has one.
-async fn last_used(name: &str) -> Option<i64> {
+/// Template `name`'s mark: when it was last used, and the database its lock is taken in.
+async fn mark(name: &str) -> Option<(i64, String)> {
     let mut conn = connect(None).await;
-    let mark: Option<String> = sqlx::query_scalar(
-        "SELECT split_part(c, '=', 2) FROM pg_database d, pg_db_role_setting s, \
-         unnest(s.setconfig) AS c WHERE d.datname = $1 AND s.setdatabase = d.oid \
-         AND s.setrole = 0 AND starts_with(c, $2)",
+    let mark: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
     )
     .bind(name)
-    .bind(format!("{LAST_USED}="))
     .fetch_optional(&mut conn)
     .await
     .unwrap();
     conn.close().await.unwrap();
-    mark.map(|m| m.parse().expect("Unix seconds"))
+    let mark = mark.flatten()?;
+    let (at, database) = mark.strip_prefix(MARK)?.split_once(MARK_DATABASE)?;
+    Some((at.parse().expect("Unix seconds"), database.to_owned()))
 }
 
 /// A run drops the templates no test has used for a week (a migration set since changed, a
@@ -352,32 +362,33 @@ async fn templates_unused_for_a_week_are_dropped() {
             .unwrap()
             .as_secs() as i64;
         let day = 24 * 60 * 60;
-        let pid = std::process::id();
-        let stand_in = |n: u32| format!("dbscope_tpl_{pid:08x}{n:08x}");
-        let (stale, recent, unmarked) = (stand_in(0xa1), stand_in(0xa2), stand_in(0xa3));
-        let mut admin = connect(None).await;
-        for (name, mark) in [
-            (&stale, Some(now - 8 * day)),
-            (&recent, Some(now - day)),
-            (&unmarked, None),
-        ] {
-            exec(&mut admin, &format!("CREATE DATABASE \"{name}\"")).await;
-            exec(
-                &mut admin,
-                &format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true"),
-            )
-            .await;
-            if let Some(mark) = mark {
-                let set = format!("ALTER DATABASE \"{name}\" SET {LAST_USED} = '{mark}'");
-                exec(&mut admin, &set).await;
-            }
-        }
-
-        let scratch = Scratch::new("unused_templates").await;
         // A server URL of this test's own: the sweep runs once per process and server.
         let mut url = url::Url::parse(&pg_url()).unwrap();
         url.query_pairs_mut()
             .append_pair("application_name", "dbscope_unused_templates");
+        let database = url.path().to_owned();
+        let pid = std::process::id();
+        let stand_in = |n: u32| format!("dbscope_tpl_{pid:08x}{n:08x}");
+        let [stale, recent, elsewhere, unmarked] = [0xa1, 0xa2, 0xa3, 0xa4].map(stand_in);
+        let mut admin = connect(None).await;
+        for (name, mark) in [
+            (&stale, Some((now - 8 * day, database.as_str()))),
+            (&recent, Some((now - day, database.as_str()))),
+            (&elsewhere, Some((now - 8 * day, "/elsewhere"))),
+            (&unmarked, None),
+        ] {
+            exec(&mut admin, &format!("CREATE DATABASE \"{name}\"")).await;
+            // Marked before it is a template: no sweep lists it half made.
+            if let Some((at, database)) = mark {
+                let comment = format!("{MARK}{at}{MARK_DATABASE}{database}");
+                let set = format!("COMMENT ON DATABASE \"{name}\" IS '{comment}'");
+                exec(&mut admin, &set).await;
+            }
+            let template = format!("ALTER DATABASE \"{name}\" IS_TEMPLATE true");
+            exec(&mut admin, &template).await;
+        }
+
+        let scratch = Scratch::new("unused_templates").await;
         let mut config = Config::default();
         config
             .binds
@@ -392,23 +403,33 @@ async fn templates_unused_for_a_week_are_dropped() {
         let name = t.database("pg").expect("database mode").to_owned();
         scratch.adopt(&name).await;
         let template = format!("dbscope_tpl_{}", template_hash(&name));
-        let used = last_used(&template)
+        let (used, locked_in) = mark(&template)
             .await
             .expect("the template in use is marked");
         assert!(used >= now, "marked as used now: {used} against {now}");
+        assert_eq!(locked_in, database);
         t.finish().await.unwrap();
 
-        assert_eq!(oid(&stale).await, None, "unused for 8 days: dropped");
-        assert!(oid(&recent).await.is_some(), "used a day ago: kept");
+        // Another process's sweep may be the one dropping it: it goes all the same.
+        common::eventually("the template unused for 8 days is dropped", || async {
+            oid(&stale).await.is_none()
+        })
+        .await;
         assert_eq!(
-            last_used(&recent).await,
-            Some(now - day),
-            "its mark unchanged"
+            mark(&recent).await,
+            Some((now - day, database.clone())),
+            "used a day ago: kept, its mark unchanged"
         );
-        assert!(oid(&unmarked).await.is_some(), "without a mark: kept");
-        let marked = last_used(&unmarked).await.expect("and marked now");
+        assert_eq!(
+            mark(&elsewhere).await,
+            Some((now - 8 * day, "/elsewhere".to_owned())),
+            "another database's: left to its runs, which lock it there"
+        );
+        let (marked, _) = mark(&unmarked)
+            .await
+            .expect("without a mark: kept, and marked");
         assert!(marked >= now, "marked now: {marked} against {now}");
-        for name in [&recent, &unmarked] {
+        for name in [&recent, &elsewhere, &unmarked] {
             drop_template(&mut admin, name).await;
         }
         admin.close().await.unwrap();

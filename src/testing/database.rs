@@ -226,9 +226,7 @@ impl<'a> ServerDb<'a> {
     /// building one template (one dropping the other's half-built template under it); each
     /// database's template is its own instead.
     fn template_digest(&self, migrations: &Loaded<'_>) -> u64 {
-        let database = url::Url::parse(self.url)
-            .map(|url| url.path().to_owned())
-            .unwrap_or_default();
+        let database = self.configured_database();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         migrations.digest().hash(&mut hasher);
         database.hash(&mut hasher);
@@ -286,21 +284,33 @@ impl<'a> ServerDb<'a> {
         Ok(name)
     }
 
-    /// Records on template `name` that a test uses it now (a setting of the database's own,
-    /// which clones do not copy). A failure is logged: the template works all the same, and
-    /// may only be dropped sooner by another run.
+    /// Records on template `name` that a test uses it now, and in which database its advisory
+    /// lock is taken (the configured one): its comment, which clones do not copy and its owner
+    /// may set. A failure is logged: the template works all the same.
     async fn mark_used(&self, admin: &mut sqlx::AnyConnection, name: &str) {
-        let now = unix_now();
-        let mark = format!("ALTER DATABASE \"{name}\" SET {LAST_USED} = '{now}'");
+        let mark = format!(
+            "COMMENT ON DATABASE \"{name}\" IS '{MARK}{}{MARK_DATABASE}{}'",
+            unix_now(),
+            self.configured_database().replace('\'', "''")
+        );
         if let Err(e) = self.exec(admin, &mark).await {
             tracing::warn!(bind = self.bind, template = name, error = %e, "could not mark a test template used");
         }
     }
 
-    /// Drops, once per process and server, the templates no test has used for [`UNUSED_FOR`]
-    /// (those of migration sets since changed, of projects gone), `current` aside. One without
-    /// a mark (made before templates had one) is marked now, and so goes a while later if
-    /// nothing uses it. Each goes under its advisory lock, taken without waiting (a run
+    /// The database the bind is configured with, as its URL's path says: where the advisory
+    /// locks of its templates are taken (they exclude only within one database).
+    fn configured_database(&self) -> String {
+        url::Url::parse(self.url)
+            .map(|url| url.path().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Drops, once per process and server, the templates of the configured database no test
+    /// has used for [`UNUSED_FOR`] (those of migration sets since changed, of projects gone),
+    /// `current` aside; another database's templates are locked there, and left to its runs.
+    /// One without a mark (made before templates had one) is marked now, and so goes a while
+    /// later if nothing uses it. Each goes under its advisory lock, taken without waiting (a run
     /// building or marking it keeps it), its mark read again under the lock, and only while no
     /// connection uses it; its slots go with the next sweep of stale slots.
     async fn drop_unused_templates(&self, admin: &mut sqlx::AnyConnection, current: &str) {
@@ -308,12 +318,11 @@ impl<'a> ServerDb<'a> {
         if !SWEPT.first(self.url) {
             return;
         }
-        let list = format!(
-            "SELECT CAST(d.datname AS TEXT), ({}) FROM pg_database d \
-             WHERE d.datistemplate AND d.datname LIKE 'dbscope\\_tpl\\_%'",
-            last_used_of("d.oid")
-        );
-        let templates: Vec<(String, Option<String>)> = match sqlx::query_as(AssertSqlSafe(list))
+        let list = "SELECT CAST(datname AS TEXT), \
+             CAST(shobj_description(oid, 'pg_database') AS TEXT) FROM pg_database \
+             WHERE datistemplate AND datname LIKE 'dbscope\\_tpl\\_%'";
+        let database = self.configured_database();
+        let templates: Vec<(String, Option<String>)> = match sqlx::query_as(list)
             .fetch_all(&mut *admin)
             .await
         {
@@ -330,9 +339,10 @@ impl<'a> ServerDb<'a> {
             else {
                 continue;
             };
-            match last_used.as_deref().and_then(|t| t.parse::<u64>().ok()) {
+            match last_used.as_deref().and_then(parse_mark) {
                 None => self.mark_used(admin, &name).await,
-                Some(at) if !unused_since(at) => {}
+                Some((_, other)) if other != database => {}
+                Some((at, _)) if !unused_since(at) => {}
                 Some(_) => match self.drop_template_if_unused(admin, &name, digest).await {
                     Ok(true) => {
                         tracing::info!(bind = self.bind, template = %name, "dropped a test template no test has used for a week")
@@ -364,14 +374,18 @@ impl<'a> ServerDb<'a> {
         }
         let dropped = async {
             let query = format!(
-                "SELECT ({}) FROM pg_database d WHERE d.datname = '{name}'",
-                last_used_of("d.oid")
+                "SELECT CAST(shobj_description(oid, 'pg_database') AS TEXT) FROM pg_database \
+                 WHERE datname = '{name}'"
             );
-            let last_used: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(query))
+            let mark: Option<Option<String>> = sqlx::query_scalar(AssertSqlSafe(query))
                 .fetch_optional(&mut *admin)
                 .await
                 .map_err(|e| self.failed("cannot read a test template's mark", e))?;
-            let at = last_used.flatten().and_then(|t| t.parse::<u64>().ok());
+            let at = mark
+                .flatten()
+                .as_deref()
+                .and_then(parse_mark)
+                .map(|(at, _)| at);
             if !at.is_some_and(unused_since) {
                 return Ok(false);
             }
@@ -536,8 +550,10 @@ impl OncePerServer {
     }
 }
 
-/// The setting on a template's database that says when a test last used it (Unix seconds).
-const LAST_USED: &str = "dbscope.template_last_used";
+/// How a template's mark (its comment) begins: the Unix time of its last use follows, then
+/// [`MARK_DATABASE`] and the configured database its lock is taken in.
+const MARK: &str = "dbscope test template, last used at unix time ";
+const MARK_DATABASE: &str = ", locked in database ";
 /// A template no test has used for this long is dropped by the next run on its server: its
 /// migration set changed since, or its project is gone. Every run marks the templates it uses.
 const UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -549,13 +565,10 @@ fn template_lock(digest: u64) -> i64 {
     i64::from_ne_bytes(digest.to_ne_bytes())
 }
 
-/// A subquery: the [`LAST_USED`] setting of the database with oid `oid`, as text, or NULL.
-fn last_used_of(oid: &str) -> String {
-    format!(
-        "SELECT CAST(split_part(c, '=', 2) AS TEXT) FROM pg_db_role_setting s, \
-         unnest(s.setconfig) AS c WHERE s.setdatabase = {oid} AND s.setrole = 0 \
-         AND starts_with(c, '{LAST_USED}=') LIMIT 1"
-    )
+/// The last use and the lock's database in a template's mark.
+fn parse_mark(mark: &str) -> Option<(u64, &str)> {
+    let (at, database) = mark.strip_prefix(MARK)?.split_once(MARK_DATABASE)?;
+    Some((at.parse().ok()?, database))
 }
 
 fn unix_now() -> u64 {

@@ -20,10 +20,10 @@
 //!   the test one of its slots, a database a test before it used, reset to the template's state
 //!   and verified so (see [`reuse`](TestDbBuilder::reuse), on by default; off, each test gets a
 //!   clone of the template); MySQL/MariaDB creates and migrates it; SQLite uses a fresh file in
-//!   the temp dir. Each run marks the templates it uses (the database setting
-//!   `dbscope.template_last_used`), and the first test of a run on a server drops the templates
-//!   no test has used for a week (a migration set since changed, a project gone), with their
-//!   slots.
+//!   the temp dir. Each run marks the PostgreSQL templates it uses (their comment: `dbscope test
+//!   template, last used at …`), and the first test of a run on a server drops those of its
+//!   configured database that no test has used for a week (a migration set since changed, a
+//!   project gone), with their slots.
 //!
 //! After-commit hooks run when the app's scope commits, unless the test
 //! [captures them](TestDbBuilder::capture_after_commit) to run them itself.

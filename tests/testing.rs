@@ -458,6 +458,16 @@ where
     sqlx::query(insert).execute(&mut write).await.unwrap();
     write.commit().await.unwrap();
     drop(write);
+    // An autocommit write that succeeded: on PostgreSQL its savepoint stays open under what
+    // follows, and no recovery may roll back to it.
+    let mut auto = t
+        .manager()
+        .session::<B::Db>("main")
+        .unwrap()
+        .autocommit(true);
+    let insert = "INSERT INTO notes (id, body) VALUES (3, 'autocommit')";
+    sqlx::query(insert).execute(&mut auto).await.unwrap();
+    drop(auto);
 
     for (round, autocommit) in [(1, true), (2, false)] {
         // A lock of each round's own: the pinned connection may still hold the last one.
@@ -476,9 +486,11 @@ where
             _ => (
                 format!("SELECT GET_LOCK('{lock}', 60)"),
                 format!("SELECT GET_LOCK('{lock}', 60)"),
-                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-                 WHERE STATE = 'User lock' AND INFO LIKE '%GET_LOCK%'"
-                    .to_owned(),
+                format!(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                     WHERE DB = '{}' AND STATE = 'User lock' AND INFO LIKE '%GET_LOCK%'",
+                    scratch.name
+                ),
                 format!("SELECT RELEASE_LOCK('{lock}')"),
             ),
         };
@@ -503,7 +515,9 @@ where
                 () = seen => {}
             }
         }
-        drop(session); // cut off mid-statement: the connection goes to recovery
+        // Cut off mid-statement: the connection goes to recovery, whose ping waits (up to 2 s)
+        // for the statement, which ends once the lock is released just below.
+        drop(session);
         sqlx::raw_sql(sql(release))
             .execute(&mut holder)
             .await
@@ -511,6 +525,7 @@ where
         holder.close().await.unwrap();
 
         let kept = "SELECT body FROM notes WHERE id = 1 \
+                    AND EXISTS (SELECT 1 FROM notes WHERE id = 3) \
                     AND NOT EXISTS (SELECT 1 FROM notes WHERE id = 2)";
         let row = t.fetch_one::<B::Db, _>("main", sqlx::query(kept)).await;
         let row = row.unwrap_or_else(|e| panic!("round {round}: the next checkout fails: {e}"));

@@ -313,65 +313,68 @@ impl<DB: Backend> PinGuard<DB> {
     }
 }
 
-/// The savepoints a session on the pinned connection may have open, the one it opens last
-/// first: a transaction's ([`PIN_BEGIN`]), then an autocommit statement's ([`PIN_AUTOCOMMIT`];
-/// PostgreSQL only). A session has at most one open; cut off while it opened or ended one, it
-/// may have either, or none (an autocommit statement on MySQL, MariaDB or SQLite has none).
-const SESSION_SAVEPOINTS: [&str; 2] = ["dbscope_app", "dbscope_auto"];
-
-/// Rolls the pinned connection back to (and releases) the savepoint the cut-off session had
-/// open, if it had one, without losing the test's transaction on the way. The session cannot
-/// say which it had: the operation cut off may have been the one that opened or ended it.
+/// Rolls the pinned connection back to (and releases) the savepoint of the cut-off session's
+/// transaction, [`PIN_BEGIN`]'s, if it is there, without losing the test's transaction on the
+/// way. The session cannot say whether it is: the operation cut off may have been the one
+/// that opened or ended it. When it is not, nothing of the session's is left to undo: its
+/// BEGIN never reached the server, its COMMIT went through, or it was in autocommit mode and
+/// its last statement ran whole (a statement that failed aborts the transaction, below).
 ///
-/// MySQL, MariaDB and SQLite keep a transaction going after a failed statement, so each
-/// savepoint is simply tried. PostgreSQL aborts the whole transaction at its first error, a
-/// missing savepoint's included: each try runs inside a savepoint of its own,
-/// `dbscope_probe`, rolled back to when the savepoint tried is not there. When the cut-off
-/// statement had already aborted the transaction, no probe can open; then only rolling back to
-/// the session's savepoint can bring the transaction back, and without one, nothing can.
+/// MySQL, MariaDB and SQLite keep a transaction going after a failed statement, so the
+/// rollback is simply tried. PostgreSQL aborts the whole transaction at its first error, a
+/// missing savepoint's included: the try runs inside a savepoint of its own, `dbscope_probe`,
+/// rolled back to when the session's is not there. When the cut-off statement had already
+/// aborted the transaction, no probe can open; then the statement failed inside the
+/// session's savepoint, its transaction's or its autocommit statement's
+/// ([`PIN_AUTOCOMMIT`], opened before the statement, so the latest one of that name is the
+/// session's own), and rolling back to it brings the transaction back. Older
+/// autocommit savepoints, which sessions that succeeded leave open, are never touched
+/// otherwise: rolling back to one would undo other sessions' work.
 async fn undo_cut_off_session<DB: Backend>(
     raw: &mut DB::Connection,
     dialect: Dialect,
 ) -> std::result::Result<(), String> {
-    let mut aborted = false;
-    for name in SESSION_SAVEPOINTS {
-        let undo = format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}");
-        let tried = if dialect == Dialect::Postgres && !aborted {
-            let probed = format!("SAVEPOINT dbscope_probe; {undo}");
-            match run_script::<DB>(raw, script(probed)).await {
-                Err(e) if is_aborted(&e) => {
-                    aborted = true;
-                    run_script::<DB>(raw, script(undo)).await
-                }
-                Err(e) if is_no_such_savepoint(&e) => {
-                    let back =
-                        "ROLLBACK TO SAVEPOINT dbscope_probe; RELEASE SAVEPOINT dbscope_probe";
-                    run::<DB>(raw, back).await.map_err(|e| e.to_string())?;
-                    continue;
-                }
-                // Done, the probe (opened inside the session's savepoint) gone with it; or failed.
-                tried => tried,
+    let undo = |name: &str| {
+        script(format!(
+            "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+        ))
+    };
+    let outcome = if dialect == Dialect::Postgres {
+        let probed = script(format!(
+            "SAVEPOINT dbscope_probe; ROLLBACK TO SAVEPOINT {APP}; RELEASE SAVEPOINT {APP}"
+        ));
+        // Done, the probe (opened inside the session's savepoint) gone with it.
+        match run_script::<DB>(raw, probed).await {
+            Err(e) if is_no_such_savepoint(&e) => {
+                let back = "ROLLBACK TO SAVEPOINT dbscope_probe; RELEASE SAVEPOINT dbscope_probe";
+                run::<DB>(raw, back).await
             }
-        } else {
-            run_script::<DB>(raw, script(undo)).await
-        };
-        match tried {
-            Ok(()) => return Ok(()),
-            Err(e) if is_no_such_savepoint(&e) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) if is_aborted(&e) => {
+                for name in [APP, AUTO] {
+                    match run_script::<DB>(raw, undo(name)).await {
+                        Err(e) if is_no_such_savepoint(&e) => {}
+                        done => return done.map_err(|e| e.to_string()),
+                    }
+                }
+                return Err("the statement cut off failed outside any savepoint of the \
+                            session's, which aborted the test's transaction"
+                    .into());
+            }
+            tried => tried,
         }
-    }
-    if aborted {
-        // Rolling back to the guard savepoint would bring the transaction back without the
-        // test's own work, which is worse than saying so.
-        return Err(
-            "the statement cut off failed outside any savepoint of the session's, \
-                    which aborted the test's transaction"
-                .into(),
-        );
-    }
-    Ok(())
+    } else {
+        match run_script::<DB>(raw, undo(APP)).await {
+            Err(e) if is_no_such_savepoint(&e) => Ok(()),
+            tried => tried,
+        }
+    };
+    outcome.map_err(|e| e.to_string())
 }
+
+/// The savepoint a session's transaction runs in on the pinned connection ([`PIN_BEGIN`]).
+const APP: &str = "dbscope_app";
+/// The savepoint an autocommit statement runs in there ([`PIN_AUTOCOMMIT`]).
+const AUTO: &str = "dbscope_auto";
 
 /// One of [`undo_cut_off_session`]'s scripts (names of ours only: nothing of the caller's).
 fn script(sql: String) -> SqlStr {

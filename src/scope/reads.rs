@@ -105,8 +105,8 @@ impl Scope {
 /// [`Session`](crate::Session)). **Sticky after write:** once the
 /// scope's own session of that bind has been used, the read session *is* that session, on the
 /// primary, so reads see the scope's own writes: handles taken before the write too, from their
-/// next statement on (the read session they ran on until then ends there, its connection back
-/// in the pool). In a [read-only](ScopeBuilder::read_only)
+/// next statement on (the read session they ran on until then ends at the write, its connection
+/// back in the pool; or, if code is still reading a fetch stream of it, when the scope ends). In a [read-only](ScopeBuilder::read_only)
 /// scope, [`current_session`](crate::current_session) returns the read session too.
 ///
 /// # Errors

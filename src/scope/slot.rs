@@ -143,23 +143,43 @@ impl<DB: Backend> Slot<DB> {
     /// Takes the session for as long as the lease lives, waiting at most the bind's
     /// `acquire_timeout` for code that has it.
     pub(crate) async fn lock(&self) -> Result<SessionLease<DB>> {
-        let slot = self.lender();
-        let guard = match slot.session.clone().try_lock_owned() {
-            Ok(guard) => guard,
-            Err(_) => tokio::time::timeout(slot.patience, slot.session.clone().lock_owned())
-                .await
-                .map_err(|_| Error::session_locked(&slot.name, slot.patience))?,
-        };
-        slot.lend(guard)
+        let mut slot = self.lender();
+        loop {
+            let guard = match slot.session.clone().try_lock_owned() {
+                Ok(guard) => guard,
+                Err(_) => tokio::time::timeout(slot.patience, slot.session.clone().lock_owned())
+                    .await
+                    .map_err(|_| Error::session_locked(&slot.name, slot.patience))?,
+            };
+            match self.moved_on(slot, &guard) {
+                Some(writer) => slot = writer,
+                None => return slot.lend(guard),
+            }
+        }
     }
 
     /// Takes the session if no other code of the scope has it.
     pub(crate) fn try_lock(&self) -> Result<SessionLease<DB>> {
-        let slot = self.lender();
-        match slot.session.clone().try_lock_owned() {
-            Ok(guard) => slot.lend(guard),
-            Err(_) => Err(Error::session_busy(&slot.name)),
+        let mut slot = self.lender();
+        loop {
+            let Ok(guard) = slot.session.clone().try_lock_owned() else {
+                return Err(Error::session_busy(&slot.name));
+            };
+            match self.moved_on(slot, &guard) {
+                Some(writer) => slot = writer,
+                None => return slot.lend(guard),
+            }
         }
+    }
+
+    /// The write slot to take instead, when `slot` is this read slot and its session was given
+    /// up for the write slot's between the choice and the lock (see
+    /// [`retire_reader`](Slot::retire_reader)); at most once, the write slot lending its own.
+    fn moved_on(&self, slot: &Self, guard: &Option<Session<DB>>) -> Option<&Self> {
+        if guard.is_some() || !std::ptr::eq(slot, self) {
+            return None;
+        }
+        Some(self.lender()).filter(|lender| !std::ptr::eq(*lender, self))
     }
 
     fn lend(&self, mut guard: OwnedMutexGuard<Option<Session<DB>>>) -> Result<SessionLease<DB>> {

@@ -515,14 +515,14 @@ where
                 () = seen => {}
             }
         }
-        // Cut off mid-statement: the connection goes to recovery, whose ping waits (up to 2 s)
-        // for the statement, which ends once the lock is released just below.
-        drop(session);
+        // The statement, cut off while it waited, ends on the server once the lock is
+        // released; then the session goes, and its connection to recovery.
         sqlx::raw_sql(sql(release))
             .execute(&mut holder)
             .await
             .unwrap();
         holder.close().await.unwrap();
+        drop(session);
 
         let kept = "SELECT body FROM notes WHERE id = 1 \
                     AND EXISTS (SELECT 1 FROM notes WHERE id = 3) \

@@ -323,13 +323,11 @@ impl<DB: Backend> PinGuard<DB> {
 /// MySQL, MariaDB and SQLite keep a transaction going after a failed statement, so the
 /// rollback is simply tried. PostgreSQL aborts the whole transaction at its first error, a
 /// missing savepoint's included: the try runs inside a savepoint of its own, `dbscope_probe`,
-/// rolled back to when the session's is not there. When the cut-off statement had already
-/// aborted the transaction, no probe can open; then the statement failed inside the
-/// session's savepoint, its transaction's or its autocommit statement's
-/// ([`PIN_AUTOCOMMIT`], opened before the statement, so the latest one of that name is the
-/// session's own), and rolling back to it brings the transaction back. Older
-/// autocommit savepoints, which sessions that succeeded leave open, are never touched
-/// otherwise: rolling back to one would undo other sessions' work.
+/// rolled back to when the session's is not there. When the transaction was already aborted,
+/// no probe can open: rolling back to the session's transaction savepoint brings it back, and
+/// without one the pin breaks. Autocommit savepoints ([`PIN_AUTOCOMMIT`]) are never rolled
+/// back to here: sessions that succeeded leave theirs open, and the latest of that name need
+/// not be the cut-off session's, so rolling back to one could undo other sessions' work.
 async fn undo_cut_off_session<DB: Backend>(
     raw: &mut DB::Connection,
     dialect: Dialect,
@@ -349,17 +347,14 @@ async fn undo_cut_off_session<DB: Backend>(
                 let back = "ROLLBACK TO SAVEPOINT dbscope_probe; RELEASE SAVEPOINT dbscope_probe";
                 run::<DB>(raw, back).await
             }
-            Err(e) if is_aborted(&e) => {
-                for name in [APP, AUTO] {
-                    match run_script::<DB>(raw, undo(name)).await {
-                        Err(e) if is_no_such_savepoint(&e) => {}
-                        done => return done.map_err(|e| e.to_string()),
-                    }
+            Err(e) if is_aborted(&e) => match run_script::<DB>(raw, undo(APP)).await {
+                Err(e) if is_no_such_savepoint(&e) => {
+                    return Err("a failed statement aborted the test's transaction outside \
+                                any transaction of a session's"
+                        .into());
                 }
-                return Err("the statement cut off failed outside any savepoint of the \
-                            session's, which aborted the test's transaction"
-                    .into());
-            }
+                done => done,
+            },
             tried => tried,
         }
     } else {
@@ -373,8 +368,6 @@ async fn undo_cut_off_session<DB: Backend>(
 
 /// The savepoint a session's transaction runs in on the pinned connection ([`PIN_BEGIN`]).
 const APP: &str = "dbscope_app";
-/// The savepoint an autocommit statement runs in there ([`PIN_AUTOCOMMIT`]).
-const AUTO: &str = "dbscope_auto";
 
 /// One of [`undo_cut_off_session`]'s scripts (names of ours only: nothing of the caller's).
 fn script(sql: String) -> SqlStr {

@@ -332,22 +332,11 @@ async fn undo_cut_off_session<DB: Backend>(
     raw: &mut DB::Connection,
     dialect: Dialect,
 ) -> std::result::Result<(), String> {
-    let undo = |name: &str| {
-        script(format!(
-            "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
-        ))
-    };
     let outcome = if dialect == Dialect::Postgres {
-        let probed = script(format!(
-            "SAVEPOINT dbscope_probe; ROLLBACK TO SAVEPOINT {APP}; RELEASE SAVEPOINT {APP}"
-        ));
         // Done, the probe (opened inside the session's savepoint) gone with it.
-        match run_script::<DB>(raw, probed).await {
-            Err(e) if is_no_such_savepoint(&e) => {
-                let back = "ROLLBACK TO SAVEPOINT dbscope_probe; RELEASE SAVEPOINT dbscope_probe";
-                run::<DB>(raw, back).await
-            }
-            Err(e) if is_aborted(&e) => match run_script::<DB>(raw, undo(APP)).await {
+        match run::<DB>(raw, PROBED_ROLLBACK).await {
+            Err(e) if is_no_such_savepoint(&e) => run::<DB>(raw, PROBE_BACK).await,
+            Err(e) if is_aborted(&e) => match run::<DB>(raw, PIN_ROLLBACK).await {
                 Err(e) if is_no_such_savepoint(&e) => {
                     return Err("a failed statement aborted the test's transaction outside \
                                 any transaction of a session's"
@@ -358,7 +347,7 @@ async fn undo_cut_off_session<DB: Backend>(
             tried => tried,
         }
     } else {
-        match run_script::<DB>(raw, undo(APP)).await {
+        match run::<DB>(raw, PIN_ROLLBACK).await {
             Err(e) if is_no_such_savepoint(&e) => Ok(()),
             tried => tried,
         }
@@ -366,13 +355,12 @@ async fn undo_cut_off_session<DB: Backend>(
     outcome.map_err(|e| e.to_string())
 }
 
-/// The savepoint a session's transaction runs in on the pinned connection ([`PIN_BEGIN`]).
-const APP: &str = "dbscope_app";
-
-/// One of [`undo_cut_off_session`]'s scripts (names of ours only: nothing of the caller's).
-fn script(sql: String) -> SqlStr {
-    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(sql))
-}
+/// [`PIN_ROLLBACK`] inside a probe savepoint, so that a missing `dbscope_app` does not abort
+/// the test's transaction on PostgreSQL.
+const PROBED_ROLLBACK: &str = "SAVEPOINT dbscope_probe; \
+     ROLLBACK TO SAVEPOINT dbscope_app; RELEASE SAVEPOINT dbscope_app";
+/// Back out of the probe once `dbscope_app` was not there.
+const PROBE_BACK: &str = "ROLLBACK TO SAVEPOINT dbscope_probe; RELEASE SAVEPOINT dbscope_probe";
 
 /// The savepoint named is not there: PostgreSQL's SQLSTATE 3B001, MySQL/MariaDB's error 1305,
 /// SQLite's "no such savepoint".
@@ -407,12 +395,7 @@ async fn rows<DB: Backend>(raw: &mut DB::Connection, sql: &'static str) -> sqlx:
 
 /// Runs one command, every result read.
 async fn run<DB: Backend>(raw: &mut DB::Connection, sql: &'static str) -> sqlx::Result<()> {
-    run_script::<DB>(raw, SqlStr::from_static(sql)).await
-}
-
-/// [`run`], for a script made at run time.
-async fn run_script<DB: Backend>(raw: &mut DB::Connection, sql: SqlStr) -> sqlx::Result<()> {
-    DB::fetch_many(raw, sql)
+    DB::fetch_many(raw, SqlStr::from_static(sql))
         .try_for_each(|_| std::future::ready(Ok(())))
         .await
 }
